@@ -34,7 +34,7 @@ struct config {
   std::string log_file;                             // SMC_LOG_FILE (empty = stderr when logging is on)
   std::string stats_file;                           // SMC_STATS_FILE (%p = pid), empty = none
   uint32_t spin_us = 20;                            // SMC_SPIN_US: busy-poll before sleeping (0..10000)
-  std::string config_path;                          // SMC_CONFIG actually used
+  std::string config_path;                          // config file actually read (empty = none)
 };
 
 /// Reads the file named by SMC_CONFIG (default /etc/smc-preload.conf; missing
@@ -46,6 +46,9 @@ std::vector<std::string> load(config& out, getenv_fn env = nullptr);
 
 /// Parses config-file text (lines `KEY = value` or `KEY=value`, `#` comments,
 /// keys are the SMC_* names) into `out`; returns warnings.
+/// A `#` after whitespace starts a trailing comment; one pair of surrounding
+/// quotes is stripped; repeated SMC_PEERS lines add up (in the environment,
+/// SMC_PEERS replaces the list).
 std::vector<std::string> parse_file_text(const std::string& text, config& out);
 
 /// Applies one key/value (an SMC_* name) to `out`; returns a warning or "".
@@ -58,5 +61,8 @@ std::vector<std::string> parse_peers(const std::string& text, std::vector<peer_r
 bool peers_match(const std::vector<peer_rule>& rules, const struct sockaddr* addr, unsigned addrlen);
 
 const char* to_string(transport_mode m);
+const char* to_string(log_level l);
+/// Canonical text of a rule, e.g. "10.0.0.0/8:80", "[fd00::/8]:80", "::1/128".
+std::string to_string(const peer_rule& r);
 
 }  // namespace smc::config
