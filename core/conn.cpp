@@ -1,0 +1,506 @@
+// The SMC connection engine: cursors, flow control, close protocol, readiness.
+// See conn.h. Cursor rules follow Linux net/smc (smc_tx.c, smc_rx.c,
+// smc_cdc.c); the doorbell protocol is described in rdma/transport.h.
+#include "core/conn.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+
+#include "core/cdc.h"
+#include "core/log.h"
+#include "core/stats.h"
+#include "rdma/sys.h"
+
+namespace smc::core {
+
+namespace {
+
+using rdma::sys;
+
+constexpr uint8_t peer_eof_flags = cdc::conn_done_writing | cdc::conn_closed;
+
+int64_t mono_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t mono_us() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+
+size_t iov_total(const iovec* iov, int iovcnt) {
+  size_t t = 0;
+  for (int i = 0; i < iovcnt; ++i) {
+    t += iov[i].iov_len;
+    if (t > static_cast<size_t>(SSIZE_MAX)) {
+      return static_cast<size_t>(SSIZE_MAX);
+    }
+  }
+  return t;
+}
+
+// Copies n bytes from the ring (starting at ring offset `pos`, wrapping at
+// `size`) into the iovecs, skipping the first `skip` bytes of iovec space.
+void ring_to_iov(const uint8_t* ring, uint32_t size, uint32_t pos, size_t n, const iovec* iov,
+                 int iovcnt, size_t skip) {
+  int i = 0;
+  while (i < iovcnt && skip >= iov[i].iov_len) {
+    skip -= iov[i].iov_len;
+    ++i;
+  }
+  while (n > 0 && i < iovcnt) {
+    size_t room = iov[i].iov_len - skip;
+    size_t k = std::min({n, room, static_cast<size_t>(size - pos)});
+    std::memcpy(static_cast<uint8_t*>(iov[i].iov_base) + skip, ring + pos, k);
+    n -= k;
+    pos = (pos + static_cast<uint32_t>(k)) % size;
+    skip += k;
+    if (skip == iov[i].iov_len) {
+      skip = 0;
+      ++i;
+    }
+  }
+}
+
+// Copies n bytes of the iovecs (after the first `skip` bytes) into the peer's
+// ring at `pos`, in at most as many put() calls as there are contiguous pieces.
+void iov_to_ring(rdma::data_path& path, uint32_t size, uint32_t pos, size_t n, const iovec* iov,
+                 int iovcnt, size_t skip) {
+  int i = 0;
+  while (i < iovcnt && skip >= iov[i].iov_len) {
+    skip -= iov[i].iov_len;
+    ++i;
+  }
+  while (n > 0 && i < iovcnt) {
+    size_t room = iov[i].iov_len - skip;
+    size_t k = std::min({n, room, static_cast<size_t>(size - pos)});
+    path.put(pos, static_cast<const uint8_t*>(iov[i].iov_base) + skip, k);
+    n -= k;
+    pos = (pos + static_cast<uint32_t>(k)) % size;
+    skip += k;
+    if (skip == iov[i].iov_len) {
+      skip = 0;
+      ++i;
+    }
+  }
+}
+
+inline void cpu_relax() { __builtin_ia32_pause(); }
+
+}  // namespace
+
+conn::conn(std::unique_ptr<rdma::data_path> path, int tcp_fd, uint32_t spin_us)
+    : path_(std::move(path)), tcp_fd_(tcp_fd), spin_us_(spin_us) {}
+
+conn::~conn() = default;
+
+bool conn::rx_available(uint32_t& avail) {
+  const uint32_t size = path_->rx_size();
+  cursor cons = curs_unpack(rx_cons_.load(std::memory_order_acquire));
+  cursor prod = curs_unpack(path_->peer_prod());
+  cursor last = curs_unpack(rx_prod_.load(std::memory_order_relaxed));
+  // The peer may only move its producer cursor forward, and never further than
+  // one ring ahead of what we consumed (it would overwrite unread data).
+  if (!curs_ahead_within(size, cons, prod) || !curs_ahead_within(size, last, prod)) {
+    avail = 0;
+    return false;
+  }
+  rx_prod_.store(curs_pack(prod), std::memory_order_relaxed);
+  avail = curs_diff(size, cons, prod);
+  return true;
+}
+
+bool conn::tx_space(uint32_t& space) {
+  const uint32_t size = path_->tx_size();
+  cursor prod = curs_unpack(tx_prod_.load(std::memory_order_acquire));
+  cursor cons = curs_unpack(path_->peer_cons());
+  cursor last = curs_unpack(tx_cons_.load(std::memory_order_relaxed));
+  // The peer's consumer cursor moves forward and never past what we produced.
+  if (!curs_ahead_within(size, last, cons) || !curs_ahead_within(size, cons, prod)) {
+    space = 0;
+    return false;
+  }
+  tx_cons_.store(curs_pack(cons), std::memory_order_relaxed);
+  space = size - curs_diff(size, cons, prod);
+  return true;
+}
+
+void conn::abort_locally(int err) {
+  int expected = 0;
+  if (err_.compare_exchange_strong(expected, err)) {
+    so_error_.store(err);
+    SMC_LOG(warn, "fd %d: connection aborted (%s)", tcp_fd_, std::strerror(err));
+    uint8_t f = my_flags_.fetch_or(cdc::conn_abnormal) | cdc::conn_abnormal;
+    path_->publish_prod(tx_prod_.load(), f);
+  }
+  path_->kick_rx();
+  path_->kick_tx();
+}
+
+int conn::block_timeout_ms(bool rx, int flags) {
+  if ((flags & MSG_DONTWAIT) != 0) {
+    return 0;
+  }
+  int fl = sys().fcntl(tcp_fd_, F_GETFL);
+  if (fl >= 0 && (fl & O_NONBLOCK) != 0) {
+    return 0;
+  }
+  timeval tv{};
+  socklen_t len = sizeof(tv);
+  if (sys().getsockopt(tcp_fd_, SOL_SOCKET, rx ? SO_RCVTIMEO : SO_SNDTIMEO, &tv, &len) == 0 &&
+      (tv.tv_sec != 0 || tv.tv_usec != 0)) {
+    int64_t ms = static_cast<int64_t>(tv.tv_sec) * 1000 + (tv.tv_usec + 999) / 1000;
+    return static_cast<int>(std::clamp<int64_t>(ms, 1, INT_MAX));
+  }
+  return -1;
+}
+
+int conn::wait(bool rx, int timeout_ms) {
+  auto ready = [&] {
+    if (err_.load() != 0 || gone_.load() || peer_done()) {
+      return true;
+    }
+    uint32_t n = 0;
+    bool ok = rx ? rx_available(n) : tx_space(n);
+    return !ok || n > 0 || (rx && shut_rd_.load());
+  };
+  if (rx) {
+    path_->arm_rx(1);
+  } else {
+    path_->arm_tx(1);
+  }
+  int rc = 0;
+  if (!ready()) {  // re-check after arming: the peer rings only for declared waiters
+    pollfd p[2] = {{rx ? path_->rx_fd() : path_->tx_fd(), POLLIN, 0},
+                   {tcp_fd_, POLLIN | POLLRDHUP, 0}};
+    int n = sys().poll(p, 2, timeout_ms);
+    if (n < 0) {
+      rc = errno == EINTR ? EINTR : errno;
+    } else if (n == 0) {
+      rc = EAGAIN;
+    } else if (p[0].revents != 0 && !ready()) {
+      // A doorbell rung for a state that is gone again: reset it, then look once
+      // more (the peer may have rung between our check and the reset).
+      if (rx) {
+        path_->drain_rx();
+      } else {
+        path_->drain_tx();
+      }
+    }
+  }
+  if (rx) {
+    path_->arm_rx(-1);
+  } else {
+    path_->arm_tx(-1);
+  }
+  return rc;
+}
+
+io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
+  const size_t want = iov_total(iov, iovcnt);
+  if (want == 0) {
+    return {0, 0};
+  }
+  std::lock_guard<std::mutex> lk(rx_mu_);
+  const bool peek = (flags & MSG_PEEK) != 0;
+  const bool waitall = (flags & MSG_WAITALL) != 0;
+  size_t got = 0;
+  int timeout = -2;  // not yet computed
+  int64_t deadline = 0;
+  for (;;) {
+    if (shut_rd_.load()) {
+      return {static_cast<ssize_t>(got), 0};
+    }
+    uint32_t avail = 0;
+    if (!rx_available(avail)) {
+      abort_locally(ECONNRESET);
+    }
+    if (int e = err_.load(); e != 0 && avail == 0) {
+      return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, e};
+    }
+    const uint32_t size = path_->rx_size();
+    cursor cons = curs_unpack(rx_cons_.load(std::memory_order_relaxed));
+    if (avail > 0 && peek) {
+      if (!waitall || avail >= want || peer_done() || gone_.load()) {
+        size_t n = std::min<size_t>(avail, want);
+        ring_to_iov(path_->rx_data(), size, cons.count, n, iov, iovcnt, 0);
+        return {static_cast<ssize_t>(n), 0};
+      }
+    } else if (avail > 0) {
+      size_t n = std::min<size_t>(avail, want - got);
+      ring_to_iov(path_->rx_data(), size, cons.count, n, iov, iovcnt, got);
+      cons = curs_add(size, cons, static_cast<uint32_t>(n));
+      rx_cons_.store(curs_pack(cons), std::memory_order_release);
+      path_->publish_cons(curs_pack(cons));
+      stats::add_rx(n);
+      got += n;
+      if (got == want || !waitall) {
+        return {static_cast<ssize_t>(got), 0};
+      }
+      continue;
+    }
+    // Nothing (more) to read: end of stream, error, or wait.
+    uint8_t pf = path_->peer_conn_flags();
+    if ((pf & cdc::conn_abnormal) != 0) {
+      err_.store(ECONNRESET);
+      return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, ECONNRESET};
+    }
+    if ((pf & peer_eof_flags) != 0 || (gone_.load() && !gone_reset_.load())) {
+      return {static_cast<ssize_t>(got), 0};
+    }
+    if (gone_.load()) {
+      return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, ECONNRESET};
+    }
+    if (check_tcp()) {
+      continue;
+    }
+    if (timeout == -2) {
+      timeout = block_timeout_ms(true, flags);
+      deadline = timeout > 0 ? mono_ms() + timeout : 0;
+    }
+    if (timeout == 0) {
+      return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, EAGAIN};
+    }
+    if (spin_us_ > 0) {
+      const uint64_t before = path_->peer_prod();
+      const int64_t until = mono_us() + spin_us_;
+      for (unsigned i = 0;; ++i) {
+        if (path_->peer_prod() != before || path_->peer_conn_flags() != pf) {
+          break;
+        }
+        if ((i & 63) == 63 && mono_us() >= until) {
+          break;
+        }
+        cpu_relax();
+      }
+      if (path_->peer_prod() != before || path_->peer_conn_flags() != pf) {
+        continue;
+      }
+    }
+    int left = -1;
+    if (timeout > 0) {
+      int64_t l = deadline - mono_ms();
+      if (l <= 0) {
+        return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, EAGAIN};
+      }
+      left = static_cast<int>(l);
+    }
+    int w = wait(true, left);
+    if (w == EINTR || (w != 0 && w != EAGAIN)) {
+      return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, w};
+    }
+  }
+}
+
+io_result conn::send(const iovec* iov, int iovcnt, int flags) {
+  const size_t want = iov_total(iov, iovcnt);
+  std::lock_guard<std::mutex> lk(tx_mu_);
+  auto epipe = [&]() -> io_result {
+    if ((flags & MSG_NOSIGNAL) == 0) {
+      ::raise(SIGPIPE);  // as the kernel does for a TCP socket, to the calling thread
+    }
+    return {-1, EPIPE};
+  };
+  if (int e = err_.load(); e != 0) {
+    err_.store(EPIPE);  // the reset is reported once; afterwards the pipe is just broken
+    return e == EPIPE ? epipe() : io_result{-1, e};
+  }
+  if ((my_flags_.load() & (cdc::conn_done_writing | cdc::conn_closed)) != 0) {
+    return epipe();
+  }
+  if (want == 0) {
+    return {0, 0};
+  }
+  const uint32_t size = path_->tx_size();
+  // Publish in pieces of at most a quarter ring so the reader can start
+  // copying while we fill the rest.
+  const uint32_t piece = std::max<uint32_t>(size / 4, 1);
+  size_t sent = 0;
+  int timeout = -2;
+  int64_t deadline = 0;
+  for (;;) {
+    uint8_t pf = path_->peer_conn_flags();
+    if ((pf & cdc::conn_abnormal) != 0 || gone_.load()) {
+      if (sent > 0) {
+        return {static_cast<ssize_t>(sent), 0};
+      }
+      if ((pf & cdc::conn_abnormal) != 0 || gone_reset_.load()) {
+        err_.store(EPIPE);
+        return {-1, ECONNRESET};
+      }
+      return epipe();
+    }
+    if ((pf & cdc::conn_closed) != 0) {  // the peer closed: nobody will ever read this
+      return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : epipe();
+    }
+    uint32_t space = 0;
+    if (!tx_space(space)) {
+      abort_locally(ECONNRESET);
+      return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : io_result{-1, ECONNRESET};
+    }
+    if (space > 0) {
+      uint32_t n = static_cast<uint32_t>(std::min<size_t>({space, want - sent, piece}));
+      cursor prod = curs_unpack(tx_prod_.load(std::memory_order_relaxed));
+      iov_to_ring(*path_, size, prod.count, n, iov, iovcnt, sent);
+      prod = curs_add(size, prod, n);
+      tx_prod_.store(curs_pack(prod), std::memory_order_release);
+      path_->publish_prod(curs_pack(prod), my_flags_.load());
+      stats::add_tx(n);
+      sent += n;
+      if (sent == want) {
+        return {static_cast<ssize_t>(sent), 0};
+      }
+      continue;
+    }
+    if (check_tcp()) {
+      continue;
+    }
+    if (timeout == -2) {
+      timeout = block_timeout_ms(false, flags);
+      deadline = timeout > 0 ? mono_ms() + timeout : 0;
+    }
+    if (timeout == 0) {
+      return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : io_result{-1, EAGAIN};
+    }
+    if (spin_us_ > 0) {
+      const uint64_t before = path_->peer_cons();
+      const int64_t until = mono_us() + spin_us_;
+      for (unsigned i = 0;; ++i) {
+        if (path_->peer_cons() != before) {
+          break;
+        }
+        if ((i & 63) == 63 && mono_us() >= until) {
+          break;
+        }
+        cpu_relax();
+      }
+      if (path_->peer_cons() != before) {
+        continue;
+      }
+    }
+    int left = -1;
+    if (timeout > 0) {
+      int64_t l = deadline - mono_ms();
+      if (l <= 0) {
+        return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : io_result{-1, EAGAIN};
+      }
+      left = static_cast<int>(l);
+    }
+    int w = wait(false, left);
+    if (w == EINTR || (w != 0 && w != EAGAIN)) {
+      return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : io_result{-1, w};
+    }
+  }
+}
+
+int conn::shutdown(int how) {
+  if (how == SHUT_RD || how == SHUT_RDWR) {
+    shut_rd_.store(true);
+    path_->kick_rx();
+  }
+  if (how == SHUT_WR || how == SHUT_RDWR) {
+    std::lock_guard<std::mutex> lk(tx_mu_);
+    uint8_t f = my_flags_.fetch_or(cdc::conn_done_writing) | cdc::conn_done_writing;
+    path_->publish_prod(tx_prod_.load(), f);
+    path_->kick_tx();
+  }
+  return 0;
+}
+
+void conn::close(bool abort) {
+  if (err_.load() != 0) {
+    return;  // the peer already knows (abnormal flag published)
+  }
+  uint32_t unread = 0;
+  rx_available(unread);
+  // Unread data (or SO_LINGER 0) makes it a reset, exactly as TCP does.
+  uint8_t add = (abort || unread > 0) ? cdc::conn_abnormal
+                                      : static_cast<uint8_t>(cdc::conn_closed | cdc::conn_done_writing);
+  uint8_t f = my_flags_.fetch_or(add) | add;
+  path_->publish_prod(tx_prod_.load(), f);
+  path_->publish_cons(rx_cons_.load());  // wakes a peer writer blocked on our full RMB
+  SMC_LOG(debug, "fd %d: SMC close (%s)", tcp_fd_, (add & cdc::conn_abnormal) != 0 ? "abort" : "orderly");
+}
+
+poll_mask conn::events() {
+  poll_mask ev = 0;
+  uint32_t avail = 0;
+  bool rx_ok = rx_available(avail);
+  uint32_t space = 0;
+  bool tx_ok = tx_space(space);
+  uint8_t pf = path_->peer_conn_flags();
+  if (avail > 0 || !rx_ok || shut_rd_.load()) {
+    ev |= POLLIN;
+  }
+  if ((pf & (peer_eof_flags | cdc::conn_abnormal)) != 0 || gone_.load()) {
+    ev |= POLLIN | POLLRDHUP;
+  }
+  if (space > 0 || !tx_ok) {
+    ev |= POLLOUT;
+  }
+  bool wr_shut = (my_flags_.load() & cdc::conn_done_writing) != 0;
+  bool peer_hup = (pf & (peer_eof_flags | cdc::conn_abnormal)) != 0 || gone_.load();
+  if ((pf & cdc::conn_abnormal) != 0 || gone_reset_.load() || err_.load() != 0) {
+    ev |= POLLERR | POLLHUP | POLLIN | POLLOUT;
+  } else if (gone_.load() || (pf & cdc::conn_closed) != 0) {
+    ev |= POLLOUT;  // a write would fail at once: not blocking
+  }
+  if (peer_hup && wr_shut) {
+    ev |= POLLHUP;
+  }
+  return ev;
+}
+
+uint32_t conn::readable_bytes() {
+  uint32_t avail = 0;
+  rx_available(avail);
+  return avail;
+}
+
+uint32_t conn::unsent_bytes() {
+  const uint32_t size = path_->tx_size();
+  return curs_diff(size, curs_unpack(path_->peer_cons()), curs_unpack(tx_prod_.load()));
+}
+
+int conn::take_error() { return so_error_.exchange(0); }
+
+bool conn::check_tcp() {
+  if (gone_.load() || err_.load() != 0) {
+    return false;
+  }
+  char b;
+  ssize_t n = sys().recv(tcp_fd_, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+    return false;
+  }
+  if (n > 0) {
+    // After the switch nothing may travel on TCP: a peer that sends is broken.
+    SMC_LOG(warn, "fd %d: data on the TCP socket of an SMC connection", tcp_fd_);
+    abort_locally(ECONNRESET);
+    return true;
+  }
+  // The TCP connection ended. Without the peer's SMC close flags its process
+  // died: a reset if it left data of ours unread (as TCP would send RST), else EOF.
+  uint8_t pf = path_->peer_conn_flags();
+  bool orderly = (pf & peer_eof_flags) != 0;
+  bool unread_by_peer = curs_unpack(path_->peer_cons()) != curs_unpack(tx_prod_.load());
+  gone_reset_.store(n < 0 || (!orderly && unread_by_peer) || (pf & cdc::conn_abnormal) != 0);
+  gone_.store(true, std::memory_order_release);
+  SMC_LOG(debug, "fd %d: peer TCP closed (%s)", tcp_fd_, gone_reset_.load() ? "reset" : "eof");
+  path_->kick_rx();
+  path_->kick_tx();
+  return true;
+}
+
+}  // namespace smc::core

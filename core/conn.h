@@ -1,0 +1,100 @@
+// One SMC connection after the handshake: the byte stream served from the two
+// RMB rings of an rdma::data_path, with RFC 7609 cursor semantics, flow
+// control, the close protocol and readiness. The application's fd is still
+// the kernel TCP socket (`tcp_fd`): it stays open, idle, as the liveness
+// signal (a peer process that dies closes it) and for getsockname & co.
+//
+// Threading: one reader and one writer may run at once (rx and tx are locked
+// separately); readiness queries take no lock.
+#pragma once
+
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "core/cursor.h"
+#include "rdma/transport.h"
+
+namespace smc::core {
+
+/// Readiness bits, POLL* values (POLLIN, POLLOUT, POLLRDHUP, POLLHUP, POLLERR).
+using poll_mask = uint32_t;
+
+struct io_result {
+  ssize_t n;  // bytes, or -1
+  int err;    // errno when n < 0
+};
+
+class conn {
+ public:
+  conn(std::unique_ptr<rdma::data_path> path, int tcp_fd, uint32_t spin_us);
+  ~conn();
+  conn(const conn&) = delete;
+  conn& operator=(const conn&) = delete;
+
+  /// recv semantics: MSG_PEEK, MSG_WAITALL, MSG_DONTWAIT honoured; blocking
+  /// follows O_NONBLOCK and SO_RCVTIMEO of the TCP socket.
+  io_result recv(const iovec* iov, int iovcnt, int flags);
+  /// send semantics: MSG_DONTWAIT, MSG_NOSIGNAL honoured; blocking follows
+  /// O_NONBLOCK and SO_SNDTIMEO; EPIPE (+SIGPIPE) after shutdown or peer close.
+  io_result send(const iovec* iov, int iovcnt, int flags);
+  /// SHUT_RD / SHUT_WR / SHUT_RDWR. SHUT_WR tells the peer "done writing":
+  /// it reads EOF after all data.
+  int shutdown(int how);
+  /// The last fd of the connection is gone: orderly close (peer reads EOF after
+  /// all data), or abortive (peer gets ECONNRESET) if we leave unread data or
+  /// `abort` is set (SO_LINGER 0).
+  void close(bool abort);
+
+  /// Current readiness (no waiting, no arming).
+  poll_mask events();
+  /// Bytes readable now (FIONREAD).
+  uint32_t readable_bytes();
+  /// Bytes written but not yet consumed by the peer (SIOCOUTQ).
+  uint32_t unsent_bytes();
+  /// Pending error for SO_ERROR (cleared by reading), 0 if none.
+  int take_error();
+
+  // ---- waiting, for poll/select/epoll ----
+  rdma::data_path& path() { return *path_; }
+  int tcp_fd() const { return tcp_fd_; }
+  /// Checks the TCP socket without blocking: EOF/RST means the peer is gone,
+  /// data means a protocol violation. Returns true if the state changed.
+  bool check_tcp();
+  /// True once the peer is known gone or the connection aborted (no need to
+  /// watch the TCP socket any longer).
+  bool finished() const { return gone_.load(std::memory_order_acquire) || err_.load() != 0; }
+
+ private:
+  // Validated view of the peer's cursors; on a violation the connection aborts.
+  bool rx_available(uint32_t& avail);
+  bool tx_space(uint32_t& space);
+  void abort_locally(int err);
+  int block_timeout_ms(bool rx, int flags);
+  // Sleeps until the doorbell (`rx`: data, else space) or the TCP socket
+  // fires, or timeout. Returns 0, or an errno (EAGAIN on timeout, EINTR).
+  int wait(bool rx, int timeout_ms);
+  bool peer_done() { return (path_->peer_conn_flags() & 0xE0) != 0; }
+
+  std::unique_ptr<rdma::data_path> path_;
+  int tcp_fd_;
+  uint32_t spin_us_;
+  std::mutex rx_mu_;
+  std::mutex tx_mu_;
+  std::atomic<uint64_t> rx_cons_{0};   // our consumer cursor (packed)
+  std::atomic<uint64_t> rx_prod_{0};   // last validated peer producer cursor
+  std::atomic<uint64_t> tx_prod_{0};   // our producer cursor into the peer RMB
+  std::atomic<uint64_t> tx_cons_{0};   // last validated peer consumer cursor
+  std::atomic<uint8_t> my_flags_{0};   // cdc::conn_* flags we published
+  std::atomic<bool> shut_rd_{false};
+  std::atomic<bool> gone_{false};      // peer's TCP closed
+  std::atomic<bool> gone_reset_{false};
+  std::atomic<int> err_{0};            // sticky error (ECONNRESET, ...)
+  std::atomic<int> so_error_{0};       // reported once through SO_ERROR
+};
+
+}  // namespace smc::core

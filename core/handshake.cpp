@@ -1,0 +1,416 @@
+// CLC handshake flows for the shm (same-host, SMC-D v2 loopback style) path.
+// See handshake.h; wire formats in clc.h.
+#include "core/handshake.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "core/clc.h"
+#include "core/cursor.h"
+#include "core/host_id.h"
+#include "core/log.h"
+#include "rdma/shm/shm_transport.h"
+#include "rdma/sys.h"
+
+namespace smc::core {
+
+namespace {
+
+using rdma::sys;
+using rdma::shm::now_ms;
+
+// Waits until fd has `events` or the deadline passes. true = ready.
+bool wait_for(int fd, short events, int64_t deadline) {
+  for (;;) {
+    int64_t left = deadline - now_ms();
+    if (left <= 0) {
+      return false;
+    }
+    pollfd p{fd, events, 0};
+    int n = sys().poll(&p, 1, static_cast<int>(left));
+    if (n > 0) {
+      return true;
+    }
+    if (n == 0 || errno != EINTR) {
+      return false;
+    }
+  }
+}
+
+bool send_all(int fd, const std::vector<uint8_t>& b, int64_t deadline) {
+  size_t off = 0;
+  while (off < b.size()) {
+    ssize_t n = sys().send(fd, b.data() + off, b.size() - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) {
+      off += static_cast<size_t>(n);
+    } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+      if (!wait_for(fd, POLLOUT, deadline)) {
+        return false;
+      }
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool recv_exact(int fd, uint8_t* buf, size_t len, int64_t deadline) {
+  size_t off = 0;
+  while (off < len) {
+    ssize_t n = sys().recv(fd, buf + off, len - off, MSG_DONTWAIT);
+    if (n > 0) {
+      off += static_cast<size_t>(n);
+    } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+      if (!wait_for(fd, POLLIN, deadline)) {
+        return false;
+      }
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Peeks at least `want` bytes (or whatever is there at EOF / deadline).
+ssize_t peek_wait(int fd, uint8_t* buf, size_t want, int64_t deadline) {
+  for (;;) {
+    ssize_t n = sys().recv(fd, buf, want, MSG_PEEK | MSG_DONTWAIT);
+    if (n == static_cast<ssize_t>(want) || n == 0) {
+      return n;
+    }
+    if (n < 0 && errno != EAGAIN && errno != EINTR) {
+      return -1;
+    }
+    // Partial: if the bytes so far already rule out a CLC message, stop waiting.
+    if (n > 0) {
+      size_t k = std::min<size_t>(static_cast<size_t>(n), 4);
+      if (std::memcmp(buf, clc::eyecatcher_smcr.data(), k) != 0 &&
+          std::memcmp(buf, clc::eyecatcher_smcd.data(), k) != 0) {
+        return n;
+      }
+    }
+    if (!wait_for(fd, POLLIN, deadline)) {
+      return n < 0 ? 0 : n;
+    }
+    if (n > 0) {
+      // More may have arrived, but poll stays ready while the first bytes sit
+      // unread: give the sender a moment instead of spinning.
+      pollfd none{-1, 0, 0};
+      sys().poll(&none, 0, 1);
+    }
+  }
+}
+
+clc::eid_t our_eid() { return clc::make_eid(default_ueid()); }
+
+void send_decline(int fd, reason r, int64_t deadline) {
+  clc::decline d;
+  d.version = 2;
+  d.diagnosis = to_decline_code(r);
+  send_all(fd, clc::encode(d), deadline);
+}
+
+hs_outcome fallback(reason r, uint32_t diag = 0) {
+  hs_outcome o;
+  o.why = r;
+  o.peer_diagnosis = diag;
+  return o;
+}
+
+// Reads one whole CLC message (header first, then the rest) with a deadline.
+// Returns false on timeout, EOF or a header that is not CLC.
+bool read_message(int fd, std::vector<uint8_t>& out, clc::header& h, int64_t deadline) {
+  uint8_t hdr[clc::header_len];
+  ssize_t n = peek_wait(fd, hdr, sizeof(hdr), deadline);
+  if (n != static_cast<ssize_t>(sizeof(hdr)) || clc::peek_header(hdr, h) != clc::error::ok) {
+    return false;
+  }
+  out.resize(h.length);
+  return recv_exact(fd, out.data(), out.size(), deadline);
+}
+
+bool eid_in(const std::vector<clc::eid_t>& list, const clc::eid_t& e) {
+  for (const auto& x : list) {
+    if (x == e) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+const char* default_ueid() { return "SMC-PRELOAD-V1"; }
+
+hs_outcome client_handshake(int fd, const hs_params& p) {
+  const int64_t deadline = now_ms() + p.timeout_ms;
+  if (p.transport == config::transport_mode::tcp) {
+    return fallback(reason::transport_tcp);
+  }
+  if (p.transport == config::transport_mode::rdma) {
+    return fallback(reason::no_smc_dev);  // the verbs transport is not built yet
+  }
+  const uint64_t me_id = host_id();
+  clc::proposal prop;
+  prop.version = 2;
+  prop.typev1 = clc::type_n;
+  prop.typev2 = clc::type_d;
+  prop.ueids.push_back(our_eid());
+  prop.ism_v2.push_back({me_id, clc::loopback_chid});
+  if (!send_all(fd, clc::encode(prop), deadline)) {
+    hs_outcome o = fallback(reason::internal);
+    o.broken = true;  // part of a Proposal may be in the stream
+    return o;
+  }
+
+  uint8_t hdr[clc::header_len];
+  ssize_t n = peek_wait(fd, hdr, sizeof(hdr), deadline);
+  if (n < static_cast<ssize_t>(sizeof(hdr))) {
+    size_t k = n > 0 ? std::min<size_t>(static_cast<size_t>(n), 4) : 0;
+    bool clc_prefix = k > 0 && (std::memcmp(hdr, clc::eyecatcher_smcr.data(), k) == 0 ||
+                                std::memcmp(hdr, clc::eyecatcher_smcd.data(), k) == 0);
+    if (n <= 0 && now_ms() >= deadline) {
+      // No answer at all: tell the server we gave up; its answer may still come.
+      send_decline(fd, reason::clc_timeout, deadline + p.timeout_ms);
+      hs_outcome o = fallback(reason::clc_timeout);
+      o.strip_reply = true;
+      return o;
+    }
+    if (clc_prefix && now_ms() >= deadline) {
+      hs_outcome o = fallback(reason::clc_timeout);
+      o.broken = true;
+      return o;
+    }
+    return fallback(reason::no_clc_reply);
+  }
+  clc::header h;
+  if (clc::peek_header(hdr, h) != clc::error::ok ||
+      (h.type != clc::msg_type::accept && h.type != clc::msg_type::decline)) {
+    return fallback(reason::no_clc_reply);  // application bytes: leave them for the app
+  }
+  std::vector<uint8_t> msg(h.length);
+  if (!recv_exact(fd, msg.data(), msg.size(), deadline)) {
+    hs_outcome o = fallback(reason::clc_timeout);
+    o.broken = true;
+    return o;
+  }
+  if (h.type == clc::msg_type::decline) {
+    clc::decline d;
+    if (clc::decode(msg, d) != clc::error::ok) {
+      return fallback(reason::clc_malformed);
+    }
+    SMC_LOG(info, "fd %d: server declined SMC (%s 0x%08x)", fd, decline_code_name(d.diagnosis),
+            d.diagnosis);
+    return fallback(reason::peer_declined, d.diagnosis);
+  }
+  clc::accept_confirm_d acc;
+  if (clc::decode(msg, acc) != clc::error::ok || acc.type != clc::msg_type::accept) {
+    send_decline(fd, reason::clc_malformed, deadline);
+    return fallback(reason::clc_malformed);
+  }
+  if (acc.chid != clc::loopback_chid || acc.gid != me_id || acc.token == 0) {
+    send_decline(fd, reason::no_smc_dev, deadline);
+    return fallback(reason::no_smc_dev);
+  }
+  if (acc.eid != our_eid()) {
+    send_decline(fd, reason::no_ueid, deadline);
+    return fallback(reason::no_ueid);
+  }
+  rdma::shm::local_side me;
+  if (!me.init(p.rmb_size)) {
+    send_decline(fd, reason::out_of_memory, deadline);
+    return fallback(reason::out_of_memory);
+  }
+  const uint64_t my_token = me.token;
+  const uint32_t my_size = me.rmb->size();
+  rdma::shm::peer_side peer;
+  if (!rdma::shm::rendezvous_connect(acc.gid, acc.link_id, acc.token, me, deadline, peer) ||
+      peer.rmb_size != rmb_code_to_size(acc.dmbe_size_code) || peer.token != acc.token) {
+    SMC_LOG(info, "fd %d: shm rendezvous failed: %s", fd, std::strerror(errno));
+    send_decline(fd, reason::rendezvous_failed, deadline);
+    return fallback(reason::rendezvous_failed);
+  }
+  auto path = rdma::shm::make_path(std::move(me), std::move(peer));
+  if (!path) {
+    send_decline(fd, reason::rendezvous_failed, deadline);
+    return fallback(reason::rendezvous_failed);
+  }
+  clc::accept_confirm_d conf;
+  conf.type = clc::msg_type::confirm;
+  conf.version = 2;
+  conf.first_contact = acc.first_contact;
+  conf.gid = me_id;
+  conf.token = my_token;
+  conf.dmbe_idx = 1;
+  conf.dmbe_size_code = rmb_size_to_code(my_size);
+  conf.link_id = acc.link_id;
+  conf.chid = clc::loopback_chid;
+  conf.eid = our_eid();
+  if (!send_all(fd, clc::encode(conf), deadline)) {
+    hs_outcome o = fallback(reason::internal);
+    o.broken = true;
+    return o;
+  }
+  hs_outcome o;
+  o.path = std::move(path);
+  return o;
+}
+
+start_kind peek_clc(int fd, unsigned type_mask, size_t& msg_len) {
+  uint8_t buf[clc::max_msg_len];
+  ssize_t n = sys().recv(fd, buf, clc::header_len, MSG_PEEK | MSG_DONTWAIT);
+  if (n == 0) {
+    return start_kind::eof;
+  }
+  if (n < 0) {
+    return (errno == EAGAIN || errno == EINTR) ? start_kind::need_more : start_kind::not_clc;
+  }
+  size_t k = std::min<size_t>(static_cast<size_t>(n), 4);
+  if (std::memcmp(buf, clc::eyecatcher_smcr.data(), k) != 0 &&
+      std::memcmp(buf, clc::eyecatcher_smcd.data(), k) != 0) {
+    return start_kind::not_clc;
+  }
+  if (n < static_cast<ssize_t>(clc::header_len)) {
+    return start_kind::need_more;
+  }
+  clc::header h;
+  if (clc::peek_header({buf, clc::header_len}, h) != clc::error::ok ||
+      (type_mask & (1u << static_cast<unsigned>(h.type))) == 0) {
+    return start_kind::not_clc;
+  }
+  n = sys().recv(fd, buf, h.length, MSG_PEEK | MSG_DONTWAIT);
+  if (n < static_cast<ssize_t>(h.length)) {
+    return n == 0 ? start_kind::eof : start_kind::need_more;
+  }
+  std::span<const uint8_t> m(buf, h.length);
+  bool ok = false;
+  switch (h.type) {
+    case clc::msg_type::proposal: {
+      clc::proposal pr;
+      ok = clc::decode(m, pr) == clc::error::ok;
+      break;
+    }
+    case clc::msg_type::accept:
+    case clc::msg_type::confirm: {
+      clc::accept_confirm_d d;
+      clc::accept_confirm_r r;
+      ok = clc::decode(m, d) == clc::error::ok || clc::decode(m, r) == clc::error::ok;
+      break;
+    }
+    case clc::msg_type::decline: {
+      clc::decline d;
+      ok = clc::decode(m, d) == clc::error::ok;
+      break;
+    }
+  }
+  if (!ok) {
+    return start_kind::not_clc;
+  }
+  msg_len = h.length;
+  return start_kind::match;
+}
+
+bool discard_clc(int fd, size_t msg_len) {
+  uint8_t buf[clc::max_msg_len];
+  if (msg_len > sizeof(buf)) {
+    return false;
+  }
+  return recv_exact(fd, buf, msg_len, now_ms() + 1000);
+}
+
+hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
+  const int64_t deadline = now_ms() + p.timeout_ms;
+  std::vector<uint8_t> msg(msg_len);
+  clc::proposal prop;
+  if (!recv_exact(fd, msg.data(), msg.size(), deadline) ||
+      clc::decode(msg, prop) != clc::error::ok) {
+    hs_outcome o = fallback(reason::clc_malformed);
+    o.broken = true;  // cannot happen after peek_clc matched, but never guess
+    return o;
+  }
+  auto decline = [&](reason r) {
+    SMC_LOG(info, "fd %d: declining SMC (%s)", fd, to_name(r));
+    send_decline(fd, r, deadline);
+    return fallback(r);
+  };
+  if (p.transport == config::transport_mode::tcp) {
+    return decline(reason::transport_tcp);
+  }
+  const uint64_t me_id = host_id();
+  bool same_host = false;
+  if (prop.typev2 == clc::type_d || prop.typev2 == clc::type_b) {
+    for (const auto& e : prop.ism_v2) {
+      same_host = same_host || (e.chid == clc::loopback_chid && e.gid == me_id);
+    }
+  }
+  if (!same_host || p.transport == config::transport_mode::rdma) {
+    return decline(reason::no_smc_dev);
+  }
+  if (!eid_in(prop.ueids, our_eid())) {
+    return decline(reason::no_ueid);
+  }
+  rdma::shm::local_side me;
+  rdma::shm::rendezvous rv;
+  if (!me.init(p.rmb_size)) {
+    return decline(reason::out_of_memory);
+  }
+  if (!rv.open(me_id)) {
+    return decline(reason::rendezvous_failed);
+  }
+  clc::accept_confirm_d acc;
+  acc.type = clc::msg_type::accept;
+  acc.version = 2;
+  acc.first_contact = true;
+  acc.gid = me_id;
+  acc.token = me.token;
+  acc.dmbe_idx = 1;
+  acc.dmbe_size_code = rmb_size_to_code(me.rmb->size());
+  acc.link_id = rv.link_id();
+  acc.chid = clc::loopback_chid;
+  acc.eid = our_eid();
+  if (!send_all(fd, clc::encode(acc), deadline)) {
+    hs_outcome o = fallback(reason::internal);
+    o.broken = true;
+    return o;
+  }
+  rdma::shm::peer_side peer;
+  bool exchanged = rv.serve(me, deadline, fd, peer);
+  // After our Accept exactly one more CLC message comes: Confirm or Decline.
+  std::vector<uint8_t> reply;
+  clc::header h;
+  if (!read_message(fd, reply, h, deadline + p.timeout_ms)) {
+    hs_outcome o = fallback(reason::clc_timeout);
+    o.broken = true;
+    return o;
+  }
+  if (h.type == clc::msg_type::decline) {
+    clc::decline d;
+    uint32_t diag = clc::decode(reply, d) == clc::error::ok ? d.diagnosis : 0;
+    SMC_LOG(info, "fd %d: client declined after Accept (%s)", fd, decline_code_name(diag));
+    return fallback(reason::peer_declined, diag);
+  }
+  clc::accept_confirm_d conf;
+  if (h.type != clc::msg_type::confirm || clc::decode(reply, conf) != clc::error::ok ||
+      !exchanged || conf.gid != me_id || conf.token != peer.token || conf.link_id != acc.link_id ||
+      rmb_code_to_size(conf.dmbe_size_code) != peer.rmb_size) {
+    hs_outcome o = fallback(reason::clc_malformed);
+    o.broken = true;  // the client believes it is SMC; we cannot follow
+    return o;
+  }
+  auto path = rdma::shm::make_path(std::move(me), std::move(peer));
+  if (!path) {
+    hs_outcome o = fallback(reason::rendezvous_failed);
+    o.broken = true;
+    return o;
+  }
+  hs_outcome o;
+  o.path = std::move(path);
+  return o;
+}
+
+}  // namespace smc::core

@@ -1,0 +1,63 @@
+// The CLC handshake over the freshly connected TCP socket (PROTOCOL.md 2, 5.1,
+// 5.2): the client proposes, the server accepts or declines, the client
+// confirms or declines. Any failure before the switch leaves both sides on
+// plain TCP with the stream intact: CLC messages are consumed exactly, and
+// bytes that are not a valid CLC message are never consumed.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "config/config.h"
+#include "core/reason.h"
+#include "rdma/transport.h"
+
+namespace smc::core {
+
+struct hs_params {
+  config::transport_mode transport = config::transport_mode::auto_;
+  uint32_t rmb_size = 256 * 1024;
+  int timeout_ms = 5000;  // for each wait on the peer
+};
+
+struct hs_outcome {
+  std::unique_ptr<rdma::data_path> path;  // set: the connection is SMC
+  reason why = reason::none;              // otherwise: why it stays TCP
+  uint32_t peer_diagnosis = 0;            // from a received Decline
+  /// Client gave up waiting and declined: the server's late Accept/Decline
+  /// may still arrive first in the stream and must be stripped.
+  bool strip_reply = false;
+  /// The stream is in an unknown state (peer broke the protocol after the
+  /// exchange): the connection must be reset rather than used as TCP.
+  bool broken = false;
+};
+
+/// The UEID both sides must share (SMC v2 requires one common EID).
+const char* default_ueid();
+
+/// Active side: called once the TCP connection is established with a peer
+/// believed SMC-capable. Blocks at most about 2 x timeout.
+hs_outcome client_handshake(int fd, const hs_params& p);
+
+/// What the start of a stream holds (never consumes anything).
+enum class start_kind {
+  need_more,  // a prefix of a CLC message (or nothing yet): wait for more
+  eof,        // the peer closed before sending anything
+  match,      // a complete, valid CLC message of an expected type
+  not_clc,    // application data
+};
+/// `type_mask`: bit (1 << msg_type) for each CLC type that counts as a match.
+start_kind peek_clc(int fd, unsigned type_mask, size_t& msg_len);
+
+inline constexpr unsigned mask_proposal = 1u << 1;
+inline constexpr unsigned mask_reply = (1u << 2) | (1u << 4);  // Accept or Decline
+
+/// Passive side: a complete Proposal of `msg_len` bytes is at the start of
+/// the stream (peek_clc matched); consume it and answer.
+hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p);
+
+/// Consume a complete CLC message known to be at the start of the stream.
+bool discard_clc(int fd, size_t msg_len);
+
+}  // namespace smc::core

@@ -1,0 +1,100 @@
+// Counters and their JSON form (format documented in README.md).
+#include "core/stats.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cstdio>
+
+namespace smc::core::stats {
+
+namespace {
+
+struct counters {
+  std::atomic<uint64_t> shm{0};
+  std::atomic<uint64_t> rdma{0};
+  std::atomic<uint64_t> fallback{0};
+  std::array<std::atomic<uint64_t>, static_cast<size_t>(reason::count_)> reasons{};
+  std::atomic<uint64_t> tx{0};
+  std::atomic<uint64_t> rx{0};
+};
+
+counters& c() {
+  static counters* instance = new counters();  // never destroyed: used until the very end
+  return *instance;
+}
+
+}  // namespace
+
+void count_shm() { c().shm.fetch_add(1, std::memory_order_relaxed); }
+void count_rdma() { c().rdma.fetch_add(1, std::memory_order_relaxed); }
+void count_fallback(reason r) {
+  c().fallback.fetch_add(1, std::memory_order_relaxed);
+  auto i = static_cast<size_t>(r);
+  if (i < c().reasons.size()) {
+    c().reasons[i].fetch_add(1, std::memory_order_relaxed);
+  }
+}
+void add_tx(uint64_t n) { c().tx.fetch_add(n, std::memory_order_relaxed); }
+void add_rx(uint64_t n) { c().rx.fetch_add(n, std::memory_order_relaxed); }
+
+void reset() {
+  c().shm = 0;
+  c().rdma = 0;
+  c().fallback = 0;
+  for (auto& r : c().reasons) {
+    r = 0;
+  }
+  c().tx = 0;
+  c().rx = 0;
+}
+
+std::string to_json(int pid) {
+  auto ull = [](const std::atomic<uint64_t>& a) {
+    return std::to_string(a.load(std::memory_order_relaxed));
+  };
+  std::string s = "{\"pid\": " + std::to_string(pid) + ", \"connections\": {\"smc_shm\": " +
+                  ull(c().shm) + ", \"smc_rdma\": " + ull(c().rdma) +
+                  ", \"fallback\": " + ull(c().fallback) + "}, \"fallback_reasons\": {";
+  bool first = true;
+  for (size_t i = 0; i < c().reasons.size(); ++i) {
+    uint64_t v = c().reasons[i].load(std::memory_order_relaxed);
+    if (v == 0) {
+      continue;
+    }
+    s += first ? "" : ", ";
+    s += "\"" + std::string(to_name(static_cast<reason>(i))) + "\": " + std::to_string(v);
+    first = false;
+  }
+  s += "}, \"bytes\": {\"smc_tx\": " + ull(c().tx) + ", \"smc_rx\": " + ull(c().rx) + "}}\n";
+  return s;
+}
+
+bool write_file(const std::string& path_template, int pid) {
+  std::string path;
+  for (size_t i = 0; i < path_template.size(); ++i) {
+    if (path_template[i] == '%' && i + 1 < path_template.size() && path_template[i + 1] == 'p') {
+      path += std::to_string(pid);
+      ++i;
+    } else {
+      path += path_template[i];
+    }
+  }
+  std::string tmp = path + ".tmp." + std::to_string(pid);
+  std::string body = to_json(pid);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return false;
+  }
+  bool ok = ::write(fd, body.data(), body.size()) == static_cast<ssize_t>(body.size());
+  ok = (::close(fd) == 0) && ok;
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    return false;
+  }
+  return true;
+}
+
+}  // namespace smc::core::stats

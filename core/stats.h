@@ -1,0 +1,26 @@
+// Process-wide counters, written as one JSON object at exit when
+// SMC_STATS_FILE is set (%p = pid). Lock-free increments on any thread.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/reason.h"
+
+namespace smc::core::stats {
+
+void count_shm();
+void count_rdma();
+void count_fallback(reason r);
+void add_tx(uint64_t n);
+void add_rx(uint64_t n);
+
+/// The JSON document for the current counters.
+std::string to_json(int pid);
+/// Writes to_json() to `path_template` (%p -> pid) via a temporary file and
+/// rename, so readers never see half a file. Returns false on I/O failure.
+bool write_file(const std::string& path_template, int pid);
+/// Zeroes every counter (a forked child starts its own account).
+void reset();
+
+}  // namespace smc::core::stats

@@ -1,0 +1,552 @@
+// epoll over sets that hold SMC sockets.
+//
+// An SMC socket is never put into the application's epoll set directly (its
+// kernel readiness is that of an idle TCP socket). Instead each such set gets
+// a private "shadow" epoll instance, itself a member of the application's set
+// under a marker value (the address of our bookkeeping object, which no
+// application data can equal). The shadow watches the sockets' doorbells and
+// TCP sockets; when epoll_wait() on the application's set reports the marker,
+// the shadow is harvested and each ready registration is reported with the
+// application's own epoll_data, and events computed from the connection
+// state. Nested epoll, poll() on an epoll fd and multiple waiters keep
+// working, because the shadow is an ordinary member of the set.
+//
+// Sockets still deciding (accepted, undecided; connecting) are watched through
+// their TCP socket; when they settle on plain TCP their registration moves
+// into the application's set as a normal kernel registration.
+#include <sys/epoll.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_set>
+#include <vector>
+
+#include "core/log.h"
+#include "preload/preload.h"
+
+using namespace smc::preload;
+
+namespace smc::preload {
+
+struct ep_set {
+  int epfd = -1;
+  int shadow = -1;
+  std::vector<ep_reg*> regs;
+  std::unordered_set<ep_reg*> live;  // harvested pointers are checked against this
+};
+
+struct ep_reg {
+  ep_set* set = nullptr;
+  entry* e = nullptr;  // holds a reference
+  int fd = -1;
+  epoll_event ev{};    // the application's events and data
+  int items[3] = {-1, -1, -1};  // fds added to the shadow: tcp socket, rx doorbell, tx doorbell
+  bool armed_rx = false;
+  bool armed_tx = false;
+  bool disabled = false;  // EPOLLONESHOT fired, until EPOLL_CTL_MOD
+};
+
+namespace {
+
+std::mutex g_ep_mu;
+constexpr uint32_t tag_sock = 0;
+constexpr uint32_t tag_rx = 1;
+constexpr uint32_t tag_tx = 2;
+constexpr uint32_t in_bits = EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLPRI;
+constexpr uint32_t out_bits = EPOLLOUT | EPOLLWRNORM;
+
+uint64_t marker(const ep_set* s) { return reinterpret_cast<uintptr_t>(s); }
+
+bool shadow_add(ep_reg* r, int slot, int fd, uint32_t events) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = reinterpret_cast<uintptr_t>(r) | static_cast<uintptr_t>(slot);
+  if (real.epoll_ctl(r->set->shadow, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    return false;
+  }
+  r->items[slot] = fd;
+  return true;
+}
+
+void uninstall(ep_reg* r) {
+  for (int& fd : r->items) {
+    if (fd >= 0) {
+      real.epoll_ctl(r->set->shadow, EPOLL_CTL_DEL, fd, nullptr);
+      fd = -1;
+    }
+  }
+  if (r->e->st.load() == state::smc) {
+    if (r->armed_rx) {
+      r->e->conn->path().arm_rx(-1);
+    }
+    if (r->armed_tx) {
+      r->e->conn->path().arm_tx(-1);
+    }
+  }
+  r->armed_rx = r->armed_tx = false;
+}
+
+void unlink_reg(ep_reg* r) {
+  auto& v = r->e->regs;
+  v.erase(std::remove(v.begin(), v.end(), r), v.end());
+  auto& s = r->set->regs;
+  s.erase(std::remove(s.begin(), s.end(), r), s.end());
+  r->set->live.erase(r);
+  fd_put(r->e);
+  delete r;
+}
+
+// Puts the registration's watches in place for the socket's current state.
+// Returns 0, or an errno. A socket that is plain TCP now leaves our
+// bookkeeping: it becomes a normal registration in the application's set.
+int install(ep_reg* r) {
+  state s = r->e->st.load(std::memory_order_acquire);
+  if (r->disabled) {
+    return 0;
+  }
+  const uint32_t et = r->ev.events & EPOLLET;
+  switch (s) {
+    case state::smc: {
+      auto& c = *r->e->conn;
+      if ((r->ev.events & in_bits) != 0) {
+        c.path().arm_rx(1);
+        r->armed_rx = true;
+        shadow_add(r, tag_rx, c.path().rx_fd(), EPOLLIN | et);
+      }
+      if ((r->ev.events & out_bits) != 0) {
+        c.path().arm_tx(1);
+        r->armed_tx = true;
+        shadow_add(r, tag_tx, c.path().tx_fd(), EPOLLIN | et);
+      }
+      if (!c.finished()) {
+        shadow_add(r, tag_sock, r->fd, EPOLLIN | EPOLLRDHUP);
+      }
+      // Armed first, then looked: set the doorbells' level to the truth.
+      uint32_t ev = c.events();
+      if ((ev & EPOLLIN) != 0 && r->armed_rx) {
+        c.path().kick_rx();
+      }
+      if ((ev & EPOLLOUT) != 0 && r->armed_tx) {
+        c.path().kick_tx();
+      }
+      return 0;
+    }
+    case state::undecided:
+    case state::strip:
+      shadow_add(r, tag_sock, r->fd, EPOLLIN | EPOLLRDHUP | (r->ev.events & out_bits) | et);
+      return 0;
+    case state::connecting:
+      shadow_add(r, tag_sock, r->fd, EPOLLOUT | EPOLLIN | et);
+      return 0;
+    default: {
+      epoll_event ev = r->ev;
+      int rc = real.epoll_ctl(r->set->epfd, EPOLL_CTL_ADD, r->fd, &ev);
+      int err = rc == 0 ? 0 : errno;
+      unlink_reg(r);
+      return err == EEXIST ? 0 : err;
+    }
+  }
+}
+
+ep_set* set_for(entry* epe, int epfd) {
+  if (epe->eps != nullptr) {
+    return epe->eps;
+  }
+  auto* s = new ep_set();
+  s->epfd = epfd;
+  s->shadow = real.epoll_create1(EPOLL_CLOEXEC);
+  if (s->shadow < 0) {
+    delete s;
+    return nullptr;
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = marker(s);
+  if (real.epoll_ctl(epfd, EPOLL_CTL_ADD, s->shadow, &ev) != 0) {
+    real.close(s->shadow);
+    delete s;
+    return nullptr;
+  }
+  epe->eps = s;
+  epe->st.store(state::epoll, std::memory_order_release);
+  return s;
+}
+
+ep_reg* find_reg(ep_set* s, int fd) {
+  for (ep_reg* r : s->regs) {
+    if (r->fd == fd) {
+      return r;
+    }
+  }
+  return nullptr;
+}
+
+struct fired {
+  ep_reg* r;
+  uint32_t tags;
+};
+
+// Turns the shadow's ready list into application events (at most `cap`).
+int harvest(ep_set* s, epoll_event* out, int cap) {
+  if (cap <= 0) {
+    return 0;
+  }
+  epoll_event buf[64];
+  int m = real.epoll_wait(s->shadow, buf, std::min(cap, 64), 0);
+  if (m <= 0) {
+    return 0;
+  }
+  std::vector<fired> list;
+  std::vector<std::pair<entry*, int>> to_drive;
+  {
+    std::lock_guard<std::mutex> lk(g_ep_mu);
+    for (int i = 0; i < m; ++i) {
+      auto* r = reinterpret_cast<ep_reg*>(buf[i].data.u64 & ~uintptr_t{3});
+      uint32_t tag = static_cast<uint32_t>(buf[i].data.u64 & 3);
+      if (s->live.count(r) == 0) {
+        continue;  // deleted meanwhile
+      }
+      auto it = std::find_if(list.begin(), list.end(), [&](const fired& f) { return f.r == r; });
+      if (it == list.end()) {
+        list.push_back({r, 1u << tag});
+        state st = r->e->st.load();
+        if (st == state::undecided || st == state::strip || st == state::connecting) {
+          r->e->refs.fetch_add(1);
+          to_drive.push_back({r->e, r->fd});
+        }
+      } else {
+        it->tags |= 1u << tag;
+      }
+    }
+  }
+  // Decisions may run a handshake and re-install registrations: not under the lock.
+  for (auto& [e, fd] : to_drive) {
+    drive(e, fd);
+    fd_put(e);
+  }
+  int n = 0;
+  std::lock_guard<std::mutex> lk(g_ep_mu);
+  for (const fired& f : list) {
+    ep_reg* r = f.r;
+    if (s->live.count(r) == 0 || r->disabled || n >= cap) {
+      continue;
+    }
+    state st = r->e->st.load();
+    uint32_t ev = 0;
+    if (st == state::smc) {
+      auto& c = *r->e->conn;
+      if ((f.tags & (1u << tag_sock)) != 0 && c.check_tcp() && c.finished() &&
+          r->items[tag_sock] >= 0) {
+        real.epoll_ctl(s->shadow, EPOLL_CTL_DEL, r->items[tag_sock], nullptr);
+        r->items[tag_sock] = -1;
+      }
+      bool et = (r->ev.events & EPOLLET) != 0;
+      if ((f.tags & (1u << tag_rx)) != 0 && et) {
+        c.path().drain_rx();  // edge-triggered: the next produce rings again
+      }
+      if ((f.tags & (1u << tag_tx)) != 0 && et) {
+        c.path().drain_tx();
+      }
+      ev = c.events() & (r->ev.events | EPOLLERR | EPOLLHUP);
+      if (!et) {
+        // Level-triggered: a doorbell that fired for a state gone again is reset
+        // so it does not keep the set ready; armed waiters re-ring it.
+        if ((f.tags & (1u << tag_rx)) != 0 && (ev & EPOLLIN) == 0) {
+          c.path().drain_rx();
+          ev = c.events() & (r->ev.events | EPOLLERR | EPOLLHUP);
+        }
+        if ((f.tags & (1u << tag_tx)) != 0 && (ev & EPOLLOUT) == 0) {
+          c.path().drain_tx();
+          ev = c.events() & (r->ev.events | EPOLLERR | EPOLLHUP);
+        }
+      }
+      if ((ev & EPOLLIN) != 0 && (r->ev.events & EPOLLRDNORM) != 0) {
+        ev |= EPOLLRDNORM;
+      }
+      if ((ev & EPOLLOUT) != 0 && (r->ev.events & EPOLLWRNORM) != 0) {
+        ev |= EPOLLWRNORM;
+      }
+    } else if (st == state::undecided || st == state::strip) {
+      // Still deciding: nothing to read yet; writability is the kernel's.
+      if ((r->ev.events & out_bits) != 0) {
+        pollfd p{r->fd, POLLOUT, 0};
+        if (real.poll(&p, 1, 0) > 0) {
+          ev = p.revents & (EPOLLOUT | EPOLLERR | EPOLLHUP);
+        }
+      }
+    }
+    if (ev != 0) {
+      out[n].events = ev;
+      out[n].data = r->ev.data;
+      ++n;
+      if ((r->ev.events & EPOLLONESHOT) != 0) {
+        uninstall(r);
+        r->disabled = true;
+      }
+    }
+  }
+  return n;
+}
+
+int64_t mono_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+// The shared body of epoll_wait/epoll_pwait/epoll_pwait2.
+template <typename Wait>
+int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms, Wait&& wait) {
+  entry_ref epe(epfd);
+  ep_set* s = epe ? epe->eps : nullptr;
+  if (s == nullptr || maxevents <= 0) {
+    return wait(timeout_ms);
+  }
+  int saved = errno;
+  const int64_t deadline = timeout_ms < 0 ? 0 : mono_ms() + timeout_ms;
+  for (;;) {
+    int64_t left = timeout_ms < 0 ? -1 : std::max<int64_t>(0, deadline - mono_ms());
+    int n = wait(left);
+    if (n <= 0) {
+      return n;
+    }
+    int mark = -1;
+    for (int i = 0; i < n; ++i) {
+      if (events[i].data.u64 == marker(s)) {
+        mark = i;
+        break;
+      }
+    }
+    if (mark < 0) {
+      return n;
+    }
+    events[mark] = events[n - 1];
+    --n;
+    try {
+      n += harvest(s, events + n, maxevents - n);
+    } catch (...) {
+    }
+    if (n > 0) {
+      errno = saved;
+      return n;
+    }
+    if (timeout_ms >= 0 && mono_ms() >= deadline) {
+      errno = saved;
+      return 0;
+    }
+  }
+}
+
+}  // namespace
+
+void ep_state_changed(entry* e) {
+  std::lock_guard<std::mutex> lk(g_ep_mu);
+  std::vector<ep_reg*> regs = e->regs;
+  for (ep_reg* r : regs) {
+    uninstall(r);
+    install(r);
+  }
+}
+
+void ep_forget_entry(entry* e) {
+  std::lock_guard<std::mutex> lk(g_ep_mu);
+  std::vector<ep_reg*> regs = e->regs;
+  for (ep_reg* r : regs) {
+    uninstall(r);
+    unlink_reg(r);
+  }
+}
+
+void ep_destroy_set(entry* epe) {
+  std::lock_guard<std::mutex> lk(g_ep_mu);
+  ep_set* s = epe->eps;
+  if (s == nullptr) {
+    return;
+  }
+  std::vector<ep_reg*> regs = s->regs;
+  for (ep_reg* r : regs) {
+    uninstall(r);
+    unlink_reg(r);
+  }
+  real.close(s->shadow);
+  delete s;
+  epe->eps = nullptr;
+}
+
+void ep_lock() { g_ep_mu.lock(); }
+void ep_unlock() { g_ep_mu.unlock(); }
+
+}  // namespace smc::preload
+
+extern "C" {
+
+__attribute__((visibility("default"))) int epoll_create(int size) {
+  ensure_init();
+  int fd = real.epoll_create(size);
+  if (fd >= 0 && g_enabled) {
+    int saved = errno;
+    fd_fresh(fd);
+    errno = saved;
+  }
+  return fd;
+}
+
+__attribute__((visibility("default"))) int epoll_create1(int flags) {
+  ensure_init();
+  int fd = real.epoll_create1(flags);
+  if (fd >= 0 && g_enabled) {
+    int saved = errno;
+    fd_fresh(fd);
+    errno = saved;
+  }
+  return fd;
+}
+
+__attribute__((visibility("default"))) int epoll_ctl(int epfd, int op, int fd,
+                                                     epoll_event* event) noexcept {
+  ensure_init();
+  if (!g_enabled || !fd_maybe(fd)) {
+    return real.epoll_ctl(epfd, op, fd, event);
+  }
+  entry_ref e(fd);
+  state st = e ? e->st.load() : state::tcp;
+  bool managed = st == state::smc || st == state::undecided || st == state::strip ||
+                 st == state::connecting;
+  int saved = errno;
+  try {
+    entry* epe = fd_maybe(epfd) ? fd_get(epfd) : nullptr;
+    ep_set* s = epe != nullptr ? epe->eps : nullptr;
+    if (!managed && (s == nullptr || op == EPOLL_CTL_ADD)) {
+      if (epe != nullptr) {
+        fd_put(epe);
+      }
+      return real.epoll_ctl(epfd, op, fd, event);
+    }
+    if (epfd == fd || (op != EPOLL_CTL_DEL && event == nullptr)) {
+      if (epe != nullptr) {
+        fd_put(epe);
+      }
+      errno = EINVAL;
+      return -1;
+    }
+    if (s == nullptr) {
+      if (op != EPOLL_CTL_ADD) {
+        if (epe != nullptr) {
+          fd_put(epe);
+        }
+        return real.epoll_ctl(epfd, op, fd, event);
+      }
+      if (epe == nullptr) {
+        // First SMC socket in this set: record the epoll fd itself.
+        epe = new entry();
+        epe->st.store(state::epoll);
+        epe->refs.fetch_add(1);  // one for the table, one for us
+        entry* old = fd_install(epfd, epe);
+        if (old != nullptr) {
+          fd_put(old);
+        }
+      }
+      std::lock_guard<std::mutex> lk(g_ep_mu);
+      s = set_for(epe, epfd);
+    }
+    if (s == nullptr) {
+      fd_put(epe);
+      return real.epoll_ctl(epfd, op, fd, event);
+    }
+    int err = 0;
+    {
+      std::lock_guard<std::mutex> lk(g_ep_mu);
+      ep_reg* r = find_reg(s, fd);
+      if (r == nullptr && !managed) {
+        err = -1;  // a plain socket in a set we also use: the kernel decides
+      } else if (op == EPOLL_CTL_ADD) {
+        if (r != nullptr) {
+          err = EEXIST;
+        } else {
+          r = new ep_reg();
+          r->set = s;
+          r->e = e.get();
+          r->e->refs.fetch_add(1);
+          r->fd = fd;
+          r->ev = *event;
+          s->regs.push_back(r);
+          s->live.insert(r);
+          e->regs.push_back(r);
+          err = install(r);
+        }
+      } else if (op == EPOLL_CTL_MOD) {
+        if (r == nullptr) {
+          err = ENOENT;
+        } else {
+          uninstall(r);
+          r->ev = *event;
+          r->disabled = false;
+          err = install(r);
+        }
+      } else if (op == EPOLL_CTL_DEL) {
+        if (r == nullptr) {
+          err = ENOENT;
+        } else {
+          uninstall(r);
+          unlink_reg(r);
+        }
+      } else {
+        err = EINVAL;
+      }
+    }
+    fd_put(epe);
+    if (err == -1) {
+      return real.epoll_ctl(epfd, op, fd, event);
+    }
+    if (err != 0) {
+      errno = err;
+      return -1;
+    }
+    errno = saved;
+    return 0;
+  } catch (...) {
+    errno = ENOMEM;
+    return -1;
+  }
+}
+
+__attribute__((visibility("default"))) int epoll_wait(int epfd, epoll_event* events, int maxevents,
+                                                      int timeout) {
+  ensure_init();
+  if (!g_enabled || !fd_maybe(epfd)) {
+    return real.epoll_wait(epfd, events, maxevents, timeout);
+  }
+  return wait_common(epfd, events, maxevents, timeout, [&](int64_t t) {
+    return real.epoll_wait(epfd, events, maxevents, static_cast<int>(t));
+  });
+}
+
+__attribute__((visibility("default"))) int epoll_pwait(int epfd, epoll_event* events,
+                                                       int maxevents, int timeout,
+                                                       const sigset_t* sigmask) {
+  ensure_init();
+  if (!g_enabled || !fd_maybe(epfd)) {
+    return real.epoll_pwait(epfd, events, maxevents, timeout, sigmask);
+  }
+  return wait_common(epfd, events, maxevents, timeout, [&](int64_t t) {
+    return real.epoll_pwait(epfd, events, maxevents, static_cast<int>(t), sigmask);
+  });
+}
+
+__attribute__((visibility("default"))) int epoll_pwait2(int epfd, epoll_event* events,
+                                                        int maxevents, const timespec* ts,
+                                                        const sigset_t* sigmask) {
+  ensure_init();
+  if (!g_enabled || !fd_maybe(epfd)) {
+    return real.epoll_pwait2(epfd, events, maxevents, ts, sigmask);
+  }
+  int64_t ms = ts == nullptr ? -1 : ts->tv_sec * 1000 + (ts->tv_nsec + 999999) / 1000000;
+  return wait_common(epfd, events, maxevents, ms, [&](int64_t t) {
+    timespec left{static_cast<time_t>(t / 1000), static_cast<long>((t % 1000) * 1000000)};
+    return real.epoll_pwait2(epfd, events, maxevents, t < 0 ? nullptr : &left, sigmask);
+  });
+}
+
+}  // extern "C"

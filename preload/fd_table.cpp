@@ -1,0 +1,164 @@
+// The fd table: fd number -> entry, a two-level array of atomic pointers.
+// A socket we do not handle costs one atomic load (fd_maybe); only recorded
+// fds take a striped lock to pin their entry with a reference.
+#include <cstdlib>
+
+#include "core/log.h"
+#include "preload/preload.h"
+
+namespace smc::preload {
+
+namespace {
+
+constexpr int chunk_bits = 12;
+constexpr int chunk_size = 1 << chunk_bits;
+constexpr int max_chunks = 1024;  // 4 Mi fds
+constexpr int stripes = 64;
+
+using slot = std::atomic<entry*>;
+std::atomic<slot*> g_chunks[max_chunks];
+std::mutex g_stripe[stripes];
+
+slot* find_slot(int fd, bool create) {
+  if (fd < 0 || fd >= max_chunks * chunk_size) {
+    return nullptr;
+  }
+  std::atomic<slot*>& c = g_chunks[fd >> chunk_bits];
+  slot* s = c.load(std::memory_order_acquire);
+  if (s == nullptr && create) {
+    auto* fresh = static_cast<slot*>(std::calloc(chunk_size, sizeof(slot)));
+    if (fresh == nullptr) {
+      return nullptr;
+    }
+    slot* expected = nullptr;
+    if (c.compare_exchange_strong(expected, fresh, std::memory_order_acq_rel)) {
+      s = fresh;
+    } else {
+      std::free(fresh);
+      s = expected;
+    }
+  }
+  return s == nullptr ? nullptr : &s[fd & (chunk_size - 1)];
+}
+
+std::mutex& stripe(int fd) { return g_stripe[static_cast<unsigned>(fd) % stripes]; }
+
+void last_close(entry* e) {
+  if (!e->regs.empty()) {
+    ep_forget_entry(e);
+  }
+  switch (e->st.load()) {
+    case state::smc:
+      e->conn->close(e->linger0);
+      break;
+    case state::epoll:
+      ep_destroy_set(e);
+      break;
+    default:
+      break;
+  }
+}
+
+}  // namespace
+
+bool fd_maybe(int fd) {
+  if (fd < 0 || fd >= max_chunks * chunk_size) {
+    return false;
+  }
+  slot* s = g_chunks[fd >> chunk_bits].load(std::memory_order_acquire);
+  return s != nullptr && s[fd & (chunk_size - 1)].load(std::memory_order_acquire) != nullptr;
+}
+
+entry* fd_get(int fd) {
+  slot* s = find_slot(fd, false);
+  if (s == nullptr) {
+    return nullptr;
+  }
+  std::lock_guard<std::mutex> lk(stripe(fd));
+  entry* e = s->load(std::memory_order_acquire);
+  if (e != nullptr) {
+    e->refs.fetch_add(1, std::memory_order_relaxed);
+  }
+  return e;
+}
+
+void fd_put(entry* e) {
+  if (e->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    delete e;
+  }
+}
+
+entry* fd_install(int fd, entry* e) {
+  slot* s = find_slot(fd, true);
+  if (s == nullptr) {
+    if (e != nullptr) {
+      fd_put(e);  // beyond the table: the socket stays plain TCP
+    }
+    return nullptr;
+  }
+  std::lock_guard<std::mutex> lk(stripe(fd));
+  return s->exchange(e, std::memory_order_acq_rel);
+}
+
+entry* fd_take(int fd) {
+  slot* s = find_slot(fd, false);
+  if (s == nullptr) {
+    return nullptr;
+  }
+  std::lock_guard<std::mutex> lk(stripe(fd));
+  return s->exchange(nullptr, std::memory_order_acq_rel);
+}
+
+void fd_forget_if(int fd, entry* e) {
+  slot* s = find_slot(fd, false);
+  if (s == nullptr) {
+    return;
+  }
+  entry* expected = e;
+  bool dropped;
+  {
+    std::lock_guard<std::mutex> lk(stripe(fd));
+    dropped = s->compare_exchange_strong(expected, nullptr, std::memory_order_acq_rel);
+  }
+  if (dropped) {
+    e->nfds.fetch_sub(1);
+    fd_put(e);
+  }
+}
+
+void fd_release(int fd) {
+  entry* e = fd_take(fd);
+  if (e == nullptr) {
+    return;
+  }
+  if (e->nfds.fetch_sub(1) == 1) {
+    try {
+      last_close(e);
+    } catch (...) {
+      SMC_LOG(error, "fd %d: exception while closing", fd);
+    }
+  }
+  fd_put(e);
+}
+
+void fd_fresh(int fd) {
+  // The kernel handed out this number, so whatever we recorded for it was
+  // closed behind our back (fclose, close_range, a raw syscall): forget it.
+  if (fd_maybe(fd)) {
+    fd_release(fd);
+  }
+}
+
+void fd_table_lock_all() {
+  for (auto& m : g_stripe) {
+    m.lock();
+  }
+}
+
+void fd_table_unlock_all() {
+  for (auto& m : g_stripe) {
+    m.unlock();
+  }
+}
+
+}  // namespace smc::preload

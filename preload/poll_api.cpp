@@ -1,0 +1,349 @@
+// poll/ppoll/select/pselect over sets that may hold SMC sockets. Sets without
+// any recorded fd go straight to the kernel. Otherwise an SMC fd is watched
+// through its doorbells (and its TCP socket, for the peer's death), sockets
+// still deciding through their TCP socket, and revents are computed from the
+// connection state.
+#include <sys/select.h>
+#include <time.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <vector>
+
+#include "core/log.h"
+#include "preload/preload.h"
+
+using namespace smc::preload;
+
+extern "C" int __poll_chk(pollfd* fds, nfds_t n, int timeout, size_t fdslen);
+
+namespace {
+
+int64_t mono_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+struct slot_map {
+  entry* e = nullptr;
+  int rx = -1;   // index in the kernel set of the rx doorbell
+  int tx = -1;   // ... of the tx doorbell
+  int sock = -1; // ... of the TCP socket itself
+  bool armed_rx = false;
+  bool armed_tx = false;
+};
+
+constexpr short in_mask = POLLIN | POLLRDNORM | POLLRDHUP | POLLPRI;
+constexpr short out_mask = POLLOUT | POLLWRNORM;
+
+short smc_revents(entry* e, short want) {
+  auto ev = static_cast<short>(e->conn->events());
+  short r = static_cast<short>(ev & (want | POLLERR | POLLHUP));
+  if ((ev & POLLIN) && (want & POLLRDNORM)) {
+    r |= POLLRDNORM;
+  }
+  if ((ev & POLLOUT) && (want & POLLWRNORM)) {
+    r |= POLLWRNORM;
+  }
+  return r;
+}
+
+// The core loop. timeout_ns < 0 = infinite.
+int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask) {
+  std::vector<slot_map> map(n);
+  std::vector<pollfd> k;
+  k.reserve(n + 8);
+  for (nfds_t i = 0; i < n; ++i) {
+    if (fd_maybe(fds[i].fd)) {
+      map[i].e = fd_get(fds[i].fd);
+    }
+  }
+  const int64_t deadline = timeout_ns < 0 ? 0 : mono_ns() + timeout_ns;
+  int result = 0;
+  for (;;) {
+    k.clear();
+    int ready = 0;
+    for (nfds_t i = 0; i < n; ++i) {
+      slot_map& m = map[i];
+      m.rx = m.tx = m.sock = -1;
+      fds[i].revents = 0;
+      state s = m.e != nullptr ? m.e->st.load(std::memory_order_acquire) : state::tcp;
+      if (s == state::undecided || s == state::strip || s == state::connecting) {
+        s = drive(m.e, fds[i].fd);
+      }
+      if (s == state::smc) {
+        auto& c = *m.e->conn;
+        if ((fds[i].events & in_mask) != 0) {
+          if (!m.armed_rx) {
+            c.path().arm_rx(1);
+            m.armed_rx = true;
+          }
+          m.rx = static_cast<int>(k.size());
+          k.push_back({c.path().rx_fd(), POLLIN, 0});
+        }
+        if ((fds[i].events & out_mask) != 0) {
+          if (!m.armed_tx) {
+            c.path().arm_tx(1);
+            m.armed_tx = true;
+          }
+          m.tx = static_cast<int>(k.size());
+          k.push_back({c.path().tx_fd(), POLLIN, 0});
+        }
+        if (!c.finished()) {
+          m.sock = static_cast<int>(k.size());
+          k.push_back({fds[i].fd, POLLIN | POLLRDHUP, 0});
+        }
+        // Checked after arming: a peer that moved before it saw our waiter
+        // is seen here (the doorbell protocol's Dekker order).
+        fds[i].revents = smc_revents(m.e, fds[i].events);
+      } else if (s == state::undecided || s == state::strip) {
+        // Readable TCP means the deciding bytes arrived; writes are plain TCP.
+        m.sock = static_cast<int>(k.size());
+        k.push_back({fds[i].fd, static_cast<short>(fds[i].events | POLLIN), 0});
+      } else {
+        m.sock = static_cast<int>(k.size());
+        k.push_back({fds[i].fd, fds[i].events, 0});
+      }
+      if (fds[i].revents != 0) {
+        ++ready;
+      }
+    }
+    int64_t left_ns = -1;
+    if (ready > 0) {
+      left_ns = 0;
+    } else if (timeout_ns >= 0) {
+      left_ns = std::max<int64_t>(0, deadline - mono_ns());
+    }
+    timespec ts{static_cast<time_t>(left_ns / 1000000000), static_cast<long>(left_ns % 1000000000)};
+    int kn = real.ppoll(k.data(), k.size(), left_ns < 0 ? nullptr : &ts, sigmask);
+    if (kn < 0) {
+      result = -1;
+      break;
+    }
+    ready = 0;
+    for (nfds_t i = 0; i < n; ++i) {
+      slot_map& m = map[i];
+      state s = m.e != nullptr ? m.e->st.load(std::memory_order_acquire) : state::tcp;
+      if (s == state::smc) {
+        auto& c = *m.e->conn;
+        if (m.sock >= 0 && k[m.sock].revents != 0) {
+          c.check_tcp();  // the peer's TCP end closed: it is gone
+        }
+        fds[i].revents = smc_revents(m.e, fds[i].events);
+        // A doorbell that fired for a state already gone again: reset it.
+        if (m.rx >= 0 && k[m.rx].revents != 0 && (fds[i].revents & POLLIN) == 0) {
+          c.path().drain_rx();
+          fds[i].revents = smc_revents(m.e, fds[i].events);
+        }
+        if (m.tx >= 0 && k[m.tx].revents != 0 && (fds[i].revents & POLLOUT) == 0) {
+          c.path().drain_tx();
+          fds[i].revents = smc_revents(m.e, fds[i].events);
+        }
+      } else if (m.sock >= 0) {
+        short kr = k[m.sock].revents;
+        if (s == state::undecided || s == state::strip || s == state::connecting) {
+          if (kr != 0) {
+            s = drive(m.e, fds[i].fd);
+          }
+          if (s == state::smc) {
+            fds[i].revents = smc_revents(m.e, fds[i].events);
+          } else if (s == state::undecided || s == state::strip) {
+            // Still waiting for the rest of a CLC message: only writability counts.
+            fds[i].revents = static_cast<short>(kr & (fds[i].events & out_mask));
+          } else if (s == state::connecting) {
+            fds[i].revents = 0;
+          } else {
+            fds[i].revents = static_cast<short>(kr & (fds[i].events | POLLERR | POLLHUP | POLLNVAL));
+          }
+        } else {
+          fds[i].revents = kr;
+        }
+      }
+      if (fds[i].revents != 0) {
+        ++ready;
+      }
+    }
+    if (ready > 0) {
+      result = ready;
+      break;
+    }
+    if (timeout_ns >= 0 && mono_ns() >= deadline) {
+      result = 0;
+      break;
+    }
+  }
+  int saved = errno;
+  for (auto& m : map) {
+    if (m.e != nullptr) {
+      if (m.armed_rx) {
+        m.e->conn->path().arm_rx(-1);
+      }
+      if (m.armed_tx) {
+        m.e->conn->path().arm_tx(-1);
+      }
+      fd_put(m.e);
+    }
+  }
+  errno = saved;
+  return result;
+}
+
+bool any_recorded(const pollfd* fds, nfds_t n) {
+  for (nfds_t i = 0; i < n; ++i) {
+    if (fd_maybe(fds[i].fd)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+int64_t ms_to_ns(int timeout) { return timeout < 0 ? -1 : static_cast<int64_t>(timeout) * 1000000; }
+
+int64_t ts_to_ns(const timespec* ts) {
+  return ts == nullptr ? -1 : static_cast<int64_t>(ts->tv_sec) * 1000000000 + ts->tv_nsec;
+}
+
+int poll_entry(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask) {
+  int saved = errno;
+  try {
+    int r = poll_slow(fds, n, timeout_ns, sigmask);
+    if (r >= 0) {
+      errno = saved;
+    }
+    return r;
+  } catch (...) {
+    errno = ENOMEM;
+    return -1;
+  }
+}
+
+// select() in terms of poll: only when a recorded fd is in one of the sets.
+int select_common(int nfds, fd_set* r, fd_set* w, fd_set* x, int64_t timeout_ns,
+                  const sigset_t* sigmask, bool* handled) {
+  *handled = false;
+  if (nfds <= 0 || nfds > FD_SETSIZE) {
+    return 0;
+  }
+  bool any = false;
+  for (int fd = 0; fd < nfds && !any; ++fd) {
+    if ((r && FD_ISSET(fd, r)) || (w && FD_ISSET(fd, w)) || (x && FD_ISSET(fd, x))) {
+      any = fd_maybe(fd);
+    }
+  }
+  if (!any) {
+    return 0;
+  }
+  *handled = true;
+  std::vector<pollfd> p;
+  for (int fd = 0; fd < nfds; ++fd) {
+    short ev = 0;
+    if (r && FD_ISSET(fd, r)) {
+      ev |= POLLIN;
+    }
+    if (w && FD_ISSET(fd, w)) {
+      ev |= POLLOUT;
+    }
+    if (x && FD_ISSET(fd, x)) {
+      ev |= POLLPRI;
+    }
+    if (ev != 0) {
+      p.push_back({fd, ev, 0});
+    }
+  }
+  int rc = poll_entry(p.data(), p.size(), timeout_ns, sigmask);
+  if (rc < 0) {
+    return rc;
+  }
+  for (const auto& q : p) {
+    if ((q.revents & POLLNVAL) != 0) {
+      errno = EBADF;
+      return -1;
+    }
+  }
+  if (r) FD_ZERO(r);
+  if (w) FD_ZERO(w);
+  if (x) FD_ZERO(x);
+  int count = 0;
+  for (const auto& q : p) {
+    if (r && (q.events & POLLIN) && (q.revents & (POLLIN | POLLHUP | POLLERR))) {
+      FD_SET(q.fd, r);
+      ++count;
+    }
+    if (w && (q.events & POLLOUT) && (q.revents & (POLLOUT | POLLERR))) {
+      FD_SET(q.fd, w);
+      ++count;
+    }
+    if (x && (q.events & POLLPRI) && (q.revents & POLLPRI)) {
+      FD_SET(q.fd, x);
+      ++count;
+    }
+  }
+  return count;
+}
+
+}  // namespace
+
+extern "C" {
+
+__attribute__((visibility("default"))) int poll(pollfd* fds, nfds_t n, int timeout) {
+  ensure_init();
+  if (!g_enabled || !any_recorded(fds, n)) {
+    return real.poll(fds, n, timeout);
+  }
+  return poll_entry(fds, n, ms_to_ns(timeout), nullptr);
+}
+
+__attribute__((visibility("default"))) int __poll_chk(pollfd* fds, nfds_t n, int timeout,
+                                                      size_t fdslen) {
+  ensure_init();
+  if (!g_enabled || fdslen / sizeof(pollfd) < n || !any_recorded(fds, n)) {
+    return real.poll_chk(fds, n, timeout, fdslen);
+  }
+  return poll_entry(fds, n, ms_to_ns(timeout), nullptr);
+}
+
+__attribute__((visibility("default"))) int ppoll(pollfd* fds, nfds_t n, const timespec* ts,
+                                                 const sigset_t* sigmask) {
+  ensure_init();
+  if (!g_enabled || !any_recorded(fds, n)) {
+    return real.ppoll(fds, n, ts, sigmask);
+  }
+  return poll_entry(fds, n, ts_to_ns(ts), sigmask);
+}
+
+__attribute__((visibility("default"))) int select(int nfds, fd_set* r, fd_set* w, fd_set* x,
+                                                  timeval* tv) {
+  ensure_init();
+  if (g_enabled) {
+    bool handled = false;
+    int64_t ns = tv == nullptr ? -1 : static_cast<int64_t>(tv->tv_sec) * 1000000000 + tv->tv_usec * 1000;
+    int64_t start = mono_ns();
+    int rc = select_common(nfds, r, w, x, ns, nullptr, &handled);
+    if (handled) {
+      if (tv != nullptr && rc >= 0) {  // Linux select reports the time left
+        int64_t left = std::max<int64_t>(0, ns - (mono_ns() - start));
+        tv->tv_sec = static_cast<time_t>(left / 1000000000);
+        tv->tv_usec = static_cast<suseconds_t>((left % 1000000000) / 1000);
+      }
+      return rc;
+    }
+  }
+  return real.select(nfds, r, w, x, tv);
+}
+
+__attribute__((visibility("default"))) int pselect(int nfds, fd_set* r, fd_set* w, fd_set* x,
+                                                   const timespec* ts, const sigset_t* sigmask) {
+  ensure_init();
+  if (g_enabled) {
+    bool handled = false;
+    int rc = select_common(nfds, r, w, x, ts_to_ns(ts), sigmask, &handled);
+    if (handled) {
+      return rc;
+    }
+  }
+  return real.pselect(nfds, r, w, x, ts, sigmask);
+}
+
+}  // extern "C"

@@ -1,0 +1,186 @@
+// Internal interface of the preload layer: real symbols, the fd table, the
+// per-socket entry, and the decisions that move a socket between states.
+// Only preload/ includes this; the exported symbols live in *_api.cpp.
+#pragma once
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "config/config.h"
+#include "core/conn.h"
+#include "core/handshake.h"
+
+namespace smc::preload {
+
+/// The next definition of every interposed function (dlsym RTLD_NEXT).
+struct real_fns {
+  int (*socket)(int, int, int);
+  int (*connect)(int, const sockaddr*, socklen_t);
+  int (*listen)(int, int);
+  int (*accept)(int, sockaddr*, socklen_t*);
+  int (*accept4)(int, sockaddr*, socklen_t*, int);
+  int (*bind)(int, const sockaddr*, socklen_t);
+  ssize_t (*read)(int, void*, size_t);
+  ssize_t (*write)(int, const void*, size_t);
+  ssize_t (*readv)(int, const iovec*, int);
+  ssize_t (*writev)(int, const iovec*, int);
+  ssize_t (*recv)(int, void*, size_t, int);
+  ssize_t (*recvfrom)(int, void*, size_t, int, sockaddr*, socklen_t*);
+  ssize_t (*recvmsg)(int, msghdr*, int);
+  ssize_t (*send)(int, const void*, size_t, int);
+  ssize_t (*sendto)(int, const void*, size_t, int, const sockaddr*, socklen_t);
+  ssize_t (*sendmsg)(int, const msghdr*, int);
+  int (*close)(int);
+  int (*shutdown)(int, int);
+  int (*poll)(pollfd*, nfds_t, int);
+  int (*ppoll)(pollfd*, nfds_t, const timespec*, const sigset_t*);
+  int (*select)(int, fd_set*, fd_set*, fd_set*, timeval*);
+  int (*pselect)(int, fd_set*, fd_set*, fd_set*, const timespec*, const sigset_t*);
+  int (*epoll_create)(int);
+  int (*epoll_create1)(int);
+  int (*epoll_ctl)(int, int, int, epoll_event*);
+  int (*epoll_wait)(int, epoll_event*, int, int);
+  int (*epoll_pwait)(int, epoll_event*, int, int, const sigset_t*);
+  int (*epoll_pwait2)(int, epoll_event*, int, const timespec*, const sigset_t*);
+  int (*dup)(int);
+  int (*dup2)(int, int);
+  int (*dup3)(int, int, int);
+  int (*fcntl)(int, int, ...);
+  int (*fcntl64)(int, int, ...);
+  int (*ioctl)(int, unsigned long, ...);
+  int (*getsockopt)(int, int, int, void*, socklen_t*);
+  int (*setsockopt)(int, int, int, const void*, socklen_t);
+  pid_t (*fork)();
+  ssize_t (*read_chk)(int, void*, size_t, size_t);
+  ssize_t (*recv_chk)(int, void*, size_t, size_t, int);
+  ssize_t (*recvfrom_chk)(int, void*, size_t, size_t, int, sockaddr*, socklen_t*);
+  int (*poll_chk)(pollfd*, nfds_t, int, size_t);
+};
+extern real_fns real;
+
+/// Resolves symbols and reads the configuration once; safe before
+/// constructors, from any thread, and re-entrantly (then it returns at once).
+void init_slow();
+extern std::atomic<int> g_init_state;  // 2 = done
+inline void ensure_init() {
+  if (__builtin_expect(g_init_state.load(std::memory_order_acquire) != 2, 0)) {
+    init_slow();
+  }
+}
+extern bool g_enabled;
+const config::config& cfg();
+core::hs_params hs_params();
+
+enum class state : uint8_t {
+  fresh,       // socket() done, not yet connected or listening
+  connecting,  // non-blocking connect to a believed peer in progress
+  listener,    // accepted sockets start undecided
+  undecided,   // accepted; the first bytes decide (Proposal or application data)
+  strip,       // plain TCP, but a late CLC message may lead the stream: strip it
+  smc,         // data served by conn
+  tcp,         // plain TCP for good: entry dropped lazily from the table
+  epoll,       // an epoll instance that holds SMC sockets
+};
+
+struct ep_set;
+struct ep_reg;
+
+/// Per-socket state, shared by every fd that dup() made of the socket.
+struct entry {
+  std::atomic<int> refs{1};  // table slots + in-flight calls
+  std::atomic<int> nfds{1};  // fds referring to it
+  std::mutex mu;             // serialises state transitions (handshakes)
+  std::atomic<state> st{state::fresh};
+  int family = 0;
+  bool believed = false;          // passive: the client is in SMC_PEERS
+  unsigned strip_mask = 0;        // state::strip: CLC types to strip
+  int64_t partial_since_ms = 0;   // undecided: when a CLC prefix was first seen
+  bool linger0 = false;           // SO_LINGER with l_linger 0: close resets
+  std::unique_ptr<core::conn> conn;
+  ep_set* eps = nullptr;          // state::epoll
+  std::vector<ep_reg*> regs;      // epoll registrations (under the epoll mutex)
+};
+
+// ---- fd table ----
+bool fd_maybe(int fd);                 // one atomic load: is anything recorded?
+entry* fd_get(int fd);                 // +1 ref, or nullptr
+void fd_put(entry* e);                 // -1 ref; frees at 0
+entry* fd_install(int fd, entry* e);       // installs (consumes a ref); returns the old one
+entry* fd_take(int fd);                // removes; the caller owns the returned ref
+void fd_forget_if(int fd, entry* e);   // drops the slot if it still holds e
+/// The fd is going away (close, dup2 target): run the last-close protocol if
+/// it was the socket's last fd.
+void fd_release(int fd);
+/// A new fd number appeared from a call we do not track (stale slot cleanup).
+void fd_fresh(int fd);
+/// Atfork hooks for the table's locks.
+void fd_table_lock_all();
+void fd_table_unlock_all();
+
+/// RAII reference from fd_get.
+class entry_ref {
+ public:
+  explicit entry_ref(int fd) : e_(g_enabled && fd_maybe(fd) ? fd_get(fd) : nullptr) {}
+  ~entry_ref() {
+    if (e_ != nullptr) {
+      fd_put(e_);
+    }
+  }
+  entry_ref(const entry_ref&) = delete;
+  entry_ref& operator=(const entry_ref&) = delete;
+  entry* get() const { return e_; }
+  entry* operator->() const { return e_; }
+  explicit operator bool() const { return e_ != nullptr; }
+
+ private:
+  entry* e_;
+};
+
+// ---- decisions (socket_api.cpp) ----
+/// Passive side: resolve an undecided/strip socket if its first bytes allow
+/// (never blocks longer than a handshake). Returns the state afterwards.
+state decide_passive(entry* e, int fd);
+/// Active side: complete a non-blocking connect's handshake if the TCP
+/// connection is up. Returns the state afterwards.
+state finish_connect(entry* e, int fd);
+/// Before a read: decide as far as needed. 0, or an errno (EAGAIN ...).
+int prepare_read(entry* e, int fd, int flags);
+/// Before a write on an undecided socket (server writes first).
+void prepare_write(entry* e, int fd);
+/// Drive any pending decision without blocking (poll/epoll saw activity).
+state drive(entry* e, int fd);
+
+// ---- epoll (epoll_api.cpp) ----
+/// The socket changed state: move its epoll registrations accordingly.
+void ep_state_changed(entry* e);
+/// The socket's last fd is gone: drop its registrations.
+void ep_forget_entry(entry* e);
+/// An epoll instance's last fd is gone.
+void ep_destroy_set(entry* e);
+void ep_lock();
+void ep_unlock();
+
+// ---- helpers ----
+/// Runs f() and returns its result with errno preserved on success and set
+/// from `err` on failure; exceptions never cross into the application.
+struct io_status {
+  ssize_t n;
+  int err;
+};
+ssize_t finish_io(io_status s, int saved_errno);
+/// Writes SMC_STATS_FILE (at exit).
+void write_stats_at_exit();
+
+}  // namespace smc::preload

@@ -1,0 +1,209 @@
+// Symbol resolution and one-time initialisation. Every exported function
+// calls ensure_init() first, because applications (and other libraries'
+// constructors) may call socket functions before our constructor runs.
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/log.h"
+#include "core/stats.h"
+#include "preload/preload.h"
+#include "rdma/sys.h"
+
+namespace smc::preload {
+
+real_fns real{};
+std::atomic<int> g_init_state{0};
+bool g_enabled = false;
+
+namespace {
+
+config::config* g_cfg = nullptr;  // leaked: needed until the very last call
+pthread_mutex_t g_init_mu = PTHREAD_MUTEX_INITIALIZER;
+thread_local bool t_initialising = false;
+
+[[noreturn]] void die_self_resolution(const char* name) {
+  // Resolving to ourselves would recurse forever; nothing sensible can follow.
+  char msg[128];
+  int n = std::snprintf(msg, sizeof(msg), "smc-preload: cannot resolve %s\n", name);
+  if (n > 0) {
+    ssize_t w = ::syscall(1 /* write */, 2, msg, static_cast<size_t>(n));
+    (void)w;
+  }
+  std::abort();
+}
+
+template <typename F>
+void resolve(F& slot, const char* name, void* self, bool optional = false) {
+  dlerror();
+  void* p = dlsym(RTLD_NEXT, name);
+  if (p == nullptr && !optional) {
+    die_self_resolution(name);
+  }
+  if (p == self && p != nullptr) {
+    die_self_resolution(name);
+  }
+  slot = reinterpret_cast<F>(p);
+}
+
+// Optional symbols fall back to a stub that fails with ENOSYS.
+int enosys_epoll_pwait2(int, epoll_event*, int, const timespec*, const sigset_t*) {
+  errno = ENOSYS;
+  return -1;
+}
+
+void resolve_all() {
+#define SMC_RESOLVE(field, sym) resolve(real.field, #sym, reinterpret_cast<void*>(&::sym))
+  SMC_RESOLVE(socket, socket);
+  SMC_RESOLVE(connect, connect);
+  SMC_RESOLVE(listen, listen);
+  SMC_RESOLVE(accept, accept);
+  SMC_RESOLVE(accept4, accept4);
+  resolve(real.bind, "bind", nullptr);  // not interposed
+  SMC_RESOLVE(read, read);
+  SMC_RESOLVE(write, write);
+  SMC_RESOLVE(readv, readv);
+  SMC_RESOLVE(writev, writev);
+  SMC_RESOLVE(recv, recv);
+  SMC_RESOLVE(recvfrom, recvfrom);
+  SMC_RESOLVE(recvmsg, recvmsg);
+  SMC_RESOLVE(send, send);
+  SMC_RESOLVE(sendto, sendto);
+  SMC_RESOLVE(sendmsg, sendmsg);
+  SMC_RESOLVE(close, close);
+  SMC_RESOLVE(shutdown, shutdown);
+  SMC_RESOLVE(poll, poll);
+  SMC_RESOLVE(ppoll, ppoll);
+  SMC_RESOLVE(select, select);
+  SMC_RESOLVE(pselect, pselect);
+  SMC_RESOLVE(epoll_create, epoll_create);
+  SMC_RESOLVE(epoll_create1, epoll_create1);
+  SMC_RESOLVE(epoll_ctl, epoll_ctl);
+  SMC_RESOLVE(epoll_wait, epoll_wait);
+  SMC_RESOLVE(epoll_pwait, epoll_pwait);
+  SMC_RESOLVE(dup, dup);
+  SMC_RESOLVE(dup2, dup2);
+  SMC_RESOLVE(dup3, dup3);
+  SMC_RESOLVE(fcntl, fcntl);
+  SMC_RESOLVE(ioctl, ioctl);
+  SMC_RESOLVE(getsockopt, getsockopt);
+  SMC_RESOLVE(setsockopt, setsockopt);
+  SMC_RESOLVE(fork, fork);
+#undef SMC_RESOLVE
+  resolve(real.epoll_pwait2, "epoll_pwait2", nullptr, true);
+  if (real.epoll_pwait2 == nullptr) {
+    real.epoll_pwait2 = enosys_epoll_pwait2;
+  }
+  resolve(real.fcntl64, "fcntl64", nullptr, true);
+  if (real.fcntl64 == nullptr) {
+    real.fcntl64 = real.fcntl;
+  }
+  resolve(real.read_chk, "__read_chk", nullptr);
+  resolve(real.recv_chk, "__recv_chk", nullptr);
+  resolve(real.recvfrom_chk, "__recvfrom_chk", nullptr);
+  resolve(real.poll_chk, "__poll_chk", nullptr);
+
+  // The engine's OS-call seam goes straight to the real functions.
+  rdma::sys_calls& s = rdma::sys();
+  s.socket = real.socket;
+  s.connect = real.connect;
+  s.bind = real.bind;
+  s.listen = real.listen;
+  s.accept4 = real.accept4;
+  s.recv = real.recv;
+  s.send = real.send;
+  s.recvmsg = real.recvmsg;
+  s.sendmsg = real.sendmsg;
+  s.read = real.read;
+  s.write = real.write;
+  s.close = real.close;
+  s.poll = real.poll;
+  s.fcntl = real.fcntl;
+  s.getsockopt = real.getsockopt;
+  s.setsockopt = real.setsockopt;
+  s.epoll_create1 = real.epoll_create1;
+  s.epoll_ctl = real.epoll_ctl;
+  s.epoll_wait = real.epoll_wait;
+}
+
+core::log::level to_log_level(config::log_level l) {
+  return static_cast<core::log::level>(static_cast<int>(l));
+}
+
+void atfork_prepare() {
+  ep_lock();
+  fd_table_lock_all();
+}
+void atfork_parent() {
+  fd_table_unlock_all();
+  ep_unlock();
+}
+void atfork_child();
+
+}  // namespace
+
+const config::config& cfg() { return *g_cfg; }
+
+core::hs_params hs_params() {
+  core::hs_params p;
+  p.transport = g_cfg->transport;
+  p.rmb_size = g_cfg->rmb_size;
+  return p;
+}
+
+void init_slow() {
+  if (t_initialising) {
+    return;  // a call made by our own initialisation: symbols are resolved already
+  }
+  int saved = errno;
+  pthread_mutex_lock(&g_init_mu);
+  if (g_init_state.load(std::memory_order_acquire) != 2) {
+    t_initialising = true;
+    resolve_all();
+    g_init_state.store(1, std::memory_order_release);
+    auto* c = new config::config();
+    std::vector<std::string> warnings;
+    try {
+      warnings = config::load(*c);
+    } catch (...) {
+      *c = config::config();
+    }
+    g_cfg = c;
+    if (c->enable) {
+      core::log::init(to_log_level(c->level), c->log_file);
+      for (const auto& w : warnings) {
+        SMC_LOG(warn, "config: %s", w.c_str());
+      }
+      SMC_LOG(info, "enabled: transport=%s rmb=%u peers=%zu", config::to_string(c->transport),
+              c->rmb_size, c->peers.size());
+      pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+    }
+    g_enabled = c->enable;
+    t_initialising = false;
+    g_init_state.store(2, std::memory_order_release);
+  }
+  pthread_mutex_unlock(&g_init_mu);
+  errno = saved;
+}
+
+namespace {
+
+void atfork_child() {
+  fd_table_unlock_all();
+  ep_unlock();
+  // The child keeps its own account from here on.
+  core::stats::reset();
+}
+
+__attribute__((constructor)) void on_load() { ensure_init(); }
+__attribute__((destructor)) void on_unload() { write_stats_at_exit(); }
+
+}  // namespace
+
+}  // namespace smc::preload

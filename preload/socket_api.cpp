@@ -1,0 +1,519 @@
+// Interposed socket lifecycle calls (socket, connect, listen, accept, close,
+// shutdown, dup*, fcntl, ioctl, get/setsockopt) and the state decisions.
+// Each exported function is a thin, noexcept translation: preload/ holds no
+// protocol logic, core/ does.
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <cstdarg>
+#include <cstring>
+
+#include "core/log.h"
+#include "core/stats.h"
+#include "preload/preload.h"
+#include "rdma/shm/shm_transport.h"
+
+using namespace smc::preload;
+using smc::core::reason;
+
+namespace smc::preload {
+
+namespace {
+
+int64_t now_ms() { return rdma::shm::now_ms(); }
+
+// How long a partial CLC message at the start of an accepted stream may sit
+// before we call it application data.
+constexpr int partial_timeout_ms = 2000;
+// How long a server that writes first waits for a believed client's Proposal.
+constexpr int server_first_wait_ms = 500;
+
+bool is_stream_inet(int domain, int type) {
+  return (domain == AF_INET || domain == AF_INET6) &&
+         (type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) == SOCK_STREAM;
+}
+
+void become_tcp(entry* e, int fd, reason why) {
+  if (why != reason::none) {
+    core::stats::count_fallback(why);
+    SMC_LOG(debug, "fd %d: TCP (%s)", fd, core::to_name(why));
+  }
+  e->st.store(state::tcp, std::memory_order_release);
+}
+
+// Applies a handshake outcome (under e->mu).
+void apply(entry* e, int fd, core::hs_outcome&& o) {
+  if (o.path) {
+    e->conn = std::make_unique<core::conn>(std::move(o.path), fd, cfg().spin_us);
+    e->st.store(state::smc, std::memory_order_release);
+    core::stats::count_shm();
+    SMC_LOG(info, "fd %d: SMC over shm", fd);
+    return;
+  }
+  if (o.broken) {
+    // Both ends can no longer agree on the stream: reset it rather than
+    // deliver corrupt data.
+    SMC_LOG(warn, "fd %d: handshake broke the stream (%s); resetting", fd, core::to_name(o.why));
+    linger lg{1, 0};
+    real.setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    real.shutdown(fd, SHUT_RDWR);
+  }
+  if (o.strip_reply) {
+    e->strip_mask = core::mask_reply;
+    core::stats::count_fallback(o.why);
+    e->st.store(state::strip, std::memory_order_release);
+    return;
+  }
+  become_tcp(e, fd, o.why);
+}
+
+}  // namespace
+
+state decide_passive(entry* e, int fd) {
+  std::lock_guard<std::mutex> lk(e->mu);
+  state s = e->st.load();
+  if (s != state::undecided && s != state::strip) {
+    return s;
+  }
+  size_t len = 0;
+  unsigned mask = s == state::undecided ? core::mask_proposal : e->strip_mask;
+  core::start_kind k = core::peek_clc(fd, mask, len);
+  if (k == core::start_kind::need_more) {
+    int probe;
+    // need_more with bytes present means a CLC prefix: bounded patience.
+    ssize_t n = real.recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) {
+      if (e->partial_since_ms == 0) {
+        e->partial_since_ms = now_ms();
+      } else if (now_ms() - e->partial_since_ms > partial_timeout_ms) {
+        k = core::start_kind::not_clc;
+      }
+    }
+  }
+  switch (k) {
+    case core::start_kind::need_more:
+      return s;
+    case core::start_kind::eof:
+    case core::start_kind::not_clc:
+      become_tcp(e, fd, s == state::undecided ? reason::no_proposal : reason::none);
+      break;
+    case core::start_kind::match:
+      if (s == state::strip) {
+        core::discard_clc(fd, len);
+        SMC_LOG(debug, "fd %d: stripped a late CLC message", fd);
+        become_tcp(e, fd, reason::none);
+      } else {
+        apply(e, fd, core::server_handshake(fd, len, hs_params()));
+      }
+      break;
+  }
+  s = e->st.load();
+  if (!e->regs.empty()) {
+    ep_state_changed(e);
+  }
+  return s;
+}
+
+state finish_connect(entry* e, int fd) {
+  std::lock_guard<std::mutex> lk(e->mu);
+  if (e->st.load() != state::connecting) {
+    return e->st.load();
+  }
+  pollfd p{fd, POLLOUT, 0};
+  if (real.poll(&p, 1, 0) <= 0) {
+    return state::connecting;
+  }
+  sockaddr_storage ss;
+  socklen_t sl = sizeof(ss);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &sl) != 0) {
+    // The connect failed: the application reads the error from SO_ERROR itself.
+    become_tcp(e, fd, reason::none);
+  } else {
+    apply(e, fd, core::client_handshake(fd, hs_params()));
+  }
+  if (!e->regs.empty()) {
+    ep_state_changed(e);
+  }
+  return e->st.load();
+}
+
+state drive(entry* e, int fd) {
+  switch (e->st.load(std::memory_order_acquire)) {
+    case state::undecided:
+    case state::strip:
+      return decide_passive(e, fd);
+    case state::connecting:
+      return finish_connect(e, fd);
+    default:
+      return e->st.load();
+  }
+}
+
+int prepare_read(entry* e, int fd, int flags) {
+  for (;;) {
+    state s = drive(e, fd);
+    if (s != state::undecided && s != state::strip && s != state::connecting) {
+      return 0;
+    }
+    if (s == state::connecting) {
+      return 0;  // not connected yet: the kernel gives the right answer
+    }
+    int fl = real.fcntl(fd, F_GETFL);
+    bool nonblock = (flags & MSG_DONTWAIT) != 0 || (fl >= 0 && (fl & O_NONBLOCK) != 0);
+    if (nonblock) {
+      return EAGAIN;
+    }
+    // Blocking read on an undecided socket: sleep until bytes arrive, then decide.
+    timeval tv{};
+    socklen_t tl = sizeof(tv);
+    int timeout = -1;
+    if (real.getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &tl) == 0 && (tv.tv_sec || tv.tv_usec)) {
+      timeout = static_cast<int>(tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000);
+    }
+    if (e->partial_since_ms != 0) {
+      timeout = 50;  // a CLC prefix is waiting for its rest: re-check soon
+    }
+    pollfd p{fd, POLLIN, 0};
+    int n = real.poll(&p, 1, timeout);
+    if (n < 0) {
+      return errno;
+    }
+    if (n == 0 && e->partial_since_ms == 0) {
+      return EAGAIN;  // SO_RCVTIMEO expired
+    }
+  }
+}
+
+void prepare_write(entry* e, int fd) {
+  state s = drive(e, fd);
+  if (s != state::undecided) {
+    return;
+  }
+  if (e->believed) {
+    // The client is expected to propose: give its Proposal a moment.
+    int64_t until = now_ms() + server_first_wait_ms;
+    while (s == state::undecided && now_ms() < until) {
+      pollfd p{fd, POLLIN, 0};
+      real.poll(&p, 1, static_cast<int>(std::max<int64_t>(1, until - now_ms())));
+      s = drive(e, fd);
+      if (s == state::undecided && e->partial_since_ms == 0 && p.revents == 0) {
+        break;  // no byte at all within the wait
+      }
+    }
+    if (s != state::undecided) {
+      return;
+    }
+  }
+  std::lock_guard<std::mutex> lk(e->mu);
+  if (e->st.load() == state::undecided) {
+    // Our bytes go out on TCP now; a Proposal that arrives later is never
+    // answered but silently removed, and the client falls back on seeing our data.
+    e->strip_mask = core::mask_proposal;
+    core::stats::count_fallback(reason::server_wrote_first);
+    e->st.store(state::strip, std::memory_order_release);
+    if (!e->regs.empty()) {
+      ep_state_changed(e);
+    }
+  }
+}
+
+ssize_t finish_io(io_status s, int saved_errno) {
+  errno = s.n < 0 ? s.err : saved_errno;
+  return s.n;
+}
+
+}  // namespace smc::preload
+
+// ---------------------------------------------------------------------------
+// Exported symbols.
+
+extern "C" {
+
+__attribute__((visibility("default"))) int socket(int domain, int type, int protocol) noexcept {
+  ensure_init();
+  int fd = real.socket(domain, type, protocol);
+  if (fd < 0 || !g_enabled) {
+    return fd;
+  }
+  int saved = errno;
+  fd_fresh(fd);
+  if (is_stream_inet(domain, type) && (protocol == 0 || protocol == IPPROTO_TCP)) {
+    auto* e = new (std::nothrow) entry();
+    if (e != nullptr) {
+      e->family = domain;
+      entry* old = fd_install(fd, e);
+      if (old != nullptr) {
+        fd_put(old);
+      }
+    }
+  }
+  errno = saved;
+  return fd;
+}
+
+__attribute__((visibility("default"))) int connect(int fd, const sockaddr* addr,
+                                                   socklen_t len) noexcept {
+  ensure_init();
+  entry_ref e(fd);
+  if (!e || e->st.load() != state::fresh) {
+    return real.connect(fd, addr, len);
+  }
+  int saved = errno;
+  try {
+    const auto& c = cfg();
+    reason why = reason::none;
+    if (c.transport == smc::config::transport_mode::tcp) {
+      why = reason::transport_tcp;
+    } else if (addr == nullptr || !smc::config::peers_match(c.peers, addr, len)) {
+      why = reason::peer_not_configured;
+    }
+    if (why != reason::none) {
+      {
+        std::lock_guard<std::mutex> lk(e->mu);
+        become_tcp(e.get(), fd, why);
+      }
+      fd_forget_if(fd, e.get());
+      errno = saved;
+      return real.connect(fd, addr, len);
+    }
+    int rc = real.connect(fd, addr, len);
+    if (rc != 0) {
+      if (errno == EINPROGRESS) {
+        e->st.store(state::connecting, std::memory_order_release);
+      }
+      return rc;
+    }
+    {
+      std::lock_guard<std::mutex> lk(e->mu);
+      apply(e.get(), fd, smc::core::client_handshake(fd, hs_params()));
+    }
+    errno = saved;
+    return 0;
+  } catch (...) {
+    errno = saved;
+    return e->st.load() == state::fresh ? real.connect(fd, addr, len) : 0;
+  }
+}
+
+__attribute__((visibility("default"))) int listen(int fd, int backlog) noexcept {
+  ensure_init();
+  entry_ref e(fd);
+  int rc = real.listen(fd, backlog);
+  if (rc == 0 && e && e->st.load() == state::fresh) {
+    e->st.store(state::listener, std::memory_order_release);
+  }
+  return rc;
+}
+
+static int accept_common(int fd, sockaddr* addr, socklen_t* len, int flags) {
+  entry_ref e(fd);
+  if (!e || e->st.load() != state::listener) {
+    return real.accept4(fd, addr, len, flags);
+  }
+  sockaddr_storage ss;
+  socklen_t sl = sizeof(ss);
+  int nfd = real.accept4(fd, reinterpret_cast<sockaddr*>(&ss), &sl, flags);
+  if (nfd < 0) {
+    return nfd;
+  }
+  int saved = errno;
+  if (addr != nullptr && len != nullptr) {
+    std::memcpy(addr, &ss, std::min<socklen_t>(*len, sl));
+    *len = sl;
+  }
+  fd_fresh(nfd);
+  auto* ne = new (std::nothrow) entry();
+  if (ne != nullptr) {
+    ne->family = e->family;
+    ne->believed = smc::config::peers_match(cfg().peers, reinterpret_cast<sockaddr*>(&ss), sl);
+    ne->st.store(state::undecided, std::memory_order_release);
+    entry* old = fd_install(nfd, ne);
+    if (old != nullptr) {
+      fd_put(old);
+    }
+  }
+  errno = saved;
+  return nfd;
+}
+
+__attribute__((visibility("default"))) int accept(int fd, sockaddr* addr, socklen_t* len) {
+  ensure_init();
+  if (!g_enabled) {
+    return real.accept(fd, addr, len);
+  }
+  return accept_common(fd, addr, len, 0);
+}
+
+__attribute__((visibility("default"))) int accept4(int fd, sockaddr* addr, socklen_t* len,
+                                                   int flags) {
+  ensure_init();
+  if (!g_enabled) {
+    return real.accept4(fd, addr, len, flags);
+  }
+  return accept_common(fd, addr, len, flags);
+}
+
+__attribute__((visibility("default"))) int close(int fd) {
+  ensure_init();
+  if (g_enabled && fd_maybe(fd)) {
+    int saved = errno;
+    fd_release(fd);
+    errno = saved;
+  }
+  return real.close(fd);
+}
+
+__attribute__((visibility("default"))) int shutdown(int fd, int how) noexcept {
+  ensure_init();
+  entry_ref e(fd);
+  if (!e) {
+    return real.shutdown(fd, how);
+  }
+  state s = e->st.load();
+  if (s == state::undecided || s == state::strip) {
+    s = drive(e.get(), fd);
+  }
+  if (s == state::smc) {
+    if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR) {
+      errno = EINVAL;
+      return -1;
+    }
+    return e->conn->shutdown(how);
+  }
+  return real.shutdown(fd, how);
+}
+
+static int dup_common(int oldfd, int newfd) {
+  if (newfd < 0) {
+    return newfd;
+  }
+  int saved = errno;
+  fd_fresh(newfd);
+  if (fd_maybe(oldfd)) {
+    entry* e = fd_get(oldfd);
+    if (e != nullptr) {
+      e->nfds.fetch_add(1);
+      entry* old = fd_install(newfd, e);
+      if (old != nullptr) {
+        fd_put(old);
+      }
+    }
+  }
+  errno = saved;
+  return newfd;
+}
+
+__attribute__((visibility("default"))) int dup(int fd) {
+  ensure_init();
+  int n = real.dup(fd);
+  return g_enabled ? dup_common(fd, n) : n;
+}
+
+__attribute__((visibility("default"))) int dup2(int oldfd, int newfd) {
+  ensure_init();
+  if (!g_enabled || oldfd == newfd) {
+    return real.dup2(oldfd, newfd);
+  }
+  if (fd_maybe(newfd)) {
+    int saved = errno;
+    fd_release(newfd);  // dup2 closes newfd first
+    errno = saved;
+  }
+  return dup_common(oldfd, real.dup2(oldfd, newfd));
+}
+
+__attribute__((visibility("default"))) int dup3(int oldfd, int newfd, int flags) {
+  ensure_init();
+  if (!g_enabled || oldfd == newfd) {
+    return real.dup3(oldfd, newfd, flags);
+  }
+  if (fd_maybe(newfd)) {
+    int saved = errno;
+    fd_release(newfd);
+    errno = saved;
+  }
+  return dup_common(oldfd, real.dup3(oldfd, newfd, flags));
+}
+
+static int fcntl_common(int (*fn)(int, int, ...), int fd, int cmd, unsigned long arg) {
+  int rc = fn(fd, cmd, arg);
+  if (g_enabled && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)) {
+    return dup_common(fd, rc);
+  }
+  return rc;
+}
+
+__attribute__((visibility("default"))) int fcntl(int fd, int cmd, ...) {
+  ensure_init();
+  va_list ap;
+  va_start(ap, cmd);
+  unsigned long arg = va_arg(ap, unsigned long);
+  va_end(ap);
+  return fcntl_common(real.fcntl, fd, cmd, arg);
+}
+
+__attribute__((visibility("default"))) int fcntl64(int fd, int cmd, ...) {
+  ensure_init();
+  va_list ap;
+  va_start(ap, cmd);
+  unsigned long arg = va_arg(ap, unsigned long);
+  va_end(ap);
+  return fcntl_common(real.fcntl64, fd, cmd, arg);
+}
+
+__attribute__((visibility("default"))) int ioctl(int fd, unsigned long req, ...) {
+  ensure_init();
+  va_list ap;
+  va_start(ap, req);
+  void* arg = va_arg(ap, void*);
+  va_end(ap);
+  if ((req == FIONREAD || req == SIOCOUTQ) && g_enabled && fd_maybe(fd)) {
+    entry_ref e(fd);
+    if (e && drive(e.get(), fd) == state::smc && arg != nullptr) {
+      int v = static_cast<int>(req == FIONREAD ? e->conn->readable_bytes() : e->conn->unsent_bytes());
+      std::memcpy(arg, &v, sizeof(v));
+      return 0;
+    }
+  }
+  return real.ioctl(fd, req, arg);
+}
+
+__attribute__((visibility("default"))) int getsockopt(int fd, int level, int name, void* val,
+                                                      socklen_t* len) noexcept {
+  ensure_init();
+  if (level == SOL_SOCKET && name == SO_ERROR && g_enabled && fd_maybe(fd)) {
+    entry_ref e(fd);
+    if (e && drive(e.get(), fd) == state::smc && val != nullptr && len != nullptr &&
+        *len >= sizeof(int)) {
+      int err = e->conn->take_error();
+      if (err != 0) {
+        std::memcpy(val, &err, sizeof(err));
+        *len = sizeof(int);
+        return 0;
+      }
+    }
+  }
+  return real.getsockopt(fd, level, name, val, len);
+}
+
+__attribute__((visibility("default"))) int setsockopt(int fd, int level, int name, const void* val,
+                                                      socklen_t len) noexcept {
+  ensure_init();
+  int rc = real.setsockopt(fd, level, name, val, len);
+  if (rc == 0 && level == SOL_SOCKET && name == SO_LINGER && g_enabled && fd_maybe(fd) &&
+      val != nullptr && len >= sizeof(linger)) {
+    entry_ref e(fd);
+    if (e) {
+      linger lg;
+      std::memcpy(&lg, val, sizeof(lg));
+      e->linger0 = lg.l_onoff != 0 && lg.l_linger == 0;
+    }
+  }
+  return rc;
+}
+
+}  // extern "C"

@@ -1,0 +1,500 @@
+// shm transport: sealed memfd RMBs, eventfd doorbells, nonce-checked exchange
+// over an abstract unix socket. See shm_transport.h.
+#include "rdma/shm/shm_transport.h"
+
+#include <fcntl.h>
+#include <linux/memfd.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <new>
+
+#include "rdma/sys.h"
+
+namespace smc::rdma::shm {
+
+namespace {
+
+constexpr uint64_t hello_magic = 0x534d432d52445631ULL;  // "SMC-RDV1"
+constexpr unsigned required_seals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+
+// One message each way on the rendezvous socket, plus three fds.
+struct hello {
+  uint64_t magic;
+  uint64_t to_token;    // the receiver's nonce: proves the sender saw our CLC message
+  uint64_t from_token;  // the sender's own nonce
+  uint32_t rmb_size;
+  uint32_t reserved;
+};
+
+void close_fd(int& fd) {
+  if (fd >= 0) {
+    sys().close(fd);
+    fd = -1;
+  }
+}
+
+void rendezvous_name(sockaddr_un& sa, socklen_t& len, uint64_t host_id, uint32_t link_id) {
+  std::memset(&sa, 0, sizeof(sa));
+  sa.sun_family = AF_UNIX;
+  // Abstract namespace (leading NUL): no file to clean up, gone with the socket.
+  int n = std::snprintf(sa.sun_path + 1, sizeof(sa.sun_path) - 1, "smc-preload/%016llx/%08x",
+                        static_cast<unsigned long long>(host_id), link_id);
+  len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + n);
+}
+
+// Wait for `events` on fd (and optionally readability of abort_fd) until deadline.
+// Returns 1 ready, 0 timeout, -1 error (errno), -2 abort_fd readable.
+int wait_fd(int fd, short events, int64_t deadline_ms, int abort_fd) {
+  for (;;) {
+    int64_t left = deadline_ms - now_ms();
+    if (left <= 0) {
+      return 0;
+    }
+    pollfd p[2] = {{fd, events, 0}, {abort_fd, POLLIN, 0}};
+    int n = sys().poll(p, abort_fd >= 0 ? 2 : 1, static_cast<int>(left));
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return -1;
+    }
+    if (n == 0) {
+      return 0;
+    }
+    if (abort_fd >= 0 && p[1].revents != 0) {
+      return -2;
+    }
+    if (p[0].revents != 0) {
+      return 1;
+    }
+  }
+}
+
+bool send_hello(int sock, const hello& h, const int fds[3]) {
+  iovec iov{const_cast<hello*>(&h), sizeof(h)};
+  alignas(cmsghdr) char buf[CMSG_SPACE(3 * sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = buf;
+  msg.msg_controllen = sizeof(buf);
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(3 * sizeof(int));
+  std::memcpy(CMSG_DATA(c), fds, 3 * sizeof(int));
+  ssize_t n;
+  do {
+    n = sys().sendmsg(sock, &msg, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  return n == static_cast<ssize_t>(sizeof(h));
+}
+
+// Receives one hello with exactly three fds; any other shape is rejected and
+// every received fd closed.
+bool recv_hello(int sock, int64_t deadline_ms, hello& h, int fds[3]) {
+  if (wait_fd(sock, POLLIN, deadline_ms, -1) != 1) {
+    if (errno == 0) {
+      errno = ETIMEDOUT;
+    }
+    return false;
+  }
+  iovec iov{&h, sizeof(h)};
+  alignas(cmsghdr) char buf[CMSG_SPACE(8 * sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = buf;
+  msg.msg_controllen = sizeof(buf);
+  ssize_t n;
+  do {
+    n = sys().recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  int got[8];
+  int ngot = 0;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < k && ngot < 8; ++i) {
+        std::memcpy(&got[ngot++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      }
+    }
+  }
+  bool ok = n == static_cast<ssize_t>(sizeof(h)) && (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) == 0 &&
+            ngot == 3 && h.magic == hello_magic;
+  if (!ok) {
+    for (int i = 0; i < ngot; ++i) {
+      sys().close(got[i]);
+    }
+    errno = EPROTO;
+    return false;
+  }
+  std::memcpy(fds, got, 3 * sizeof(int));
+  return true;
+}
+
+bool check_eventfd(int fd) {
+  // An eventfd shows up in /proc as anon_inode:[eventfd]; fstat gives no type,
+  // so check what we rely on: an 8-byte-write capable, non-blocking descriptor.
+  int fl = sys().fcntl(fd, F_GETFL);
+  if (fl < 0) {
+    return false;
+  }
+  if ((fl & O_NONBLOCK) == 0) {
+    sys().fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+  }
+  char link[64];
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(path, link, sizeof(link) - 1);
+  if (n <= 0) {
+    return true;  // no /proc: trust the nonce-authenticated peer
+  }
+  link[n] = 0;
+  return std::strcmp(link, "anon_inode:[eventfd]") == 0;
+}
+
+void ring(int efd) {
+  uint64_t one = 1;
+  ssize_t n;
+  do {
+    n = sys().write(efd, &one, sizeof(one));
+  } while (n < 0 && errno == EINTR);
+}
+
+void drain(int efd) {
+  uint64_t v;
+  ssize_t n;
+  do {
+    n = sys().read(efd, &v, sizeof(v));
+  } while (n < 0 && errno == EINTR);
+}
+
+class shm_path final : public data_path {
+ public:
+  shm_path(std::unique_ptr<segment> mine, std::unique_ptr<segment> theirs, int my_rx, int my_tx,
+           int peer_rx, int peer_tx)
+      : mine_(std::move(mine)), theirs_(std::move(theirs)), my_rx_(my_rx), my_tx_(my_tx),
+        peer_rx_(peer_rx), peer_tx_(peer_tx) {}
+  ~shm_path() override {
+    close_fd(my_rx_);
+    close_fd(my_tx_);
+    close_fd(peer_rx_);
+    close_fd(peer_tx_);
+  }
+
+  kind transport() const override { return kind::shm; }
+
+  uint32_t rx_size() const override { return mine_->size(); }
+  const uint8_t* rx_data() const override { return mine_->data(); }
+  uint64_t peer_prod() const override { return mine_->ctl()->prod.load(std::memory_order_acquire); }
+  uint8_t peer_conn_flags() const override {
+    return static_cast<uint8_t>(mine_->ctl()->prod_flags.load(std::memory_order_acquire));
+  }
+  void publish_cons(uint64_t cons) override {
+    control* c = mine_->ctl();
+    c->cons.store(cons, std::memory_order_seq_cst);
+    if (c->tx_waiters.load(std::memory_order_seq_cst) != 0 &&
+        c->tx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
+      ring(peer_tx_);
+    }
+  }
+
+  uint32_t tx_size() const override { return theirs_->size(); }
+  uint64_t peer_cons() const override { return theirs_->ctl()->cons.load(std::memory_order_acquire); }
+  void put(uint32_t off, const void* src, size_t n) override {
+    std::memcpy(theirs_->data() + off, src, n);
+  }
+  void publish_prod(uint64_t prod, uint8_t conn_flags) override {
+    control* c = theirs_->ctl();
+    c->prod_flags.store(conn_flags, std::memory_order_release);
+    c->prod.store(prod, std::memory_order_seq_cst);
+    if (c->rx_waiters.load(std::memory_order_seq_cst) != 0 &&
+        c->rx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
+      ring(peer_rx_);
+    }
+  }
+
+  int rx_fd() const override { return my_rx_; }
+  int tx_fd() const override { return my_tx_; }
+  void arm_rx(int delta) override {
+    mine_->ctl()->rx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
+  }
+  void arm_tx(int delta) override {
+    theirs_->ctl()->tx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
+  }
+  void drain_rx() override {
+    mine_->ctl()->rx_rung.store(0, std::memory_order_seq_cst);
+    drain(my_rx_);
+  }
+  void drain_tx() override {
+    theirs_->ctl()->tx_rung.store(0, std::memory_order_seq_cst);
+    drain(my_tx_);
+  }
+  void kick_rx() override { ring(my_rx_); }
+  void kick_tx() override { ring(my_tx_); }
+
+ private:
+  std::unique_ptr<segment> mine_;
+  std::unique_ptr<segment> theirs_;
+  int my_rx_;
+  int my_tx_;
+  int peer_rx_;
+  int peer_tx_;
+};
+
+}  // namespace
+
+int64_t now_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+uint64_t random64() {
+  uint64_t v = 0;
+  while (v == 0) {
+    if (getrandom(&v, sizeof(v), 0) != static_cast<ssize_t>(sizeof(v))) {
+      timespec ts{};
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      v ^= (static_cast<uint64_t>(ts.tv_nsec) << 20) ^ static_cast<uint64_t>(getpid()) ^
+           reinterpret_cast<uintptr_t>(&v);
+    }
+  }
+  return v;
+}
+
+segment::~segment() {
+  if (map_ != nullptr) {
+    munmap(map_, map_len_);
+  }
+  close_fd(fd_);
+}
+
+std::unique_ptr<segment> segment::create(uint32_t size) {
+  std::unique_ptr<segment> s(new (std::nothrow) segment());
+  if (!s) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  s->fd_ = memfd_create("smc-rmb", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (s->fd_ < 0) {
+    return nullptr;
+  }
+  s->map_len_ = control_bytes + size;
+  if (ftruncate(s->fd_, static_cast<off_t>(s->map_len_)) != 0 ||
+      sys().fcntl(s->fd_, F_ADD_SEALS, required_seals) != 0) {
+    return nullptr;
+  }
+  s->map_ = mmap(nullptr, s->map_len_, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd_, 0);
+  if (s->map_ == MAP_FAILED) {
+    s->map_ = nullptr;
+    return nullptr;
+  }
+  s->ctl_ = new (s->map_) control{};
+  s->ctl_->magic = control_magic;
+  s->ctl_->version = 1;
+  s->ctl_->size = size;
+  s->data_ = static_cast<uint8_t*>(s->map_) + control_bytes;
+  s->size_ = size;
+  return s;
+}
+
+std::unique_ptr<segment> segment::attach(int fd, uint32_t size) {
+  struct stat st{};
+  int seals = sys().fcntl(fd, F_GET_SEALS);
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || seals < 0 ||
+      (static_cast<unsigned>(seals) & required_seals) != required_seals ||
+      static_cast<uint64_t>(st.st_size) != control_bytes + uint64_t{size}) {
+    // Unsealed or wrongly sized memory could shrink under us (SIGBUS) or lie about its ring.
+    errno = EPROTO;
+    return nullptr;
+  }
+  std::unique_ptr<segment> s(new (std::nothrow) segment());
+  if (!s) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  s->map_len_ = control_bytes + size;
+  s->map_ = mmap(nullptr, s->map_len_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (s->map_ == MAP_FAILED) {
+    s->map_ = nullptr;
+    return nullptr;
+  }
+  s->fd_ = fd;
+  s->ctl_ = static_cast<control*>(s->map_);
+  s->data_ = static_cast<uint8_t*>(s->map_) + control_bytes;
+  s->size_ = size;
+  return s;
+}
+
+local_side::~local_side() {
+  close_fd(rx_efd);
+  close_fd(tx_efd);
+}
+
+bool local_side::init(uint32_t rmb_size) {
+  rmb = segment::create(rmb_size);
+  if (!rmb) {
+    return false;
+  }
+  rx_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  tx_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  token = random64();
+  return rx_efd >= 0 && tx_efd >= 0;
+}
+
+peer_side::~peer_side() {
+  close_fd(rmb_fd);
+  close_fd(rx_efd);
+  close_fd(tx_efd);
+}
+
+rendezvous::~rendezvous() { close_fd(fd_); }
+
+bool rendezvous::open(uint64_t host_id) {
+  host_id_ = host_id;
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    link_id_ = static_cast<uint32_t>(random64());
+    int fd = sys().socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+      return false;
+    }
+    sockaddr_un sa;
+    socklen_t len;
+    rendezvous_name(sa, len, host_id, link_id_);
+    if (sys().bind(fd, reinterpret_cast<sockaddr*>(&sa), len) == 0 && sys().listen(fd, 4) == 0) {
+      fd_ = fd;
+      return true;
+    }
+    int e = errno;
+    sys().close(fd);
+    if (e != EADDRINUSE) {
+      errno = e;
+      return false;
+    }
+  }
+  return false;
+}
+
+bool rendezvous::serve(const local_side& me, int64_t deadline_ms, int abort_fd, peer_side& out) {
+  // Anyone on the host can see the abstract name in /proc/net/unix and connect;
+  // only the client that read our token from the TCP stream passes the check.
+  for (;;) {
+    int w = wait_fd(fd_, POLLIN, deadline_ms, abort_fd);
+    if (w == -2) {
+      errno = ECONNABORTED;
+      return false;
+    }
+    if (w != 1) {
+      if (w == 0) {
+        errno = ETIMEDOUT;
+      }
+      return false;
+    }
+    int c = sys().accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (c < 0) {
+      if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) {
+        continue;
+      }
+      return false;
+    }
+    hello h{};
+    int fds[3];
+    if (!recv_hello(c, deadline_ms, h, fds)) {
+      sys().close(c);
+      continue;
+    }
+    if (h.to_token != me.token) {
+      for (int fd : fds) {
+        sys().close(fd);
+      }
+      sys().close(c);
+      continue;
+    }
+    hello reply{hello_magic, h.from_token, me.token, me.rmb->size(), 0};
+    int mine[3] = {me.rmb->fd(), me.rx_efd, me.tx_efd};
+    bool sent = send_hello(c, reply, mine);
+    sys().close(c);
+    if (!sent || !check_eventfd(fds[1]) || !check_eventfd(fds[2])) {
+      for (int fd : fds) {
+        sys().close(fd);
+      }
+      errno = EPROTO;
+      return false;
+    }
+    out.rmb_fd = fds[0];
+    out.rx_efd = fds[1];
+    out.tx_efd = fds[2];
+    out.rmb_size = h.rmb_size;
+    out.token = h.from_token;
+    return true;
+  }
+}
+
+bool rendezvous_connect(uint64_t host_id, uint32_t link_id, uint64_t server_token,
+                        const local_side& me, int64_t deadline_ms, peer_side& out) {
+  int s = sys().socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (s < 0) {
+    return false;
+  }
+  sockaddr_un sa;
+  socklen_t len;
+  rendezvous_name(sa, len, host_id, link_id);
+  int rc = sys().connect(s, reinterpret_cast<sockaddr*>(&sa), len);
+  if (rc != 0 && errno == EINPROGRESS) {
+    rc = wait_fd(s, POLLOUT, deadline_ms, -1) == 1 ? 0 : -1;
+  }
+  hello h{hello_magic, server_token, me.token, me.rmb->size(), 0};
+  int mine[3] = {me.rmb->fd(), me.rx_efd, me.tx_efd};
+  int fds[3];
+  if (rc != 0 || !send_hello(s, h, mine) || !recv_hello(s, deadline_ms, h, fds)) {
+    int e = errno;
+    sys().close(s);
+    errno = e;
+    return false;
+  }
+  sys().close(s);
+  if (h.to_token != me.token || h.from_token != server_token || !check_eventfd(fds[1]) ||
+      !check_eventfd(fds[2])) {
+    for (int fd : fds) {
+      sys().close(fd);
+    }
+    errno = EPROTO;
+    return false;
+  }
+  out.rmb_fd = fds[0];
+  out.rx_efd = fds[1];
+  out.tx_efd = fds[2];
+  out.rmb_size = h.rmb_size;
+  out.token = h.from_token;
+  return true;
+}
+
+std::unique_ptr<data_path> make_path(local_side&& me, peer_side&& peer) {
+  std::unique_ptr<segment> theirs = segment::attach(peer.rmb_fd, peer.rmb_size);
+  if (!theirs) {
+    return nullptr;
+  }
+  peer.rmb_fd = -1;  // owned by the segment now
+  auto p = std::unique_ptr<data_path>(new (std::nothrow) shm_path(
+      std::move(me.rmb), std::move(theirs), me.rx_efd, me.tx_efd, peer.rx_efd, peer.tx_efd));
+  if (!p) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  me.rx_efd = me.tx_efd = peer.rx_efd = peer.tx_efd = -1;
+  return p;
+}
+
+}  // namespace smc::rdma::shm

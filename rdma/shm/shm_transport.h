@@ -1,0 +1,119 @@
+// The shm transport: same-host SMC in the style of the kernel's loopback ISM
+// device. Each side's RMB is a sealed memfd (a 4 KiB control page followed by
+// the ring); the two memfds and the four doorbell eventfds are exchanged over
+// an abstract unix socket whose use is authorised by per-connection nonces
+// that travelled inside the TCP connection. Nothing is ever named in /dev/shm.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "rdma/transport.h"
+
+namespace smc::rdma::shm {
+
+/// Control page at offset 0 of every RMB memfd. The owner reads the ring; the
+/// peer writes it. Fields written by the peer are untrusted by the owner.
+struct control {
+  uint64_t magic;                           // owner, at creation
+  uint32_t version;
+  uint32_t size;                            // ring bytes
+  alignas(64) std::atomic<uint64_t> prod;   // peer: producer cursor (packed)
+  std::atomic<uint32_t> prod_flags;         // peer: cdc::conn_* flags
+  alignas(64) std::atomic<uint64_t> cons;   // owner: consumer cursor (packed)
+  alignas(64) std::atomic<uint32_t> rx_waiters;  // owner: waiters for data
+  std::atomic<uint32_t> rx_rung;                 // owner's rx doorbell rung, not drained
+  alignas(64) std::atomic<uint32_t> tx_waiters;  // peer: waiters for space
+  std::atomic<uint32_t> tx_rung;                 // peer's tx doorbell rung, not drained
+};
+static_assert(std::atomic<uint64_t>::is_always_lock_free);
+static_assert(sizeof(control) <= 4096);
+
+inline constexpr uint64_t control_magic = 0x534d432d53484d31ULL;  // "SMC-SHM1"
+inline constexpr size_t control_bytes = 4096;
+
+/// A memfd-backed RMB mapped into this process.
+class segment {
+ public:
+  ~segment();
+  segment(const segment&) = delete;
+  segment& operator=(const segment&) = delete;
+
+  /// New sealed memfd of control_bytes + size; returns nullptr and sets errno on failure.
+  static std::unique_ptr<segment> create(uint32_t size);
+  /// Maps a peer's memfd after checking seals and size; takes ownership of fd
+  /// only on success. nullptr + errno (EPROTO for a bad segment) on failure.
+  static std::unique_ptr<segment> attach(int fd, uint32_t size);
+
+  control* ctl() const { return ctl_; }
+  uint8_t* data() const { return data_; }
+  uint32_t size() const { return size_; }
+  int fd() const { return fd_; }
+
+ private:
+  segment() = default;
+  int fd_ = -1;
+  void* map_ = nullptr;
+  size_t map_len_ = 0;
+  control* ctl_ = nullptr;
+  uint8_t* data_ = nullptr;
+  uint32_t size_ = 0;
+};
+
+/// Our half of a connection before the exchange: our RMB and our doorbells.
+struct local_side {
+  std::unique_ptr<segment> rmb;
+  int rx_efd = -1;  // rung by the peer when it produced into our RMB
+  int tx_efd = -1;  // rung by the peer when it consumed from its RMB
+  uint64_t token = 0;  // our nonce (travels in our CLC Accept/Confirm)
+  ~local_side();
+  /// Creates RMB + doorbells; false + errno on failure.
+  bool init(uint32_t rmb_size);
+};
+
+/// What the exchange brought from the peer.
+struct peer_side {
+  int rmb_fd = -1;
+  int rx_efd = -1;
+  int tx_efd = -1;
+  uint32_t rmb_size = 0;
+  uint64_t token = 0;  // the peer's nonce (must match its CLC Accept/Confirm)
+  ~peer_side();
+};
+
+/// Server end of the rendezvous: an abstract unix listener named after the
+/// host id and a random link id (both go into the CLC Accept).
+class rendezvous {
+ public:
+  ~rendezvous();
+  /// Binds a fresh listener; false + errno on failure.
+  bool open(uint64_t host_id);
+  uint32_t link_id() const { return link_id_; }
+  int fd() const { return fd_; }
+  /// Waits until `deadline_ms` (CLOCK_MONOTONIC ms) for the client that knows
+  /// our token, hands it our side, and receives its side. `abort_fd` (the TCP
+  /// socket) is watched too: if it becomes readable the client gave up (it sent
+  /// a Decline) and the call fails with ECONNABORTED.
+  bool serve(const local_side& me, int64_t deadline_ms, int abort_fd, peer_side& out);
+
+ private:
+  int fd_ = -1;
+  uint32_t link_id_ = 0;
+  uint64_t host_id_ = 0;
+};
+
+/// Client end: connects to the server's rendezvous and swaps sides.
+bool rendezvous_connect(uint64_t host_id, uint32_t link_id, uint64_t server_token,
+                        const local_side& me, int64_t deadline_ms, peer_side& out);
+
+/// The data path over two mapped RMBs (implements rdma::data_path).
+std::unique_ptr<data_path> make_path(local_side&& me, peer_side&& peer);
+
+/// CLOCK_MONOTONIC in milliseconds.
+int64_t now_ms();
+/// 64 random bits from getrandom(); never 0.
+uint64_t random64();
+
+}  // namespace smc::rdma::shm

@@ -1,0 +1,69 @@
+// One interface for every transport: what the connection engine (core/conn)
+// needs from the thing that moves bytes and cursors between the two RMBs.
+//
+// Vocabulary (RFC 7609): each side owns an RMB that the *peer* writes into.
+// "prod" is the producer cursor (how far the writer has written into the
+// reader's RMB), "cons" the consumer cursor (how far the reader has consumed).
+// Cursors are packed (wrap << 32 | count), see core/cursor.h. Everything that
+// comes from the peer is untrusted: the engine validates it before use.
+//
+// Doorbells: each side has two eventfds. rx_fd is readable while received data
+// (or a close) may be pending; tx_fd is readable while a blocked writer may
+// continue. A side rings the peer's doorbell only when the peer has declared a
+// waiter (arm), and each doorbell is written at most once until its owner
+// drains it, so a busy connection makes no doorbell syscalls at all.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace smc::rdma {
+
+enum class kind : uint8_t { shm, rdma };
+
+class data_path {
+ public:
+  virtual ~data_path() = default;
+  data_path() = default;
+  data_path(const data_path&) = delete;
+  data_path& operator=(const data_path&) = delete;
+
+  virtual kind transport() const = 0;
+
+  // ---- receive side: our RMB, written by the peer ----
+  virtual uint32_t rx_size() const = 0;
+  virtual const uint8_t* rx_data() const = 0;
+  /// The peer's producer cursor into our RMB and its connection-state flags
+  /// (cdc::conn_* bits). Acquire semantics: data before the cursor is visible.
+  virtual uint64_t peer_prod() const = 0;
+  virtual uint8_t peer_conn_flags() const = 0;
+  /// Publish our consumer cursor (release), and ring the peer's tx doorbell if
+  /// the peer waits for space.
+  virtual void publish_cons(uint64_t cons) = 0;
+
+  // ---- send side: the peer's RMB, written by us ----
+  virtual uint32_t tx_size() const = 0;
+  /// The peer's consumer cursor of its RMB (how much of what we wrote it read).
+  virtual uint64_t peer_cons() const = 0;
+  /// Copy n bytes to offset `off` of the peer's RMB (off + n <= tx_size()).
+  virtual void put(uint32_t off, const void* src, size_t n) = 0;
+  /// Publish our producer cursor and our connection-state flags (release), and
+  /// ring the peer's rx doorbell if the peer waits for data.
+  virtual void publish_prod(uint64_t prod, uint8_t conn_flags) = 0;
+
+  // ---- waiting ----
+  virtual int rx_fd() const = 0;
+  virtual int tx_fd() const = 0;
+  /// Declare (+1) or withdraw (-1) a waiter for data / for space. After arming,
+  /// the caller must re-check the condition before sleeping (Dekker order).
+  virtual void arm_rx(int delta) = 0;
+  virtual void arm_tx(int delta) = 0;
+  /// Reset a doorbell that was rung; the caller re-checks its condition after.
+  virtual void drain_rx() = 0;
+  virtual void drain_tx() = 0;
+  /// Make our own doorbell readable (local state change, e.g. peer gone).
+  virtual void kick_rx() = 0;
+  virtual void kick_tx() = 0;
+};
+
+}  // namespace smc::rdma
