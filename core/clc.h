@@ -92,7 +92,7 @@ struct proposal {
   peer_id_t peer_id{};
   gid_t gid{};
   mac_t mac{};
-  // SMC-D v1 area
+  // SMC-D v1 area (ISM GID/CHID are sent and read only when typev1 is D or B)
   uint64_t ism_gid = 0;
   uint16_t ism_chid = 0;
   // IP prefix area (present when typev1 != N)
@@ -164,10 +164,13 @@ struct accept_confirm_d {
   uint16_t chid = 0;
   eid_t eid{};
   uint64_t gid_ext = 0;
-  // first-contact extension (v2 with first_contact)
+  // first-contact extension (v2 with first_contact): 36 bytes when fce_release
+  // is 0, else the 52-byte v2.1 form carrying feature_mask (Linux
+  // smc_clc_fill_fce_v2x; bit 0 = emulated-ISM/loopback support).
   uint8_t os_type = 2;
   uint8_t fce_release = 1;
   std::array<uint8_t, 32> hostname{};
+  uint16_t feature_mask = 0;
   friend bool operator==(const accept_confirm_d&, const accept_confirm_d&) = default;
 };
 
