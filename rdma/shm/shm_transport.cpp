@@ -233,13 +233,16 @@ class shm_path final : public data_path {
   void arm_tx(int delta) override {
     theirs_->ctl()->tx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
   }
+  // Read the eventfd first, then clear the flag. The other order loses a
+  // ring that lands between the two: the read swallows it while the flag
+  // says "rung", and no further ring would ever come.
   void drain_rx() override {
-    mine_->ctl()->rx_rung.store(0, std::memory_order_seq_cst);
     drain(my_rx_);
+    mine_->ctl()->rx_rung.store(0, std::memory_order_seq_cst);
   }
   void drain_tx() override {
-    theirs_->ctl()->tx_rung.store(0, std::memory_order_seq_cst);
     drain(my_tx_);
+    theirs_->ctl()->tx_rung.store(0, std::memory_order_seq_cst);
   }
   void kick_rx() override { ring(my_rx_); }
   void kick_tx() override { ring(my_tx_); }
