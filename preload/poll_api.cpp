@@ -65,6 +65,7 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
   for (;;) {
     k.clear();
     int ready = 0;
+    bool deciding = false;
     for (nfds_t i = 0; i < n; ++i) {
       slot_map& m = map[i];
       m.rx = m.tx = m.sock = -1;
@@ -98,10 +99,12 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
         // Checked after arming: a peer that moved before it saw our waiter
         // is seen here (the doorbell protocol's Dekker order).
         fds[i].revents = smc_revents(m.e, fds[i].events);
-      } else if (s == state::undecided || s == state::strip) {
+      } else if (s == state::undecided || s == state::strip || s == state::connecting) {
         // Readable TCP means the deciding bytes arrived; writes are plain TCP.
+        deciding = true;
         m.sock = static_cast<int>(k.size());
-        k.push_back({fds[i].fd, static_cast<short>(fds[i].events | POLLIN), 0});
+        short extra = s == state::connecting ? POLLOUT : POLLIN;  // what moves the decision on
+        k.push_back({fds[i].fd, static_cast<short>(fds[i].events | extra), 0});
       } else {
         m.sock = static_cast<int>(k.size());
         k.push_back({fds[i].fd, fds[i].events, 0});
@@ -115,6 +118,11 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       left_ns = 0;
     } else if (timeout_ns >= 0) {
       left_ns = std::max<int64_t>(0, deadline - mono_ns());
+    }
+    if (deciding && (left_ns < 0 || left_ns > 100000000)) {
+      // Another thread may settle a deciding socket (and consume the bytes
+      // that made it readable): look again at least every 100 ms.
+      left_ns = 100000000;
     }
     timespec ts{static_cast<time_t>(left_ns / 1000000000), static_cast<long>(left_ns % 1000000000)};
     int kn = real.ppoll(k.data(), k.size(), left_ns < 0 ? nullptr : &ts, sigmask);

@@ -9,6 +9,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdarg>
 #include <cstring>
 
@@ -154,36 +155,40 @@ state drive(entry* e, int fd) {
 }
 
 int prepare_read(entry* e, int fd, int flags) {
+  int64_t deadline = -1;  // from SO_RCVTIMEO, computed once
+  bool computed = false;
   for (;;) {
     state s = drive(e, fd);
-    if (s != state::undecided && s != state::strip && s != state::connecting) {
-      return 0;
-    }
-    if (s == state::connecting) {
-      return 0;  // not connected yet: the kernel gives the right answer
+    if (s != state::undecided && s != state::strip) {
+      return 0;  // decided, or still connecting (the kernel answers that read)
     }
     int fl = real.fcntl(fd, F_GETFL);
     bool nonblock = (flags & MSG_DONTWAIT) != 0 || (fl >= 0 && (fl & O_NONBLOCK) != 0);
     if (nonblock) {
       return EAGAIN;
     }
-    // Blocking read on an undecided socket: sleep until bytes arrive, then decide.
-    timeval tv{};
-    socklen_t tl = sizeof(tv);
-    int timeout = -1;
-    if (real.getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &tl) == 0 && (tv.tv_sec || tv.tv_usec)) {
-      timeout = static_cast<int>(tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000);
+    if (!computed) {
+      computed = true;
+      timeval tv{};
+      socklen_t tl = sizeof(tv);
+      if (real.getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &tl) == 0 && (tv.tv_sec || tv.tv_usec)) {
+        deadline = now_ms() + tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000;
+      }
     }
-    if (e->partial_since_ms != 0) {
-      timeout = 50;  // a CLC prefix is waiting for its rest: re-check soon
+    // Sleep until bytes arrive, then decide. In slices: another thread of the
+    // application (a writer on the same socket) may run the handshake and
+    // consume the bytes we are waiting for, so the state is re-checked often.
+    int slice = e->partial_since_ms != 0 ? 20 : 100;
+    if (deadline >= 0) {
+      int64_t left = deadline - now_ms();
+      if (left <= 0) {
+        return EAGAIN;  // SO_RCVTIMEO expired
+      }
+      slice = static_cast<int>(std::min<int64_t>(slice, left));
     }
     pollfd p{fd, POLLIN, 0};
-    int n = real.poll(&p, 1, timeout);
-    if (n < 0) {
-      return errno;
-    }
-    if (n == 0 && e->partial_since_ms == 0) {
-      return EAGAIN;  // SO_RCVTIMEO expired
+    if (real.poll(&p, 1, slice) < 0 && errno == EINTR) {
+      return EINTR;
     }
   }
 }
