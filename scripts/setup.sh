@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what smc-preload needs (Debian 12 packages only) and builds it:
+#   build/       the library, tools and tests (RelWithDebInfo)
+#   build-asan/  the same under AddressSanitizer + UndefinedBehaviorSanitizer
+# Idempotent; run as root on a fresh machine or again after changes.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+
+packages=(
+  build-essential cmake pkg-config
+  libibverbs-dev ibverbs-providers rdma-core
+  libboost-dev libspdlog-dev libfmt-dev catch2
+  iproute2 procps psmisc
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: missing packages (${missing[*]}); run as root to install them" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+jobs=$(nproc)
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSMCR_WERROR=ON >/dev/null
+cmake --build build -j"$jobs"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSMCR_SANITIZE=ON -DSMCR_WERROR=ON >/dev/null
+cmake --build build-asan -j"$jobs"
+echo "setup.sh: built build/ and build-asan/"

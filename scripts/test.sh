@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests (plain and under ASan+UBSan) and the
+# process-pair integration tests under the preload in network namespaces.
+# Exits non-zero on any failure. Needs root (namespaces). Run scripts/setup.sh first.
+set -uo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+
+passed=0
+failed=0
+failures=()
+step() {  # step NAME COMMAND...
+  local name=$1
+  shift
+  echo "=== $name"
+  if "$@"; then
+    passed=$((passed + 1))
+    echo "=== $name: PASS"
+  else
+    failed=$((failed + 1))
+    failures+=("$name")
+    echo "=== $name: FAIL"
+  fi
+}
+
+for b in build build-asan; do
+  if [ ! -d "$b" ]; then
+    echo "test.sh: $b/ missing: run scripts/setup.sh first" >&2
+    exit 2
+  fi
+done
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+step "unit tests" ctest --test-dir build --output-on-failure
+step "unit tests (ASan+UBSan)" ctest --test-dir build-asan --output-on-failure
+step "process pairs under the preload" test/integration/run_pairs.sh build scripts/smc_run
+
+echo
+for f in "${failures[@]}"; do
+  echo "failed: $f"
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
