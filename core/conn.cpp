@@ -262,18 +262,20 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
     if (gone_.load()) {
       return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, ECONNRESET};
     }
-    if (check_tcp()) {
-      continue;
-    }
     if (timeout == -2) {
       timeout = block_timeout_ms(true, flags);
       deadline = timeout > 0 ? mono_ms() + timeout : 0;
     }
     if (timeout == 0) {
+      if (check_tcp()) {
+        continue;
+      }
       return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, EAGAIN};
     }
     if (spin_us_ > 0) {
-      const uint64_t before = path_->peer_prod();
+      // Spin against what we know (the producer cursor we last validated), so
+      // data that arrived since is seen at once.
+      const uint64_t before = rx_prod_.load(std::memory_order_relaxed);
       const int64_t until = mono_us() + spin_us_;
       for (unsigned i = 0;; ++i) {
         if (path_->peer_prod() != before || path_->peer_conn_flags() != pf) {
@@ -287,6 +289,9 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       if (path_->peer_prod() != before || path_->peer_conn_flags() != pf) {
         continue;
       }
+    }
+    if (check_tcp()) {
+      continue;
     }
     int left = -1;
     if (timeout > 0) {
@@ -363,18 +368,18 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
       }
       continue;
     }
-    if (check_tcp()) {
-      continue;
-    }
     if (timeout == -2) {
       timeout = block_timeout_ms(false, flags);
       deadline = timeout > 0 ? mono_ms() + timeout : 0;
     }
     if (timeout == 0) {
+      if (check_tcp()) {
+        continue;
+      }
       return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : io_result{-1, EAGAIN};
     }
     if (spin_us_ > 0) {
-      const uint64_t before = path_->peer_cons();
+      const uint64_t before = tx_cons_.load(std::memory_order_relaxed);
       const int64_t until = mono_us() + spin_us_;
       for (unsigned i = 0;; ++i) {
         if (path_->peer_cons() != before) {
@@ -388,6 +393,9 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
       if (path_->peer_cons() != before) {
         continue;
       }
+    }
+    if (check_tcp()) {
+      continue;
     }
     int left = -1;
     if (timeout > 0) {
