@@ -1,0 +1,454 @@
+#!/usr/bin/env bash
+# run_pairs.sh: the process-pair integration suite. Runs smc_pair,
+# smc_hostile and spdlog_app under scripts/smc_run (and plain) inside fresh
+# network namespaces, verifies every byte, and checks the library's stats
+# files (SMC_STATS_FILE) and the loopback byte counter to prove the data went
+# through shared memory, or that a fallback happened where it must.
+#
+# usage (as root): run_pairs.sh BUILD_DIR SMC_RUN
+#   BUILD_DIR  has smc_pair, smc_hostile, spdlog_app
+#   SMC_RUN    path to scripts/smc_run; the environment variable SMC_RUN
+#              overrides it (e.g. a stub that just execs, for a dry run)
+#   SMCT_ONLY  optional regex: run only scenarios whose name matches
+#   SMCT_KEEP  set to 1 to keep the logs directory even when all passed
+#
+# Prints "PASS name" / "FAIL name: reason" per scenario, then
+# "N passed, M failed"; exits non-zero if anything failed.
+set -u
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+
+if [ $# -lt 2 ]; then
+  echo "usage: $0 BUILD_DIR SMC_RUN" >&2
+  exit 2
+fi
+BUILD=$(cd "$1" && pwd) || exit 2
+SMC_RUN=${SMC_RUN:-$2}
+case "$SMC_RUN" in
+  /*) ;;
+  *) SMC_RUN="$(cd "$(dirname "$SMC_RUN")" && pwd)/$(basename "$SMC_RUN")" ;;
+esac
+if [ "$(id -u)" -ne 0 ]; then
+  echo "run_pairs.sh: needs root (ip netns)" >&2
+  exit 2
+fi
+for b in smc_pair smc_hostile spdlog_app; do
+  if [ ! -x "$BUILD/$b" ]; then
+    echo "run_pairs.sh: $BUILD/$b not built" >&2
+    exit 2
+  fi
+done
+if [ ! -x "$SMC_RUN" ]; then
+  echo "run_pairs.sh: $SMC_RUN is not executable" >&2
+  exit 2
+fi
+
+PAIR=$BUILD/smc_pair
+SMCT_UNSET=(-u SMC_ENABLE -u SMC_PEERS -u SMC_TRANSPORT -u SMC_STATS_FILE -u SMC_RMB_SIZE -u SMC_DEVICES
+  -u SMC_SPIN_US)
+PROC_TIMEOUT=120               # every process is bounded by this
+MIB=$((1024 * 1024))
+TMPD=$(mktemp -d /tmp/smct.XXXXXX) || exit 2
+
+# ---------------------------------------------------------------- scenario frame
+NAME=""
+DIR=""
+WHY=""
+
+# note REASON: records a failed expectation of the current scenario.
+note() {
+  if [[ "; $WHY; " == *"; $*; "* ]]; then
+    return 0
+  fi
+  if [ -z "$WHY" ]; then
+    WHY="$*"
+  else
+    WHY="$WHY; $*"
+  fi
+}
+
+# begin NAME: returns 1 (skip) if SMCT_ONLY excludes it or its namespace
+# cannot be made (reported as FAIL); otherwise creates the scenario's
+# namespace ($NS) and log directory ($DIR).
+begin() {
+  NAME=$1
+  WHY=""
+  if [ -n "${SMCT_ONLY:-}" ] && ! [[ "$NAME" =~ $SMCT_ONLY ]]; then
+    return 1
+  fi
+  DIR=$TMPD/$NAME
+  mkdir -p "$DIR"
+  if ! ns_new; then
+    NS=""
+    fail "$NAME: cannot create a network namespace"
+    return 1
+  fi
+  return 0
+}
+
+# finish: PASS/FAIL line for the current scenario; removes its namespace.
+finish() {
+  if [ -n "$NS" ]; then
+    ns_del "$NS"
+    NS=""
+  fi
+  if [ -z "$WHY" ]; then
+    pass "$NAME"
+  else
+    fail "$NAME: $WHY"
+  fi
+}
+
+# launch LOG HOW [VAR=VALUE...] -- cmd args...
+#   Starts cmd in the background inside $NS under `timeout`, with the given
+#   environment; HOW = plain | smc (under $SMC_RUN) | smc-d ($SMC_RUN -d).
+#   stdout -> LOG.out, stderr -> LOG.err; sets PID (a subshell whose exit
+#   status is the command's; it keeps bash's "Killed" job notices quiet).
+launch() {
+  local log=$1 how=$2
+  shift 2
+  local envs=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    envs+=("$1")
+    shift
+  done
+  shift
+  local wrap=()
+  case "$how" in
+    plain) ;;
+    smc) wrap=("$SMC_RUN") ;;
+    smc-d) wrap=("$SMC_RUN" -d) ;;
+    *) note "internal: bad launch mode $how" ;;
+  esac
+  # Hermetic: no SMC_* settings leak in from the caller or /etc (SMC_CONFIG
+  # empty = no config file); SMC_PRELOAD_LIB and SMC_LOG_* pass through.
+  {
+    timeout "$PROC_TIMEOUT" ip netns exec "$NS" env "${SMCT_UNSET[@]}" SMC_CONFIG= "${envs[@]}" "${wrap[@]}" "$@" \
+      >"$log.out" 2>"$log.err"
+  } 2>/dev/null &
+  PID=$!
+}
+
+# expect_exit PID LOG LABEL [RC]: waits for PID; notes a failure unless it
+# exited with RC (default 0).
+expect_exit() {
+  local pid=$1 log=$2 label=$3 want=${4:-0} rc
+  wait "$pid"
+  rc=$?
+  if [ "$rc" -eq 124 ]; then
+    note "$label timed out after ${PROC_TIMEOUT} s"
+  elif [ "$rc" -ne "$want" ]; then
+    local why
+    why=$(grep -v '^$' "$log.err" 2>/dev/null | tail -n 1)
+    note "$label exited $rc${why:+ ($why)}"
+  fi
+  return 0
+}
+
+# expect_server_exit PID LOG: like expect_exit for a server, but once the
+# scenario has already failed (a client died) the server gets only 5 s to
+# finish before it is stopped, instead of idling until its timeout.
+expect_server_exit() {
+  local pid=$1 log=$2
+  if [ -n "$WHY" ] && ! wait_exit_within "$pid" 5000; then
+    # shellcheck disable=SC2046
+    kill -TERM $(descendant_pids "$pid") 2>/dev/null
+    note "server stopped: still running after the failure above"
+  fi
+  expect_exit "$pid" "$log" server
+}
+
+# start_server LOG HOW ENV... -- args...: launches smc_pair server with a
+# port file, waits until it is listening; sets SPID and PORT (empty on failure).
+start_server() {
+  local log=$1
+  rm -f "$log.port"
+  launch "$@" --portfile "$log.port"
+  SPID=$PID
+  PORT=""
+  if wait_portfile "$log.port" "$SPID"; then
+    PORT=$(cat "$log.port")
+  else
+    note "server did not start ($(grep -v '^$' "$log.err" 2>/dev/null | tail -n 1))"
+  fi
+}
+
+# stats_file ROLE: the one stats file a process wrote as $DIR/ROLE.<pid>.json.
+stats_file() {
+  local files=("$DIR/$1".[0-9]*.json)
+  if [ ! -f "${files[0]}" ]; then
+    return 1
+  fi
+  if [ "${#files[@]}" -ne 1 ]; then
+    return 1
+  fi
+  echo "${files[0]}"
+}
+
+stats_env() {
+  echo "SMC_STATS_FILE=$DIR/$1.%p.json"
+}
+
+# expect_stat ROLE KEY OP VALUE: e.g. expect_stat server connections.smc_shm -ge 1
+expect_stat() {
+  local role=$1 key=$2 op=$3 want=$4 f v
+  if ! f=$(stats_file "$role"); then
+    note "$role wrote no (or more than one) stats file"
+    return 0
+  fi
+  if ! v=$(json_get "$f" "$key") || [ -z "$v" ]; then
+    note "$role stats: no $key"
+    return 0
+  fi
+  if ! test "$v" "$op" "$want"; then
+    note "$role stats: $key=$v, expected $op $want"
+  fi
+  return 0
+}
+
+# expect_reason ROLE: the stats name at least one fallback reason.
+expect_reason() {
+  local role=$1 f
+  if ! f=$(stats_file "$role"); then
+    note "$role wrote no (or more than one) stats file"
+    return 0
+  fi
+  if ! json_keys "$f" fallback_reasons >/dev/null; then
+    note "$role stats: fallback_reasons is empty"
+  fi
+  return 0
+}
+
+# expect_line LOG.out REGEX LABEL
+expect_line() {
+  if ! grep -Eq -- "$2" "$1" 2>/dev/null; then
+    note "$3: no line matching '$2'"
+  fi
+}
+
+# run_pair HOW_S ENV_S HOW_C ENV_C SERVER_ARGS CLIENT_ARGS: one server, one
+# client, both must exit 0 (the arg strings are split on blanks).
+run_pair() {
+  local how_s=$1 env_s=$2 how_c=$3 env_c=$4 sargs=$5 cargs=$6
+  # shellcheck disable=SC2086
+  start_server "$DIR/server" "$how_s" $env_s "$(stats_env server)" -- "$PAIR" server $sargs
+  if [ -n "$PORT" ]; then
+    # shellcheck disable=SC2086
+    launch "$DIR/client" "$how_c" $env_c "$(stats_env client)" -- "$PAIR" client --port "$PORT" $cargs
+    expect_exit "$PID" "$DIR/client" client
+  fi
+  expect_server_exit "$SPID" "$DIR/server"
+}
+
+# ---------------------------------------------------------------- scenarios
+PEERS_OK="SMC_PEERS=127.0.0.1"
+PEERS_OTHER="SMC_PEERS=10.99.0.0/16"
+
+# Sanity: the programs themselves work on plain TCP in a namespace.
+scenario_plain_baseline() {
+  begin plain_baseline || return 0
+  run_pair plain "" plain "" "--mode epoll --bytes 8M" "--mode epoll --bytes 8M"
+  finish
+}
+
+# a. 64 MiB each way at once per readiness API, through shared memory.
+scenario_bulk() {
+  local mode lo0 lo1
+  for mode in blocking poll select epoll epollet; do
+    begin "bulk_$mode" || continue
+    lo0=$(lo_bytes "$NS")
+    run_pair smc "$PEERS_OK" smc "$PEERS_OK" "--mode $mode --bytes 64M" "--mode $mode --bytes 64M --seed 1"
+    lo1=$(lo_bytes "$NS")
+    local limit=$((128 * MIB / 100))
+    if [ -n "$lo0" ] && [ -n "$lo1" ]; then
+      if [ $((lo1 - lo0)) -ge "$limit" ]; then
+        note "lo carried $((lo1 - lo0)) bytes (>= 1% of the 128 MiB payload: data went over TCP)"
+      fi
+    else
+      note "cannot read lo tx_bytes"
+    fi
+    local role
+    for role in server client; do
+      expect_stat "$role" connections.smc_shm -ge 1
+      expect_stat "$role" bytes.smc_tx -ge $((64 * MIB))
+    done
+    finish
+  done
+}
+
+# b. half-close: client sends, shuts down writing; server answers after EOF.
+scenario_half_close() {
+  local mode
+  for mode in blocking epoll; do
+    begin "half_close_$mode" || continue
+    run_pair smc "$PEERS_OK" smc "$PEERS_OK" "--mode $mode --half-close --bytes 8M" \
+      "--mode $mode --half-close --bytes 8M"
+    expect_stat server connections.smc_shm -ge 1
+    expect_stat client connections.smc_shm -ge 1
+    expect_stat server bytes.smc_tx -ge $((8 * MIB))
+    expect_stat client bytes.smc_tx -ge $((8 * MIB))
+    finish
+  done
+}
+
+# c. peer killed mid-transfer: the reader must see EOF/ECONNRESET within 2 s.
+scenario_peer_killed() {
+  local mode
+  for mode in blocking epoll; do
+    begin "peer_killed_$mode" || continue
+    start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$PAIR" server --source --mode "$mode"
+    if [ -n "$PORT" ]; then
+      launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- "$PAIR" client --sink --mode "$mode" --port "$PORT"
+      local cpid=$PID
+      if wait_line "$DIR/client.out" '^sink-start' "$cpid" 20; then
+        # Kill the server process itself (and its timeout/smc_run wrappers).
+        local victims
+        victims=$(descendant_pids "$SPID")
+        if [ -z "$victims" ]; then
+          note "cannot find the server process"
+        else
+          # shellcheck disable=SC2086
+          kill -9 $victims 2>/dev/null
+          if ! wait_exit_within "$cpid" 2000; then
+            note "client still running 2 s after the server was killed"
+            # shellcheck disable=SC2046
+            kill -TERM $(descendant_pids "$cpid") 2>/dev/null
+          fi
+        fi
+      else
+        note "client never reported sink-start ($(tail -n 1 "$DIR/client.err" 2>/dev/null))"
+      fi
+      expect_exit "$cpid" "$DIR/client" client
+      expect_line "$DIR/client.out" '^sink-end: (eof|reset) after_ms=[0-9]+' client
+      expect_stat client connections.smc_shm -ge 1
+    fi
+    wait "$SPID" 2>/dev/null
+    finish
+  done
+}
+
+# d. fallback: data still verified, the right side counts a fallback.
+scenario_fallback() {
+  # (1) plain client, server under smc_run.
+  if begin fallback_plain_client; then
+    run_pair smc "$PEERS_OK" plain "" "--mode blocking --bytes 8M" "--mode blocking --bytes 8M"
+    expect_stat server connections.fallback -ge 1
+    expect_stat server connections.smc_shm -eq 0
+    finish
+  fi
+  # (2) plain server; client under smc_run, server address not in SMC_PEERS.
+  if begin fallback_plain_server_peer_not_listed; then
+    run_pair plain "" smc "$PEERS_OTHER" "--mode poll --bytes 8M" "--mode poll --bytes 8M"
+    expect_stat client connections.fallback -ge 1
+    expect_stat client connections.smc_shm -eq 0
+    expect_reason client
+    finish
+  fi
+  # (3) both under smc_run; the server is configured for TCP only (declines).
+  if begin fallback_server_declines; then
+    run_pair smc "$PEERS_OK SMC_TRANSPORT=tcp" smc "$PEERS_OK" "--mode epoll --bytes 8M" "--mode epoll --bytes 8M"
+    local role
+    for role in server client; do
+      expect_stat "$role" connections.fallback -ge 1
+      expect_stat "$role" connections.smc_shm -eq 0
+      expect_reason "$role"
+    done
+    finish
+  fi
+  # (4) both under smc_run; the peer is not in SMC_PEERS.
+  if begin fallback_peer_not_listed; then
+    run_pair smc "$PEERS_OTHER" smc "$PEERS_OTHER" "--mode epollet --bytes 8M" "--mode epollet --bytes 8M"
+    expect_stat client connections.fallback -ge 1
+    expect_stat client connections.smc_shm -eq 0
+    expect_reason client
+    expect_stat server connections.smc_shm -eq 0
+    finish
+  fi
+}
+
+# e. hostile bytes at the start of streams; the server keeps working.
+scenario_hostile() {
+  begin hostile || return 0
+  start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- \
+    "$PAIR" server --lenient --conns 1 --concurrent --bytes 8M
+  if [ -n "$PORT" ]; then
+    launch "$DIR/hostile" plain -- "$BUILD/smc_hostile" --port "$PORT" --case all
+    expect_exit "$PID" "$DIR/hostile" smc_hostile
+    launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- "$PAIR" client --port "$PORT" --bytes 8M
+    expect_exit "$PID" "$DIR/client" client
+    expect_server_exit "$SPID" "$DIR/server"
+    # Every hostile connection must have reached the application (as bytes
+    # or EOF) and been rejected by it: none swallowed, none accepted.
+    local connected bad
+    connected=$(sed -n 's/^hostile cases=[0-9]* connected=\([0-9]*\)$/\1/p' "$DIR/hostile.out")
+    bad=$(sed -n 's/^ok .* bad=\([0-9]*\) .*$/\1/p' "$DIR/server.out")
+    if [ -z "$connected" ] || [ -z "$bad" ] || [ "$connected" != "$bad" ]; then
+      note "server counted bad=${bad:-?} connections, smc_hostile made ${connected:-?}"
+    fi
+    expect_stat client connections.smc_shm -ge 1
+  else
+    wait "$SPID" 2>/dev/null
+  fi
+  finish
+}
+
+# f. an application with its own spdlog/fmt under smc_run -d.
+scenario_spdlog() {
+  begin spdlog_app || return 0
+  launch "$DIR/app" smc-d "$PEERS_OK" "$(stats_env app)" -- "$BUILD/spdlog_app"
+  expect_exit "$PID" "$DIR/app" spdlog_app
+  expect_line "$DIR/app.out" '\[spdlog_app\] \[info\] spdlog_app starting' "spdlog_app stdout"
+  expect_line "$DIR/app.out" '\[spdlog_app\] \[info\] spdlog_app exchanged 1048576 bytes each way, verified' \
+    "spdlog_app stdout"
+  if [ ! -s "$DIR/app.err" ]; then
+    note "smc_run -d produced no log output on stderr"
+  fi
+  expect_stat app connections.smc_shm -ge 1
+  finish
+}
+
+# g. 8 concurrent connections (epoll), 4 MiB each way each.
+scenario_concurrent() {
+  begin concurrent_8 || return 0
+  start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- \
+    "$PAIR" server --conns 8 --concurrent --mode epoll --bytes 4M
+  if [ -n "$PORT" ]; then
+    local i pids=()
+    for i in 1 2 3 4 5 6 7 8; do
+      launch "$DIR/client$i" smc "$PEERS_OK" "$(stats_env "client$i")" -- \
+        "$PAIR" client --port "$PORT" --mode epoll --bytes 4M
+      pids+=("$PID")
+    done
+    for i in 1 2 3 4 5 6 7 8; do
+      expect_exit "${pids[$((i - 1))]}" "$DIR/client$i" "client$i"
+      expect_stat "client$i" connections.smc_shm -ge 1
+    done
+  fi
+  expect_server_exit "$SPID" "$DIR/server"
+  expect_stat server connections.smc_shm -ge 8
+  finish
+}
+
+# ---------------------------------------------------------------- main
+scenario_plain_baseline
+scenario_bulk
+scenario_half_close
+scenario_peer_killed
+scenario_fallback
+scenario_hostile
+scenario_spdlog
+scenario_concurrent
+
+smct_cleanup
+if summary; then
+  if [ "${SMCT_KEEP:-0}" = 1 ]; then
+    echo "logs: $TMPD"
+  else
+    rm -rf "$TMPD"
+  fi
+  exit 0
+fi
+echo "logs: $TMPD"
+exit 1
