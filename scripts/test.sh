@@ -35,6 +35,14 @@ step "unit tests" ctest --test-dir build --output-on-failure
 step "unit tests (ASan+UBSan)" ctest --test-dir build-asan --output-on-failure
 step "process pairs under the preload" test/integration/run_pairs.sh build scripts/smc_run
 
+# The same pairs with the library built under ASan+UBSan: the programs stay
+# uninstrumented, the sanitizer runtime is preloaded first, then our library.
+libasan=$(gcc -print-file-name=libasan.so)
+step "process pairs under the ASan+UBSan preload" \
+  env SMC_PRELOAD_LIB="$PWD/build-asan/libsmc_preload.so" LD_PRELOAD="$libasan" \
+  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=0 \
+  test/integration/run_pairs.sh build scripts/smc_run
+
 echo
 for f in "${failures[@]}"; do
   echo "failed: $f"
