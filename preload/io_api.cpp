@@ -7,6 +7,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <utility>
+
 #include "preload/preload.h"
 
 using namespace smc::preload;
@@ -21,10 +23,10 @@ ssize_t __recvfrom_chk(int fd, void* buf, size_t n, size_t buflen, int flags, so
 
 namespace {
 
-ssize_t from_conn(smc::core::io_result r, int saved) { return finish_io({r.n, r.err}, saved); }
-
-template <typename Fallback>
-ssize_t smc_read(int fd, const iovec* iov, int iovcnt, int flags, Fallback&& fb) {
+// One body for both directions: settle the socket's state as far as this
+// call needs, then serve it from the SMC connection or hand it to the kernel.
+template <bool Write, typename Fallback>
+ssize_t smc_io(int fd, const iovec* iov, int iovcnt, int flags, Fallback&& fb) {
   entry_ref e(fd);
   if (!e) {
     return fb();
@@ -36,19 +38,26 @@ ssize_t smc_read(int fd, const iovec* iov, int iovcnt, int flags, Fallback&& fb)
       fd_forget_if(fd, e.get());
       return fb();
     }
-    if (s == state::undecided || s == state::strip || s == state::connecting) {
+    if constexpr (Write) {
+      if (s == state::undecided) {
+        prepare_write(e.get(), fd);
+      } else if (s == state::connecting) {
+        finish_connect(e.get(), fd);
+      }
+    } else if (s == state::undecided || s == state::strip || s == state::connecting) {
       if (int err = prepare_read(e.get(), fd, flags); err != 0) {
         errno = err;
         return -1;
       }
-      s = e->st.load(std::memory_order_acquire);
     }
+    s = e->st.load(std::memory_order_acquire);
     if (s == state::smc) {
       if ((flags & MSG_OOB) != 0 || iovcnt < 0 || iovcnt > IOV_MAX) {
         errno = EINVAL;  // no urgent data on SMC connections
         return -1;
       }
-      return from_conn(e->conn->recv(iov, iovcnt, flags), saved);
+      auto r = Write ? e->conn->send(iov, iovcnt, flags) : e->conn->recv(iov, iovcnt, flags);
+      return finish_io({r.n, r.err}, saved);
     }
   } catch (...) {
     errno = EIO;
@@ -59,37 +68,13 @@ ssize_t smc_read(int fd, const iovec* iov, int iovcnt, int flags, Fallback&& fb)
 }
 
 template <typename Fallback>
+ssize_t smc_read(int fd, const iovec* iov, int iovcnt, int flags, Fallback&& fb) {
+  return smc_io<false>(fd, iov, iovcnt, flags, std::forward<Fallback>(fb));
+}
+
+template <typename Fallback>
 ssize_t smc_write(int fd, const iovec* iov, int iovcnt, int flags, Fallback&& fb) {
-  entry_ref e(fd);
-  if (!e) {
-    return fb();
-  }
-  int saved = errno;
-  try {
-    state s = e->st.load(std::memory_order_acquire);
-    if (s == state::tcp) {
-      fd_forget_if(fd, e.get());
-      return fb();
-    }
-    if (s == state::undecided) {
-      prepare_write(e.get(), fd);
-      s = e->st.load(std::memory_order_acquire);
-    } else if (s == state::connecting) {
-      s = finish_connect(e.get(), fd);
-    }
-    if (s == state::smc) {
-      if ((flags & MSG_OOB) != 0 || iovcnt < 0 || iovcnt > IOV_MAX) {
-        errno = EINVAL;
-        return -1;
-      }
-      return from_conn(e->conn->send(iov, iovcnt, flags), saved);
-    }
-  } catch (...) {
-    errno = EIO;
-    return -1;
-  }
-  errno = saved;
-  return fb();
+  return smc_io<true>(fd, iov, iovcnt, flags, std::forward<Fallback>(fb));
 }
 
 }  // namespace
