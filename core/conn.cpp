@@ -168,7 +168,15 @@ int conn::block_timeout_ms(bool rx, int flags) {
 
 int conn::wait(bool rx, int timeout_ms) {
   auto ready = [&] {
-    if (err_.load() != 0 || gone_.load() || peer_done()) {
+    // A reader is done waiting once the peer stopped writing in any way; a
+    // writer waits for space, which the peer's SHUT_WR (done_writing) does not
+    // change: only its close or abort ends that wait. (Counting done_writing
+    // here made a writer blocked on a half-closed peer's full ring spin
+    // through the send loop at full CPU instead of sleeping on the doorbell.)
+    const bool peer_end =
+        rx ? peer_done()
+           : (path_->peer_conn_flags() & (cdc::conn_closed | cdc::conn_abnormal)) != 0;
+    if (err_.load() != 0 || gone_.load() || peer_end) {
       return true;
     }
     uint32_t n = 0;
