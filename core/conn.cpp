@@ -486,7 +486,15 @@ uint32_t conn::readable_bytes() {
 
 uint32_t conn::unsent_bytes() {
   const uint32_t size = path_->tx_size();
-  return curs_diff(size, curs_unpack(path_->peer_cons()), curs_unpack(tx_prod_.load()));
+  const cursor prod = curs_unpack(tx_prod_.load());
+  cursor cons = curs_unpack(path_->peer_cons());
+  // The peer's cursor is untrusted: one that is not at most a ring behind our
+  // producer cursor made curs_diff() report up to twice the ring size
+  // (SIOCOUTQ beyond the buffer). Use the last validated one instead.
+  if (!curs_ahead_within(size, cons, prod)) {
+    cons = curs_unpack(tx_cons_.load());
+  }
+  return curs_diff(size, cons, prod);
 }
 
 int conn::take_error() { return so_error_.exchange(0); }
