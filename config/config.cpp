@@ -41,6 +41,7 @@ constexpr uint64_t max_spin_us = 10000;
 constexpr const char* env_keys[] = {
     "SMC_ENABLE",    "SMC_PEERS",    "SMC_TRANSPORT",  "SMC_RMB_SIZE",
     "SMC_LOG_LEVEL", "SMC_LOG_FILE", "SMC_STATS_FILE", "SMC_SPIN_US",
+    "SMC_DEVICES",
 };
 
 // Our own character classes: <cctype> depends on the locale, and the
@@ -399,6 +400,34 @@ void apply_key(config& out, std::string_view key, std::string_view raw, bool app
                                    field.empty() ? "none" : shown(field)));
     } else {
       field.assign(value);
+    }
+  } else if (key == "SMC_DEVICES") {
+    // RDMA device names (ibv_devices): letters, digits, '_', '-', '.'.
+    std::vector<std::string> names;
+    bool ok = true;
+    size_t i = 0;
+    while (i < value.size()) {
+      while (i < value.size() && (value[i] == ',' || is_space(value[i]))) {
+        ++i;
+      }
+      size_t j = i;
+      while (j < value.size() && value[j] != ',' && !is_space(value[j])) {
+        char c = value[j];
+        ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '_' || c == '-' || c == '.');
+        ++j;
+      }
+      if (j > i) {
+        ok = ok && j - i <= 64;
+        names.emplace_back(value.substr(i, j - i));
+      }
+      i = j;
+    }
+    if (ok) {
+      out.devices = std::move(names);
+    } else {
+      warnings.push_back(bad_value(key, value, "RDMA device names, comma separated",
+                                   out.devices.empty() ? "all devices" : "unchanged"));
     }
   } else if (key == "SMC_SPIN_US") {
     uint64_t v = 0;

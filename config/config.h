@@ -33,6 +33,7 @@ struct config {
   log_level level = log_level::off;                 // SMC_LOG_LEVEL trace|debug|info|warn|error|off
   std::string log_file;                             // SMC_LOG_FILE (empty = stderr when logging is on)
   std::string stats_file;                           // SMC_STATS_FILE (%p = pid), empty = none
+  std::vector<std::string> devices;                 // SMC_DEVICES: RDMA devices to use (empty = all)
   uint32_t spin_us = 20;                            // SMC_SPIN_US: busy-poll before sleeping (0..10000)
   std::string config_path;                          // config file actually read (empty = none)
 };

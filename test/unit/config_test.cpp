@@ -150,6 +150,21 @@ TEST_CASE("SMC_TRANSPORT", "[config]") {
   CHECK(std::string(to_string(transport_mode::auto_)) == "auto");
 }
 
+TEST_CASE("SMC_DEVICES", "[config]") {
+  config c;
+  CHECK(c.devices.empty());
+  CHECK(apply(c, "SMC_DEVICES", "rxe0, mlx5_1 mlx5_bond.0").empty());
+  REQUIRE(c.devices.size() == 3);
+  CHECK(c.devices[0] == "rxe0");
+  CHECK(c.devices[1] == "mlx5_1");
+  CHECK(c.devices[2] == "mlx5_bond.0");
+  const std::string w = apply(c, "SMC_DEVICES", "rxe0,../evil");
+  CHECK(contains(w, "SMC_DEVICES"));
+  CHECK(c.devices.size() == 3);  // a bad list leaves the old one
+  CHECK(apply(c, "SMC_DEVICES", "").empty());
+  CHECK(c.devices.empty());
+}
+
 TEST_CASE("SMC_LOG_LEVEL", "[config]") {
   config c;
   const std::pair<const char*, log_level> good[] = {
