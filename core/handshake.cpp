@@ -14,6 +14,7 @@
 #include "core/cursor.h"
 #include "core/host_id.h"
 #include "core/log.h"
+#include "core/smcr.h"
 #include "rdma/shm/shm_transport.h"
 #include "rdma/sys.h"
 
@@ -143,25 +144,109 @@ bool eid_in(const std::vector<clc::eid_t>& list, const clc::eid_t& e) {
   return false;
 }
 
+std::optional<rdma::verbs::gid_choice> local_gid_of(int fd, const std::vector<std::string>& devs) {
+  sockaddr_storage ss{};
+  socklen_t sl = sizeof(ss);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sl) != 0) {
+    return std::nullopt;
+  }
+  return smcr::local_gid(reinterpret_cast<sockaddr*>(&ss), sl, devs);
+}
+
+// Client, SMC-R chosen by the server: join or create the link group, confirm,
+// and on first contact bring the link up (CONFIRM LINK).
+hs_outcome client_rdma(int fd, const std::vector<uint8_t>& msg,
+                       const std::optional<rdma::verbs::gid_choice>& gid, const hs_params& p,
+                       int64_t deadline) {
+  clc::accept_confirm_r acc;
+  if (clc::decode(msg, acc) != clc::error::ok || acc.type != clc::msg_type::accept) {
+    send_decline(fd, reason::clc_malformed, deadline);
+    return fallback(reason::clc_malformed);
+  }
+  if (!gid) {
+    send_decline(fd, reason::no_smc_dev, deadline);
+    return fallback(reason::no_smc_dev);
+  }
+  if (acc.version >= 2 && acc.eid != our_eid()) {
+    send_decline(fd, reason::no_ueid, deadline);
+    return fallback(reason::no_ueid);
+  }
+  bool sync_error = false;
+  auto pend = smcr::client_prepare(*gid, acc, p.rmb_size, &sync_error);
+  if (!pend) {
+    if (sync_error) {
+      // The server reuses a link group we do not know: out of sync (PROTOCOL.md 2.4).
+      clc::decline d;
+      d.version = 2;
+      d.out_of_sync = true;
+      d.diagnosis = 0x04000000;  // SYNCERR
+      send_all(fd, clc::encode(d), deadline);
+      return fallback(reason::internal);
+    }
+    send_decline(fd, reason::out_of_memory, deadline);
+    return fallback(reason::out_of_memory);
+  }
+  clc::accept_confirm_r conf;
+  conf.type = clc::msg_type::confirm;
+  smcr::fill_accept_confirm(*pend, conf);
+  conf.qp_mtu = std::min(conf.qp_mtu, acc.qp_mtu);
+  conf.eid = our_eid();
+  if (!send_all(fd, clc::encode(conf), deadline)) {
+    smcr::abandon(*pend);
+    hs_outcome o = fallback(reason::internal);
+    o.broken = true;
+    return o;
+  }
+  if (!smcr::client_complete(*pend, 2 * p.timeout_ms)) {
+    // The server believes in the link; neither side can go back to TCP now.
+    smcr::abandon(*pend);
+    hs_outcome o = fallback(reason::clc_timeout);
+    o.broken = true;
+    return o;
+  }
+  hs_outcome o;
+  o.path = smcr::make_path(std::move(*pend));
+  return o;
+}
+
 }  // namespace
 
 const char* default_ueid() { return "SMC-PRELOAD-V1"; }
+
+void client_warm_up(const hs_params& p) {
+  if (p.transport == config::transport_mode::auto_ || p.transport == config::transport_mode::rdma) {
+    smcr::warm_up(p.devices);
+  }
+}
 
 hs_outcome client_handshake(int fd, const hs_params& p) {
   const int64_t deadline = now_ms() + p.timeout_ms;
   if (p.transport == config::transport_mode::tcp) {
     return fallback(reason::transport_tcp);
   }
-  if (p.transport == config::transport_mode::rdma) {
-    return fallback(reason::no_smc_dev);  // the verbs transport is not built yet
-  }
   const uint64_t me_id = host_id();
+  const bool want_shm = p.transport != config::transport_mode::rdma;
+  std::optional<rdma::verbs::gid_choice> gid;
+  if (p.transport != config::transport_mode::shm) {
+    gid = local_gid_of(fd, p.devices);
+  }
+  if (!want_shm && !gid) {
+    return fallback(reason::no_smc_dev);  // RDMA asked for, no usable device: no Proposal
+  }
   clc::proposal prop;
   prop.version = 2;
   prop.typev1 = clc::type_n;
-  prop.typev2 = clc::type_d;
+  prop.typev2 = want_shm && gid ? clc::type_b : (gid ? clc::type_r : clc::type_d);
   prop.ueids.push_back(our_eid());
-  prop.ism_v2.push_back({me_id, clc::loopback_chid});
+  if (want_shm) {
+    prop.ism_v2.push_back({me_id, clc::loopback_chid});
+  }
+  if (gid) {
+    prop.roce_v2_gid = gid->gid;
+    prop.release = 1;
+    prop.max_conns = 255;
+    prop.max_links = 1;
+  }
   if (!send_all(fd, clc::encode(prop), deadline)) {
     hs_outcome o = fallback(reason::internal);
     o.broken = true;  // part of a Proposal may be in the stream
@@ -208,8 +293,11 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
             d.diagnosis);
     return fallback(reason::peer_declined, d.diagnosis);
   }
+  if (h.typev1 == clc::type_r) {
+    return client_rdma(fd, msg, gid, p, deadline);
+  }
   clc::accept_confirm_d acc;
-  if (clc::decode(msg, acc) != clc::error::ok || acc.type != clc::msg_type::accept) {
+  if (!want_shm || clc::decode(msg, acc) != clc::error::ok || acc.type != clc::msg_type::accept) {
     send_decline(fd, reason::clc_malformed, deadline);
     return fallback(reason::clc_malformed);
   }
@@ -323,6 +411,58 @@ bool discard_clc(int fd, size_t msg_len) {
   return recv_exact(fd, buf, msg_len, now_ms() + 1000);
 }
 
+namespace {
+
+// Server, SMC-R: Accept with our link and buffer, then Confirm, then (first
+// contact) the link comes up with CONFIRM LINK.
+hs_outcome server_rdma(int fd, const clc::proposal& prop, const rdma::verbs::gid_choice& gid,
+                       const hs_params& p, int64_t deadline) {
+  auto pend = smcr::server_prepare(gid, prop.roce_v2_gid, p.rmb_size);
+  if (!pend) {
+    send_decline(fd, reason::out_of_memory, deadline);
+    return fallback(reason::out_of_memory);
+  }
+  clc::accept_confirm_r acc;
+  acc.type = clc::msg_type::accept;
+  smcr::fill_accept_confirm(*pend, acc);
+  acc.eid = our_eid();
+  if (!send_all(fd, clc::encode(acc), deadline)) {
+    smcr::abandon(*pend);
+    hs_outcome o = fallback(reason::internal);
+    o.broken = true;
+    return o;
+  }
+  std::vector<uint8_t> reply;
+  clc::header h;
+  if (!read_message(fd, reply, h, deadline + p.timeout_ms)) {
+    smcr::abandon(*pend);
+    hs_outcome o = fallback(reason::clc_timeout);
+    o.broken = true;
+    return o;
+  }
+  if (h.type == clc::msg_type::decline) {
+    smcr::abandon(*pend);
+    clc::decline d;
+    uint32_t diag = clc::decode(reply, d) == clc::error::ok ? d.diagnosis : 0;
+    SMC_LOG(info, "fd %d: client declined after Accept (%s)", fd, decline_code_name(diag));
+    return fallback(reason::peer_declined, diag);
+  }
+  clc::accept_confirm_r conf;
+  if (h.type != clc::msg_type::confirm || clc::decode(reply, conf) != clc::error::ok ||
+      conf.first_contact != acc.first_contact ||
+      !smcr::server_complete(*pend, conf, 2 * p.timeout_ms)) {
+    smcr::abandon(*pend);
+    hs_outcome o = fallback(reason::clc_malformed);
+    o.broken = true;  // the client believes it is SMC; we cannot follow
+    return o;
+  }
+  hs_outcome o;
+  o.path = smcr::make_path(std::move(*pend));
+  return o;
+}
+
+}  // namespace
+
 hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
   const int64_t deadline = now_ms() + p.timeout_ms;
   std::vector<uint8_t> msg(msg_len);
@@ -348,11 +488,18 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
       same_host = same_host || (e.chid == clc::loopback_chid && e.gid == me_id);
     }
   }
-  if (!same_host || p.transport == config::transport_mode::rdma) {
-    return decline(reason::no_smc_dev);
-  }
   if (!eid_in(prop.ueids, our_eid())) {
     return decline(reason::no_ueid);
+  }
+  const bool offers_r = (prop.typev2 == clc::type_r || prop.typev2 == clc::type_b) &&
+                        prop.roce_v2_gid != clc::gid_t{};
+  if (!same_host || p.transport == config::transport_mode::rdma) {
+    if (offers_r && p.transport != config::transport_mode::shm) {
+      if (auto gid = local_gid_of(fd, p.devices)) {
+        return server_rdma(fd, prop, *gid, p, deadline);
+      }
+    }
+    return decline(reason::no_smc_dev);
   }
   rdma::shm::local_side me;
   rdma::shm::rendezvous rv;

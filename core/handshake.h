@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "config/config.h"
 #include "core/reason.h"
@@ -19,6 +21,7 @@ struct hs_params {
   config::transport_mode transport = config::transport_mode::auto_;
   uint32_t rmb_size = 256 * 1024;
   int timeout_ms = 5000;  // for each wait on the peer
+  std::vector<std::string> devices;  // SMC_DEVICES (empty = any RDMA device)
 };
 
 struct hs_outcome {
@@ -35,6 +38,10 @@ struct hs_outcome {
 
 /// The UEID both sides must share (SMC v2 requires one common EID).
 const char* default_ueid();
+
+/// Active side, before the TCP connect: gathers what the Proposal needs
+/// (the RDMA devices' GIDs) so it can follow the TCP handshake at once.
+void client_warm_up(const hs_params& p);
 
 /// Active side: called once the TCP connection is established with a peer
 /// believed SMC-capable. Blocks at most about 2 x timeout.

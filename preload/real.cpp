@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/engine.h"
 #include "core/log.h"
 #include "core/stats.h"
 #include "preload/preload.h"
@@ -154,6 +155,7 @@ core::hs_params hs_params() {
   core::hs_params p;
   p.transport = g_cfg->transport;
   p.rmb_size = g_cfg->rmb_size;
+  p.devices = g_cfg->devices;
   return p;
 }
 
@@ -197,8 +199,9 @@ namespace {
 void atfork_child() {
   fd_table_unlock_all();
   ep_unlock();
-  // The child keeps its own account from here on.
+  // The child keeps its own account from here on, and has no engine thread.
   core::stats::reset();
+  core::engine::forget_after_fork();
 }
 
 __attribute__((constructor)) void on_load() { ensure_init(); }

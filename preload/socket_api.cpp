@@ -49,10 +49,15 @@ void become_tcp(entry* e, int fd, reason why) {
 // Applies a handshake outcome (under e->mu).
 void apply(entry* e, int fd, core::hs_outcome&& o) {
   if (o.path) {
+    const bool rdma = o.path->transport() == rdma::kind::rdma;
     e->conn = std::make_unique<core::conn>(std::move(o.path), fd, cfg().spin_us);
     e->st.store(state::smc, std::memory_order_release);
-    core::stats::count_shm();
-    SMC_LOG(info, "fd %d: SMC over shm", fd);
+    if (rdma) {
+      core::stats::count_rdma();
+    } else {
+      core::stats::count_shm();
+    }
+    SMC_LOG(info, "fd %d: SMC over %s", fd, rdma ? "RDMA" : "shm");
     return;
   }
   if (o.broken) {
@@ -285,6 +290,8 @@ __attribute__((visibility("default"))) int connect(int fd, const sockaddr* addr,
       errno = saved;
       return real.connect(fd, addr, len);
     }
+    smc::core::client_warm_up(hs_params());
+    errno = saved;
     int rc = real.connect(fd, addr, len);
     if (rc != 0) {
       if (errno == EINPROGRESS) {

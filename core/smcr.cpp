@@ -1,0 +1,1050 @@
+// SMC-R link groups and data path over rdma-core. See smcr.h.
+//
+// Threads: application threads post RDMA WRITEs and CDCs; the engine thread
+// (core/engine) drains both completion queues, dispatches received CDC and
+// LLC messages, and rings the connections' doorbells with the same protocol
+// as the shm transport (rdma/transport.h).
+#include "core/smcr.h"
+
+#include <netinet/in.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+
+#include "core/cdc.h"
+#include "core/cursor.h"
+#include "core/engine.h"
+#include "core/llc.h"
+#include "core/log.h"
+#include "rdma/sys.h"
+
+namespace smc::core::smcr {
+
+namespace v = rdma::verbs;
+using rdma::sys;
+
+namespace {
+
+constexpr uint32_t recv_slots = 64;
+constexpr size_t recv_slot_size = 64;  // CDC/LLC v1 messages are 44 bytes
+constexpr uint32_t sq_depth = 256;
+constexpr uint64_t signal_every = 32;
+constexpr uint8_t our_link_id = 1;
+constexpr int idle_group_seconds = 30;
+
+std::atomic<uint32_t> g_next_token{1};
+std::atomic<size_t> g_live_groups{0};
+std::atomic<size_t> g_live_slots{0};
+
+void ring(int efd) {
+  uint64_t one = 1;
+  ssize_t n;
+  do {
+    n = sys().write(efd, &one, sizeof(one));
+  } while (n < 0 && errno == EINTR);
+}
+
+void drain(int efd) {
+  uint64_t v;
+  ssize_t n;
+  do {
+    n = sys().read(efd, &v, sizeof(v));
+  } while (n < 0 && errno == EINTR);
+}
+
+}  // namespace
+
+/// The RDMA side of one connection. Owned by its link group's table until
+/// both ends closed (the peer may still write into the RMB before that).
+struct slot {
+  uint32_t token = 0;       // ours: the peer puts it into the CDCs it sends us
+  uint32_t peer_token = 0;  // the peer's: we put it into ours
+  std::unique_ptr<v::memory_region> rmb;      // peer writes here (remote write)
+  std::unique_ptr<v::memory_region> staging;  // we write from here (local only)
+  uint64_t peer_addr = 0;
+  uint32_t peer_rkey = 0;
+  uint32_t peer_size = 0;
+  // Received from the peer (engine thread stores, application threads load).
+  std::atomic<uint64_t> peer_prod{0};
+  std::atomic<uint64_t> peer_cons{0};
+  std::atomic<uint8_t> peer_conn_flags{0};
+  std::atomic<uint8_t> peer_prod_flags{0};
+  bool rx_seq_valid = false;  // engine thread only
+  uint16_t rx_seq = 0;
+  // Sent to the peer (under tx_mu).
+  std::mutex tx_mu;
+  uint16_t tx_seq = 0;
+  uint64_t sent_prod = 0;
+  uint64_t sent_cons = 0;
+  uint64_t final_wr = 0;  // WR count of our closing CDC (signalled)
+  std::atomic<uint64_t> local_cons{0};
+  std::atomic<uint64_t> local_prod{0};
+  std::atomic<uint8_t> local_flags{0};
+  // Doorbells, as in the shm transport.
+  int rx_efd = -1;
+  int tx_efd = -1;
+  std::atomic<uint32_t> rx_waiters{0};
+  std::atomic<uint32_t> rx_rung{0};
+  std::atomic<uint32_t> tx_waiters{0};
+  std::atomic<uint32_t> tx_rung{0};
+  std::atomic<bool> released{false};
+  std::atomic<bool> peer_closed{false};
+
+  slot() { g_live_slots.fetch_add(1); }
+  ~slot() {
+    if (rx_efd >= 0) {
+      sys().close(rx_efd);
+    }
+    if (tx_efd >= 0) {
+      sys().close(tx_efd);
+    }
+    g_live_slots.fetch_sub(1);
+  }
+  void wake_rx() {
+    if (rx_waiters.load(std::memory_order_seq_cst) != 0 &&
+        rx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
+      ring(rx_efd);
+    }
+  }
+  void wake_tx() {
+    if (tx_waiters.load(std::memory_order_seq_cst) != 0 &&
+        tx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
+      ring(tx_efd);
+    }
+  }
+};
+
+class link_group : public std::enable_shared_from_this<link_group> {
+ public:
+  link_group(role r, const v::gid_choice& local) : role_(r), local_(local) {
+    g_live_groups.fetch_add(1);
+  }
+  ~link_group() {
+    rwatch_.reset();
+    swatch_.reset();
+    g_live_groups.fetch_sub(1);
+    SMC_LOG(debug, "smcr: link group %p destroyed", static_cast<void*>(this));
+  }
+
+  bool init();
+  bool post_recv(uint32_t i);
+  /// Posts WRs as one unit (in order, under the post lock). `sig` forces a
+  /// signalled last WR. Returns the WR count of the last one, 0 on failure.
+  uint64_t post(ibv_send_wr* first, int count, bool sig);
+  bool send_msg(const uint8_t* msg, size_t len, bool sig = false);
+  bool send_cdc(slot& s, bool sig = false, uint8_t extra_prod_flags = 0);
+  void fail(const char* why);
+  void on_recv();
+  void on_send();
+  bool poll_send();
+  void dispatch(const uint8_t* b, uint32_t len);
+  void handle_cdc(const uint8_t* b, uint32_t len);
+  void handle_llc(const uint8_t* b, uint32_t len);
+  void add_slot(const std::shared_ptr<slot>& s);
+  void release(const std::shared_ptr<slot>& s);
+  void reap();  // frees released slots that are safe to free
+  bool wait_llc(std::unique_lock<std::mutex>& lk, int timeout_ms, bool& flag);
+  void schedule_idle_check();
+
+  role role_;
+  v::gid_choice local_;
+  std::shared_ptr<v::device> dev_;
+  std::unique_ptr<v::completion_queue> scq_;
+  std::unique_ptr<v::completion_queue> rcq_;
+  std::unique_ptr<v::rc_qp> qp_;
+  std::unique_ptr<v::memory_region> rbuf_;
+  std::unique_ptr<engine::watch> rwatch_;
+  std::unique_ptr<engine::watch> swatch_;
+  clc::gid_t peer_gid_{};
+  uint32_t peer_qpn_ = 0;
+  std::atomic<bool> up_{false};
+  std::atomic<bool> failed_{false};
+
+  std::mutex mu_;
+  std::unordered_map<uint32_t, std::shared_ptr<slot>> slots_;
+  std::vector<std::shared_ptr<slot>> lingering_;
+
+  std::mutex post_mu_;
+  uint64_t posted_ = 0;
+  uint64_t last_signaled_ = 0;
+  std::atomic<uint64_t> completed_{0};
+  std::condition_variable sq_cv_;
+
+  std::mutex llc_mu_;
+  std::condition_variable llc_cv_;
+  bool confirm_req_seen_ = false;
+  bool confirm_resp_seen_ = false;
+  llc::confirm_link confirm_req_{};
+};
+
+namespace {
+
+std::mutex g_reg_mu;
+std::vector<std::shared_ptr<link_group>>& registry() {
+  static auto* r = new std::vector<std::shared_ptr<link_group>>();
+  return *r;
+}
+
+std::mutex g_dev_mu;
+std::shared_ptr<v::device> open_device(const std::string& name) {
+  static auto* cache = new std::unordered_map<std::string, std::weak_ptr<v::device>>();
+  std::lock_guard<std::mutex> lk(g_dev_mu);
+  if (auto d = (*cache)[name].lock()) {
+    return d;
+  }
+  auto d = v::device::open(name);
+  (*cache)[name] = d;
+  return d;
+}
+
+void unregister(link_group* g) {
+  std::lock_guard<std::mutex> lk(g_reg_mu);
+  auto& r = registry();
+  r.erase(std::remove_if(r.begin(), r.end(), [g](const auto& p) { return p.get() == g; }), r.end());
+}
+
+}  // namespace
+
+bool link_group::init() {
+  dev_ = open_device(local_.device);
+  if (!dev_) {
+    return false;
+  }
+  scq_ = v::completion_queue::create(dev_, static_cast<int>(sq_depth + 16));
+  rcq_ = v::completion_queue::create(dev_, static_cast<int>(recv_slots + 16));
+  if (!scq_ || !rcq_) {
+    return false;
+  }
+  qp_ = v::rc_qp::create(dev_, *scq_, *rcq_, sq_depth, recv_slots);
+  rbuf_ = v::memory_region::create(dev_, recv_slots * recv_slot_size, false);
+  if (!qp_ || !rbuf_ || !qp_->to_init(local_.port)) {
+    return false;
+  }
+  for (uint32_t i = 0; i < recv_slots; ++i) {
+    if (!post_recv(i)) {
+      return false;
+    }
+  }
+  std::weak_ptr<link_group> w = weak_from_this();
+  rwatch_ = engine::watch_fd(rcq_->fd(), [w] {
+    if (auto g = w.lock()) {
+      g->on_recv();
+    }
+  });
+  swatch_ = engine::watch_fd(scq_->fd(), [w] {
+    if (auto g = w.lock()) {
+      g->on_send();
+    }
+  });
+  return rwatch_ && swatch_;
+}
+
+bool link_group::post_recv(uint32_t i) {
+  ibv_sge sge{rbuf_->addr() + i * recv_slot_size, static_cast<uint32_t>(recv_slot_size),
+              rbuf_->lkey()};
+  ibv_recv_wr wr{};
+  ibv_recv_wr* bad = nullptr;
+  wr.wr_id = i;
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  return ibv_post_recv(qp_->qp(), &wr, &bad) == 0;
+}
+
+uint64_t link_group::post(ibv_send_wr* first, int count, bool sig) {
+  std::unique_lock<std::mutex> lk(post_mu_);
+  // Send-queue flow control: never more than sq_depth WRs outstanding.
+  while (!failed_.load() && posted_ + count - completed_.load() > sq_depth - 1) {
+    // Reap completions ourselves: the engine thread may be the one waiting
+    // here (answering a CDC), and nobody else would.
+    if (!poll_send()) {
+      lk.unlock();
+      fail("send completion error");
+      return 0;
+    }
+    if (posted_ + count - completed_.load() > sq_depth - 1) {
+      sq_cv_.wait_for(lk, std::chrono::milliseconds(1));
+    }
+  }
+  if (failed_.load()) {
+    return 0;
+  }
+  ibv_send_wr* last = first;
+  for (int i = 1; i < count; ++i) {
+    last = last->next;
+  }
+  uint64_t seq = posted_ + count;
+  if (sig || seq - last_signaled_ >= signal_every) {
+    last->send_flags |= IBV_SEND_SIGNALED;
+    last->wr_id = seq;
+    last_signaled_ = seq;
+  }
+  ibv_send_wr* bad = nullptr;
+  if (ibv_post_send(qp_->qp(), first, &bad) != 0) {
+    lk.unlock();
+    fail("post_send failed");
+    return 0;
+  }
+  posted_ = seq;
+  return seq;
+}
+
+bool link_group::send_msg(const uint8_t* msg, size_t len, bool sig) {
+  ibv_sge sge{reinterpret_cast<uintptr_t>(msg), static_cast<uint32_t>(len), 0};
+  ibv_send_wr wr{};
+  wr.opcode = IBV_WR_SEND;
+  wr.send_flags = IBV_SEND_INLINE | IBV_SEND_SOLICITED;
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  return post(&wr, 1, sig) != 0;
+}
+
+bool link_group::send_cdc(slot& s, bool sig, uint8_t extra_prod_flags) {
+  // Caller holds s.tx_mu: sequence numbers must reach the QP in order.
+  cdc::message m;
+  m.seqno = ++s.tx_seq;
+  m.token = s.peer_token;
+  m.prod = curs_unpack(s.sent_prod);
+  m.cons = curs_unpack(s.local_cons.load(std::memory_order_seq_cst));
+  m.conn_flags = s.local_flags.load();
+  m.prod_flags = extra_prod_flags;
+  auto bytes = cdc::encode(m);
+  uint64_t seq;
+  {
+    ibv_sge sge{reinterpret_cast<uintptr_t>(bytes.data()), static_cast<uint32_t>(bytes.size()), 0};
+    ibv_send_wr wr{};
+    wr.opcode = IBV_WR_SEND;
+    wr.send_flags = IBV_SEND_INLINE | IBV_SEND_SOLICITED;
+    wr.sg_list = &sge;
+    wr.num_sge = 1;
+    seq = post(&wr, 1, sig);
+  }
+  if (seq == 0) {
+    return false;
+  }
+  s.sent_cons = curs_pack(m.cons);
+  if (sig) {
+    s.final_wr = seq;
+  }
+  return true;
+}
+
+void link_group::fail(const char* why) {
+  if (failed_.exchange(true)) {
+    return;
+  }
+  up_ = false;
+  SMC_LOG(warn, "smcr: link group %p failed: %s", static_cast<void*>(this), why);
+  if (qp_) {
+    qp_->to_error();
+  }
+  std::vector<std::shared_ptr<slot>> all;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto& [t, s] : slots_) {
+      all.push_back(s);
+    }
+  }
+  // Every connection on the link ends with ECONNRESET.
+  for (auto& s : all) {
+    s->peer_conn_flags.fetch_or(cdc::conn_abnormal);
+    ring(s->rx_efd);
+    ring(s->tx_efd);
+  }
+  sq_cv_.notify_all();
+  llc_cv_.notify_all();
+  unregister(this);
+}
+
+void link_group::on_recv() {
+  rcq_->take_event();
+  rcq_->arm();
+  ibv_wc wc[16];
+  int n;
+  while ((n = ibv_poll_cq(rcq_->cq(), 16, wc)) > 0) {
+    for (int i = 0; i < n; ++i) {
+      if (wc[i].status != IBV_WC_SUCCESS) {
+        if (wc[i].status != IBV_WC_WR_FLUSH_ERR) {
+          SMC_LOG(warn, "smcr: receive completion error %s", ibv_wc_status_str(wc[i].status));
+        }
+        fail("receive completion error");
+        return;
+      }
+      auto idx = static_cast<uint32_t>(wc[i].wr_id);
+      if (idx < recv_slots) {
+        dispatch(rbuf_->data() + idx * recv_slot_size, wc[i].byte_len);
+        if (!failed_.load() && !post_recv(idx)) {
+          fail("post_recv failed");
+          return;
+        }
+      }
+    }
+  }
+  if (n < 0) {
+    fail("poll_cq failed");
+  }
+}
+
+bool link_group::poll_send() {
+  ibv_wc wc[16];
+  int n;
+  while ((n = ibv_poll_cq(scq_->cq(), 16, wc)) > 0) {
+    for (int i = 0; i < n; ++i) {
+      if (wc[i].status != IBV_WC_SUCCESS) {
+        if (wc[i].status != IBV_WC_WR_FLUSH_ERR) {
+          SMC_LOG(warn, "smcr: send completion error %s", ibv_wc_status_str(wc[i].status));
+        }
+        return false;
+      }
+      // Signalled WRs carry their running count: all before them are done too.
+      uint64_t done = wc[i].wr_id;
+      uint64_t cur = completed_.load();
+      while (done > cur && !completed_.compare_exchange_weak(cur, done)) {
+      }
+    }
+  }
+  return n >= 0;
+}
+
+void link_group::on_send() {
+  scq_->take_event();
+  scq_->arm();
+  if (!poll_send()) {
+    fail("send completion error");
+    return;
+  }
+  sq_cv_.notify_all();
+  reap();
+}
+
+void link_group::dispatch(const uint8_t* b, uint32_t len) {
+  if (len < 1) {
+    return;
+  }
+  switch (llc::classify(b[0])) {
+    case llc::kind::cdc:
+      handle_cdc(b, len);
+      break;
+    case llc::kind::llc_v1:
+    case llc::kind::llc_v2:
+      handle_llc(b, len);
+      break;
+    case llc::kind::unknown:
+      break;  // as Linux: silently dropped
+  }
+}
+
+void link_group::handle_cdc(const uint8_t* b, uint32_t len) {
+  cdc::message m;
+  if (cdc::decode({b, len}, m) != cdc::error::ok) {
+    return;
+  }
+  std::shared_ptr<slot> s;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = slots_.find(m.token);
+    if (it == slots_.end()) {
+      return;  // a connection already gone: nothing to deliver
+    }
+    s = it->second;
+  }
+  if (s->rx_seq_valid && cdc::seq_older(m.seqno, s->rx_seq)) {
+    return;  // stale duplicate
+  }
+  s->rx_seq_valid = true;
+  s->rx_seq = m.seqno;
+  // The connection engine validates these cursors before any use.
+  s->peer_cons.store(curs_pack(m.cons), std::memory_order_release);
+  s->peer_prod.store(curs_pack(m.prod), std::memory_order_release);
+  s->peer_prod_flags.store(m.prod_flags, std::memory_order_seq_cst);
+  if (m.conn_flags != 0) {
+    s->peer_conn_flags.fetch_or(m.conn_flags);
+  }
+  s->wake_rx();
+  s->wake_tx();
+  if ((m.prod_flags & (cdc::prod_write_blocked | cdc::prod_cons_update_req)) != 0) {
+    // The peer waits for room: tell it what we consumed, if anything new.
+    std::lock_guard<std::mutex> lk(s->tx_mu);
+    if (s->local_cons.load(std::memory_order_seq_cst) != s->sent_cons &&
+        (s->local_flags.load() & (cdc::conn_closed | cdc::conn_abnormal)) == 0) {
+      send_cdc(*s);
+    }
+  }
+  if ((m.conn_flags & (cdc::conn_closed | cdc::conn_abnormal)) != 0) {
+    s->peer_closed = true;
+    reap();
+  }
+}
+
+void link_group::handle_llc(const uint8_t* b, uint32_t len) {
+  llc::header h;
+  if (llc::peek({b, len}, h) != llc::error::ok) {
+    return;
+  }
+  switch (h.type) {
+    case llc::type_confirm_link: {
+      llc::confirm_link m;
+      if (llc::decode({b, len}, m) != llc::error::ok) {
+        return;
+      }
+      std::lock_guard<std::mutex> lk(llc_mu_);
+      if (llc::is_response(m.flags)) {
+        confirm_resp_seen_ = true;
+      } else {
+        confirm_req_ = m;
+        confirm_req_seen_ = true;
+      }
+      llc_cv_.notify_all();
+      break;
+    }
+    case llc::type_test_link: {
+      llc::test_link m;
+      if (llc::decode({b, len}, m) == llc::error::ok && !llc::is_response(m.flags)) {
+        m.flags |= llc::flag_response;
+        auto out = llc::encode(m);
+        send_msg(out.data(), out.size());
+      }
+      break;
+    }
+    case llc::type_delete_link: {
+      llc::delete_link m;
+      if (llc::decode({b, len}, m) == llc::error::ok) {
+        fail("peer deleted the link");
+      }
+      break;
+    }
+    case llc::type_add_link: {
+      // Single-link groups: decline every additional link.
+      llc::add_link m;
+      if (llc::decode({b, len}, m) == llc::error::ok && !llc::is_response(m.flags)) {
+        llc::add_link r;
+        r.version = m.version;
+        r.flags = llc::flag_response | llc::flag_add_link_reject;
+        r.reject_reason = llc::reject_no_alt_path;
+        auto out = llc::encode(r);
+        send_msg(out.data(), out.size());
+      }
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+bool link_group::wait_llc(std::unique_lock<std::mutex>& lk, int timeout_ms, bool& flag) {
+  return llc_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms),
+                          [&] { return flag || failed_.load(); }) &&
+         flag;
+}
+
+void link_group::add_slot(const std::shared_ptr<slot>& s) {
+  std::lock_guard<std::mutex> lk(mu_);
+  slots_[s->token] = s;
+}
+
+void link_group::release(const std::shared_ptr<slot>& s) {
+  s->released = true;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    lingering_.push_back(s);
+  }
+  reap();
+}
+
+void link_group::reap() {
+  bool now_idle = false;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    const bool dead = failed_.load();
+    const uint64_t done = completed_.load();
+    auto safe = [&](const std::shared_ptr<slot>& s) {
+      // The peer wrote its last byte before its closing CDC, and our last
+      // WR (the signalled closing CDC) completed: the buffers are idle.
+      return dead || (s->peer_closed.load() && done >= s->final_wr);
+    };
+    for (auto it = lingering_.begin(); it != lingering_.end();) {
+      if (safe(*it)) {
+        slots_.erase((*it)->token);
+        it = lingering_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    now_idle = slots_.empty();
+  }
+  if (now_idle && !failed_.load()) {
+    schedule_idle_check();
+  }
+}
+
+void link_group::schedule_idle_check() {
+  std::weak_ptr<link_group> w = weak_from_this();
+  engine::post(
+      [w] {
+        auto g = w.lock();
+        if (!g || g->failed_.load()) {
+          return;
+        }
+        {
+          std::lock_guard<std::mutex> lk(g->mu_);
+          if (!g->slots_.empty()) {
+            return;
+          }
+        }
+        // Idle: end the group in order (DELETE LINK, all links, orderly).
+        llc::delete_link d;
+        d.version = 2;
+        d.flags = llc::flag_delete_all | llc::flag_delete_orderly;
+        d.reason = llc::del_prog_init_term;
+        auto out = llc::encode(d);
+        g->send_msg(out.data(), out.size(), true);
+        g->fail("idle");
+      },
+      idle_group_seconds * 1000);
+}
+
+// ---------------------------------------------------------------------------
+
+namespace {
+
+// Every usable RoCE v2 GID of the host, scanned at most every 30 s: opening
+// devices is slow (milliseconds on hardware, far more under emulation) and
+// must not sit between the TCP handshake and the Proposal.
+struct gid_table {
+  std::mutex mu;
+  std::vector<v::gid_choice> gids;
+  std::vector<std::string> devices;
+  std::chrono::steady_clock::time_point at{};
+  bool valid = false;
+};
+
+gid_table& table() {
+  static auto* t = new gid_table();
+  return *t;
+}
+
+void refresh(gid_table& t, const std::vector<std::string>& devices) {
+  const auto now = std::chrono::steady_clock::now();
+  if (t.valid && t.devices == devices && now - t.at < std::chrono::seconds(30)) {
+    return;
+  }
+  t.gids = v::all_gids(devices);
+  t.devices = devices;
+  t.at = now;
+  t.valid = true;
+}
+
+}  // namespace
+
+void warm_up(const std::vector<std::string>& devices) {
+  gid_table& t = table();
+  std::lock_guard<std::mutex> lk(t.mu);
+  refresh(t, devices);
+}
+
+std::optional<v::gid_choice> local_gid(const sockaddr* local, socklen_t len,
+                                       const std::vector<std::string>& devices) {
+  std::array<uint8_t, 16> want{};
+  if (!v::ip_to_gid(local, len, want)) {
+    return std::nullopt;
+  }
+  gid_table& t = table();
+  std::lock_guard<std::mutex> lk(t.mu);
+  refresh(t, devices);
+  for (const auto& g : t.gids) {
+    if (g.gid == want) {
+      return g;
+    }
+  }
+  return std::nullopt;
+}
+
+clc::peer_id_t system_id(const v::gid_choice& g) {
+  static std::atomic<uint16_t> rnd{0};
+  uint16_t r = rnd.load();
+  while (r == 0) {
+    uint16_t x = 0;
+    if (getrandom(&x, sizeof(x), 0) != sizeof(x)) {
+      x = static_cast<uint16_t>(getpid());
+    }
+    uint16_t expected = 0;
+    rnd.compare_exchange_strong(expected, x == 0 ? 1 : x);
+    r = rnd.load();
+  }
+  clc::peer_id_t id{};
+  id[0] = static_cast<uint8_t>(r >> 8);
+  id[1] = static_cast<uint8_t>(r);
+  std::memcpy(&id[2], g.mac.data(), 6);
+  return id;
+}
+
+namespace {
+
+std::shared_ptr<slot> make_slot(const std::shared_ptr<link_group>& g, uint32_t rmb_size) {
+  auto s = std::make_shared<slot>();
+  s->token = g_next_token.fetch_add(1);
+  if (s->token == 0) {
+    s->token = g_next_token.fetch_add(1);
+  }
+  s->rmb = v::memory_region::create(g->dev_, rmb_size, true);
+  s->rx_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  s->tx_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (!s->rmb || s->rx_efd < 0 || s->tx_efd < 0) {
+    return nullptr;
+  }
+  return s;
+}
+
+bool set_peer_buffer(const std::shared_ptr<link_group>& g, slot& s, const clc::accept_confirm_r& m) {
+  uint32_t size = rmb_code_to_size(m.rmbe_size_code);
+  if (m.rmbe_alert_token == 0 || m.rmbe_idx == 0 || size > (512u << 20)) {
+    return false;
+  }
+  s.peer_token = m.rmbe_alert_token;
+  s.peer_rkey = m.rmb_rkey;
+  // An RMB element index > 1 means several elements share one RMB.
+  s.peer_addr = m.rmb_dma_addr + static_cast<uint64_t>(m.rmbe_idx - 1) * size;
+  s.peer_size = size;
+  s.staging = v::memory_region::create(g->dev_, size, false);
+  return s.staging != nullptr;
+}
+
+std::shared_ptr<link_group> new_group(role r, const v::gid_choice& local) {
+  auto g = std::make_shared<link_group>(r, local);
+  if (!g->init()) {
+    SMC_LOG(info, "smcr: cannot set up a link on %s: %s", local.device.c_str(), std::strerror(errno));
+    return nullptr;
+  }
+  return g;
+}
+
+ibv_mtu clamp_mtu(uint8_t peer, ibv_mtu own) {
+  uint8_t m = std::min<uint8_t>(peer, static_cast<uint8_t>(own));
+  return static_cast<ibv_mtu>(std::clamp<uint8_t>(m, IBV_MTU_256, IBV_MTU_4096));
+}
+
+void fill_hostname(std::array<uint8_t, 32>& out) {
+  out.fill(' ');
+  utsname u{};
+  if (uname(&u) == 0) {
+    size_t n = std::min(std::strlen(u.nodename), out.size());
+    std::memcpy(out.data(), u.nodename, n);
+  }
+}
+
+}  // namespace
+
+std::optional<pending> server_prepare(const v::gid_choice& local, const clc::gid_t& peer_gid,
+                                      uint32_t rmb_size) {
+  pending p;
+  {
+    std::lock_guard<std::mutex> lk(g_reg_mu);
+    for (auto& g : registry()) {
+      if (g->role_ == role::server && g->up_.load() && g->peer_gid_ == peer_gid &&
+          g->local_.device == local.device && g->local_.gid == local.gid) {
+        p.lgr = g;
+        break;
+      }
+    }
+  }
+  if (!p.lgr) {
+    p.lgr = new_group(role::server, local);
+    if (!p.lgr) {
+      return std::nullopt;
+    }
+    p.lgr->peer_gid_ = peer_gid;
+    p.first_contact = true;
+  }
+  p.s = make_slot(p.lgr, rmb_size);
+  if (!p.s) {
+    return std::nullopt;
+  }
+  return p;
+}
+
+void fill_accept_confirm(const pending& p, clc::accept_confirm_r& m) {
+  const link_group& g = *p.lgr;
+  m.version = 2;
+  m.first_contact = p.first_contact;
+  m.peer_id = system_id(g.local_);
+  m.gid = g.local_.gid;
+  m.mac = g.local_.mac;
+  m.qpn = g.qp_->qpn();
+  m.rmb_rkey = p.s->rmb->rkey();
+  m.rmbe_idx = 1;
+  m.rmbe_alert_token = p.s->token;
+  m.rmbe_size_code = rmb_size_to_code(static_cast<uint32_t>(p.s->rmb->size()));
+  m.qp_mtu = static_cast<uint8_t>(g.local_.active_mtu);
+  m.rmb_dma_addr = p.s->rmb->addr();
+  m.psn = g.qp_->psn();
+  if (p.first_contact) {
+    m.v2_direct = true;
+    m.os_type = 2;
+    m.fce_release = 1;
+    fill_hostname(m.hostname);
+    m.max_conns = 255;
+    m.max_links = 1;
+    if (m.type == clc::msg_type::confirm) {
+      m.gid_list = {g.local_.gid};
+    }
+  }
+}
+
+bool server_complete(pending& p, const clc::accept_confirm_r& c, int timeout_ms) {
+  link_group& g = *p.lgr;
+  if (!set_peer_buffer(p.lgr, *p.s, c)) {
+    return false;
+  }
+  if (p.first_contact) {
+    v::peer_qp peer;
+    peer.qpn = c.qpn;
+    peer.psn = c.psn;
+    peer.gid = c.gid;
+    peer.mtu = clamp_mtu(c.qp_mtu, g.local_.active_mtu);
+    g.peer_qpn_ = c.qpn;
+    if (!g.qp_->to_rtr(g.local_.port, g.local_.gid_index, peer) || !g.qp_->to_rts()) {
+      SMC_LOG(info, "smcr: QP transition failed: %s", std::strerror(errno));
+      return false;
+    }
+    g.add_slot(p.s);
+    // CONFIRM LINK: the first message on the new link proves both directions.
+    llc::confirm_link req;
+    req.version = 2;
+    req.flags = llc::flag_no_rmbe_eyec;
+    req.sender_mac = g.local_.mac;
+    req.sender_gid = g.local_.gid;
+    req.sender_qpn = g.qp_->qpn();
+    req.link_num = our_link_id;
+    req.link_uid = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(&g) >> 4);
+    req.max_links = 1;
+    req.max_conns = 255;
+    auto out = llc::encode(req);
+    std::unique_lock<std::mutex> lk(g.llc_mu_);
+    if (!g.send_msg(out.data(), out.size()) || !g.wait_llc(lk, timeout_ms, g.confirm_resp_seen_)) {
+      lk.unlock();
+      g.fail("no CONFIRM LINK response");
+      return false;
+    }
+    lk.unlock();
+    g.up_ = true;
+    std::lock_guard<std::mutex> rl(g_reg_mu);
+    registry().push_back(p.lgr);
+    SMC_LOG(info, "smcr: link up on %s (server), qpn %u -> %u", g.local_.device.c_str(),
+            g.qp_->qpn(), c.qpn);
+    return true;
+  }
+  g.add_slot(p.s);
+  return !g.failed_.load();
+}
+
+std::optional<pending> client_prepare(const v::gid_choice& local, const clc::accept_confirm_r& a,
+                                      uint32_t rmb_size, bool* sync_error) {
+  *sync_error = false;
+  pending p;
+  if (a.first_contact) {
+    p.lgr = new_group(role::client, local);
+    if (!p.lgr) {
+      return std::nullopt;
+    }
+    p.first_contact = true;
+    link_group& g = *p.lgr;
+    g.peer_gid_ = a.gid;
+    g.peer_qpn_ = a.qpn;
+    v::peer_qp peer;
+    peer.qpn = a.qpn;
+    peer.psn = a.psn;
+    peer.gid = a.gid;
+    peer.mtu = clamp_mtu(a.qp_mtu, local.active_mtu);
+    if (!g.qp_->to_rtr(local.port, local.gid_index, peer)) {
+      SMC_LOG(info, "smcr: QP to RTR failed: %s", std::strerror(errno));
+      return std::nullopt;
+    }
+  } else {
+    std::lock_guard<std::mutex> lk(g_reg_mu);
+    for (auto& g : registry()) {
+      if (g->role_ == role::client && g->up_.load() && g->peer_gid_ == a.gid &&
+          g->peer_qpn_ == a.qpn && g->local_.gid == local.gid) {
+        p.lgr = g;
+        break;
+      }
+    }
+    if (!p.lgr) {
+      *sync_error = true;
+      return std::nullopt;
+    }
+  }
+  p.s = make_slot(p.lgr, rmb_size);
+  if (!p.s || !set_peer_buffer(p.lgr, *p.s, a)) {
+    return std::nullopt;
+  }
+  p.lgr->add_slot(p.s);
+  return p;
+}
+
+bool client_complete(pending& p, int timeout_ms) {
+  if (!p.first_contact) {
+    return !p.lgr->failed_.load();
+  }
+  link_group& g = *p.lgr;
+  std::unique_lock<std::mutex> lk(g.llc_mu_);
+  if (!g.wait_llc(lk, timeout_ms, g.confirm_req_seen_)) {
+    lk.unlock();
+    g.fail("no CONFIRM LINK request");
+    return false;
+  }
+  llc::confirm_link req = g.confirm_req_;
+  lk.unlock();
+  if (req.sender_qpn != g.peer_qpn_ || !g.qp_->to_rts()) {
+    g.fail("CONFIRM LINK does not match the Accept");
+    return false;
+  }
+  llc::confirm_link resp;
+  resp.version = req.version;
+  resp.flags = llc::flag_response | llc::flag_no_rmbe_eyec;
+  resp.sender_mac = g.local_.mac;
+  resp.sender_gid = g.local_.gid;
+  resp.sender_qpn = g.qp_->qpn();
+  resp.link_num = req.link_num;
+  resp.link_uid = req.link_uid;
+  resp.max_links = req.max_links;
+  resp.max_conns = req.max_conns;
+  auto out = llc::encode(resp);
+  if (!g.send_msg(out.data(), out.size())) {
+    return false;
+  }
+  g.up_ = true;
+  std::lock_guard<std::mutex> rl(g_reg_mu);
+  registry().push_back(p.lgr);
+  SMC_LOG(info, "smcr: link up on %s (client), qpn %u -> %u", g.local_.device.c_str(),
+          g.qp_->qpn(), g.peer_qpn_);
+  return true;
+}
+
+namespace {
+
+class smcr_path final : public rdma::data_path {
+ public:
+  explicit smcr_path(pending&& p) : g_(std::move(p.lgr)), s_(std::move(p.s)) {
+    update_limit_ = std::max<uint32_t>(static_cast<uint32_t>(s_->rmb->size()) / 10, 2048);
+  }
+  ~smcr_path() override { g_->release(s_); }
+
+  rdma::kind transport() const override { return rdma::kind::rdma; }
+
+  uint32_t rx_size() const override { return static_cast<uint32_t>(s_->rmb->size()); }
+  const uint8_t* rx_data() const override { return s_->rmb->data(); }
+  uint64_t peer_prod() const override { return s_->peer_prod.load(std::memory_order_acquire); }
+  uint8_t peer_conn_flags() const override { return s_->peer_conn_flags.load(); }
+  void publish_cons(uint64_t cons) override {
+    slot& s = *s_;
+    s.local_cons.store(cons, std::memory_order_seq_cst);
+    // RFC 7609's window update rule, as Linux applies it: tell the peer when
+    // we consumed a tenth of the ring, or at once when it waits for room.
+    bool blocked = (s.peer_prod_flags.load(std::memory_order_seq_cst) &
+                    (cdc::prod_write_blocked | cdc::prod_cons_update_req)) != 0;
+    uint32_t size = rx_size();
+    std::lock_guard<std::mutex> lk(s.tx_mu);
+    uint32_t unsent = curs_diff(size, curs_unpack(s.sent_cons), curs_unpack(cons));
+    if (unsent > 0 && (blocked || unsent >= update_limit_)) {
+      g_->send_cdc(s);
+    }
+  }
+
+  uint32_t tx_size() const override { return s_->peer_size; }
+  uint64_t peer_cons() const override { return s_->peer_cons.load(std::memory_order_acquire); }
+  void put(uint32_t off, const void* src, size_t n) override {
+    std::memcpy(s_->staging->data() + off, src, n);
+  }
+  void publish_prod(uint64_t prod, uint8_t conn_flags) override {
+    slot& s = *s_;
+    std::lock_guard<std::mutex> lk(s.tx_mu);
+    const uint32_t size = s.peer_size;
+    cursor from = curs_unpack(s.sent_prod);
+    cursor to = curs_unpack(prod);
+    uint32_t n = curs_diff(size, from, to);
+    if (n > 0) {
+      // One RDMA WRITE per contiguous piece (two across the ring's end).
+      ibv_sge sge[2];
+      ibv_send_wr wr[2]{};
+      int k = 0;
+      uint32_t off = from.count;
+      while (n > 0 && k < 2) {
+        uint32_t len = std::min(n, size - off);
+        sge[k] = {s.staging->addr() + off, len, s.staging->lkey()};
+        wr[k].opcode = IBV_WR_RDMA_WRITE;
+        wr[k].sg_list = &sge[k];
+        wr[k].num_sge = 1;
+        wr[k].wr.rdma.remote_addr = s.peer_addr + off;
+        wr[k].wr.rdma.rkey = s.peer_rkey;
+        if (k > 0) {
+          wr[k - 1].next = &wr[k];
+        }
+        n -= len;
+        off = (off + len) % size;
+        ++k;
+      }
+      if (g_->post(wr, k, false) == 0) {
+        return;  // the link failed: the connection sees ECONNRESET
+      }
+    }
+    s.sent_prod = prod;
+    s.local_flags.store(conn_flags);
+    // Write-blocked: the ring is full now, so ask for the consumer cursor.
+    uint32_t space = size - curs_diff(size, curs_unpack(s.peer_cons.load()), to);
+    uint8_t pf = space == 0 ? cdc::prod_write_blocked : 0;
+    bool closing = (conn_flags & (cdc::conn_closed | cdc::conn_abnormal)) != 0;
+    g_->send_cdc(s, closing, pf);
+  }
+
+  int rx_fd() const override { return s_->rx_efd; }
+  int tx_fd() const override { return s_->tx_efd; }
+  void arm_rx(int delta) override {
+    s_->rx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
+  }
+  void arm_tx(int delta) override {
+    s_->tx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
+  }
+  void drain_rx() override {
+    drain(s_->rx_efd);  // read first, then clear (see the shm transport)
+    s_->rx_rung.store(0, std::memory_order_seq_cst);
+  }
+  void drain_tx() override {
+    drain(s_->tx_efd);
+    s_->tx_rung.store(0, std::memory_order_seq_cst);
+  }
+  void kick_rx() override { ring(s_->rx_efd); }
+  void kick_tx() override { ring(s_->tx_efd); }
+
+ private:
+  std::shared_ptr<link_group> g_;
+  std::shared_ptr<slot> s_;
+  uint32_t update_limit_ = 2048;
+};
+
+}  // namespace
+
+void abandon(pending& p) {
+  if (p.lgr && p.s) {
+    // Nothing was ever written into its buffers: drop it at once.
+    std::lock_guard<std::mutex> lk(p.lgr->mu_);
+    p.lgr->slots_.erase(p.s->token);
+  }
+  p.s.reset();
+  p.lgr.reset();
+}
+
+std::unique_ptr<rdma::data_path> make_path(pending&& p) {
+  return std::make_unique<smcr_path>(std::move(p));
+}
+
+counts live() { return {g_live_groups.load(), g_live_slots.load()}; }
+
+}  // namespace smc::core::smcr

@@ -1,0 +1,227 @@
+// smc_cycles: many short connections, for resource-leak and link-group tests.
+//
+//   smc_cycles server --addr A [--port P] --portfile F --count N [--hold-file H]
+//       Serves N connections one after another: reads 8 bytes, echoes them,
+//       reads to EOF, closes. Then, with --hold-file, creates H and waits
+//       (at most 120 s) until it is removed, so a test can inspect the
+//       still-running process.
+//   smc_cycles client --addr A --port P --count N [--parallel K] [--hold-file H]
+//       N connections; with --parallel K they are opened K at a time and all
+//       held open before any is used or closed (with --hold-file: H is created
+//       while the K are open and the client waits for its removal).
+// Prints "ok role=... count=N" and exits 0, or one line on stderr and exit 1.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+[[noreturn]] void die(const std::string& what) {
+  std::fprintf(stderr, "smc_cycles: FAIL %s: %s\n", what.c_str(), std::strerror(errno));
+  std::exit(1);
+}
+
+bool full_io(int fd, void* buf, size_t n, bool write) {
+  auto* p = static_cast<char*>(buf);
+  while (n > 0) {
+    ssize_t r = write ? ::send(fd, p, n, MSG_NOSIGNAL) : ::recv(fd, p, n, 0);
+    if (r < 0 && errno == EINTR) {
+      continue;
+    }
+    if (r <= 0) {
+      return false;
+    }
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+sockaddr_storage make_addr(const std::string& host, int port, socklen_t& len) {
+  sockaddr_storage ss{};
+  auto* in4 = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (inet_pton(AF_INET, host.c_str(), &in4->sin_addr) == 1) {
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons(static_cast<uint16_t>(port));
+    len = sizeof(sockaddr_in);
+  } else if (inet_pton(AF_INET6, host.c_str(), &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(static_cast<uint16_t>(port));
+    len = sizeof(sockaddr_in6);
+  } else {
+    errno = EINVAL;
+    die("address " + host);
+  }
+  return ss;
+}
+
+void hold(const std::string& file) {
+  if (file.empty()) {
+    return;
+  }
+  FILE* f = std::fopen(file.c_str(), "w");
+  if (f == nullptr) {
+    die("create " + file);
+  }
+  std::fclose(f);
+  // Waiting for the test to inspect us: bounded, so a broken test cannot hang.
+  for (int i = 0; i < 12000; ++i) {
+    struct stat st;
+    if (::stat(file.c_str(), &st) != 0) {
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  errno = ETIMEDOUT;
+  die("hold file never removed");
+}
+
+void exchange(int fd, uint64_t id) {
+  uint64_t back = 0;
+  if (!full_io(fd, &id, sizeof(id), true) || !full_io(fd, &back, sizeof(back), false)) {
+    die("exchange on connection " + std::to_string(id));
+  }
+  if (back != id) {
+    errno = EPROTO;
+    die("echo mismatch on connection " + std::to_string(id));
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: smc_cycles server|client --addr A [--port P] [--portfile F] "
+                         "--count N [--parallel K] [--hold-file H]\n");
+    return 2;
+  }
+  std::string role = argv[1];
+  std::string addr = "127.0.0.1";
+  std::string portfile;
+  std::string holdfile;
+  int port = 0;
+  long count = 1;
+  long parallel = 1;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    std::string k = argv[i];
+    std::string v = argv[i + 1];
+    if (k == "--addr") {
+      addr = v;
+    } else if (k == "--port") {
+      port = std::atoi(v.c_str());
+    } else if (k == "--portfile") {
+      portfile = v;
+    } else if (k == "--count") {
+      count = std::atol(v.c_str());
+    } else if (k == "--parallel") {
+      parallel = std::max(1L, std::atol(v.c_str()));
+    } else if (k == "--hold-file") {
+      holdfile = v;
+    } else {
+      std::fprintf(stderr, "smc_cycles: unknown option %s\n", k.c_str());
+      return 2;
+    }
+  }
+  socklen_t len = 0;
+  sockaddr_storage sa = make_addr(addr, port, len);
+  if (role == "server") {
+    int ls = ::socket(sa.ss_family, SOCK_STREAM, 0);
+    int one = 1;
+    ::setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ls < 0 || ::bind(ls, reinterpret_cast<sockaddr*>(&sa), len) != 0 || ::listen(ls, 128) != 0) {
+      die("listen");
+    }
+    sockaddr_storage bound{};
+    socklen_t bl = sizeof(bound);
+    ::getsockname(ls, reinterpret_cast<sockaddr*>(&bound), &bl);
+    int p = ntohs(bound.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port
+                                             : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+    if (!portfile.empty()) {
+      std::string tmp = portfile + ".tmp";
+      FILE* f = std::fopen(tmp.c_str(), "w");
+      if (f == nullptr) {
+        die("portfile");
+      }
+      std::fprintf(f, "%d\n", p);
+      std::fclose(f);
+      std::rename(tmp.c_str(), portfile.c_str());
+    }
+    // Connections are served one at a time, but a parallel client opens K
+    // before using any: accept them all first, in batches.
+    long served = 0;
+    std::vector<int> open;
+    while (served < count) {
+      int c = ::accept(ls, nullptr, nullptr);
+      if (c < 0) {
+        if (errno == EINTR) {
+          continue;
+        }
+        die("accept");
+      }
+      open.push_back(c);
+      if (static_cast<long>(open.size()) < std::min(parallel, count - served)) {
+        continue;
+      }
+      for (int fd : open) {
+        uint64_t id = 0;
+        if (!full_io(fd, &id, sizeof(id), false) || !full_io(fd, &id, sizeof(id), true)) {
+          die("serve");
+        }
+      }
+      for (int fd : open) {
+        char b;
+        while (::recv(fd, &b, 1, 0) > 0) {
+        }
+        ::close(fd);
+        ++served;
+      }
+      open.clear();
+    }
+    hold(holdfile);
+    ::close(ls);
+    std::printf("ok role=server count=%ld\n", served);
+    return 0;
+  }
+  if (role != "client") {
+    std::fprintf(stderr, "smc_cycles: role must be server or client\n");
+    return 2;
+  }
+  long done = 0;
+  while (done < count) {
+    long k = std::min(parallel, count - done);
+    std::vector<int> fds;
+    for (long i = 0; i < k; ++i) {
+      int fd = ::socket(sa.ss_family, SOCK_STREAM, 0);
+      if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&sa), len) != 0) {
+        die("connect " + std::to_string(done + i));
+      }
+      fds.push_back(fd);
+    }
+    if (k > 1) {
+      hold(holdfile);
+    }
+    for (long i = 0; i < k; ++i) {
+      exchange(fds[static_cast<size_t>(i)], static_cast<uint64_t>(done + i));
+    }
+    for (int fd : fds) {
+      ::close(fd);
+    }
+    done += k;
+  }
+  std::printf("ok role=client count=%ld\n", done);
+  return 0;
+}
