@@ -260,6 +260,16 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
     }
     // Nothing (more) to read: end of stream, error, or wait.
     uint8_t pf = path_->peer_conn_flags();
+    if ((pf & (peer_eof_flags | cdc::conn_abnormal)) != 0 || gone_.load()) {
+      // `avail` predates this look at the peer's state: the peer may have
+      // produced its last bytes and ended the connection in between (its
+      // flags are published after its final cursor). Look once more, or that
+      // data would be lost behind a premature EOF / reset.
+      uint32_t again = 0;
+      if (!rx_available(again) || again > 0) {
+        continue;
+      }
+    }
     if ((pf & cdc::conn_abnormal) != 0) {
       err_.store(ECONNRESET);
       return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, ECONNRESET};
