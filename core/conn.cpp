@@ -235,6 +235,11 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       abort_locally(ECONNRESET);
     }
     if (int e = err_.load(); e != 0 && avail == 0) {
+      // send() turns a reset it reported into EPIPE for later writes; recv(2)
+      // has no EPIPE: for a reader the connection still is reset.
+      if (e == EPIPE) {
+        e = ECONNRESET;
+      }
       return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, e};
     }
     const uint32_t size = path_->rx_size();
