@@ -484,8 +484,10 @@ poll_mask conn::events() {
   bool peer_hup = (pf & (peer_eof_flags | cdc::conn_abnormal)) != 0 || gone_.load();
   if ((pf & cdc::conn_abnormal) != 0 || gone_reset_.load() || err_.load() != 0) {
     ev |= POLLERR | POLLHUP | POLLIN | POLLOUT;
-  } else if (gone_.load() || (pf & cdc::conn_closed) != 0) {
-    ev |= POLLOUT;  // a write would fail at once: not blocking
+  } else if (gone_.load() || (pf & cdc::conn_closed) != 0 || wr_shut) {
+    // A write would fail at once (EPIPE): not blocking. After our own
+    // SHUT_WR too, as tcp_poll() reports EPOLLOUT once SEND_SHUTDOWN is set.
+    ev |= POLLOUT;
   }
   if (peer_hup && wr_shut) {
     ev |= POLLHUP;
