@@ -461,6 +461,7 @@ void conn::close(bool abort) {
   uint8_t f = my_flags_.fetch_or(add) | add;
   path_->publish_prod(tx_prod_.load(), f);
   path_->publish_cons(rx_cons_.load());  // wakes a peer writer blocked on our full RMB
+  path_->settle_close();
   SMC_LOG(debug, "fd %d: SMC close (%s)", tcp_fd_, (add & cdc::conn_abnormal) != 0 ? "abort" : "orderly");
 }
 
@@ -533,6 +534,7 @@ bool conn::check_tcp() {
   }
   // The TCP connection ended. Without the peer's SMC close flags its process
   // died: a reset if it left data of ours unread (as TCP would send RST), else EOF.
+  path_->sync_rx();  // its closing state may still be on its way over the transport
   uint8_t pf = path_->peer_conn_flags();
   bool orderly = (pf & peer_eof_flags) != 0;
   bool unread_by_peer = curs_unpack(path_->peer_cons()) != curs_unpack(tx_prod_.load());

@@ -144,6 +144,7 @@ class link_group : public std::enable_shared_from_this<link_group> {
   bool send_cdc(slot& s, bool sig = false, uint8_t extra_prod_flags = 0);
   void fail(const char* why);
   void on_recv();
+  void poll_recv();  // engine thread only
   void on_send();
   bool poll_send();
   void dispatch(const uint8_t* b, uint32_t len);
@@ -153,6 +154,11 @@ class link_group : public std::enable_shared_from_this<link_group> {
   void release(const std::shared_ptr<slot>& s);
   void reap();  // frees released slots that are safe to free
   bool wait_llc(std::unique_lock<std::mutex>& lk, int timeout_ms, bool& flag);
+  /// Waits (bounded) until WR number `wr` completed.
+  void wait_completed(uint64_t wr, int timeout_ms);
+  /// Has the engine thread dispatch every receive completion there is now,
+  /// and waits (bounded) for that.
+  void sync_rx(int timeout_ms);
   void schedule_idle_check();
 
   role role_;
@@ -309,6 +315,9 @@ bool link_group::send_msg(const uint8_t* msg, size_t len, bool sig) {
 
 bool link_group::send_cdc(slot& s, bool sig, uint8_t extra_prod_flags) {
   // Caller holds s.tx_mu: sequence numbers must reach the QP in order.
+  if (s.peer_token == 0) {
+    return false;  // the peer's buffer is not known yet (handshake in progress)
+  }
   cdc::message m;
   m.seqno = ++s.tx_seq;
   m.token = s.peer_token;
@@ -367,6 +376,13 @@ void link_group::fail(const char* why) {
 void link_group::on_recv() {
   rcq_->take_event();
   rcq_->arm();
+  poll_recv();
+}
+
+void link_group::poll_recv() {
+  if (failed_.load()) {
+    return;
+  }
   ibv_wc wc[16];
   int n;
   while ((n = ibv_poll_cq(rcq_->cq(), 16, wc)) > 0) {
@@ -543,6 +559,37 @@ bool link_group::wait_llc(std::unique_lock<std::mutex>& lk, int timeout_ms, bool
   return llc_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms),
                           [&] { return flag || failed_.load(); }) &&
          flag;
+}
+
+void link_group::wait_completed(uint64_t wr, int timeout_ms) {
+  if (wr == 0 || engine::on_engine_thread()) {
+    return;
+  }
+  std::unique_lock<std::mutex> lk(post_mu_);
+  sq_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms),
+                  [&] { return completed_.load() >= wr || failed_.load(); });
+}
+
+void link_group::sync_rx(int timeout_ms) {
+  if (failed_.load() || engine::on_engine_thread()) {
+    return;
+  }
+  auto done = std::make_shared<std::pair<std::mutex, std::condition_variable>>();
+  auto flag = std::make_shared<bool>(false);
+  std::weak_ptr<link_group> w = weak_from_this();
+  bool posted = engine::post([w, done, flag] {
+    if (auto g = w.lock()) {
+      g->poll_recv();
+    }
+    std::lock_guard<std::mutex> lk(done->first);
+    *flag = true;
+    done->second.notify_all();
+  });
+  if (!posted) {
+    return;
+  }
+  std::unique_lock<std::mutex> lk(done->first);
+  done->second.wait_for(lk, std::chrono::milliseconds(timeout_ms), [&] { return *flag; });
 }
 
 void link_group::add_slot(const std::shared_ptr<slot>& s) {
@@ -767,6 +814,9 @@ std::optional<pending> server_prepare(const v::gid_choice& local, const clc::gid
   if (!p.s) {
     return std::nullopt;
   }
+  // Known to the group before our Accept leaves: on a reused link the client
+  // may send data (and its CDC) right after its Confirm, before we read it.
+  p.lgr->add_slot(p.s);
   return p;
 }
 
@@ -814,7 +864,6 @@ bool server_complete(pending& p, const clc::accept_confirm_r& c, int timeout_ms)
       SMC_LOG(info, "smcr: QP transition failed: %s", std::strerror(errno));
       return false;
     }
-    g.add_slot(p.s);
     // CONFIRM LINK: the first message on the new link proves both directions.
     llc::confirm_link req;
     req.version = 2;
@@ -841,7 +890,6 @@ bool server_complete(pending& p, const clc::accept_confirm_r& c, int timeout_ms)
             g.qp_->qpn(), c.qpn);
     return true;
   }
-  g.add_slot(p.s);
   return !g.failed_.load();
 }
 
@@ -1022,6 +1070,13 @@ class smcr_path final : public rdma::data_path {
   }
   void kick_rx() override { ring(s_->rx_efd); }
   void kick_tx() override { ring(s_->tx_efd); }
+
+  void settle_close() override {
+    // The closing CDC was posted signalled: its completion means the peer's
+    // adapter has it, before our TCP FIN can leave.
+    g_->wait_completed(s_->final_wr, 1000);
+  }
+  void sync_rx() override { g_->sync_rx(500); }
 
  private:
   std::shared_ptr<link_group> g_;

@@ -64,6 +64,14 @@ class data_path {
   /// Make our own doorbell readable (local state change, e.g. peer gone).
   virtual void kick_rx() = 0;
   virtual void kick_tx() = 0;
+
+  // ---- ordering against the TCP socket ----
+  /// After publishing our close: returns once the peer has our closing
+  /// state (so the TCP close that follows cannot overtake it).
+  virtual void settle_close() {}
+  /// Before judging the TCP socket's end: take in everything the peer sent
+  /// us on the transport up to now.
+  virtual void sync_rx() {}
 };
 
 }  // namespace smc::rdma

@@ -6,9 +6,10 @@
 //       (at most 120 s) until it is removed, so a test can inspect the
 //       still-running process.
 //   smc_cycles client --addr A --port P --count N [--parallel K] [--hold-file H]
-//       N connections; with --parallel K they are opened K at a time and all
-//       held open before any is used or closed (with --hold-file: H is created
-//       while the K are open and the client waits for its removal).
+//       N connections, each exchanging 8 bytes; with --parallel K they are
+//       opened K at a time and all held open before any is closed (with
+//       --hold-file: H is created while the K are open and the client waits
+//       for its removal).
 // Prints "ok role=... count=N" and exits 0, or one line on stderr and exit 1.
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -160,8 +161,9 @@ int main(int argc, char** argv) {
       std::fclose(f);
       std::rename(tmp.c_str(), portfile.c_str());
     }
-    // Connections are served one at a time, but a parallel client opens K
-    // before using any: accept them all first, in batches.
+    // Each connection is answered as soon as it is accepted (a client's
+    // connect() completes its SMC handshake only when the server reads), and
+    // kept open until the batch of K is complete.
     long served = 0;
     std::vector<int> open;
     while (served < count) {
@@ -172,15 +174,13 @@ int main(int argc, char** argv) {
         }
         die("accept");
       }
+      uint64_t id = 0;
+      if (!full_io(c, &id, sizeof(id), false) || !full_io(c, &id, sizeof(id), true)) {
+        die("serve");
+      }
       open.push_back(c);
       if (static_cast<long>(open.size()) < std::min(parallel, count - served)) {
         continue;
-      }
-      for (int fd : open) {
-        uint64_t id = 0;
-        if (!full_io(fd, &id, sizeof(id), false) || !full_io(fd, &id, sizeof(id), true)) {
-          die("serve");
-        }
       }
       for (int fd : open) {
         char b;
@@ -209,13 +209,11 @@ int main(int argc, char** argv) {
       if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&sa), len) != 0) {
         die("connect " + std::to_string(done + i));
       }
+      exchange(fd, static_cast<uint64_t>(done + i));
       fds.push_back(fd);
     }
     if (k > 1) {
-      hold(holdfile);
-    }
-    for (long i = 0; i < k; ++i) {
-      exchange(fds[static_cast<size_t>(i)], static_cast<uint64_t>(done + i));
+      hold(holdfile);  // all K open at once
     }
     for (int fd : fds) {
       ::close(fd);
