@@ -181,7 +181,7 @@ hs_outcome client_rdma(int fd, const std::vector<uint8_t>& msg,
       d.out_of_sync = true;
       d.diagnosis = 0x04000000;  // SYNCERR
       send_all(fd, clc::encode(d), deadline);
-      return fallback(reason::internal);
+      return fallback(reason::out_of_sync);
     }
     send_decline(fd, reason::out_of_memory, deadline);
     return fallback(reason::out_of_memory);
@@ -441,9 +441,14 @@ hs_outcome server_rdma(int fd, const clc::proposal& prop, const rdma::verbs::gid
     return o;
   }
   if (h.type == clc::msg_type::decline) {
-    smcr::abandon(*pend);
     clc::decline d;
-    uint32_t diag = clc::decode(reply, d) == clc::error::ok ? d.diagnosis : 0;
+    bool ok = clc::decode(reply, d) == clc::error::ok;
+    uint32_t diag = ok ? d.diagnosis : 0;
+    if (ok && d.out_of_sync) {
+      smcr::out_of_sync(*pend);
+    } else {
+      smcr::abandon(*pend);
+    }
     SMC_LOG(info, "fd %d: client declined after Accept (%s)", fd, decline_code_name(diag));
     return fallback(reason::peer_declined, diag);
   }

@@ -17,6 +17,7 @@ const char* to_name(reason r) {
     case reason::no_smc_dev: return "no_smc_dev";
     case reason::no_ueid: return "no_ueid";
     case reason::rendezvous_failed: return "rendezvous_failed";
+    case reason::out_of_sync: return "out_of_sync";
     case reason::out_of_memory: return "out_of_memory";
     case reason::internal: return "internal";
     case reason::count_: break;
@@ -33,6 +34,7 @@ uint32_t to_decline_code(reason r) {
     case reason::clc_malformed: return 0x03040000;      // MODEUNSUPP
     case reason::out_of_memory: return 0x01010000;      // MEM
     case reason::rendezvous_failed: return 0x09990003;  // ERR_REGBUF
+    case reason::out_of_sync: return 0x04000000;        // SYNCERR
     default: return 0x09990000;                         // INTERR
   }
 }

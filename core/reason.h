@@ -20,6 +20,7 @@ enum class reason : uint8_t {
   no_smc_dev,           // no transport usable for this peer (not same host, no RDMA)
   no_ueid,              // no common UEID
   rendezvous_failed,    // shm: memfd/eventfd exchange failed
+  out_of_sync,          // SMC-R: the server chose a link group we no longer have
   out_of_memory,        // buffers could not be created
   internal,             // anything else
   count_,

@@ -39,7 +39,11 @@ constexpr size_t recv_slot_size = 64;  // CDC/LLC v1 messages are 44 bytes
 constexpr uint32_t sq_depth = 256;
 constexpr uint64_t signal_every = 32;
 constexpr uint8_t our_link_id = 1;
-constexpr int idle_group_seconds = 30;
+// An idle link group is deleted after this long; the client waits longer so
+// that the server, which decides about reuse, ends the group first (Linux:
+// 600 s and 610 s).
+constexpr int idle_server_seconds = 30;
+constexpr int idle_client_seconds = 40;
 
 std::atomic<uint32_t> g_next_token{1};
 std::atomic<size_t> g_live_groups{0};
@@ -160,6 +164,7 @@ class link_group : public std::enable_shared_from_this<link_group> {
   /// and waits (bounded) for that.
   void sync_rx(int timeout_ms);
   void schedule_idle_check();
+  void schedule_idle_check_later();
 
   role role_;
   v::gid_choice local_;
@@ -178,6 +183,8 @@ class link_group : public std::enable_shared_from_this<link_group> {
   std::mutex mu_;
   std::unordered_map<uint32_t, std::shared_ptr<slot>> slots_;
   std::vector<std::shared_ptr<slot>> lingering_;
+  std::chrono::steady_clock::time_point last_active_ = std::chrono::steady_clock::now();
+  bool idle_timer_ = false;  // an idle check is scheduled
 
   std::mutex post_mu_;
   uint64_t posted_ = 0;
@@ -595,6 +602,7 @@ void link_group::sync_rx(int timeout_ms) {
 void link_group::add_slot(const std::shared_ptr<slot>& s) {
   std::lock_guard<std::mutex> lk(mu_);
   slots_[s->token] = s;
+  last_active_ = std::chrono::steady_clock::now();
 }
 
 void link_group::release(const std::shared_ptr<slot>& s) {
@@ -625,7 +633,13 @@ void link_group::reap() {
         ++it;
       }
     }
-    now_idle = slots_.empty();
+    now_idle = slots_.empty() && !idle_timer_;
+    if (slots_.empty()) {
+      last_active_ = std::chrono::steady_clock::now();
+    }
+    if (now_idle) {
+      idle_timer_ = true;
+    }
   }
   if (now_idle && !failed_.load()) {
     schedule_idle_check();
@@ -633,9 +647,18 @@ void link_group::reap() {
 }
 
 void link_group::schedule_idle_check() {
+  const int idle_s = role_ == role::server ? idle_server_seconds : idle_client_seconds;
   std::weak_ptr<link_group> w = weak_from_this();
-  engine::post(
-      [w] {
+  uint32_t delay_ms = static_cast<uint32_t>(idle_s) * 1000;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto since = std::chrono::steady_clock::now() - last_active_;
+    auto left = std::chrono::seconds(idle_s) - since;
+    delay_ms = static_cast<uint32_t>(
+        std::max<int64_t>(10, std::chrono::duration_cast<std::chrono::milliseconds>(left).count()));
+  }
+  bool posted = engine::post(
+      [w, idle_s] {
         auto g = w.lock();
         if (!g || g->failed_.load()) {
           return;
@@ -643,10 +666,17 @@ void link_group::schedule_idle_check() {
         {
           std::lock_guard<std::mutex> lk(g->mu_);
           if (!g->slots_.empty()) {
+            g->idle_timer_ = false;  // in use again: the next idle moment re-arms
+            return;
+          }
+          if (std::chrono::steady_clock::now() - g->last_active_ < std::chrono::seconds(idle_s)) {
+            // Used in the meantime: look again when the full idle time passed.
+            g->idle_timer_ = true;
+            g->schedule_idle_check_later();
             return;
           }
         }
-        // Idle: end the group in order (DELETE LINK, all links, orderly).
+        // Idle long enough: end the group in order (DELETE LINK, all links, orderly).
         llc::delete_link d;
         d.version = 2;
         d.flags = llc::flag_delete_all | llc::flag_delete_orderly;
@@ -655,8 +685,14 @@ void link_group::schedule_idle_check() {
         g->send_msg(out.data(), out.size(), true);
         g->fail("idle");
       },
-      idle_group_seconds * 1000);
+      delay_ms);
+  if (!posted) {
+    std::lock_guard<std::mutex> lk(mu_);
+    idle_timer_ = false;
+  }
 }
+
+void link_group::schedule_idle_check_later() { schedule_idle_check(); }
 
 // ---------------------------------------------------------------------------
 
@@ -1085,6 +1121,13 @@ class smcr_path final : public rdma::data_path {
 };
 
 }  // namespace
+
+void out_of_sync(pending& p) {
+  if (p.lgr) {
+    p.lgr->fail("the peer declared the link group out of sync");
+  }
+  abandon(p);
+}
 
 void abandon(pending& p) {
   if (p.lgr && p.s) {

@@ -65,6 +65,10 @@ std::optional<pending> client_prepare(const rdma::verbs::gid_choice& local,
 /// CONFIRM LINK, moves the QP to RTS and answers.
 bool client_complete(pending& p, int timeout_ms);
 
+/// The peer does not know the link group we chose (CLC Decline with the
+/// out-of-sync flag): end that group, and drop the connection.
+void out_of_sync(pending& p);
+
 /// Drops a connection that did not complete its handshake.
 void abandon(pending& p);
 

@@ -32,4 +32,6 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSMCR_WERROR=ON >/dev/nul
 cmake --build build -j"$jobs"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSMCR_SANITIZE=ON -DSMCR_WERROR=ON >/dev/null
 cmake --build build-asan -j"$jobs"
-echo "setup.sh: built build/ and build-asan/"
+# The Soft-RoCE VM harness (qemu, Debian's backports kernel) for the RDMA tests.
+scripts/vm/setup-vm.sh
+echo "setup.sh: built build/ and build-asan/, prepared the RDMA test VMs"

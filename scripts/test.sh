@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests (plain and under ASan+UBSan) and the
-# process-pair integration tests under the preload in network namespaces.
+# Runs the whole test suite: unit tests (plain and under ASan+UBSan), the
+# process-pair integration tests under the preload in network namespaces, and
+# the RDMA tests in Soft-RoCE VMs.
 # Exits non-zero on any failure. Needs root (namespaces). Run scripts/setup.sh first.
 set -uo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
@@ -42,6 +43,9 @@ step "process pairs under the ASan+UBSan preload" \
   env SMC_PRELOAD_LIB="$PWD/build-asan/libsmc_preload.so" LD_PRELOAD="$libasan" \
   ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=0 \
   test/integration/run_pairs.sh build scripts/smc_run
+
+# Real RDMA: the same library over the kernel's Soft-RoCE in qemu guests.
+step "RDMA in Soft-RoCE VMs" env SMC_VM_TIMEOUT=600 test/vm/run.sh
 
 echo
 for f in "${failures[@]}"; do

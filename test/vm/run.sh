@@ -19,6 +19,8 @@ cd "$(dirname "$(readlink -f "$0")")/../.."
 TESTS=(
   "smoke_one|one|test/vm/smoke_one.sh"
   "smoke_two|two|test/vm/smoke_two.sh test/vm/smoke_two.sh"
+  "rdma_one|one|test/vm/rdma_one.sh"
+  "rdma_two|two|test/vm/rdma_two.sh test/vm/rdma_two.sh"
 )
 
 filter=${1:-}

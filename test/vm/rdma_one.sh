@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Guest script (one VM, rxe0 on d0): SMC-R between processes under smc_run -t
+# rdma over the guest's Soft-RoCE device, loopback. Run by test/vm/run.sh
+# through scripts/vm/rxe-vm.sh, from the repository root.
+#   - 24 MiB each way at once, random chunks, verified, per readiness API;
+#     rxe0's sent_pkts grows by at least the payload's packet count
+#   - 50 concurrent connections share one link group (one QP per process)
+#   - 1000 connect/close cycles leave no QPs, MRs or fds behind
+#   - a peer killed mid-transfer: EOF or ECONNRESET within 2 s
+set -u
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+
+repo=$(cd "$here/../.." && pwd)
+build=${SMC_BUILD:-$repo/build}
+smc_run=$repo/scripts/smc_run
+ip=$SMC_VM_IP
+tmp=$(mktemp -d)
+res=${SMC_VM_RESULTS:-$tmp}
+export SMC_PEERS=$ip SMC_TRANSPORT=rdma
+unset SMC_LOG_LEVEL SMC_CONFIG
+
+json_int() {  # json_int FILE KEY: the integer after "KEY":
+  sed -n "s/.*\"$2\": \([0-9]*\).*/\1/p" "$1" | head -1
+}
+
+wait_port() { [ -s "$1" ]; }
+
+# pair NAME MODE BYTES: one verified transfer each way at once.
+pair() {
+  local name=$1 mode=$2 bytes=$3 d=$tmp/$1
+  mkdir -p "$d"
+  SMC_STATS_FILE=$d/server.json timeout 300 "$smc_run" "$build/smc_pair" server --addr "$ip" \
+    --portfile "$d/port" --mode "$mode" --bytes "$bytes" > "$d/server.out" 2>&1 &
+  local spid=$!
+  retry_for 30 wait_port "$d/port" || { fail "$name: server did not start"; return; }
+  SMC_STATS_FILE=$d/client.json timeout 300 "$smc_run" "$build/smc_pair" client --addr "$ip" \
+    --port "$(cat "$d/port")" --mode "$mode" --bytes "$bytes" > "$d/client.out" 2>&1
+  local crc=$?
+  wait "$spid"
+  local src=$?
+  if [ "$crc" -ne 0 ] || [ "$src" -ne 0 ]; then
+    fail "$name: client $crc / server $src: $(cat "$d/client.out" "$d/server.out" | tail -3)"
+    return
+  fi
+  local cr sr
+  cr=$(json_int "$d/client.json" smc_rdma)
+  sr=$(json_int "$d/server.json" smc_rdma)
+  if [ "${cr:-0}" -ge 1 ] && [ "${sr:-0}" -ge 1 ]; then
+    pass "$name: $(cat "$d/client.out")"
+  else
+    fail "$name: not over SMC-R (client smc_rdma=$cr, server smc_rdma=$sr)"
+  fi
+}
+
+mib=$((1024 * 1024))
+mtu=$(ibv_devinfo -d "${SMC_VM_IBDEV:-rxe0}" | sed -n 's/.*active_mtu:[^0-9]*\([0-9]*\).*/\1/p' | head -1)
+sent0=$(rxe_counter sent_pkts)
+for mode in blocking poll select epoll epollet; do
+  pair "bulk_$mode" "$mode" 24M
+done
+sent1=$(rxe_counter sent_pkts)
+need=$((5 * 2 * 24 * mib / ${mtu:-4096}))
+if [ $((sent1 - sent0)) -ge "$need" ]; then
+  pass "rxe0 sent_pkts grew by $((sent1 - sent0)) (payload needs >= $need at MTU $mtu)"
+else
+  fail "rxe0 sent_pkts grew by only $((sent1 - sent0)); payload needs >= $need"
+fi
+
+# 50 concurrent connections: one link group, i.e. one RC QP per process.
+d=$tmp/conc50
+mkdir -p "$d"
+timeout 300 "$smc_run" "$build/smc_cycles" server --addr "$ip" --portfile "$d/port" \
+  --count 50 --parallel 50 > "$d/server.out" 2>&1 &
+spid=$!
+if retry_for 30 wait_port "$d/port"; then
+  SMC_STATS_FILE=$d/client.json timeout 300 "$smc_run" "$build/smc_cycles" client --addr "$ip" \
+    --port "$(cat "$d/port")" --count 50 --parallel 50 --hold-file "$d/hold" > "$d/client.out" 2>&1 &
+  cpid=$!
+  if retry_for 120 test -e "$d/hold"; then
+    qps=$(rdma resource show qp 2> /dev/null | grep -c "comm smc_cycles")
+    rdma resource show qp 2> /dev/null | grep "comm smc_cycles" | sed 's/^/  /'
+    rm -f "$d/hold"
+    # one RC QP in the client's link group, one in the server's
+    if [ "$qps" -eq 2 ]; then
+      pass "50 concurrent connections share one link group ($qps RC QPs in all)"
+    else
+      fail "50 concurrent connections used $qps RC QPs (want 2: one link group per side)"
+    fi
+  else
+    fail "50 concurrent connections: client never held all 50 open"
+  fi
+  wait "$cpid" || fail "conc50 client: $(cat "$d/client.out")"
+  wait "$spid" || fail "conc50 server: $(cat "$d/server.out")"
+  r=$(json_int "$d/client.json" smc_rdma)
+  [ "${r:-0}" -eq 50 ] && pass "all 50 over SMC-R" || fail "only ${r:-0} of 50 over SMC-R"
+else
+  fail "conc50: server did not start"
+fi
+
+# 1000 connect/close cycles: the long-lived server ends with what it started with.
+d=$tmp/cycles
+mkdir -p "$d"
+timeout 600 "$smc_run" "$build/smc_cycles" server --addr "$ip" --portfile "$d/port" \
+  --count 1000 --hold-file "$d/hold" > "$d/server.out" 2>&1 &
+spid=$!
+if retry_for 30 wait_port "$d/port"; then
+  fds0=$(ls /proc/$spid/fd 2> /dev/null | wc -l)
+  SMC_STATS_FILE=$d/client.json timeout 600 "$smc_run" "$build/smc_cycles" client --addr "$ip" \
+    --port "$(cat "$d/port")" --count 1000 > "$d/client.out" 2>&1 ||
+    fail "cycles client: $(cat "$d/client.out")"
+  if retry_for 60 test -e "$d/hold"; then
+    # Slots are freed once both closes crossed; give the engine its moment
+    # by polling the resource counts, bounded.
+    settled() {
+      local mrs
+      mrs=$(rdma resource show mr 2> /dev/null | grep -c "comm smc_cycles")
+      [ "$mrs" -le 1 ]
+    }
+    retry_for 20 settled
+    qps=$(rdma resource show qp 2> /dev/null | grep -c "comm smc_cycles")
+    mrs=$(rdma resource show mr 2> /dev/null | grep -c "comm smc_cycles")
+    fds1=$(ls /proc/$spid/fd 2> /dev/null | wc -l)
+    echo "  after 1000 cycles: server QPs $qps, MRs $mrs, fds $fds0 -> $fds1"
+    rm -f "$d/hold"
+    [ "$qps" -le 1 ] && [ "$mrs" -le 1 ] && [ "$fds1" -le $((fds0 + 4)) ] &&
+      pass "1000 cycles: no QP, MR or fd leaked (QPs $qps, MRs $mrs, fds $fds0 -> $fds1)" ||
+      fail "1000 cycles leaked: QPs $qps, MRs $mrs, fds $fds0 -> $fds1"
+  else
+    fail "cycles: server never finished"
+  fi
+  wait "$spid" || fail "cycles server: $(cat "$d/server.out")"
+  r=$(json_int "$d/client.json" smc_rdma)
+  [ "${r:-0}" -eq 1000 ] && pass "all 1000 cycles over SMC-R" || fail "only ${r:-0} of 1000 cycles over SMC-R"
+else
+  fail "cycles: server did not start"
+fi
+
+# A peer killed mid-transfer: the survivor sees EOF or ECONNRESET within 2 s.
+d=$tmp/killed
+mkdir -p "$d"
+timeout 300 "$smc_run" "$build/smc_pair" server --addr "$ip" --portfile "$d/port" --source \
+  > "$d/server.out" 2>&1 &
+spid=$!
+if retry_for 30 wait_port "$d/port"; then
+  timeout 300 "$smc_run" "$build/smc_pair" client --addr "$ip" --port "$(cat "$d/port")" --sink \
+    > "$d/client.out" 2>&1 &
+  cpid=$!
+  if retry_for 60 grep -q sink-start "$d/client.out"; then
+    victim=$(pgrep -P "$spid" smc_pair || echo "$spid")
+    kill -9 "$victim" "$spid" 2> /dev/null
+    t0=$(date +%s%N)
+    while kill -0 "$cpid" 2> /dev/null && [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 2000 ]; do
+      sleep 0.05
+    done
+    if kill -0 "$cpid" 2> /dev/null; then
+      fail "peer killed: the survivor still runs 2 s later"
+      kill -9 "$cpid"
+    else
+      wait "$cpid"
+      grep -qE "sink-end: (eof|reset)" "$d/client.out" &&
+        pass "peer killed: $(grep sink-end "$d/client.out") within 2 s" ||
+        fail "peer killed: $(cat "$d/client.out")"
+    fi
+  else
+    fail "peer killed: no data before the kill"
+  fi
+else
+  fail "killed: server did not start"
+fi
+wait 2> /dev/null
+
+cp -r "$tmp"/* "$res"/ 2> /dev/null
+rm -rf "$tmp"
+summary
