@@ -1,0 +1,1412 @@
+// Unit tests for the SMC connection engine (core/conn) over the shm transport.
+//
+// Each test builds an in-process connected pair without any TCP: two
+// rdma::shm::local_side RMBs (small rings, so that streams wrap many times)
+// exchanged by hand through rdma::shm::peer_side, turned into data paths with
+// make_path(), and wrapped in core::conn with one end of an AF_UNIX socketpair
+// as the stand-in "TCP socket" (conn peeks at it for liveness, reads O_NONBLOCK
+// and SO_RCVTIMEO/SO_SNDTIMEO from it, and polls it; it never carries data).
+// The tests keep their own mapping of each RMB's control page to watch the
+// doorbell state and to play a hostile peer.
+//
+// Synchronisation with a thread that is blocked inside the engine never uses
+// sleeps: the test spins (bounded) until the control page shows the waiter
+// (rx_waiters / tx_waiters). Every stand-in socket carries a generous
+// SO_RCVTIMEO/SO_SNDTIMEO, so a lost wake-up ends as a failed check, not a hang.
+// Races that no timing hits reliably are made deterministic through the
+// engine's own seams: the sys() call table (a hook inside the doorbell's
+// eventfd read) and the data_path interface (a wrapper that lets the peer act
+// between two of the engine's reads of shared memory).
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <future>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/cdc.h"
+#include "core/conn.h"
+#include "core/cursor.h"
+#include "rdma/shm/shm_transport.h"
+#include "rdma/sys.h"
+
+using smc::core::conn;
+using smc::core::cursor;
+using smc::core::curs_pack;
+using smc::core::curs_unpack;
+using smc::core::io_result;
+namespace shm = smc::rdma::shm;
+namespace cdc = smc::core::cdc;
+
+namespace {
+
+constexpr uint32_t ring16k = 16 * 1024;
+constexpr int safety_timeout_ms = 10000;  // bounds every blocking call of a test
+
+int64_t elapsed_ms(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                               since)
+      .count();
+}
+
+/// Bounded busy-wait for a state another thread produces (never a sleep).
+template <class Pred>
+bool spin_until(Pred pred, int max_ms = 5000) {
+  const auto start = std::chrono::steady_clock::now();
+  while (!pred()) {
+    if (elapsed_ms(start) > max_ms) {
+      return false;
+    }
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+void set_sock_timeout(int fd, int opt, int ms) {
+  timeval tv{};
+  tv.tv_sec = ms / 1000;
+  tv.tv_usec = (ms % 1000) * 1000;
+  REQUIRE(setsockopt(fd, SOL_SOCKET, opt, &tv, sizeof(tv)) == 0);
+}
+
+struct fd_guard {
+  int fd = -1;
+  fd_guard() = default;
+  fd_guard(const fd_guard&) = delete;
+  fd_guard& operator=(const fd_guard&) = delete;
+  ~fd_guard() { reset(); }
+  void reset() {
+    if (fd >= 0) {
+      ::close(fd);
+      fd = -1;
+    }
+  }
+};
+
+struct ctl_map {
+  shm::control* ctl = nullptr;
+  ctl_map() = default;
+  ctl_map(const ctl_map&) = delete;
+  ctl_map& operator=(const ctl_map&) = delete;
+  ~ctl_map() {
+    if (ctl != nullptr) {
+      munmap(ctl, shm::control_bytes);
+    }
+  }
+  void map(int fd) {
+    void* p = mmap(nullptr, shm::control_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    REQUIRE(p != MAP_FAILED);
+    ctl = static_cast<shm::control*>(p);
+  }
+};
+
+/// A data_path that forwards to the real one and can run a test action right
+/// before the engine's next look at the peer's connection flags: it stands
+/// for the peer acting between two of the engine's reads of shared memory
+/// (a reader preempted there), which no timing could hit reliably.
+class hooked_path final : public smc::rdma::data_path {
+ public:
+  explicit hooked_path(std::unique_ptr<smc::rdma::data_path> inner) : in_(std::move(inner)) {}
+  /// Runs once, before the next peer_conn_flags().
+  mutable std::function<void()> before_flags;
+
+  smc::rdma::kind transport() const override { return in_->transport(); }
+  uint32_t rx_size() const override { return in_->rx_size(); }
+  const uint8_t* rx_data() const override { return in_->rx_data(); }
+  uint64_t peer_prod() const override { return in_->peer_prod(); }
+  uint8_t peer_conn_flags() const override {
+    if (before_flags) {
+      auto f = std::move(before_flags);
+      before_flags = nullptr;
+      f();
+    }
+    return in_->peer_conn_flags();
+  }
+  void publish_cons(uint64_t cons) override { in_->publish_cons(cons); }
+  uint32_t tx_size() const override { return in_->tx_size(); }
+  uint64_t peer_cons() const override { return in_->peer_cons(); }
+  void put(uint32_t off, const void* src, size_t n) override { in_->put(off, src, n); }
+  void publish_prod(uint64_t prod, uint8_t flags) override { in_->publish_prod(prod, flags); }
+  int rx_fd() const override { return in_->rx_fd(); }
+  int tx_fd() const override { return in_->tx_fd(); }
+  void arm_rx(int delta) override { in_->arm_rx(delta); }
+  void arm_tx(int delta) override { in_->arm_tx(delta); }
+  void drain_rx() override { in_->drain_rx(); }
+  void drain_tx() override { in_->drain_tx(); }
+  void kick_rx() override { in_->kick_rx(); }
+  void kick_tx() override { in_->kick_tx(); }
+
+ private:
+  std::unique_ptr<smc::rdma::data_path> in_;
+};
+
+/// Two connected conns, A and B. A's RMB (read by A, written by B) has
+/// `a_ring` bytes, B's has `b_ring`. a_ctl / b_ctl are the control pages of
+/// A's / B's RMB as the test sees them.
+class conn_pair {
+ public:
+  explicit conn_pair(uint32_t spin_us = 0, uint32_t a_ring = ring16k, uint32_t b_ring = ring16k,
+                     bool hook_b = false) {
+    shm::local_side la;
+    shm::local_side lb;
+    REQUIRE(la.init(a_ring));
+    REQUIRE(lb.init(b_ring));
+    a_rmb_.fd = ::dup(la.rmb->fd());
+    b_rmb_.fd = ::dup(lb.rmb->fd());
+    REQUIRE(a_rmb_.fd >= 0);
+    REQUIRE(b_rmb_.fd >= 0);
+    a_map_.map(a_rmb_.fd);
+    b_map_.map(b_rmb_.fd);
+    a_ctl = a_map_.ctl;
+    b_ctl = b_map_.ctl;
+
+    shm::peer_side to_b;  // what A learns about B
+    to_b.rmb_fd = ::dup(lb.rmb->fd());
+    to_b.rx_efd = ::dup(lb.rx_efd);
+    to_b.tx_efd = ::dup(lb.tx_efd);
+    to_b.rmb_size = lb.rmb->size();
+    to_b.token = lb.token;
+    shm::peer_side to_a;  // what B learns about A
+    to_a.rmb_fd = ::dup(la.rmb->fd());
+    to_a.rx_efd = ::dup(la.rx_efd);
+    to_a.tx_efd = ::dup(la.tx_efd);
+    to_a.rmb_size = la.rmb->size();
+    to_a.token = la.token;
+    REQUIRE(to_b.rmb_fd >= 0);
+    REQUIRE(to_a.rmb_fd >= 0);
+
+    auto pa = shm::make_path(std::move(la), std::move(to_b));
+    auto pb = shm::make_path(std::move(lb), std::move(to_a));
+    REQUIRE(pa);
+    REQUIRE(pb);
+    REQUIRE(pa->rx_size() == a_ring);
+    REQUIRE(pa->tx_size() == b_ring);
+
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    a_tcp_.fd = sv[0];
+    b_tcp_.fd = sv[1];
+    for (int fd : sv) {
+      set_sock_timeout(fd, SO_RCVTIMEO, safety_timeout_ms);
+      set_sock_timeout(fd, SO_SNDTIMEO, safety_timeout_ms);
+    }
+    if (hook_b) {
+      auto h = std::make_unique<hooked_path>(std::move(pb));
+      b_hook = h.get();
+      pb = std::move(h);
+    }
+    a = std::make_unique<conn>(std::move(pa), sv[0], spin_us);
+    b = std::make_unique<conn>(std::move(pb), sv[1], spin_us);
+  }
+
+  int a_tcp() const { return a_tcp_.fd; }
+  int b_tcp() const { return b_tcp_.fd; }
+  /// A's process "dies": its TCP socket closes without any SMC close.
+  void drop_a_tcp() { a_tcp_.reset(); }
+
+  std::unique_ptr<conn> a;
+  std::unique_ptr<conn> b;
+  shm::control* a_ctl = nullptr;
+  shm::control* b_ctl = nullptr;
+  hooked_path* b_hook = nullptr;  // B's path, when built with hook_b
+
+ private:
+  fd_guard a_rmb_;
+  fd_guard b_rmb_;
+  ctl_map a_map_;
+  ctl_map b_map_;
+  fd_guard a_tcp_;
+  fd_guard b_tcp_;
+};
+
+/// Byte `i` of test stream `seed`.
+uint8_t pattern(uint64_t seed, uint64_t i) {
+  uint64_t x = (i + seed * 0x1000193ULL) * 0x9E3779B97F4A7C15ULL;
+  x ^= x >> 29;
+  return static_cast<uint8_t>(x ^ (x >> 40));
+}
+
+std::vector<uint8_t> pattern_bytes(uint64_t seed, uint64_t from, size_t n) {
+  std::vector<uint8_t> v(n);
+  for (size_t i = 0; i < n; ++i) {
+    v[i] = pattern(seed, from + i);
+  }
+  return v;
+}
+
+/// Index of the first byte of `got` that differs from stream `seed` at `from`, or -1.
+long first_mismatch(const uint8_t* got, size_t n, uint64_t seed, uint64_t from) {
+  for (size_t i = 0; i < n; ++i) {
+    if (got[i] != pattern(seed, from + i)) {
+      return static_cast<long>(i);
+    }
+  }
+  return -1;
+}
+
+io_result send_bytes(conn& c, const void* p, size_t n, int flags = MSG_NOSIGNAL) {
+  iovec v{const_cast<void*>(p), n};
+  return c.send(&v, 1, flags);
+}
+
+io_result send_str(conn& c, const std::string& s, int flags = MSG_NOSIGNAL) {
+  return send_bytes(c, s.data(), s.size(), flags);
+}
+
+io_result recv_bytes(conn& c, void* p, size_t n, int flags = 0) {
+  iovec v{p, n};
+  return c.recv(&v, 1, flags);
+}
+
+/// Receives up to `max` bytes; "" with r.n recorded on error/EOF.
+std::string recv_str(conn& c, size_t max, int flags = 0, io_result* res = nullptr) {
+  std::string s(max, '\0');
+  io_result r = recv_bytes(c, s.data(), s.size(), flags);
+  if (res != nullptr) {
+    *res = r;
+  }
+  s.resize(r.n > 0 ? static_cast<size_t>(r.n) : 0);
+  return s;
+}
+
+/// Splits [buf, buf + n) into iovecs at random points (with empty ones
+/// sprinkled in) when `multi`, else one iovec.
+std::vector<iovec> split_iov(uint8_t* buf, size_t n, std::mt19937& rng, bool multi) {
+  std::vector<iovec> v;
+  if (!multi) {
+    v.push_back({buf, n});
+    return v;
+  }
+  const int pieces = std::uniform_int_distribution<int>(1, 7)(rng);
+  std::vector<size_t> cuts;
+  for (int i = 1; i < pieces; ++i) {
+    cuts.push_back(std::uniform_int_distribution<size_t>(0, n)(rng));
+  }
+  std::sort(cuts.begin(), cuts.end());
+  size_t prev = 0;
+  for (size_t c : cuts) {
+    v.push_back({buf + prev, c - prev});  // may be empty
+    prev = c;
+  }
+  v.push_back({buf + prev, n - prev});
+  if (std::uniform_int_distribution<int>(0, 3)(rng) == 0) {
+    v.insert(v.begin(), iovec{nullptr, 0});
+  }
+  return v;
+}
+
+struct stream_stats {
+  uint64_t done = 0;
+  ssize_t fail_n = 0;  // the failing call's return (0 = EOF, -1 = error)
+  int fail_err = 0;
+  bool failed = false;
+  long mismatch_at = -1;  // stream offset of the first wrong byte
+  uint64_t calls = 0;
+};
+
+void stream_writer(conn& c, uint64_t seed, uint64_t total, uint32_t max_chunk, bool multi,
+                   uint32_t rng_seed, stream_stats& st) {
+  std::mt19937 rng(rng_seed);
+  std::vector<uint8_t> buf(max_chunk);
+  while (st.done < total) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(
+        std::uniform_int_distribution<uint32_t>(1, max_chunk)(rng), total - st.done));
+    for (size_t j = 0; j < n; ++j) {
+      buf[j] = pattern(seed, st.done + j);
+    }
+    auto iov = split_iov(buf.data(), n, rng, multi);
+    io_result r = c.send(iov.data(), static_cast<int>(iov.size()), MSG_NOSIGNAL);
+    ++st.calls;
+    if (r.n <= 0) {
+      st.failed = true;
+      st.fail_n = r.n;
+      st.fail_err = r.err;
+      return;
+    }
+    st.done += static_cast<uint64_t>(r.n);
+  }
+}
+
+void stream_reader(conn& c, uint64_t seed, uint64_t total, uint32_t max_chunk, bool multi,
+                   uint32_t rng_seed, stream_stats& st) {
+  std::mt19937 rng(rng_seed);
+  std::vector<uint8_t> buf(max_chunk);
+  while (st.done < total) {
+    const size_t n = std::uniform_int_distribution<uint32_t>(1, max_chunk)(rng);
+    // Poison with the complement of what is expected: a byte the engine does
+    // not write can never pass the check.
+    for (size_t j = 0; j < n; ++j) {
+      buf[j] = static_cast<uint8_t>(~pattern(seed, st.done + j));
+    }
+    auto iov = split_iov(buf.data(), n, rng, multi);
+    io_result r = c.recv(iov.data(), static_cast<int>(iov.size()), 0);
+    ++st.calls;
+    if (r.n <= 0) {
+      st.failed = true;
+      st.fail_n = r.n;
+      st.fail_err = r.err;
+      return;
+    }
+    if (static_cast<uint64_t>(r.n) > total - st.done || static_cast<size_t>(r.n) > n) {
+      st.failed = true;  // more than was ever sent
+      st.fail_n = r.n;
+      return;
+    }
+    long bad = first_mismatch(buf.data(), static_cast<size_t>(r.n), seed, st.done);
+    if (bad >= 0) {
+      st.mismatch_at = static_cast<long>(st.done) + bad;
+      st.failed = true;
+      return;
+    }
+    st.done += static_cast<uint64_t>(r.n);
+  }
+}
+
+void check_stream(const char* what, const stream_stats& st, uint64_t total) {
+  INFO(what << ": done " << st.done << " of " << total << " in " << st.calls
+            << " calls; failing call returned " << st.fail_n << " errno " << st.fail_err
+            << " (" << std::strerror(st.fail_err) << "); first wrong byte at " << st.mismatch_at);
+  CHECK_FALSE(st.failed);
+  CHECK(st.mismatch_at == -1);
+  CHECK(st.done == total);
+}
+
+/// Both directions at once: A -> B and B -> A, each with its own writer and
+/// reader thread, random chunk sizes up to 3 rings, every byte verified.
+void run_duplex(uint32_t spin_us, uint32_t a_ring, uint32_t b_ring, bool multi, uint64_t total,
+                uint32_t seed) {
+  conn_pair p(spin_us, a_ring, b_ring);
+  const uint32_t max_chunk = 3 * std::max(a_ring, b_ring);
+  stream_stats a_w, b_r, b_w, a_r;
+  std::thread t1(stream_writer, std::ref(*p.a), 1, total, max_chunk, multi, seed + 1, std::ref(a_w));
+  std::thread t2(stream_reader, std::ref(*p.b), 1, total, max_chunk, multi, seed + 2, std::ref(b_r));
+  std::thread t3(stream_writer, std::ref(*p.b), 2, total, max_chunk, multi, seed + 3, std::ref(b_w));
+  std::thread t4(stream_reader, std::ref(*p.a), 2, total, max_chunk, multi, seed + 4, std::ref(a_r));
+  t1.join();
+  t2.join();
+  t3.join();
+  t4.join();
+  INFO("spin_us " << spin_us << " rings " << a_ring << "/" << b_ring << " multi " << multi
+                  << " seed " << seed);
+  check_stream("A writes", a_w, total);
+  check_stream("B reads", b_r, total);
+  check_stream("B writes", b_w, total);
+  check_stream("A reads", a_r, total);
+  CHECK(p.a->readable_bytes() == 0);
+  CHECK(p.b->readable_bytes() == 0);
+  CHECK(p.a->unsent_bytes() == 0);
+  CHECK(p.b->unsent_bytes() == 0);
+  // The published cursors are exactly `total` bytes around each ring.
+  const cursor into_b = curs_unpack(p.b_ctl->prod.load());
+  const cursor into_a = curs_unpack(p.a_ctl->prod.load());
+  CHECK(into_b.count == total % b_ring);
+  CHECK(into_b.wrap == static_cast<uint16_t>(total / b_ring));
+  CHECK(into_a.count == total % a_ring);
+  CHECK(into_a.wrap == static_cast<uint16_t>(total / a_ring));
+  CHECK(curs_unpack(p.b_ctl->cons.load()) == into_b);
+  CHECK(curs_unpack(p.a_ctl->cons.load()) == into_a);
+  CHECK(p.a->take_error() == 0);
+  CHECK(p.b->take_error() == 0);
+}
+
+/// Replaces one entry of the sys() table for the lifetime of the object.
+/// The hook runs `action` once, right before the real read() of `fd`.
+class read_hook {
+ public:
+  read_hook(int fd, std::function<void()> action) {
+    fd_ = fd;
+    action_ = std::move(action);
+    fired_ = false;
+    real_ = smc::rdma::sys().read;
+    smc::rdma::sys().read = &hooked;
+  }
+  ~read_hook() {
+    smc::rdma::sys().read = real_;
+    action_ = nullptr;
+    fd_ = -1;
+  }
+  read_hook(const read_hook&) = delete;
+  read_hook& operator=(const read_hook&) = delete;
+  bool fired() const { return fired_.load(); }
+
+ private:
+  static ssize_t hooked(int fd, void* buf, size_t n) {
+    if (fd == fd_ && !fired_.exchange(true)) {
+      action_();
+    }
+    return real_(fd, buf, n);
+  }
+  static inline int fd_ = -1;
+  static inline std::function<void()> action_;
+  static inline std::atomic<bool> fired_{false};
+  static inline ssize_t (*real_)(int, void*, size_t) = nullptr;
+};
+
+/// Counts sys().recv calls on one fd (conn::check_tcp peeks at the TCP socket
+/// once per pass of the send/recv loop: a count of passes).
+class recv_counter {
+ public:
+  explicit recv_counter(int fd) {
+    fd_ = fd;
+    count_ = 0;
+    real_ = smc::rdma::sys().recv;
+    smc::rdma::sys().recv = &hooked;
+  }
+  ~recv_counter() { smc::rdma::sys().recv = real_; }
+  recv_counter(const recv_counter&) = delete;
+  recv_counter& operator=(const recv_counter&) = delete;
+  long count() const { return count_.load(); }
+
+ private:
+  static ssize_t hooked(int fd, void* buf, size_t n, int flags) {
+    if (fd == fd_) {
+      count_.fetch_add(1);
+    }
+    return real_(fd, buf, n, flags);
+  }
+  static inline int fd_ = -1;
+  static inline std::atomic<long> count_{0};
+  static inline ssize_t (*real_)(int, void*, size_t, int) = nullptr;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// 1. The byte stream
+// ---------------------------------------------------------------------------
+
+TEST_CASE("duplex stream over 16 KiB rings, random chunk sizes, every byte verified",
+          "[conn][stream]") {
+  const uint64_t total = 4u << 20;
+  SECTION("blocking waits (spin_us = 0)") { run_duplex(0, ring16k, ring16k, false, total, 11); }
+  SECTION("with spinning (spin_us = 50)") { run_duplex(50, ring16k, ring16k, false, total, 21); }
+  SECTION("different ring sizes per side") { run_duplex(0, ring16k, 4 * ring16k, false, total, 31); }
+}
+
+TEST_CASE("duplex stream with readv/writev-style iovec arrays", "[conn][stream]") {
+  const uint64_t total = 3u << 20;
+  SECTION("spin_us = 0") { run_duplex(0, ring16k, ring16k, true, total, 41); }
+  SECTION("spin_us = 20, odd total") { run_duplex(20, 2 * ring16k, ring16k, true, total + 12345, 51); }
+}
+
+TEST_CASE("a send that crosses the end of the ring lands split, in order", "[conn][stream]") {
+  conn_pair p;
+  // Move both cursors to 100 bytes before the end of B's ring.
+  auto lead = pattern_bytes(3, 0, ring16k - 100);
+  REQUIRE(send_bytes(*p.a, lead.data(), lead.size()).n == static_cast<ssize_t>(lead.size()));
+  std::vector<uint8_t> sink(ring16k);
+  REQUIRE(recv_bytes(*p.b, sink.data(), lead.size()).n == static_cast<ssize_t>(lead.size()));
+  // A 3-iovec message straddling the wrap, received into a 4-iovec array.
+  auto msg = pattern_bytes(3, lead.size(), 1000);
+  iovec out[3] = {{msg.data(), 60}, {msg.data() + 60, 80}, {msg.data() + 140, 860}};
+  REQUIRE(p.a->send(out, 3, MSG_NOSIGNAL).n == 1000);
+  CHECK(curs_unpack(p.b_ctl->prod.load()) == cursor{1, 900});
+  std::vector<uint8_t> got(1000, 0);
+  iovec in[4] = {{got.data(), 99}, {got.data() + 99, 0}, {got.data() + 99, 2}, {got.data() + 101, 899}};
+  REQUIRE(p.b->recv(in, 4, 0).n == 1000);
+  CHECK(got == msg);
+  CHECK(curs_unpack(p.b_ctl->cons.load()) == cursor{1, 900});
+}
+
+TEST_CASE("zero-length send and recv return 0 and move nothing", "[conn]") {
+  conn_pair p;
+  char c = 0;
+  CHECK(send_bytes(*p.a, &c, 0).n == 0);
+  CHECK(p.a->send(nullptr, 0, 0).n == 0);
+  CHECK(recv_bytes(*p.b, &c, 0, MSG_DONTWAIT).n == 0);
+  CHECK(p.b->readable_bytes() == 0);
+  CHECK(p.b_ctl->prod.load() == 0);
+}
+
+// ---------------------------------------------------------------------------
+// 2. Flow control
+// ---------------------------------------------------------------------------
+
+TEST_CASE("flow control: a writer fills exactly the peer's ring, then EAGAIN", "[conn][flow]") {
+  // A's RMB 16 KiB, B's RMB 32 KiB: A writes into the 32 KiB ring.
+  const uint32_t peer_ring = 2 * ring16k;
+  conn_pair p(0, ring16k, peer_ring);
+  auto src = pattern_bytes(7, 0, 3 * peer_ring);
+
+  CHECK((p.a->events() & POLLOUT) != 0);
+  CHECK((p.b->events() & POLLIN) == 0);
+
+  io_result r = send_bytes(*p.a, src.data(), src.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  REQUIRE(r.n == static_cast<ssize_t>(peer_ring));
+  CHECK(p.a->unsent_bytes() == peer_ring);
+  CHECK(p.b->readable_bytes() == peer_ring);
+  CHECK((p.a->events() & POLLOUT) == 0);
+  CHECK((p.b->events() & POLLIN) != 0);
+  r = send_bytes(*p.a, src.data() + peer_ring, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+  CHECK(r.n == -1);
+  CHECK(r.err == EAGAIN);
+
+  uint64_t sent = peer_ring;
+  uint64_t consumed = 0;
+  std::vector<uint8_t> buf(peer_ring);
+  for (uint32_t k : {1u, 1000u, 4095u, 4096u, 20000u, peer_ring}) {
+    INFO("peer reads " << k);
+    r = recv_bytes(*p.b, buf.data(), k, MSG_DONTWAIT);
+    REQUIRE(r.n == static_cast<ssize_t>(k));
+    CHECK(first_mismatch(buf.data(), k, 7, consumed) == -1);
+    consumed += k;
+    CHECK((p.a->events() & POLLOUT) != 0);
+    CHECK(p.a->unsent_bytes() == peer_ring - k);
+    // Exactly k more bytes fit.
+    r = send_bytes(*p.a, src.data() + sent, src.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+    CHECK(r.n == static_cast<ssize_t>(k));
+    sent += static_cast<uint64_t>(std::max<ssize_t>(r.n, 0));
+    CHECK((p.a->events() & POLLOUT) == 0);
+    r = send_bytes(*p.a, src.data() + sent, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    CHECK(r.n == -1);
+    CHECK(r.err == EAGAIN);
+    CHECK(p.b->readable_bytes() == peer_ring);
+  }
+  // Drain: the full ring holds the next peer_ring bytes of the stream, wrapped.
+  r = recv_bytes(*p.b, buf.data(), buf.size(), MSG_DONTWAIT);
+  REQUIRE(r.n == static_cast<ssize_t>(peer_ring));
+  CHECK(first_mismatch(buf.data(), peer_ring, 7, consumed) == -1);
+  consumed += peer_ring;
+  CHECK(consumed == sent);
+  CHECK(p.a->unsent_bytes() == 0);
+  CHECK(recv_bytes(*p.b, buf.data(), 1, MSG_DONTWAIT).err == EAGAIN);
+
+  // The other direction is limited by A's (16 KiB) ring.
+  r = send_bytes(*p.b, src.data(), src.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  CHECK(r.n == static_cast<ssize_t>(ring16k));
+  CHECK((p.b->events() & POLLOUT) == 0);
+  CHECK(p.a->readable_bytes() == ring16k);
+}
+
+TEST_CASE("a blocking send with O_NONBLOCK on the socket writes what fits, then EAGAIN",
+          "[conn][flow]") {
+  conn_pair p;
+  REQUIRE(fcntl(p.a_tcp(), F_SETFL, fcntl(p.a_tcp(), F_GETFL) | O_NONBLOCK) == 0);
+  auto src = pattern_bytes(8, 0, 2 * ring16k);
+  io_result r = send_bytes(*p.a, src.data(), src.size());
+  CHECK(r.n == static_cast<ssize_t>(ring16k));
+  r = send_bytes(*p.a, src.data(), 10);
+  CHECK(r.n == -1);
+  CHECK(r.err == EAGAIN);
+}
+
+// ---------------------------------------------------------------------------
+// 3. MSG_PEEK and MSG_WAITALL
+// ---------------------------------------------------------------------------
+
+TEST_CASE("MSG_PEEK does not consume", "[conn][peek]") {
+  conn_pair p;
+  REQUIRE(send_str(*p.a, "hello, world").n == 12);
+  CHECK(recv_str(*p.b, 5, MSG_PEEK) == "hello");
+  CHECK(recv_str(*p.b, 5, MSG_PEEK | MSG_DONTWAIT) == "hello");
+  CHECK(recv_str(*p.b, 100, MSG_PEEK) == "hello, world");
+  CHECK(p.b->readable_bytes() == 12);
+  CHECK(p.a->unsent_bytes() == 12);
+  CHECK(curs_unpack(p.b_ctl->cons.load()) == cursor{0, 0});
+  CHECK(recv_str(*p.b, 7) == "hello, ");
+  CHECK(recv_str(*p.b, 100, MSG_PEEK) == "world");
+  CHECK(recv_str(*p.b, 100) == "world");
+  CHECK(p.b->readable_bytes() == 0);
+  CHECK(p.a->unsent_bytes() == 0);
+}
+
+TEST_CASE("MSG_PEEK across the end of the ring into several iovecs", "[conn][peek]") {
+  conn_pair p;
+  auto lead = pattern_bytes(4, 0, ring16k - 3);
+  REQUIRE(send_bytes(*p.a, lead.data(), lead.size()).n == static_cast<ssize_t>(lead.size()));
+  std::vector<uint8_t> sink(ring16k);
+  REQUIRE(recv_bytes(*p.b, sink.data(), lead.size()).n == static_cast<ssize_t>(lead.size()));
+  REQUIRE(send_str(*p.a, "ABCDEFGH").n == 8);  // 3 bytes at the end, 5 at the start
+  char x[2], y[3], z[10];
+  iovec iov[3] = {{x, 2}, {y, 3}, {z, 10}};
+  io_result r = p.b->recv(iov, 3, MSG_PEEK);
+  REQUIRE(r.n == 8);
+  CHECK(std::string(x, 2) + std::string(y, 3) + std::string(z, 3) == "ABCDEFGH");
+  CHECK(recv_str(*p.b, 8) == "ABCDEFGH");
+}
+
+TEST_CASE("MSG_WAITALL returns the full amount once it arrived", "[conn][waitall]") {
+  conn_pair p;
+  const size_t want = 10000;
+  const size_t piece = 1000;
+  std::vector<uint8_t> got(want, 0);
+  std::atomic<bool> done{false};
+  auto fut = std::async(std::launch::async, [&] {
+    io_result r = recv_bytes(*p.b, got.data(), got.size(), MSG_WAITALL);
+    done = true;
+    return r;
+  });
+  auto src = pattern_bytes(5, 0, want);
+  for (size_t off = 0; off < want; off += piece) {
+    // B sleeps waiting for more before every piece.
+    REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+    CHECK_FALSE(done.load());
+    REQUIRE(send_bytes(*p.a, src.data() + off, piece).n == static_cast<ssize_t>(piece));
+    if (off + piece < want) {
+      // B takes the piece and goes back to sleep without returning.
+      REQUIRE(spin_until([&] { return p.a->unsent_bytes() == 0 && p.b_ctl->rx_waiters.load() != 0; }));
+    }
+  }
+  io_result r = fut.get();
+  CHECK(r.n == static_cast<ssize_t>(want));
+  CHECK(got == src);
+}
+
+TEST_CASE("MSG_WAITALL into several iovecs across the ring end", "[conn][waitall]") {
+  conn_pair p;
+  const size_t want = ring16k + 5000;  // more than one ring: needs the writer to block too
+  auto src = pattern_bytes(6, 0, want);
+  std::vector<uint8_t> got(want, 0);
+  auto fut = std::async(std::launch::async, [&] {
+    iovec iov[3] = {{got.data(), 7}, {got.data() + 7, ring16k}, {got.data() + 7 + ring16k, want - 7 - ring16k}};
+    return p.b->recv(iov, 3, MSG_WAITALL);
+  });
+  // The writer pushes in odd pieces.
+  size_t off = 0;
+  for (size_t n : {size_t{1}, size_t{4999}, size_t{12000}, want - 17000}) {
+    REQUIRE(send_bytes(*p.a, src.data() + off, n).n == static_cast<ssize_t>(n));
+    off += n;
+  }
+  io_result r = fut.get();
+  CHECK(r.n == static_cast<ssize_t>(want));
+  CHECK(got == src);
+}
+
+TEST_CASE("MSG_WAITALL returns short at end of stream", "[conn][waitall]") {
+  conn_pair p;
+  auto fut = std::async(std::launch::async, [&] { return recv_str(*p.b, 1000, MSG_WAITALL); });
+  REQUIRE(send_str(*p.a, std::string(500, 'w')).n == 500);
+  REQUIRE(spin_until([&] { return p.a->unsent_bytes() == 0 && p.b_ctl->rx_waiters.load() != 0; }));
+  REQUIRE(p.a->shutdown(SHUT_WR) == 0);
+  CHECK(fut.get() == std::string(500, 'w'));
+  io_result r{};
+  recv_str(*p.b, 10, 0, &r);
+  CHECK(r.n == 0);
+}
+
+// ---------------------------------------------------------------------------
+// 4. shutdown(SHUT_WR)
+// ---------------------------------------------------------------------------
+
+TEST_CASE("shutdown(SHUT_WR): the peer reads all data, then EOF", "[conn][close]") {
+  conn_pair p;
+  REQUIRE(send_str(*p.a, "last words").n == 10);
+  REQUIRE(p.a->shutdown(SHUT_WR) == 0);
+  const auto ev = p.b->events();
+  CHECK((ev & POLLIN) != 0);
+  CHECK((ev & POLLRDHUP) != 0);
+  CHECK((ev & POLLERR) == 0);
+  CHECK(recv_str(*p.b, 4) == "last");
+  CHECK(recv_str(*p.b, 100) == " words");
+  io_result r{};
+  recv_str(*p.b, 100, 0, &r);
+  CHECK(r.n == 0);
+  recv_str(*p.b, 100, MSG_DONTWAIT, &r);
+  CHECK(r.n == 0);  // EOF stays EOF
+  CHECK(((p.b->events() & (POLLIN | POLLRDHUP)) == (POLLIN | POLLRDHUP)));
+
+  // Writing after SHUT_WR is EPIPE.
+  r = send_str(*p.a, "more", MSG_NOSIGNAL);
+  CHECK(r.n == -1);
+  CHECK(r.err == EPIPE);
+  CHECK(p.b->readable_bytes() == 0);
+
+  // Half close: the other direction still works.
+  REQUIRE(send_str(*p.b, "reply").n == 5);
+  CHECK(recv_str(*p.a, 100) == "reply");
+  CHECK(p.a->take_error() == 0);
+}
+
+TEST_CASE("shutdown(SHUT_WR) wakes a peer blocked in recv", "[conn][close]") {
+  conn_pair p;
+  auto fut = std::async(std::launch::async, [&] {
+    io_result r{};
+    recv_str(*p.b, 10, 0, &r);
+    return r;
+  });
+  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  REQUIRE(p.a->shutdown(SHUT_WR) == 0);
+  io_result r = fut.get();
+  CHECK(r.n == 0);
+}
+
+// ---------------------------------------------------------------------------
+// 5. close
+// ---------------------------------------------------------------------------
+
+TEST_CASE("close(false) with nothing unread: the peer reads the data, then EOF", "[conn][close]") {
+  conn_pair p;
+  REQUIRE(send_str(*p.a, "goodbye").n == 7);
+  p.a->close(false);
+  CHECK((p.b->events() & (POLLIN | POLLRDHUP)) == (POLLIN | POLLRDHUP));
+  CHECK((p.b->events() & POLLERR) == 0);
+  CHECK(recv_str(*p.b, 100) == "goodbye");
+  io_result r{};
+  recv_str(*p.b, 100, 0, &r);
+  CHECK(r.n == 0);
+  // Nobody will ever read what B writes now.
+  r = send_str(*p.b, "anyone?", MSG_NOSIGNAL);
+  CHECK(r.n == -1);
+  CHECK(r.err == EPIPE);
+  CHECK((p.b->events() & POLLOUT) != 0);  // a write would not block
+}
+
+TEST_CASE("close(false) wakes a peer blocked in recv with EOF", "[conn][close]") {
+  conn_pair p;
+  auto fut = std::async(std::launch::async, [&] {
+    io_result r{};
+    recv_str(*p.b, 10, 0, &r);
+    return r;
+  });
+  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  p.a->close(false);
+  CHECK(fut.get().n == 0);
+}
+
+TEST_CASE("close(false) with unread data is a reset for the peer", "[conn][close]") {
+  conn_pair p;
+  REQUIRE(send_str(*p.a, "for B").n == 5);
+  REQUIRE(send_str(*p.b, "never read by A").n == 15);
+  p.a->close(false);
+  // What was already in B's ring is still delivered, then the reset.
+  CHECK(recv_str(*p.b, 100) == "for B");
+  io_result r{};
+  recv_str(*p.b, 100, 0, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+  CHECK((p.b->events() & (POLLERR | POLLHUP)) == (POLLERR | POLLHUP));
+  r = send_str(*p.b, "x", MSG_NOSIGNAL);
+  CHECK(r.n == -1);
+  CHECK((r.err == ECONNRESET || r.err == EPIPE));
+}
+
+TEST_CASE("close(false) with a full ring wakes the peer's blocked writer with a reset",
+          "[conn][close]") {
+  conn_pair p;
+  auto src = pattern_bytes(9, 0, ring16k);
+  REQUIRE(send_bytes(*p.b, src.data(), ring16k, MSG_DONTWAIT | MSG_NOSIGNAL).n == ring16k);
+  auto fut = std::async(std::launch::async, [&] { return send_str(*p.b, "blocked", MSG_NOSIGNAL); });
+  // B waits for space in A's ring: its waiter count sits in A's control page.
+  REQUIRE(spin_until([&] { return p.a_ctl->tx_waiters.load() != 0; }));
+  p.a->close(false);  // A never read B's data
+  io_result r = fut.get();
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+}
+
+TEST_CASE("close(true) (SO_LINGER 0) is a reset for the peer", "[conn][close]") {
+  conn_pair p;
+  REQUIRE(send_str(*p.a, "data").n == 4);
+  p.a->close(true);
+  CHECK((p.b->events() & (POLLERR | POLLHUP | POLLIN)) == (POLLERR | POLLHUP | POLLIN));
+  CHECK(recv_str(*p.b, 100) == "data");
+  io_result r{};
+  recv_str(*p.b, 100, 0, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+}
+
+TEST_CASE("close(true) wakes a peer blocked in recv with ECONNRESET", "[conn][close]") {
+  conn_pair p;
+  auto fut = std::async(std::launch::async, [&] {
+    io_result r{};
+    recv_str(*p.b, 10, 0, &r);
+    return r;
+  });
+  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  p.a->close(true);
+  io_result r = fut.get();
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+}
+
+TEST_CASE("after a reset recv never reports EPIPE, even once send did", "[conn][close]") {
+  conn_pair p;
+  p.a->close(true);
+  SECTION("send first") {
+    io_result r = send_str(*p.b, "x", MSG_NOSIGNAL);
+    CHECK(r.n == -1);
+    CHECK(r.err == ECONNRESET);  // the reset is reported once ...
+    r = send_str(*p.b, "x", MSG_NOSIGNAL);
+    CHECK(r.n == -1);
+    CHECK(r.err == EPIPE);  // ... then the pipe is broken
+  }
+  SECTION("recv, then send") {
+    io_result r{};
+    recv_str(*p.b, 10, MSG_DONTWAIT, &r);
+    CHECK(r.n == -1);
+    CHECK(r.err == ECONNRESET);
+    r = send_str(*p.b, "x", MSG_NOSIGNAL);
+    CHECK(r.n == -1);
+    CHECK((r.err == ECONNRESET || r.err == EPIPE));
+  }
+  // recv(2) has no EPIPE: a reset connection reads as reset (or EOF).
+  for (int flags : {0, int{MSG_DONTWAIT}, int{MSG_PEEK}}) {
+    io_result r{};
+    recv_str(*p.b, 10, flags, &r);
+    INFO("flags " << flags << ": n " << r.n << " errno " << r.err);
+    CHECK((r.n == 0 || (r.n == -1 && r.err == ECONNRESET)));
+  }
+}
+
+TEST_CASE("the peer's last data before its end flags is never lost", "[conn][close][race]") {
+  // B computes what is readable, then (before it looks at the peer's flags)
+  // the peer sends its last bytes and ends the connection. B must not take
+  // the end flags for "nothing more to read".
+  const int flags = GENERATE(0, int{MSG_DONTWAIT});
+  INFO("recv flags " << flags);
+  conn_pair p(0, ring16k, ring16k, true);
+  io_result end{};
+  SECTION("SHUT_WR") {
+    p.b_hook->before_flags = [&] {
+      send_str(*p.a, "last");
+      p.a->shutdown(SHUT_WR);
+    };
+    end = {0, 0};
+  }
+  SECTION("close(false)") {
+    p.b_hook->before_flags = [&] {
+      send_str(*p.a, "last");
+      p.a->close(false);
+    };
+    end = {0, 0};
+  }
+  SECTION("close(true)") {
+    p.b_hook->before_flags = [&] {
+      send_str(*p.a, "last");
+      p.a->close(true);
+    };
+    end = {-1, ECONNRESET};
+  }
+  SECTION("peer process died (TCP closed, no SMC close)") {
+    p.b_hook->before_flags = [&] {
+      send_str(*p.a, "last");
+      p.drop_a_tcp();
+      p.b->check_tcp();  // as the preload's poll would, from another thread
+    };
+    end = {0, 0};
+  }
+  io_result r{};
+  std::string got = recv_str(*p.b, 100, flags, &r);
+  INFO("first recv: n " << r.n << " errno " << r.err);
+  CHECK(got == "last");
+  recv_str(*p.b, 100, flags, &r);
+  CHECK(r.n == end.n);
+  CHECK(r.err == end.err);
+}
+
+TEST_CASE("after our SHUT_WR a full ring still polls writable (a write fails at once)",
+          "[conn][close]") {
+  conn_pair p;
+  std::vector<uint8_t> fill(ring16k, 'w');
+  REQUIRE(send_bytes(*p.a, fill.data(), ring16k, MSG_DONTWAIT | MSG_NOSIGNAL).n == ring16k);
+  REQUIRE((p.a->events() & POLLOUT) == 0);
+  REQUIRE(p.a->shutdown(SHUT_WR) == 0);
+  // As for a TCP socket after SHUT_WR: POLLOUT, since send() no longer blocks.
+  CHECK((p.a->events() & POLLOUT) != 0);
+  io_result r = send_str(*p.a, "x", MSG_NOSIGNAL);
+  CHECK(r.n == -1);
+  CHECK(r.err == EPIPE);
+}
+
+// ---------------------------------------------------------------------------
+// 6. Peer gone without an SMC close (its TCP socket closed)
+// ---------------------------------------------------------------------------
+
+TEST_CASE("peer's TCP closes after it read everything: EOF", "[conn][gone]") {
+  conn_pair p;
+  REQUIRE(send_str(*p.b, "seen").n == 4);
+  REQUIRE(recv_str(*p.a, 10) == "seen");
+  REQUIRE(send_str(*p.a, "tail").n == 4);
+
+  SECTION("next recv") {
+    p.drop_a_tcp();
+    CHECK(recv_str(*p.b, 100) == "tail");  // data sent before the crash is still there
+    io_result r{};
+    recv_str(*p.b, 100, 0, &r);
+    CHECK(r.n == 0);
+    CHECK((p.b->events() & (POLLIN | POLLRDHUP)) == (POLLIN | POLLRDHUP));
+  }
+  SECTION("blocked recv") {
+    CHECK(recv_str(*p.b, 100) == "tail");
+    auto fut = std::async(std::launch::async, [&] {
+      io_result r{};
+      recv_str(*p.b, 10, 0, &r);
+      return r;
+    });
+    REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+    p.drop_a_tcp();
+    CHECK(fut.get().n == 0);
+  }
+  io_result r = send_str(*p.b, "x", MSG_NOSIGNAL);
+  CHECK(r.n == -1);
+  CHECK((r.err == EPIPE || r.err == ECONNRESET));
+}
+
+TEST_CASE("peer's TCP closes with our data unread: ECONNRESET", "[conn][gone]") {
+  conn_pair p;
+  REQUIRE(send_str(*p.b, "never read").n == 10);
+
+  SECTION("next recv") {
+    p.drop_a_tcp();
+    io_result r{};
+    recv_str(*p.b, 100, 0, &r);
+    CHECK(r.n == -1);
+    CHECK(r.err == ECONNRESET);
+    CHECK((p.b->events() & POLLERR) != 0);
+  }
+  SECTION("blocked recv") {
+    auto fut = std::async(std::launch::async, [&] {
+      io_result r{};
+      recv_str(*p.b, 10, 0, &r);
+      return r;
+    });
+    REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+    p.drop_a_tcp();
+    io_result r = fut.get();
+    CHECK(r.n == -1);
+    CHECK(r.err == ECONNRESET);
+  }
+  SECTION("blocked send on the peer's full ring") {
+    auto src = pattern_bytes(10, 0, ring16k);
+    REQUIRE(send_bytes(*p.b, src.data(), ring16k, MSG_DONTWAIT | MSG_NOSIGNAL).n ==
+            static_cast<ssize_t>(ring16k - 10));
+    auto fut = std::async(std::launch::async, [&] { return send_str(*p.b, "blocked", MSG_NOSIGNAL); });
+    REQUIRE(spin_until([&] { return p.a_ctl->tx_waiters.load() != 0; }));
+    p.drop_a_tcp();
+    io_result r = fut.get();
+    CHECK(r.n == -1);
+    CHECK(r.err == ECONNRESET);
+  }
+  io_result r = send_str(*p.b, "x", MSG_NOSIGNAL);
+  CHECK(r.n == -1);
+  CHECK((r.err == EPIPE || r.err == ECONNRESET));
+}
+
+TEST_CASE("data on the TCP socket of an SMC connection aborts it", "[conn][gone]") {
+  conn_pair p;
+  REQUIRE(::send(p.a_tcp(), "!", 1, MSG_NOSIGNAL) == 1);
+  io_result r{};
+  recv_str(*p.b, 10, MSG_DONTWAIT, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+  // The peer is told: it sees the reset too.
+  recv_str(*p.a, 10, MSG_DONTWAIT, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+  CHECK(p.b->take_error() == ECONNRESET);
+  CHECK(p.b->take_error() == 0);
+}
+
+// ---------------------------------------------------------------------------
+// 7. Hostile peer
+// ---------------------------------------------------------------------------
+
+TEST_CASE("a hostile producer cursor aborts the connection", "[conn][hostile]") {
+  conn_pair p;
+  REQUIRE(send_str(*p.a, std::string(100, 'p')).n == 100);
+  REQUIRE(recv_str(*p.b, 50).size() == 50);  // B has seen prod {0,100}, consumed 50
+  REQUIRE(p.b->readable_bytes() == 50);
+
+  uint64_t bad = 0;
+  SECTION("count beyond the ring") { bad = curs_pack(cursor{0, ring16k}); }
+  SECTION("count far beyond the ring") { bad = curs_pack(cursor{0, 0xFFFFFFFFu}); }
+  SECTION("more than one ring ahead of the consumer") { bad = curs_pack(cursor{1, 51}); }
+  SECTION("two wraps ahead") { bad = curs_pack(cursor{2, 50}); }
+  SECTION("moved backwards, still ahead of the consumer") { bad = curs_pack(cursor{0, 60}); }
+  SECTION("moved behind the consumer") { bad = curs_pack(cursor{0, 10}); }
+  SECTION("wrap went backwards") { bad = curs_pack(cursor{0xFFFF, 100}); }
+  INFO("prod = 0x" << std::hex << bad);
+
+  p.b_ctl->prod.store(bad);
+  io_result r{};
+  recv_str(*p.b, 1000, 0, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+  // It stays aborted.
+  recv_str(*p.b, 1000, 0, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+  recv_str(*p.b, 1000, MSG_PEEK | MSG_DONTWAIT, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+  CHECK(p.b->readable_bytes() == 0);
+  CHECK((p.b->events() & POLLERR) != 0);
+  CHECK(p.b->finished());
+  // The peer learns about the abort.
+  CHECK((p.a_ctl->prod_flags.load() & cdc::conn_abnormal) != 0);
+  recv_str(*p.a, 10, MSG_DONTWAIT, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+  r = send_str(*p.b, "x", MSG_NOSIGNAL);
+  CHECK(r.n == -1);
+  CHECK((r.err == ECONNRESET || r.err == EPIPE));
+}
+
+TEST_CASE("a full ring (exactly one lap ahead) is legal, one byte more is not", "[conn][hostile]") {
+  conn_pair p;
+  p.b_ctl->prod.store(curs_pack(cursor{1, 0}));
+  CHECK(p.b->readable_bytes() == ring16k);
+  p.b_ctl->prod.store(curs_pack(cursor{1, 1}));
+  io_result r{};
+  recv_str(*p.b, 10, MSG_DONTWAIT, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+}
+
+TEST_CASE("a hostile producer cursor wakes a blocked reader with ECONNRESET", "[conn][hostile]") {
+  conn_pair p;
+  auto fut = std::async(std::launch::async, [&] {
+    io_result r{};
+    recv_str(*p.b, 10, 0, &r);
+    return r;
+  });
+  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  // A hostile peer writes a bad cursor and rings the doorbell.
+  p.b_ctl->prod.store(curs_pack(cursor{5, 7}));
+  uint64_t one = 1;
+  REQUIRE(::write(p.b->path().rx_fd(), &one, sizeof(one)) == 8);
+  io_result r = fut.get();
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+}
+
+TEST_CASE("a hostile consumer cursor makes send fail with ECONNRESET", "[conn][hostile]") {
+  conn_pair p;
+  REQUIRE(send_str(*p.b, std::string(100, 'c')).n == 100);  // B -> A's RMB, prod {0,100}
+  REQUIRE(recv_str(*p.a, 40).size() == 40);                  // A's cons {0,40}
+  REQUIRE(send_str(*p.b, "k").n == 1);                       // B has seen cons {0,40}
+
+  uint64_t bad = 0;
+  SECTION("ahead of our producer cursor") { bad = curs_pack(cursor{0, 200}); }
+  SECTION("a lap ahead of our producer cursor") { bad = curs_pack(cursor{1, 101}); }
+  SECTION("count beyond the ring") { bad = curs_pack(cursor{0, ring16k + 5}); }
+  SECTION("moved backwards") { bad = curs_pack(cursor{0, 20}); }
+  SECTION("wrap behind") { bad = curs_pack(cursor{0xFFFF, 40}); }
+  INFO("cons = 0x" << std::hex << bad);
+
+  p.a_ctl->cons.store(bad);
+  io_result r = send_str(*p.b, "more", MSG_NOSIGNAL);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+  CHECK((p.b->events() & POLLERR) != 0);
+  CHECK(p.b->take_error() == ECONNRESET);
+  r = send_str(*p.b, "more", MSG_NOSIGNAL);
+  CHECK(r.n == -1);
+  CHECK((r.err == ECONNRESET || r.err == EPIPE));
+  CHECK((p.a_ctl->prod_flags.load() & cdc::conn_abnormal) != 0);  // A is told
+  // Nothing was written past the validated state.
+  CHECK(curs_unpack(p.a_ctl->prod.load()) == cursor{0, 101});
+  CHECK(p.b->unsent_bytes() <= ring16k);  // SIOCOUTQ stays within the ring, whatever the peer writes
+}
+
+TEST_CASE("hostile cursors never make the engine touch memory outside the rings",
+          "[conn][hostile]") {
+  // Random cursor values into both control pages; the engine must reject or
+  // accept each without crashing (ASan/UBSan watch the copies).
+  std::mt19937_64 rng(12345);
+  for (int round = 0; round < 200; ++round) {
+    conn_pair p;
+    REQUIRE(send_str(*p.a, "abc").n == 3);
+    REQUIRE(send_str(*p.b, "xyz").n == 3);
+    uint64_t v = rng();
+    switch (round % 4) {
+      case 0: v &= 0x0000FFFFFFFFFFFFULL; break;
+      case 1: v = curs_pack(cursor{static_cast<uint16_t>(v >> 32), static_cast<uint32_t>(v % (2 * ring16k))}); break;
+      case 2: v = curs_pack(cursor{static_cast<uint16_t>(v & 1), static_cast<uint32_t>(v % ring16k)}); break;
+      default: break;
+    }
+    p.b_ctl->prod.store(v);
+    p.a_ctl->cons.store(rng() & 0x0001FFFFFFFFFFFFULL);
+    std::vector<uint8_t> buf(3 * ring16k);
+    io_result r = recv_bytes(*p.b, buf.data(), buf.size(), MSG_DONTWAIT);
+    CHECK(r.n <= static_cast<ssize_t>(ring16k));
+    if (r.n < 0) {
+      CHECK((r.err == ECONNRESET || r.err == EAGAIN));
+    }
+    r = send_bytes(*p.b, buf.data(), buf.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    CHECK(r.n <= static_cast<ssize_t>(ring16k));
+    (void)p.b->events();
+    (void)p.b->unsent_bytes();
+    (void)p.b->readable_bytes();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// 8. Blocking and wake-ups (spin_us = 0: every wait sleeps on a doorbell)
+// ---------------------------------------------------------------------------
+
+TEST_CASE("a reader blocked in recv wakes when the peer sends", "[conn][wake]") {
+  conn_pair p(0);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
+  for (int round = 0; round < 20; ++round) {
+    INFO("round " << round);
+    auto fut = std::async(std::launch::async, [&] {
+      const auto t0 = std::chrono::steady_clock::now();
+      std::string s = recv_str(*p.b, 100);
+      return std::make_pair(s, elapsed_ms(t0));
+    });
+    REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+    const std::string msg = "wake " + std::to_string(round);
+    REQUIRE(send_str(*p.a, msg).n == static_cast<ssize_t>(msg.size()));
+    auto [got, ms] = fut.get();
+    CHECK(got == msg);
+    CHECK(ms < 2500);  // woken by the doorbell, not by the 5 s receive timeout
+  }
+  CHECK(p.b_ctl->rx_waiters.load() == 0);
+}
+
+TEST_CASE("a writer blocked on a full ring wakes when the peer reads", "[conn][wake]") {
+  conn_pair p(0);
+  set_sock_timeout(p.a_tcp(), SO_SNDTIMEO, 5000);
+  auto src = pattern_bytes(12, 0, 3 * ring16k);
+  REQUIRE(send_bytes(*p.a, src.data(), ring16k, MSG_DONTWAIT | MSG_NOSIGNAL).n == ring16k);
+  uint64_t sent = ring16k;
+  uint64_t consumed = 0;
+  std::vector<uint8_t> buf(ring16k);
+  for (int round = 0; round < 10; ++round) {
+    INFO("round " << round);
+    const size_t n = 1500;
+    auto fut = std::async(std::launch::async, [&] {
+      const auto t0 = std::chrono::steady_clock::now();
+      io_result r = send_bytes(*p.a, src.data() + sent, n);
+      return std::make_pair(r, elapsed_ms(t0));
+    });
+    // A declares itself waiting for space in B's control page.
+    REQUIRE(spin_until([&] { return p.b_ctl->tx_waiters.load() != 0; }));
+    // Reading less than A wants wakes it, but it must wait once more.
+    io_result r = recv_bytes(*p.b, buf.data(), 1000, MSG_DONTWAIT);
+    REQUIRE(r.n == 1000);
+    CHECK(first_mismatch(buf.data(), 1000, 12, consumed) == -1);
+    consumed += 1000;
+    REQUIRE(spin_until([&] { return p.b->readable_bytes() == ring16k && p.b_ctl->tx_waiters.load() != 0; }));
+    r = recv_bytes(*p.b, buf.data(), 500, MSG_DONTWAIT);
+    REQUIRE(r.n == 500);
+    CHECK(first_mismatch(buf.data(), 500, 12, consumed) == -1);
+    consumed += 500;
+    auto [res, ms] = fut.get();
+    CHECK(res.n == static_cast<ssize_t>(n));
+    CHECK(ms < 2500);
+    sent += n;
+    CHECK(p.b->readable_bytes() == ring16k);
+  }
+  io_result r = recv_bytes(*p.b, buf.data(), buf.size(), MSG_DONTWAIT);
+  REQUIRE(r.n == ring16k);
+  CHECK(first_mismatch(buf.data(), ring16k, 12, consumed) == -1);
+}
+
+TEST_CASE("SO_RCVTIMEO / SO_SNDTIMEO bound a blocking call", "[conn][wake]") {
+  conn_pair p(0);
+  SECTION("recv") {
+    set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 200);
+    const auto t0 = std::chrono::steady_clock::now();
+    io_result r{};
+    recv_str(*p.b, 10, 0, &r);
+    const auto ms = elapsed_ms(t0);
+    CHECK(r.n == -1);
+    CHECK(r.err == EAGAIN);
+    CHECK(ms >= 190);
+    CHECK(ms < 3000);
+    CHECK(p.b_ctl->rx_waiters.load() == 0);
+  }
+  SECTION("send") {
+    set_sock_timeout(p.a_tcp(), SO_SNDTIMEO, 200);
+    std::vector<uint8_t> src(ring16k + 10, 's');
+    const auto t0 = std::chrono::steady_clock::now();
+    io_result r = send_bytes(*p.a, src.data(), ring16k, MSG_NOSIGNAL);
+    REQUIRE(r.n == ring16k);
+    r = send_bytes(*p.a, src.data(), 10, MSG_NOSIGNAL);
+    const auto ms = elapsed_ms(t0);
+    CHECK(r.n == -1);
+    CHECK(r.err == EAGAIN);
+    CHECK(ms >= 190);
+    CHECK(ms < 3000);
+    CHECK(p.b_ctl->tx_waiters.load() == 0);
+  }
+  SECTION("send that partly fits returns the partial count at the timeout") {
+    set_sock_timeout(p.a_tcp(), SO_SNDTIMEO, 200);
+    std::vector<uint8_t> src(ring16k + 10, 's');
+    io_result r = send_bytes(*p.a, src.data(), src.size(), MSG_NOSIGNAL);
+    CHECK(r.n == ring16k);
+  }
+}
+
+TEST_CASE("O_NONBLOCK on the TCP socket makes recv return EAGAIN at once", "[conn][wake]") {
+  conn_pair p(0);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);  // if O_NONBLOCK were ignored: a 5 s wait
+  REQUIRE(fcntl(p.b_tcp(), F_SETFL, fcntl(p.b_tcp(), F_GETFL) | O_NONBLOCK) == 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  io_result r{};
+  recv_str(*p.b, 10, 0, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == EAGAIN);
+  CHECK(elapsed_ms(t0) < 1000);
+  CHECK(p.b_ctl->rx_waiters.load() == 0);
+  // And MSG_DONTWAIT alone does the same on a blocking socket.
+  REQUIRE(fcntl(p.b_tcp(), F_SETFL, fcntl(p.b_tcp(), F_GETFL) & ~O_NONBLOCK) == 0);
+  recv_str(*p.b, 10, MSG_DONTWAIT, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == EAGAIN);
+  REQUIRE(send_str(*p.a, "now").n == 3);
+  CHECK(recv_str(*p.b, 10, MSG_DONTWAIT) == "now");
+}
+
+// A doorbell that was rung but not drained (the woken side found its data and
+// returned) is reset later by a waiter that finds nothing. If the peer rings
+// again exactly while that reset runs, the next wait must still be woken.
+TEST_CASE("rx doorbell: a ring during the reset is not lost", "[conn][wake][race]") {
+  conn_pair p(0);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
+  auto blocked_recv = [&] {
+    return std::async(std::launch::async, [&] {
+      const auto t0 = std::chrono::steady_clock::now();
+      std::string s = recv_str(*p.b, 10);
+      return std::make_pair(s, elapsed_ms(t0));
+    });
+  };
+  // 1. B sleeps, A's send rings; B finds data and returns: doorbell left rung.
+  auto f1 = blocked_recv();
+  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  REQUIRE(send_str(*p.a, "1").n == 1);
+  CHECK(f1.get().first == "1");
+  CHECK(p.b_ctl->rx_rung.load() == 1);
+  // 2. B's next wait wakes at once on the stale ring and resets the doorbell;
+  //    right then (inside its read of the eventfd) A sends and rings again.
+  {
+    read_hook hook(p.b->path().rx_fd(), [&] { send_str(*p.a, "2", MSG_DONTWAIT | MSG_NOSIGNAL); });
+    auto f2 = blocked_recv();
+    CHECK(f2.get().first == "2");
+    CHECK(hook.fired());
+  }
+  // 3. B sleeps again; A's next send must wake it.
+  auto f3 = blocked_recv();
+  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  REQUIRE(send_str(*p.a, "3").n == 1);
+  auto [got, ms] = f3.get();
+  CHECK(got == "3");
+  CHECK(ms < 2500);  // woken by the doorbell, not by the 5 s receive timeout
+}
+
+TEST_CASE("tx doorbell: a ring during the reset is not lost", "[conn][wake][race]") {
+  conn_pair p(0);
+  set_sock_timeout(p.a_tcp(), SO_SNDTIMEO, 5000);
+  std::vector<uint8_t> fill(ring16k, 'f');
+  REQUIRE(send_bytes(*p.a, fill.data(), ring16k, MSG_DONTWAIT | MSG_NOSIGNAL).n == ring16k);
+  auto blocked_send = [&] {
+    return std::async(std::launch::async, [&] {
+      const auto t0 = std::chrono::steady_clock::now();
+      io_result r = send_str(*p.a, "s");
+      return std::make_pair(r, elapsed_ms(t0));
+    });
+  };
+  char c;
+  // 1. A sleeps on the full ring, B reads one byte and rings; A writes and returns.
+  auto f1 = blocked_send();
+  REQUIRE(spin_until([&] { return p.b_ctl->tx_waiters.load() != 0; }));
+  REQUIRE(recv_bytes(*p.b, &c, 1, MSG_DONTWAIT).n == 1);
+  CHECK(f1.get().first.n == 1);
+  CHECK(p.b_ctl->tx_rung.load() == 1);
+  // 2. A's next wait wakes on the stale ring and resets it; right then B reads.
+  {
+    read_hook hook(p.a->path().tx_fd(), [&] { recv_bytes(*p.b, &c, 1, MSG_DONTWAIT); });
+    auto f2 = blocked_send();
+    CHECK(f2.get().first.n == 1);
+    CHECK(hook.fired());
+  }
+  // 3. A sleeps again; B's next read must wake it.
+  auto f3 = blocked_send();
+  REQUIRE(spin_until([&] { return p.b_ctl->tx_waiters.load() != 0; }));
+  REQUIRE(recv_bytes(*p.b, &c, 1, MSG_DONTWAIT).n == 1);
+  auto [r, ms] = f3.get();
+  CHECK(r.n == 1);
+  CHECK(ms < 2500);  // woken by the doorbell, not by the 5 s send timeout
+}
+
+TEST_CASE("a writer blocked on a half-closed peer's full ring sleeps", "[conn][wake]") {
+  // The peer is done writing (SHUT_WR) but still reads: our writer must wait
+  // for space on the doorbell, not spin through the send loop.
+  conn_pair p(0);
+  REQUIRE(p.b->shutdown(SHUT_WR) == 0);
+  set_sock_timeout(p.a_tcp(), SO_SNDTIMEO, 300);
+  std::vector<uint8_t> fill(ring16k, 'h');
+  REQUIRE(send_bytes(*p.a, fill.data(), ring16k, MSG_DONTWAIT | MSG_NOSIGNAL).n == ring16k);
+  long passes = 0;
+  io_result r{};
+  {
+    recv_counter counter(p.a_tcp());  // one TCP liveness peek per pass of the send loop
+    r = send_str(*p.a, "x");
+    passes = counter.count();
+  }
+  CHECK(r.n == -1);
+  CHECK(r.err == EAGAIN);
+  INFO("send loop passes while blocked: " << passes);
+  CHECK(passes <= 4);
+  // And it is woken when the half-closed peer reads.
+  set_sock_timeout(p.a_tcp(), SO_SNDTIMEO, 5000);
+  auto fut = std::async(std::launch::async, [&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    io_result res = send_str(*p.a, "y");
+    return std::make_pair(res, elapsed_ms(t0));
+  });
+  REQUIRE(spin_until([&] { return p.b_ctl->tx_waiters.load() != 0; }));
+  char c;
+  REQUIRE(recv_bytes(*p.b, &c, 1, MSG_DONTWAIT).n == 1);
+  auto [res, ms] = fut.get();
+  CHECK(res.n == 1);
+  CHECK(ms < 2500);
+}
+
+// ---------------------------------------------------------------------------
+// 9. readable_bytes() / unsent_bytes()
+// ---------------------------------------------------------------------------
+
+TEST_CASE("readable_bytes and unsent_bytes follow the cursors, across the wrap", "[conn]") {
+  conn_pair p;
+  CHECK(p.b->readable_bytes() == 0);
+  CHECK(p.a->unsent_bytes() == 0);
+  std::vector<uint8_t> buf(2 * ring16k, 'r');
+  REQUIRE(send_bytes(*p.a, buf.data(), 1000).n == 1000);
+  CHECK(p.b->readable_bytes() == 1000);
+  CHECK(p.a->unsent_bytes() == 1000);
+  CHECK(p.a->readable_bytes() == 0);
+  CHECK(p.b->unsent_bytes() == 0);
+  REQUIRE(recv_bytes(*p.b, buf.data(), 300).n == 300);
+  CHECK(p.b->readable_bytes() == 700);
+  CHECK(p.a->unsent_bytes() == 700);
+  // Fill the ring: 16384 readable across the wrap.
+  REQUIRE(send_bytes(*p.a, buf.data(), buf.size(), MSG_DONTWAIT | MSG_NOSIGNAL).n ==
+          static_cast<ssize_t>(ring16k - 700));
+  CHECK(p.b->readable_bytes() == ring16k);
+  CHECK(p.a->unsent_bytes() == ring16k);
+  CHECK(curs_unpack(p.b_ctl->prod.load()) == cursor{1, 300});
+  REQUIRE(recv_bytes(*p.b, buf.data(), ring16k - 100).n == static_cast<ssize_t>(ring16k - 100));
+  CHECK(p.b->readable_bytes() == 100);
+  CHECK(p.a->unsent_bytes() == 100);
+  REQUIRE(send_bytes(*p.a, buf.data(), 10000).n == 10000);
+  CHECK(p.b->readable_bytes() == 10100);
+  CHECK(p.a->unsent_bytes() == 10100);
+  // PEEK changes neither.
+  REQUIRE(recv_bytes(*p.b, buf.data(), 5000, MSG_PEEK).n == 5000);
+  CHECK(p.b->readable_bytes() == 10100);
+  CHECK(p.a->unsent_bytes() == 10100);
+  REQUIRE(recv_bytes(*p.b, buf.data(), buf.size()).n == 10100);
+  CHECK(p.b->readable_bytes() == 0);
+  CHECK(p.a->unsent_bytes() == 0);
+}
