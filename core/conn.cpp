@@ -166,7 +166,7 @@ int conn::block_timeout_ms(bool rx, int flags) {
   return -1;
 }
 
-int conn::wait(bool rx, int timeout_ms) {
+int conn::wait(bool rx, int timeout_ms, uint32_t need) {
   auto ready = [&] {
     // A reader is done waiting once the peer stopped writing in any way; a
     // writer waits for space, which the peer's SHUT_WR (done_writing) does not
@@ -181,7 +181,7 @@ int conn::wait(bool rx, int timeout_ms) {
     }
     uint32_t n = 0;
     bool ok = rx ? rx_available(n) : tx_space(n);
-    return !ok || n > 0 || (rx && shut_rd_.load());
+    return !ok || n >= (rx ? need : 1) || (rx && shut_rd_.load());
   };
   if (rx) {
     path_->arm_rx(1);
@@ -224,6 +224,7 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
   const bool peek = (flags & MSG_PEEK) != 0;
   const bool waitall = (flags & MSG_WAITALL) != 0;
   size_t got = 0;
+  uint32_t peek_need = 1;  // MSG_PEEK|MSG_WAITALL: wait for more than is there
   int timeout = -2;  // not yet computed
   int64_t deadline = 0;
   for (;;) {
@@ -244,12 +245,18 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
     }
     const uint32_t size = path_->rx_size();
     cursor cons = curs_unpack(rx_cons_.load(std::memory_order_relaxed));
+    // MSG_PEEK copies without consuming; with MSG_WAITALL it waits for the
+    // whole amount, and a timeout or signal returns what is there.
+    auto peek_now = [&]() -> io_result {
+      size_t n = std::min<size_t>(avail, want);
+      ring_to_iov(path_->rx_data(), size, cons.count, n, iov, iovcnt, 0);
+      return {static_cast<ssize_t>(n), 0};
+    };
     if (avail > 0 && peek) {
       if (!waitall || avail >= want || peer_done() || gone_.load()) {
-        size_t n = std::min<size_t>(avail, want);
-        ring_to_iov(path_->rx_data(), size, cons.count, n, iov, iovcnt, 0);
-        return {static_cast<ssize_t>(n), 0};
+        return peek_now();
       }
+      peek_need = avail + 1;
     } else if (avail > 0) {
       size_t n = std::min<size_t>(avail, want - got);
       ring_to_iov(path_->rx_data(), size, cons.count, n, iov, iovcnt, got);
@@ -293,6 +300,9 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       if (check_tcp()) {
         continue;
       }
+      if (peek_need > 1) {
+        return peek_now();
+      }
       return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, EAGAIN};
     }
     if (spin_us_ > 0) {
@@ -320,12 +330,18 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
     if (timeout > 0) {
       int64_t l = deadline - mono_ms();
       if (l <= 0) {
+        if (peek_need > 1) {
+          return peek_now();
+        }
         return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, EAGAIN};
       }
       left = static_cast<int>(l);
     }
-    int w = wait(true, left);
+    int w = wait(true, left, peek_need);
     if (w == EINTR || (w != 0 && w != EAGAIN)) {
+      if (peek_need > 1) {
+        return peek_now();
+      }
       return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, w};
     }
   }

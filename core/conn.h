@@ -77,7 +77,8 @@ class conn {
   int block_timeout_ms(bool rx, int flags);
   // Sleeps until the doorbell (`rx`: data, else space) or the TCP socket
   // fires, or timeout. Returns 0, or an errno (EAGAIN on timeout, EINTR).
-  int wait(bool rx, int timeout_ms);
+  // `need`: for a reader, how many readable bytes end the wait.
+  int wait(bool rx, int timeout_ms, uint32_t need = 1);
   bool peer_done() { return (path_->peer_conn_flags() & 0xE0) != 0; }
 
   std::unique_ptr<rdma::data_path> path_;

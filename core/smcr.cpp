@@ -1080,7 +1080,7 @@ class smcr_path final : public rdma::data_path {
       }
     }
     s.sent_prod = prod;
-    s.local_flags.store(conn_flags);
+    s.local_flags.fetch_or(conn_flags);  // flags only accumulate (see the shm transport)
     // Write-blocked: the ring is full now, so ask for the consumer cursor.
     uint32_t space = size - curs_diff(size, curs_unpack(s.peer_cons.load()), to);
     uint8_t pf = space == 0 ? cdc::prod_write_blocked : 0;

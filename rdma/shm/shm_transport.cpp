@@ -217,7 +217,9 @@ class shm_path final : public data_path {
   }
   void publish_prod(uint64_t prod, uint8_t conn_flags) override {
     control* c = theirs_->ctl();
-    c->prod_flags.store(conn_flags, std::memory_order_release);
+    // Connection-state flags only accumulate (done, closed, abort): OR them,
+    // so a publish racing an abort on another thread cannot clear the abort.
+    c->prod_flags.fetch_or(conn_flags, std::memory_order_release);
     c->prod.store(prod, std::memory_order_seq_cst);
     if (c->rx_waiters.load(std::memory_order_seq_cst) != 0 &&
         c->rx_rung.exchange(1, std::memory_order_seq_cst) == 0) {

@@ -45,6 +45,10 @@
 #   SMC_VM_TIMEOUT       seconds per VM before it is killed (default 300)
 #   SMC_VM_MEM           MiB of memory per VM (default 1536)
 #   SMC_VM_CPU           qemu CPU model (default qemu64)
+#   SMC_VM_TCG_THREAD    single (default) or multi: TCG's threading. With
+#                        multi and 2 vCPUs, guest kernels were seen to oops
+#                        (int3) while live-patching their own text; single
+#                        interleaves the vCPUs on one host thread
 #   SMC_VM_RESULTS_HOST  host dir for SMC_VM_RESULTS (default: a new dir
 #                        under <work>/results/, printed at the end)
 #   SMC_VM_KPKG          kernel package to use instead of the newest
@@ -62,6 +66,7 @@ MEM=${SMC_VM_MEM:-1536}
 # qemu64 (plain x86-64), not max: with max, glibc picks its AVX2 routines,
 # which TCG emulates slowly; the guest's setup took about 40% longer.
 CPU=${SMC_VM_CPU:-qemu64}
+TCG_THREAD=${SMC_VM_TCG_THREAD:-single}
 
 # Modules the initramfs needs to reach the root file system (the rest load
 # from the root later); their dependencies come along via modules.dep.
@@ -361,7 +366,7 @@ launch() {
   shift 2
   kver=$(kernel_version)
   setpriv --pdeathsig TERM -- timeout -k 10 "$TIMEOUT" \
-    qemu-system-x86_64 -accel tcg,thread=multi -cpu "$CPU" -smp "$cpus" -m "$MEM" \
+    qemu-system-x86_64 -accel "tcg,thread=$TCG_THREAD" -cpu "$CPU" -smp "$cpus" -m "$MEM" \
     -nodefaults -no-user-config -display none -monitor none -no-reboot \
     -serial "file:$(qemu_path "$RUN_DIR/console-$role.log")" \
     -kernel "$(qemu_path "$(kroot)/boot/vmlinuz-$kver")" -initrd "$(qemu_path "$WORK/initrd.gz")" \

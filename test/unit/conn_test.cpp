@@ -669,6 +669,28 @@ TEST_CASE("MSG_WAITALL returns the full amount once it arrived", "[conn][waitall
   CHECK(got == src);
 }
 
+TEST_CASE("MSG_PEEK|MSG_WAITALL sleeps until all is there, and consumes nothing", "[conn][peek]") {
+  conn_pair p(0);
+  REQUIRE(send_str(*p.a, "abc").n == 3);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 300);
+  {
+    // Only 3 of 6 bytes: the call sleeps (one liveness peek per pass, not a
+    // spin) and at the timeout returns what it could peek.
+    recv_counter counter(p.b_tcp());
+    io_result r{};
+    std::string s = recv_str(*p.b, 6, MSG_PEEK | MSG_WAITALL, &r);
+    CHECK(s == "abc");
+    INFO("receive loop passes while waiting: " << counter.count());
+    CHECK(counter.count() <= 4);
+  }
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
+  auto fut = std::async(std::launch::async, [&] { return recv_str(*p.b, 6, MSG_PEEK | MSG_WAITALL); });
+  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  REQUIRE(send_str(*p.a, "def").n == 3);
+  CHECK(fut.get() == "abcdef");
+  CHECK(recv_str(*p.b, 6) == "abcdef");  // the peeks consumed nothing
+}
+
 TEST_CASE("MSG_WAITALL into several iovecs across the ring end", "[conn][waitall]") {
   conn_pair p;
   const size_t want = ring16k + 5000;  // more than one ring: needs the writer to block too
