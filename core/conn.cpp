@@ -50,10 +50,12 @@ size_t iov_total(const iovec* iov, int iovcnt) {
   return t;
 }
 
-// Copies n bytes from the ring (starting at ring offset `pos`, wrapping at
-// `size`) into the iovecs, skipping the first `skip` bytes of iovec space.
-void ring_to_iov(const uint8_t* ring, uint32_t size, uint32_t pos, size_t n, const iovec* iov,
-                 int iovcnt, size_t skip) {
+// Walks n bytes of a ring (from offset `pos`, wrapping at `size`) side by
+// side with the iovecs (after their first `skip` bytes), calling
+// piece(ring_offset, iovec_pointer, length) once per contiguous piece.
+template <typename Piece>
+void walk_ring_iov(uint32_t size, uint32_t pos, size_t n, const iovec* iov, int iovcnt,
+                   size_t skip, Piece&& piece) {
   int i = 0;
   while (i < iovcnt && skip >= iov[i].iov_len) {
     skip -= iov[i].iov_len;
@@ -62,7 +64,7 @@ void ring_to_iov(const uint8_t* ring, uint32_t size, uint32_t pos, size_t n, con
   while (n > 0 && i < iovcnt) {
     size_t room = iov[i].iov_len - skip;
     size_t k = std::min({n, room, static_cast<size_t>(size - pos)});
-    std::memcpy(static_cast<uint8_t*>(iov[i].iov_base) + skip, ring + pos, k);
+    piece(pos, static_cast<uint8_t*>(iov[i].iov_base) + skip, k);
     n -= k;
     pos = (pos + static_cast<uint32_t>(k)) % size;
     skip += k;
@@ -73,27 +75,18 @@ void ring_to_iov(const uint8_t* ring, uint32_t size, uint32_t pos, size_t n, con
   }
 }
 
-// Copies n bytes of the iovecs (after the first `skip` bytes) into the peer's
-// ring at `pos`, in at most as many put() calls as there are contiguous pieces.
+// Ring -> iovecs (a read).
+void ring_to_iov(const uint8_t* ring, uint32_t size, uint32_t pos, size_t n, const iovec* iov,
+                 int iovcnt, size_t skip) {
+  walk_ring_iov(size, pos, n, iov, iovcnt, skip,
+                [&](uint32_t off, uint8_t* p, size_t k) { std::memcpy(p, ring + off, k); });
+}
+
+// Iovecs -> the peer's ring (a write), one put() per contiguous piece.
 void iov_to_ring(rdma::data_path& path, uint32_t size, uint32_t pos, size_t n, const iovec* iov,
                  int iovcnt, size_t skip) {
-  int i = 0;
-  while (i < iovcnt && skip >= iov[i].iov_len) {
-    skip -= iov[i].iov_len;
-    ++i;
-  }
-  while (n > 0 && i < iovcnt) {
-    size_t room = iov[i].iov_len - skip;
-    size_t k = std::min({n, room, static_cast<size_t>(size - pos)});
-    path.put(pos, static_cast<const uint8_t*>(iov[i].iov_base) + skip, k);
-    n -= k;
-    pos = (pos + static_cast<uint32_t>(k)) % size;
-    skip += k;
-    if (skip == iov[i].iov_len) {
-      skip = 0;
-      ++i;
-    }
-  }
+  walk_ring_iov(size, pos, n, iov, iovcnt, skip,
+                [&](uint32_t off, const uint8_t* p, size_t k) { path.put(off, p, k); });
 }
 
 inline void cpu_relax() { __builtin_ia32_pause(); }

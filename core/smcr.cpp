@@ -30,6 +30,8 @@
 namespace smc::core::smcr {
 
 namespace v = rdma::verbs;
+using rdma::doorbell_drain;
+using rdma::doorbell_ring;
 using rdma::sys;
 
 namespace {
@@ -44,26 +46,23 @@ constexpr uint8_t our_link_id = 1;
 // 600 s and 610 s).
 constexpr int idle_server_seconds = 30;
 constexpr int idle_client_seconds = 40;
+// TEST LINK keepalive (Linux: sysctl smcr_testlink_time 30 s, answer within
+// SMC_LLC_WAIT_TIME 2 s): a link silent that long is probed, and an
+// unanswered probe fails the link.
+constexpr int testlink_seconds = 30;
+constexpr int testlink_answer_ms = 2000;
 
 std::atomic<uint32_t> g_next_token{1};
 std::atomic<size_t> g_live_groups{0};
 std::atomic<size_t> g_live_slots{0};
 
-void ring(int efd) {
-  uint64_t one = 1;
-  ssize_t n;
-  do {
-    n = sys().write(efd, &one, sizeof(one));
-  } while (n < 0 && errno == EINTR);
+int64_t mono_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
-void drain(int efd) {
-  uint64_t v;
-  ssize_t n;
-  do {
-    n = sys().read(efd, &v, sizeof(v));
-  } while (n < 0 && errno == EINTR);
-}
+
 
 }  // namespace
 
@@ -116,13 +115,13 @@ struct slot {
   void wake_rx() {
     if (rx_waiters.load(std::memory_order_seq_cst) != 0 &&
         rx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
-      ring(rx_efd);
+      doorbell_ring(rx_efd);
     }
   }
   void wake_tx() {
     if (tx_waiters.load(std::memory_order_seq_cst) != 0 &&
         tx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
-      ring(tx_efd);
+      doorbell_ring(tx_efd);
     }
   }
 };
@@ -191,6 +190,11 @@ class link_group : public std::enable_shared_from_this<link_group> {
   uint64_t last_signaled_ = 0;
   std::atomic<uint64_t> completed_{0};
   std::condition_variable sq_cv_;
+
+  std::atomic<int64_t> last_rx_ms_{0};      // any receive completion
+  std::atomic<uint64_t> testlink_seq_{0};   // probes sent
+  std::atomic<uint64_t> testlink_ack_{0};   // probes answered
+  void schedule_keepalive();
 
   std::mutex llc_mu_;
   std::condition_variable llc_cv_;
@@ -372,8 +376,8 @@ void link_group::fail(const char* why) {
   // Every connection on the link ends with ECONNRESET.
   for (auto& s : all) {
     s->peer_conn_flags.fetch_or(cdc::conn_abnormal);
-    ring(s->rx_efd);
-    ring(s->tx_efd);
+    doorbell_ring(s->rx_efd);
+    doorbell_ring(s->tx_efd);
   }
   sq_cv_.notify_all();
   llc_cv_.notify_all();
@@ -401,6 +405,7 @@ void link_group::poll_recv() {
         fail("receive completion error");
         return;
       }
+      last_rx_ms_.store(mono_ms(), std::memory_order_relaxed);
       auto idx = static_cast<uint32_t>(wc[i].wr_id);
       if (idx < recv_slots) {
         dispatch(rbuf_->data() + idx * recv_slot_size, wc[i].byte_len);
@@ -530,7 +535,17 @@ void link_group::handle_llc(const uint8_t* b, uint32_t len) {
     }
     case llc::type_test_link: {
       llc::test_link m;
-      if (llc::decode({b, len}, m) == llc::error::ok && !llc::is_response(m.flags)) {
+      if (llc::decode({b, len}, m) != llc::error::ok) {
+        break;
+      }
+      if (llc::is_response(m.flags)) {
+        uint64_t seq = 0;
+        std::memcpy(&seq, m.user_data.data(), sizeof(seq));  // our own bytes, echoed
+        uint64_t cur = testlink_ack_.load();
+        while (seq > cur && seq <= testlink_seq_.load() &&
+               !testlink_ack_.compare_exchange_weak(cur, seq)) {
+        }
+      } else {
         m.flags |= llc::flag_response;
         auto out = llc::encode(m);
         send_msg(out.data(), out.size());
@@ -693,6 +708,41 @@ void link_group::schedule_idle_check() {
 }
 
 void link_group::schedule_idle_check_later() { schedule_idle_check(); }
+
+void link_group::schedule_keepalive() {
+  std::weak_ptr<link_group> w = weak_from_this();
+  engine::post(
+      [w] {
+        auto g = w.lock();
+        if (!g || g->failed_.load()) {
+          return;
+        }
+        if (mono_ms() - g->last_rx_ms_.load() < testlink_seconds * 1000) {
+          g->schedule_keepalive();  // traffic proves the link
+          return;
+        }
+        llc::test_link t;
+        t.version = 2;
+        uint64_t seq = g->testlink_seq_.fetch_add(1) + 1;
+        std::memcpy(t.user_data.data(), &seq, sizeof(seq));
+        auto out = llc::encode(t);
+        g->send_msg(out.data(), out.size());
+        engine::post(
+            [w, seq] {
+              auto g2 = w.lock();
+              if (!g2 || g2->failed_.load()) {
+                return;
+              }
+              if (g2->testlink_ack_.load() < seq) {
+                g2->fail("TEST LINK unanswered");
+                return;
+              }
+              g2->schedule_keepalive();
+            },
+            testlink_answer_ms);
+      },
+      testlink_seconds * 1000);
+}
 
 // ---------------------------------------------------------------------------
 
@@ -920,6 +970,8 @@ bool server_complete(pending& p, const clc::accept_confirm_r& c, int timeout_ms)
     }
     lk.unlock();
     g.up_ = true;
+    g.last_rx_ms_ = mono_ms();
+    g.schedule_keepalive();
     std::lock_guard<std::mutex> rl(g_reg_mu);
     registry().push_back(p.lgr);
     SMC_LOG(info, "smcr: link up on %s (server), qpn %u -> %u", g.local_.device.c_str(),
@@ -1005,6 +1057,8 @@ bool client_complete(pending& p, int timeout_ms) {
     return false;
   }
   g.up_ = true;
+  g.last_rx_ms_ = mono_ms();
+  g.schedule_keepalive();
   std::lock_guard<std::mutex> rl(g_reg_mu);
   registry().push_back(p.lgr);
   SMC_LOG(info, "smcr: link up on %s (client), qpn %u -> %u", g.local_.device.c_str(),
@@ -1097,15 +1151,15 @@ class smcr_path final : public rdma::data_path {
     s_->tx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
   }
   void drain_rx() override {
-    drain(s_->rx_efd);  // read first, then clear (see the shm transport)
+    doorbell_drain(s_->rx_efd);  // read first, then clear (see the shm transport)
     s_->rx_rung.store(0, std::memory_order_seq_cst);
   }
   void drain_tx() override {
-    drain(s_->tx_efd);
+    doorbell_drain(s_->tx_efd);
     s_->tx_rung.store(0, std::memory_order_seq_cst);
   }
-  void kick_rx() override { ring(s_->rx_efd); }
-  void kick_tx() override { ring(s_->tx_efd); }
+  void kick_rx() override { doorbell_ring(s_->rx_efd); }
+  void kick_tx() override { doorbell_ring(s_->tx_efd); }
 
   void settle_close() override {
     // The closing CDC was posted signalled: its completion means the peer's

@@ -2,6 +2,9 @@
 #include "rdma/sys.h"
 
 #include <fcntl.h>
+
+#include <cerrno>
+#include <cstdint>
 #include <unistd.h>
 
 namespace smc::rdma {
@@ -13,6 +16,22 @@ sys_calls& sys() {
       ::epoll_create1, ::epoll_ctl, ::epoll_wait,
   };
   return table;
+}
+
+void doorbell_ring(int efd) {
+  uint64_t one = 1;
+  ssize_t n;
+  do {
+    n = sys().write(efd, &one, sizeof(one));
+  } while (n < 0 && errno == EINTR);
+}
+
+void doorbell_drain(int efd) {
+  uint64_t v;
+  ssize_t n;
+  do {
+    n = sys().read(efd, &v, sizeof(v));
+  } while (n < 0 && errno == EINTR);
 }
 
 }  // namespace smc::rdma

@@ -37,4 +37,8 @@ struct sys_calls {
 /// entry before the first socket is handled.
 sys_calls& sys();
 
+/// Doorbells are non-blocking eventfds: ring adds one, drain empties it.
+void doorbell_ring(int efd);
+void doorbell_drain(int efd);
+
 }  // namespace smc::rdma

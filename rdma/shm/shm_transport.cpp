@@ -143,6 +143,15 @@ bool recv_hello(int sock, int64_t deadline_ms, hello& h, int fds[3]) {
   return true;
 }
 
+// The peer's side, as its hello described it.
+void take_peer(const int fds[3], const hello& h, peer_side& out) {
+  out.rmb_fd = fds[0];
+  out.rx_efd = fds[1];
+  out.tx_efd = fds[2];
+  out.rmb_size = h.rmb_size;
+  out.token = h.from_token;
+}
+
 bool check_eventfd(int fd) {
   // An eventfd shows up in /proc as anon_inode:[eventfd]; fstat gives no type,
   // so check what we rely on: an 8-byte-write capable, non-blocking descriptor.
@@ -164,21 +173,7 @@ bool check_eventfd(int fd) {
   return std::strcmp(link, "anon_inode:[eventfd]") == 0;
 }
 
-void ring(int efd) {
-  uint64_t one = 1;
-  ssize_t n;
-  do {
-    n = sys().write(efd, &one, sizeof(one));
-  } while (n < 0 && errno == EINTR);
-}
 
-void drain(int efd) {
-  uint64_t v;
-  ssize_t n;
-  do {
-    n = sys().read(efd, &v, sizeof(v));
-  } while (n < 0 && errno == EINTR);
-}
 
 class shm_path final : public data_path {
  public:
@@ -206,7 +201,7 @@ class shm_path final : public data_path {
     c->cons.store(cons, std::memory_order_seq_cst);
     if (c->tx_waiters.load(std::memory_order_seq_cst) != 0 &&
         c->tx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
-      ring(peer_tx_);
+      doorbell_ring(peer_tx_);
     }
   }
 
@@ -223,7 +218,7 @@ class shm_path final : public data_path {
     c->prod.store(prod, std::memory_order_seq_cst);
     if (c->rx_waiters.load(std::memory_order_seq_cst) != 0 &&
         c->rx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
-      ring(peer_rx_);
+      doorbell_ring(peer_rx_);
     }
   }
 
@@ -239,15 +234,15 @@ class shm_path final : public data_path {
   // ring that lands between the two: the read swallows it while the flag
   // says "rung", and no further ring would ever come.
   void drain_rx() override {
-    drain(my_rx_);
+    doorbell_drain(my_rx_);
     mine_->ctl()->rx_rung.store(0, std::memory_order_seq_cst);
   }
   void drain_tx() override {
-    drain(my_tx_);
+    doorbell_drain(my_tx_);
     theirs_->ctl()->tx_rung.store(0, std::memory_order_seq_cst);
   }
-  void kick_rx() override { ring(my_rx_); }
-  void kick_tx() override { ring(my_tx_); }
+  void kick_rx() override { doorbell_ring(my_rx_); }
+  void kick_tx() override { doorbell_ring(my_tx_); }
 
  private:
   std::unique_ptr<segment> mine_;
@@ -438,11 +433,7 @@ bool rendezvous::serve(const local_side& me, int64_t deadline_ms, int abort_fd, 
       errno = EPROTO;
       return false;
     }
-    out.rmb_fd = fds[0];
-    out.rx_efd = fds[1];
-    out.tx_efd = fds[2];
-    out.rmb_size = h.rmb_size;
-    out.token = h.from_token;
+    take_peer(fds, h, out);
     return true;
   }
 }
@@ -478,11 +469,7 @@ bool rendezvous_connect(uint64_t host_id, uint32_t link_id, uint64_t server_toke
     errno = EPROTO;
     return false;
   }
-  out.rmb_fd = fds[0];
-  out.rx_efd = fds[1];
-  out.tx_efd = fds[2];
-  out.rmb_size = h.rmb_size;
-  out.token = h.from_token;
+  take_peer(fds, h, out);
   return true;
 }
 

@@ -20,6 +20,7 @@
 #       Two VMs (1 vCPU each) on one qemu socket network: A is 10.9.0.1/24,
 #       B 10.9.0.2/24, each with rxe0 on eth0. SCRIPT_A runs in A, SCRIPT_B
 #       in B, both with ARGS. Exit status: non-zero if either failed.
+#       Exit status 75: a guest kernel crashed (not a test result).
 #   rxe-vm.sh clean
 #       Removes kept results and leftover run dirs (not the cached kernel).
 #
@@ -45,7 +46,8 @@
 #   SMC_VM_TIMEOUT       seconds per VM before it is killed (default 300)
 #   SMC_VM_MEM           MiB of memory per VM (default 1536)
 #   SMC_VM_CPU           qemu CPU model (default qemu64)
-#   SMC_VM_TCG_THREAD    single (default) or multi: TCG's threading. With
+#   SMC_VM_TCG_THREAD    single or multi: TCG's threading (default: single
+#                        for a 2-vCPU guest, multi for a 1-vCPU one). With
 #                        multi and 2 vCPUs, guest kernels were seen to oops
 #                        (int3) while live-patching their own text; single
 #                        interleaves the vCPUs on one host thread
@@ -66,7 +68,7 @@ MEM=${SMC_VM_MEM:-1536}
 # qemu64 (plain x86-64), not max: with max, glibc picks its AVX2 routines,
 # which TCG emulates slowly; the guest's setup took about 40% longer.
 CPU=${SMC_VM_CPU:-qemu64}
-TCG_THREAD=${SMC_VM_TCG_THREAD:-single}
+TCG_THREAD=${SMC_VM_TCG_THREAD:-}
 
 # Modules the initramfs needs to reach the root file system (the rest load
 # from the root later); their dependencies come along via modules.dep.
@@ -362,11 +364,14 @@ qemu_path() { echo "${1//,/,,}"; }
 # timeout(1) bounds it (TERM, then KILL 10 s later); setpriv makes timeout,
 # and with it qemu, go away if this script dies without running its traps.
 launch() {
-  local role=$1 cpus=$2 kver
+  local role=$1 cpus=$2 kver tcg=$TCG_THREAD
   shift 2
   kver=$(kernel_version)
+  if [ -z "$tcg" ]; then
+    if [ "$cpus" -gt 1 ]; then tcg=single; else tcg=multi; fi
+  fi
   setpriv --pdeathsig TERM -- timeout -k 10 "$TIMEOUT" \
-    qemu-system-x86_64 -accel "tcg,thread=$TCG_THREAD" -cpu "$CPU" -smp "$cpus" -m "$MEM" \
+    qemu-system-x86_64 -accel "tcg,thread=$tcg" -cpu "$CPU" -smp "$cpus" -m "$MEM" \
     -nodefaults -no-user-config -display none -monitor none -no-reboot \
     -serial "file:$(qemu_path "$RUN_DIR/console-$role.log")" \
     -kernel "$(qemu_path "$(kroot)/boot/vmlinuz-$kver")" -initrd "$(qemu_path "$WORK/initrd.gz")" \
@@ -411,10 +416,15 @@ report() {
     say "VM $role: exit status $rc after ${VM_SECS[$role]} s"
     return "$rc"
   fi
+  local crashed=0
+  if tr -d '\r' < "$console" | grep -qE 'Kernel panic|Oops: |BUG: kernel'; then
+    crashed=1
+  fi
   case ${VM_RC[$role]} in
     124 | 137) say "VM $role: FAILED: no exit status within SMC_VM_TIMEOUT=$TIMEOUT s (killed)" ;;
     *) say "VM $role: FAILED: qemu exited (code ${VM_RC[$role]}) after ${VM_SECS[$role]} s without an exit status from the guest" ;;
   esac
+  [ "$crashed" -eq 0 ] || say "VM $role: the guest KERNEL crashed (see its console below)"
   {
     echo "--- last lines of VM $role's console ($RESULTS/console-$role.log):"
     tr -d '\r' < "$console" | tail -n 25
@@ -423,6 +433,9 @@ report() {
       tail -n 10 "$RUN_DIR/qemu-$role.log"
     fi
   } | sed "s/^/$prefix/" >&2
+  # 75 (EX_TEMPFAIL): the guest kernel died, which no guest script can cause
+  # by itself; the caller may run the test again (test/vm/run.sh does, once).
+  [ "$crashed" -eq 0 ] || return 75
   return 1
 }
 
@@ -504,6 +517,10 @@ cmd_two() {
   say "results: $RESULTS"
   [ "$rc_a" -eq 0 ] || rc=$rc_a
   [ "$rc" -ne 0 ] || rc=$rc_b
+  # A crashed guest kernel explains its peer's failure too.
+  if [ "$rc_a" -eq 75 ] || [ "$rc_b" -eq 75 ]; then
+    rc=75
+  fi
   return "$rc"
 }
 

@@ -2,7 +2,7 @@
 # Guest script (one VM, rxe0 on d0): SMC-R between processes under smc_run -t
 # rdma over the guest's Soft-RoCE device, loopback. Run by test/vm/run.sh
 # through scripts/vm/rxe-vm.sh, from the repository root.
-#   - 24 MiB each way at once, random chunks, verified, per readiness API;
+#   - 32 MiB each way at once, random chunks, verified, per readiness API;
 #     rxe0's sent_pkts grows by at least the payload's packet count
 #   - 50 concurrent connections share one link group (one QP per process)
 #   - 1000 connect/close cycles leave no QPs, MRs or fds behind
@@ -58,10 +58,10 @@ mib=$((1024 * 1024))
 mtu=$(ibv_devinfo -d "${SMC_VM_IBDEV:-rxe0}" | sed -n 's/.*active_mtu:[^0-9]*\([0-9]*\).*/\1/p' | head -1)
 sent0=$(rxe_counter sent_pkts)
 for mode in blocking poll select epoll epollet; do
-  pair "bulk_$mode" "$mode" 24M
+  pair "bulk_$mode" "$mode" 32M
 done
 sent1=$(rxe_counter sent_pkts)
-need=$((5 * 2 * 24 * mib / ${mtu:-4096}))
+need=$((5 * 2 * 32 * mib / ${mtu:-4096}))
 if [ $((sent1 - sent0)) -ge "$need" ]; then
   pass "rxe0 sent_pkts grew by $((sent1 - sent0)) (payload needs >= $need at MTU $mtu)"
 else
