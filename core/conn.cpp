@@ -304,6 +304,9 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       const uint64_t before = rx_prod_.load(std::memory_order_relaxed);
       const int64_t until = mono_us() + spin_us_;
       for (unsigned i = 0;; ++i) {
+        if ((i & 15) == 0) {
+          path_->poll_progress();
+        }
         if (path_->peer_prod() != before || path_->peer_conn_flags() != pf) {
           break;
         }
@@ -414,6 +417,9 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
       const uint64_t before = tx_cons_.load(std::memory_order_relaxed);
       const int64_t until = mono_us() + spin_us_;
       for (unsigned i = 0;; ++i) {
+        if ((i & 15) == 0) {
+          path_->poll_progress();
+        }
         if (path_->peer_cons() != before) {
           break;
         }

@@ -41,6 +41,7 @@ constexpr size_t recv_slot_size = 64;  // CDC/LLC v1 messages are 44 bytes
 constexpr uint32_t sq_depth = 256;
 constexpr uint64_t signal_every = 32;
 constexpr uint8_t our_link_id = 1;
+constexpr uint32_t max_inline = 64;  // the QP's max_inline_data (rdma/verbs)
 // An idle link group is deleted after this long; the client waits longer so
 // that the server, which decides about reuse, ends the group first (Linux:
 // 600 s and 610 s).
@@ -81,7 +82,7 @@ struct slot {
   std::atomic<uint64_t> peer_cons{0};
   std::atomic<uint8_t> peer_conn_flags{0};
   std::atomic<uint8_t> peer_prod_flags{0};
-  bool rx_seq_valid = false;  // engine thread only
+  bool rx_seq_valid = false;  // under the group's rx_poll_mu_
   uint16_t rx_seq = 0;
   // Sent to the peer (under tx_mu).
   std::mutex tx_mu;
@@ -144,10 +145,15 @@ class link_group : public std::enable_shared_from_this<link_group> {
   /// signalled last WR. Returns the WR count of the last one, 0 on failure.
   uint64_t post(ibv_send_wr* first, int count, bool sig);
   bool send_msg(const uint8_t* msg, size_t len, bool sig = false);
-  bool send_cdc(slot& s, bool sig = false, uint8_t extra_prod_flags = 0);
+  /// Posts a CDC for the slot; `before` (nbefore WRs, e.g. the data's RDMA
+  /// WRITEs) is posted ahead of it in the same call.
+  bool send_cdc(slot& s, bool sig = false, uint8_t extra_prod_flags = 0,
+                ibv_send_wr* before = nullptr, int nbefore = 0);
   void fail(const char* why);
   void on_recv();
-  void poll_recv();  // engine thread only
+  void poll_recv();      // under rx_poll_mu_
+  void poll_recv_now();  // any thread; skips if another one is dispatching
+  std::mutex rx_poll_mu_;  // one thread at a time dispatches receives
   void on_send();
   bool poll_send();
   void dispatch(const uint8_t* b, uint32_t len);
@@ -324,7 +330,8 @@ bool link_group::send_msg(const uint8_t* msg, size_t len, bool sig) {
   return post(&wr, 1, sig) != 0;
 }
 
-bool link_group::send_cdc(slot& s, bool sig, uint8_t extra_prod_flags) {
+bool link_group::send_cdc(slot& s, bool sig, uint8_t extra_prod_flags, ibv_send_wr* before,
+                          int nbefore) {
   // Caller holds s.tx_mu: sequence numbers must reach the QP in order.
   if (s.peer_token == 0) {
     return false;  // the peer's buffer is not known yet (handshake in progress)
@@ -345,7 +352,13 @@ bool link_group::send_cdc(slot& s, bool sig, uint8_t extra_prod_flags) {
     wr.send_flags = IBV_SEND_INLINE | IBV_SEND_SOLICITED;
     wr.sg_list = &sge;
     wr.num_sge = 1;
-    seq = post(&wr, 1, sig);
+    // The data's RDMA WRITEs and this CDC go in one post: one doorbell.
+    if (nbefore > 0) {
+      before[nbefore - 1].next = &wr;
+      seq = post(before, nbefore + 1, sig);
+    } else {
+      seq = post(&wr, 1, sig);
+    }
   }
   if (seq == 0) {
     return false;
@@ -387,7 +400,17 @@ void link_group::fail(const char* why) {
 void link_group::on_recv() {
   rcq_->take_event();
   rcq_->arm();
+  std::lock_guard<std::mutex> lk(rx_poll_mu_);
   poll_recv();
+}
+
+void link_group::poll_recv_now() {
+  // A busy-waiting application thread dispatches what arrived itself; if
+  // another thread is at it already, that one will do.
+  std::unique_lock<std::mutex> lk(rx_poll_mu_, std::try_to_lock);
+  if (lk.owns_lock()) {
+    poll_recv();
+  }
 }
 
 void link_group::poll_recv() {
@@ -601,6 +624,7 @@ void link_group::sync_rx(int timeout_ms) {
   std::weak_ptr<link_group> w = weak_from_this();
   bool posted = engine::post([w, done, flag] {
     if (auto g = w.lock()) {
+      std::lock_guard<std::mutex> rl(g->rx_poll_mu_);
       g->poll_recv();
     }
     std::lock_guard<std::mutex> lk(done->first);
@@ -1108,16 +1132,20 @@ class smcr_path final : public rdma::data_path {
     cursor from = curs_unpack(s.sent_prod);
     cursor to = curs_unpack(prod);
     uint32_t n = curs_diff(size, from, to);
-    if (n > 0) {
-      // One RDMA WRITE per contiguous piece (two across the ring's end).
-      ibv_sge sge[2];
-      ibv_send_wr wr[2]{};
-      int k = 0;
+    // One RDMA WRITE per contiguous piece (two across the ring's end), then
+    // the CDC, all in one post.
+    ibv_sge sge[2];
+    ibv_send_wr wr[2]{};
+    int k = 0;
+    {
       uint32_t off = from.count;
       while (n > 0 && k < 2) {
         uint32_t len = std::min(n, size - off);
         sge[k] = {s.staging->addr() + off, len, s.staging->lkey()};
         wr[k].opcode = IBV_WR_RDMA_WRITE;
+        if (len <= max_inline) {
+          wr[k].send_flags = IBV_SEND_INLINE;  // small: copied at post, no DMA read
+        }
         wr[k].sg_list = &sge[k];
         wr[k].num_sge = 1;
         wr[k].wr.rdma.remote_addr = s.peer_addr + off;
@@ -1129,9 +1157,6 @@ class smcr_path final : public rdma::data_path {
         off = (off + len) % size;
         ++k;
       }
-      if (g_->post(wr, k, false) == 0) {
-        return;  // the link failed: the connection sees ECONNRESET
-      }
     }
     s.sent_prod = prod;
     s.local_flags.fetch_or(conn_flags);  // flags only accumulate (see the shm transport)
@@ -1139,7 +1164,7 @@ class smcr_path final : public rdma::data_path {
     uint32_t space = size - curs_diff(size, curs_unpack(s.peer_cons.load()), to);
     uint8_t pf = space == 0 ? cdc::prod_write_blocked : 0;
     bool closing = (conn_flags & (cdc::conn_closed | cdc::conn_abnormal)) != 0;
-    g_->send_cdc(s, closing, pf);
+    g_->send_cdc(s, closing, pf, wr, k);  // a failed link: the connection sees ECONNRESET
   }
 
   int rx_fd() const override { return s_->rx_efd; }
@@ -1167,6 +1192,7 @@ class smcr_path final : public rdma::data_path {
     g_->wait_completed(s_->final_wr, 1000);
   }
   void sync_rx() override { g_->sync_rx(500); }
+  void poll_progress() override { g_->poll_recv_now(); }
 
  private:
   std::shared_ptr<link_group> g_;

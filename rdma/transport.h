@@ -65,6 +65,11 @@ class data_path {
   virtual void kick_rx() = 0;
   virtual void kick_tx() = 0;
 
+  /// Called while a reader or writer busy-waits: a transport whose peer's
+  /// messages need dispatching (SMC-R's receive queue) does it right here
+  /// instead of waiting for another thread to.
+  virtual void poll_progress() {}
+
   // ---- ordering against the TCP socket ----
   /// After publishing our close: returns once the peer has our closing
   /// state (so the TCP close that follows cannot overtake it).

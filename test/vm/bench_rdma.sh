@@ -3,8 +3,10 @@
 # rxe0 (loopback): perftest's ib_write_lat / ib_send_lat / ib_write_bw, our
 # ping-pong and stream under smc_run -t rdma, and plain TCP on the same
 # address. A benchmark: it prints numbers, it asserts nothing. Under TCG
-# emulation only the ratios mean something.
-#   scripts/vm/rxe-vm.sh one test/vm/bench_rdma.sh
+# emulation only the ratios mean something, and they swing from run to run.
+# Latency wants truly parallel vCPUs and a spin longer than the emulated
+# round trip (perftest busy-polls without limit):
+#   SMC_VM_TCG_THREAD=multi SMC_SPIN_US=2000 scripts/vm/rxe-vm.sh one test/vm/bench_rdma.sh
 set -u
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
