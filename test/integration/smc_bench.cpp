@@ -29,20 +29,17 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
-#include <optional>
 #include <string>
 #include <vector>
+
+#include "test/integration/net_util.h"
 
 namespace {
 
 enum class bench_test { pingpong, stream };
 
-struct options {
+struct options : smc_test::endpoint_options {
   bool server = false;
-  std::string addr = "127.0.0.1";
-  uint16_t port = 0;
-  bool port_given = false;
-  std::string portfile;
   bench_test test = bench_test::pingpong;
   bool test_given = false;
   uint64_t size = 0;  // 0 = the test's default
@@ -62,29 +59,6 @@ std::string errno_text(const char* what, int err) { return std::string(what) + "
 
 using clock_type = std::chrono::steady_clock;
 
-bool parse_addr(const std::string& text, uint16_t port, sockaddr_storage& ss, socklen_t& len) {
-  std::string a = text;
-  if (a.size() >= 2 && a.front() == '[' && a.back() == ']') {
-    a = a.substr(1, a.size() - 2);
-  }
-  std::memset(&ss, 0, sizeof ss);
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
-  if (::inet_pton(AF_INET, a.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
-    len = sizeof(sockaddr_in);
-    return true;
-  }
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  if (::inet_pton(AF_INET6, a.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
-    len = sizeof(sockaddr_in6);
-    return true;
-  }
-  return false;
-}
-
 void set_nodelay(int fd) {
   int one = 1;
   if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
@@ -93,40 +67,25 @@ void set_nodelay(int fd) {
 }
 
 void send_all(int fd, const uint8_t* p, size_t n) {
-  while (n > 0) {
-    ssize_t r = ::send(fd, p, n, MSG_NOSIGNAL);
-    if (r < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      fail_exit(errno_text("send", errno));
-    }
-    p += r;
-    n -= static_cast<size_t>(r);
+  if (!smc_test::send_all(fd, p, n)) {
+    fail_exit(errno_text("send", errno));
   }
 }
 
 // Reads exactly n bytes. Returns false on EOF before the first byte (a clean
 // end at a message boundary); EOF in the middle is a failure.
 bool recv_full(int fd, uint8_t* p, size_t n) {
-  size_t got = 0;
-  while (got < n) {
-    ssize_t r = ::recv(fd, p + got, n - got, 0);
-    if (r < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      fail_exit(errno_text("recv", errno));
-    }
-    if (r == 0) {
-      if (got == 0) {
-        return false;
-      }
-      fail_exit("EOF inside a message (" + std::to_string(got) + " of " + std::to_string(n) + " bytes)");
-    }
-    got += static_cast<size_t>(r);
+  ssize_t got = smc_test::recv_full(fd, p, n);
+  if (got < 0) {
+    fail_exit(errno_text("recv", errno));
   }
-  return true;
+  if (static_cast<size_t>(got) == n) {
+    return true;
+  }
+  if (got == 0) {
+    return false;
+  }
+  fail_exit("EOF inside a message (" + std::to_string(got) + " of " + std::to_string(n) + " bytes)");
 }
 
 uint64_t default_size(const options& o) {
@@ -169,30 +128,19 @@ void serve_stream(int fd, const options& o) {
 int run_server(const options& o) {
   sockaddr_storage ss;
   socklen_t len = 0;
-  if (!parse_addr(o.addr, o.port, ss, len)) {
-    fail_exit("bad --addr " + o.addr);
-  }
-  int lfd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  std::string error;
+  int lfd = smc_test::open_tcp_socket(o.addr, o.port, ss, len, error);
   if (lfd < 0) {
-    fail_exit(errno_text("socket", errno));
+    fail_exit(error);
   }
   int one = 1;
   ::setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   if (::bind(lfd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(lfd, 16) != 0) {
     fail_exit(errno_text("bind/listen", errno));
   }
-  sockaddr_storage got;
-  socklen_t gl = sizeof got;
-  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&got), &gl);
-  uint16_t port = ntohs(got.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&got)->sin6_port
-                                                  : reinterpret_cast<sockaddr_in*>(&got)->sin_port);
-  if (!o.portfile.empty()) {
-    std::string tmp = o.portfile + ".tmp";
-    FILE* f = std::fopen(tmp.c_str(), "w");
-    if (f == nullptr || std::fprintf(f, "%u\n", static_cast<unsigned>(port)) < 0 || std::fclose(f) != 0 ||
-        std::rename(tmp.c_str(), o.portfile.c_str()) != 0) {
-      fail_exit(errno_text("portfile", errno));
-    }
+  uint16_t port = static_cast<uint16_t>(smc_test::bound_port(lfd));
+  if (!o.portfile.empty() && smc_test::write_portfile(o.portfile, port) != nullptr) {
+    fail_exit(errno_text("portfile", errno));
   }
   for (uint64_t i = 0; i < o.conns; ++i) {
     int fd;
@@ -217,12 +165,10 @@ int run_server(const options& o) {
 int connect_client(const options& o) {
   sockaddr_storage ss;
   socklen_t len = 0;
-  if (!parse_addr(o.addr, o.port, ss, len)) {
-    fail_exit("bad --addr " + o.addr);
-  }
-  int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  std::string error;
+  int fd = smc_test::open_tcp_socket(o.addr, o.port, ss, len, error);
   if (fd < 0) {
-    fail_exit(errno_text("socket", errno));
+    fail_exit(error);
   }
   set_nodelay(fd);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
@@ -323,30 +269,6 @@ int run_client(const options& o) {
   return 0;
 }
 
-std::optional<uint64_t> parse_size(const std::string& s) {
-  if (s.empty() || s[0] == '-') {
-    return std::nullopt;
-  }
-  char* end = nullptr;
-  errno = 0;
-  unsigned long long v = std::strtoull(s.c_str(), &end, 10);
-  if (errno != 0 || end == s.c_str()) {
-    return std::nullopt;
-  }
-  std::string suffix(end);
-  uint64_t mul = 1;
-  if (suffix == "K" || suffix == "k") {
-    mul = 1ull << 10;
-  } else if (suffix == "M" || suffix == "m") {
-    mul = 1ull << 20;
-  } else if (suffix == "G" || suffix == "g") {
-    mul = 1ull << 30;
-  } else if (!suffix.empty()) {
-    return std::nullopt;
-  }
-  return v * mul;
-}
-
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "smc_bench: %s\n"
@@ -358,44 +280,15 @@ std::optional<uint64_t> parse_size(const std::string& s) {
 
 options parse_options(int argc, char** argv) {
   options o;
-  if (argc < 2) {
-    usage("missing role");
-  }
-  std::string role = argv[1];
-  if (role == "server") {
-    o.server = true;
-  } else if (role != "client") {
-    usage("role must be server or client");
-  }
-  for (int i = 2; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        usage("missing value for " + a);
-      }
-      return argv[++i];
-    };
-    auto size_value = [&]() -> uint64_t {
-      std::string v = value();
-      auto n = parse_size(v);
-      if (!n) {
-        usage("bad number for " + a + ": " + v);
-      }
-      return *n;
-    };
-    if (a == "--addr") {
-      o.addr = value();
-    } else if (a == "--port") {
-      uint64_t p = size_value();
-      if (p > 65535) {
-        usage("bad --port");
-      }
-      o.port = static_cast<uint16_t>(p);
-      o.port_given = true;
-    } else if (a == "--portfile") {
-      o.portfile = value();
-    } else if (a == "--test") {
-      std::string t = value();
+  o.server = smc_test::server_role(argc, argv, usage);
+  smc_test::arg_reader args(argc, argv, 2, usage);
+  while (args.next()) {
+    const std::string& a = args.name();
+    if (args.endpoint_option(o, "bad number for ")) {
+      continue;
+    }
+    if (a == "--test") {
+      std::string t = args.value();
       if (t == "pingpong") {
         o.test = bench_test::pingpong;
       } else if (t == "stream") {
@@ -405,22 +298,22 @@ options parse_options(int argc, char** argv) {
       }
       o.test_given = true;
     } else if (a == "--size") {
-      o.size = size_value();
+      o.size = args.size_value("bad number for ");
       if (o.size == 0 || o.size > (1ull << 30)) {
         usage("--size must be in [1, 1G]");
       }
     } else if (a == "--iters") {
-      o.iters = size_value();
+      o.iters = args.size_value("bad number for ");
     } else if (a == "--seconds") {
-      std::string v = value();
+      std::string v = args.value();
       o.seconds = std::atof(v.c_str());
       if (!(o.seconds > 0)) {
         usage("bad --seconds " + v);
       }
     } else if (a == "--bytes") {
-      o.bytes = size_value();
+      o.bytes = args.size_value("bad number for ");
     } else if (a == "--conns") {
-      o.conns = size_value();
+      o.conns = args.size_value("bad number for ");
     } else {
       usage("unknown option " + a);
     }

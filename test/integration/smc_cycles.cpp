@@ -28,6 +28,8 @@
 #include <thread>
 #include <vector>
 
+#include "test/integration/net_util.h"
+
 namespace {
 
 [[noreturn]] void die(const std::string& what) {
@@ -35,35 +37,12 @@ namespace {
   std::exit(1);
 }
 
-bool full_io(int fd, void* buf, size_t n, bool write) {
-  auto* p = static_cast<char*>(buf);
-  while (n > 0) {
-    ssize_t r = write ? ::send(fd, p, n, MSG_NOSIGNAL) : ::recv(fd, p, n, 0);
-    if (r < 0 && errno == EINTR) {
-      continue;
-    }
-    if (r <= 0) {
-      return false;
-    }
-    p += r;
-    n -= static_cast<size_t>(r);
-  }
-  return true;
-}
+// True when all n bytes arrived (false on an error or an early EOF).
+bool recv_exact(int fd, void* buf, size_t n) { return smc_test::recv_full(fd, buf, n) == static_cast<ssize_t>(n); }
 
 sockaddr_storage make_addr(const std::string& host, int port, socklen_t& len) {
   sockaddr_storage ss{};
-  auto* in4 = reinterpret_cast<sockaddr_in*>(&ss);
-  auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  if (inet_pton(AF_INET, host.c_str(), &in4->sin_addr) == 1) {
-    in4->sin_family = AF_INET;
-    in4->sin_port = htons(static_cast<uint16_t>(port));
-    len = sizeof(sockaddr_in);
-  } else if (inet_pton(AF_INET6, host.c_str(), &in6->sin6_addr) == 1) {
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons(static_cast<uint16_t>(port));
-    len = sizeof(sockaddr_in6);
-  } else {
+  if (!smc_test::parse_addr(host, static_cast<uint16_t>(port), ss, len)) {
     errno = EINVAL;
     die("address " + host);
   }
@@ -93,7 +72,7 @@ void hold(const std::string& file) {
 
 void exchange(int fd, uint64_t id) {
   uint64_t back = 0;
-  if (!full_io(fd, &id, sizeof(id), true) || !full_io(fd, &back, sizeof(back), false)) {
+  if (!smc_test::send_all(fd, &id, sizeof(id)) || !recv_exact(fd, &back, sizeof(back))) {
     die("exchange on connection " + std::to_string(id));
   }
   if (back != id) {
@@ -146,20 +125,9 @@ int main(int argc, char** argv) {
     if (ls < 0 || ::bind(ls, reinterpret_cast<sockaddr*>(&sa), len) != 0 || ::listen(ls, 128) != 0) {
       die("listen");
     }
-    sockaddr_storage bound{};
-    socklen_t bl = sizeof(bound);
-    ::getsockname(ls, reinterpret_cast<sockaddr*>(&bound), &bl);
-    int p = ntohs(bound.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port
-                                             : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
-    if (!portfile.empty()) {
-      std::string tmp = portfile + ".tmp";
-      FILE* f = std::fopen(tmp.c_str(), "w");
-      if (f == nullptr) {
-        die("portfile");
-      }
-      std::fprintf(f, "%d\n", p);
-      std::fclose(f);
-      std::rename(tmp.c_str(), portfile.c_str());
+    int p = smc_test::bound_port(ls);
+    if (!portfile.empty() && smc_test::write_portfile(portfile, static_cast<uint16_t>(p)) != nullptr) {
+      die("portfile");
     }
     // Each connection is answered as soon as it is accepted (a client's
     // connect() completes its SMC handshake only when the server reads), and
@@ -175,7 +143,7 @@ int main(int argc, char** argv) {
         die("accept");
       }
       uint64_t id = 0;
-      if (!full_io(c, &id, sizeof(id), false) || !full_io(c, &id, sizeof(id), true)) {
+      if (!recv_exact(c, &id, sizeof(id)) || !smc_test::send_all(c, &id, sizeof(id))) {
         die("serve");
       }
       open.push_back(c);

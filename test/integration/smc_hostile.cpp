@@ -26,6 +26,8 @@
 #include <string>
 #include <vector>
 
+#include "test/integration/net_util.h"
+
 namespace {
 
 using bytes = std::vector<uint8_t>;
@@ -146,46 +148,15 @@ std::vector<hostile_case> make_cases() {
   return cs;
 }
 
-bool parse_addr(const std::string& text, uint16_t port, sockaddr_storage& ss, socklen_t& len) {
-  std::string a = text;
-  if (a.size() >= 2 && a.front() == '[' && a.back() == ']') {
-    a = a.substr(1, a.size() - 2);
-  }
-  std::memset(&ss, 0, sizeof ss);
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
-  if (::inet_pton(AF_INET, a.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
-    len = sizeof(sockaddr_in);
-    return true;
-  }
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  if (::inet_pton(AF_INET6, a.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
-    len = sizeof(sockaddr_in6);
-    return true;
-  }
-  return false;
-}
-
 int64_t now_ms() {
   using namespace std::chrono;
   return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
 }
 
 bool send_all(int fd, const bytes& b, std::string& error) {
-  size_t off = 0;
-  while (off < b.size()) {
-    ssize_t n = ::send(fd, b.data() + off, b.size() - off, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      error = std::string("send: ") + std::strerror(errno);
-      return false;
-    }
-    off += static_cast<size_t>(n);
+  if (!smc_test::send_all(fd, b.data(), b.size())) {
+    error = std::string("send: ") + std::strerror(errno);
+    return false;
   }
   return true;
 }
@@ -249,7 +220,7 @@ std::string hold_open(int fd, int hold_ms) {
 bool run_case(const options& o, const hostile_case& c) {
   sockaddr_storage ss;
   socklen_t len = 0;
-  parse_addr(o.addr, o.port, ss, len);
+  smc_test::parse_addr(o.addr, o.port, ss, len);
   int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     std::printf("case %s: socket: %s\n", c.name, std::strerror(errno));
@@ -303,25 +274,20 @@ int run(int argc, char** argv) {
     g_rng = 1;
   }
   std::vector<hostile_case> cs = make_cases();
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        usage("missing value for " + a, cs);
-      }
-      return argv[++i];
-    };
+  smc_test::arg_reader args(argc, argv, 1, [&](const std::string& why) { usage(why, cs); });
+  while (args.next()) {
+    const std::string& a = args.name();
     if (a == "--addr") {
-      o.addr = value();
+      o.addr = args.value();
     } else if (a == "--port") {
-      o.port = static_cast<uint16_t>(std::strtoul(value().c_str(), nullptr, 10));
+      o.port = static_cast<uint16_t>(std::strtoul(args.value().c_str(), nullptr, 10));
       o.port_given = true;
     } else if (a == "--case") {
-      o.which = value();
+      o.which = args.value();
     } else if (a == "--hold-ms") {
-      o.hold_ms = std::atoi(value().c_str());
+      o.hold_ms = std::atoi(args.value().c_str());
     } else if (a == "--seed") {
-      ++i;
+      args.skip_value();  // taken above
     } else {
       usage("unknown option " + a, cs);
     }
@@ -331,7 +297,7 @@ int run(int argc, char** argv) {
   if (!o.port_given || o.which.empty()) {
     usage("--port and --case are required", cs);
   }
-  if (!parse_addr(o.addr, o.port, ss, len)) {
+  if (!smc_test::parse_addr(o.addr, o.port, ss, len)) {
     usage("bad --addr " + o.addr, cs);
   }
   int cases = 0;

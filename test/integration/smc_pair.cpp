@@ -38,10 +38,11 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "test/integration/net_util.h"
 
 namespace {
 
@@ -53,12 +54,8 @@ constexpr uint64_t sink_start_bytes = 1 << 20;
 enum class io_mode { blocking, poll, select, epoll, epollet };
 enum class io_call { send, rw, msg };
 
-struct options {
+struct options : smc_test::endpoint_options {
   bool server = false;
-  std::string addr = "127.0.0.1";
-  uint16_t port = 0;
-  bool port_given = false;
-  std::string portfile;
   uint64_t conns = 1;
   bool lenient = false;
   bool concurrent = false;
@@ -780,29 +777,6 @@ result run_transfer(int fd, const options& o, const plan& p, waiter* w) {
 }
 
 // ---------------------------------------------------------------- sockets
-bool parse_addr(const std::string& text, uint16_t port, sockaddr_storage& ss, socklen_t& len) {
-  std::string a = text;
-  if (a.size() >= 2 && a.front() == '[' && a.back() == ']') {
-    a = a.substr(1, a.size() - 2);
-  }
-  std::memset(&ss, 0, sizeof ss);
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
-  if (::inet_pton(AF_INET, a.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
-    len = sizeof(sockaddr_in);
-    return true;
-  }
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  if (::inet_pton(AF_INET6, a.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
-    len = sizeof(sockaddr_in6);
-    return true;
-  }
-  return false;
-}
-
 bool set_nonblocking(int fd, std::string& error) {
   int fl = ::fcntl(fd, F_GETFL);
   if (fl < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) {
@@ -813,17 +787,9 @@ bool set_nonblocking(int fd, std::string& error) {
 }
 
 void write_portfile(const std::string& path, uint16_t port) {
-  std::string tmp = path + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "w");
-  if (f == nullptr) {
-    fail_exit(errno_text(("open " + tmp).c_str(), errno));
-  }
-  std::fprintf(f, "%u\n", static_cast<unsigned>(port));
-  if (std::fclose(f) != 0) {
-    fail_exit(errno_text(("write " + tmp).c_str(), errno));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    fail_exit(errno_text(("rename " + tmp).c_str(), errno));
+  if (const char* step = smc_test::write_portfile(path, port)) {
+    int err = errno;
+    fail_exit(errno_text((std::string(step) + " " + path + ".tmp").c_str(), err));
   }
 }
 
@@ -832,14 +798,11 @@ void write_portfile(const std::string& path, uint16_t port) {
 int connect_to(const options& o, waiter* w) {
   sockaddr_storage ss;
   socklen_t len = 0;
-  if (!parse_addr(o.addr, o.port, ss, len)) {
-    fail_exit("bad --addr " + o.addr);
-  }
-  int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    fail_exit(errno_text("socket", errno));
-  }
   std::string error;
+  int fd = smc_test::open_tcp_socket(o.addr, o.port, ss, len, error);
+  if (fd < 0) {
+    fail_exit(error);
+  }
   if (o.mode != io_mode::blocking && !set_nonblocking(fd, error)) {
     fail_exit(error);
   }
@@ -878,12 +841,10 @@ int connect_to(const options& o, waiter* w) {
 int make_listener(const options& o, uint16_t& bound_port) {
   sockaddr_storage ss;
   socklen_t len = 0;
-  if (!parse_addr(o.addr, o.port, ss, len)) {
-    fail_exit("bad --addr " + o.addr);
-  }
-  int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  std::string error;
+  int fd = smc_test::open_tcp_socket(o.addr, o.port, ss, len, error);
   if (fd < 0) {
-    fail_exit(errno_text("socket", errno));
+    fail_exit(error);
   }
   int one = 1;
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -893,14 +854,11 @@ int make_listener(const options& o, uint16_t& bound_port) {
   if (::listen(fd, 128) != 0) {
     fail_exit(errno_text("listen", errno));
   }
-  sockaddr_storage got;
-  socklen_t gl = sizeof got;
-  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&got), &gl) != 0) {
+  int port = smc_test::bound_port(fd);
+  if (port < 0) {
     fail_exit(errno_text("getsockname", errno));
   }
-  bound_port = ntohs(got.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&got)->sin6_port
-                                               : reinterpret_cast<sockaddr_in*>(&got)->sin_port);
-  std::string error;
+  bound_port = static_cast<uint16_t>(port);
   if (!set_nonblocking(fd, error)) {  // accept loop polls, so a stop flag is honoured
     fail_exit(error);
   }
@@ -1075,33 +1033,6 @@ int run_server(const options& o) {
 }
 
 // ---------------------------------------------------------------- options
-std::optional<uint64_t> parse_size(const std::string& s) {
-  if (s.empty()) {
-    return std::nullopt;
-  }
-  char* end = nullptr;
-  errno = 0;
-  unsigned long long v = std::strtoull(s.c_str(), &end, 10);
-  if (errno != 0 || end == s.c_str() || s[0] == '-') {
-    return std::nullopt;
-  }
-  std::string suffix(end);
-  uint64_t mul = 1;
-  if (suffix == "K" || suffix == "k") {
-    mul = 1ull << 10;
-  } else if (suffix == "M" || suffix == "m") {
-    mul = 1ull << 20;
-  } else if (suffix == "G" || suffix == "g") {
-    mul = 1ull << 30;
-  } else if (!suffix.empty()) {
-    return std::nullopt;
-  }
-  if (v > UINT64_MAX / mul) {
-    return std::nullopt;
-  }
-  return v * mul;
-}
-
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "smc_pair: %s\n"
@@ -1116,44 +1047,15 @@ std::optional<uint64_t> parse_size(const std::string& s) {
 
 options parse_options(int argc, char** argv) {
   options o;
-  if (argc < 2) {
-    usage("missing role");
-  }
-  std::string role = argv[1];
-  if (role == "server") {
-    o.server = true;
-  } else if (role != "client") {
-    usage("role must be server or client");
-  }
-  for (int i = 2; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        usage("missing value for " + a);
-      }
-      return argv[++i];
-    };
-    auto size_value = [&]() -> uint64_t {
-      std::string v = value();
-      auto n = parse_size(v);
-      if (!n) {
-        usage("bad size for " + a + ": " + v);
-      }
-      return *n;
-    };
-    if (a == "--addr") {
-      o.addr = value();
-    } else if (a == "--port") {
-      uint64_t p = size_value();
-      if (p > 65535) {
-        usage("bad --port");
-      }
-      o.port = static_cast<uint16_t>(p);
-      o.port_given = true;
-    } else if (a == "--portfile") {
-      o.portfile = value();
-    } else if (a == "--conns") {
-      o.conns = size_value();
+  o.server = smc_test::server_role(argc, argv, usage);
+  smc_test::arg_reader args(argc, argv, 2, usage);
+  while (args.next()) {
+    const std::string& a = args.name();
+    if (args.endpoint_option(o, "bad size for ")) {
+      continue;
+    }
+    if (a == "--conns") {
+      o.conns = args.size_value("bad size for ");
       if (o.conns == 0) {
         usage("--conns must be >= 1");
       }
@@ -1162,7 +1064,7 @@ options parse_options(int argc, char** argv) {
     } else if (a == "--concurrent") {
       o.concurrent = true;
     } else if (a == "--mode") {
-      std::string m = value();
+      std::string m = args.value();
       if (m == "blocking") {
         o.mode = io_mode::blocking;
       } else if (m == "poll") {
@@ -1177,7 +1079,7 @@ options parse_options(int argc, char** argv) {
         usage("bad --mode " + m);
       }
     } else if (a == "--io") {
-      std::string m = value();
+      std::string m = args.value();
       if (m == "send") {
         o.call = io_call::send;
       } else if (m == "rw") {
@@ -1188,11 +1090,11 @@ options parse_options(int argc, char** argv) {
         usage("bad --io " + m);
       }
     } else if (a == "--bytes") {
-      o.bytes = size_value();
+      o.bytes = args.size_value("bad size for ");
     } else if (a == "--seed") {
-      o.seed = size_value();
+      o.seed = args.size_value("bad size for ");
     } else if (a == "--max-chunk") {
-      uint64_t c = size_value();
+      uint64_t c = args.size_value("bad size for ");
       if (c == 0 || c > (1ull << 30)) {
         usage("--max-chunk must be in [1, 1G]");
       }
@@ -1204,7 +1106,7 @@ options parse_options(int argc, char** argv) {
     } else if (a == "--source") {
       o.source = true;
     } else if (a == "--idle-ms") {
-      o.idle_ms = static_cast<int>(std::min<uint64_t>(size_value(), INT32_MAX));
+      o.idle_ms = static_cast<int>(std::min<uint64_t>(args.size_value("bad size for "), INT32_MAX));
     } else {
       usage("unknown option " + a);
     }
