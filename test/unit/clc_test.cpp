@@ -9,33 +9,15 @@
 #include <string>
 #include <vector>
 
+#include "test/unit/test_util.h"
 #include "core/clc.h"
 
 using namespace smc::core::clc;
-using bytes = std::vector<uint8_t>;
+using smc_test::bytes;
+using smc_test::hex;
 
 namespace {
 
-/// Hex string to bytes; spaces, '|' and '.' are separators only.
-bytes hex(const char* s) {
-  bytes out;
-  int hi = -1;
-  for (; *s != '\0'; ++s) {
-    if (std::isxdigit(static_cast<unsigned char>(*s)) == 0) {
-      continue;
-    }
-    const int v = std::isdigit(static_cast<unsigned char>(*s)) != 0
-                      ? *s - '0'
-                      : std::tolower(static_cast<unsigned char>(*s)) - 'a' + 10;
-    if (hi < 0) {
-      hi = v;
-    } else {
-      out.push_back(static_cast<uint8_t>(hi << 4 | v));
-      hi = -1;
-    }
-  }
-  return out;
-}
 
 uint16_t be16_at(const bytes& b, size_t off) {
   return static_cast<uint16_t>(b.at(off) << 8 | b.at(off + 1));

@@ -11,34 +11,16 @@
 #include <string>
 #include <vector>
 
+#include "test/unit/test_util.h"
 #include "core/cdc.h"
 #include "core/llc.h"
 
 namespace llc = smc::core::llc;
-using bytes = std::vector<uint8_t>;
+using smc_test::bytes;
+using smc_test::hex;
 
 namespace {
 
-/// Hex string to bytes; anything that is not a hex digit separates.
-bytes hex(const char* s) {
-  bytes out;
-  int hi = -1;
-  for (; *s != '\0'; ++s) {
-    if (std::isxdigit(static_cast<unsigned char>(*s)) == 0) {
-      continue;
-    }
-    const int v = std::isdigit(static_cast<unsigned char>(*s)) != 0
-                      ? *s - '0'
-                      : std::tolower(static_cast<unsigned char>(*s)) - 'a' + 10;
-    if (hi < 0) {
-      hi = v;
-    } else {
-      out.push_back(static_cast<uint8_t>(hi << 4 | v));
-      hi = -1;
-    }
-  }
-  return out;
-}
 
 template <size_t N>
 bytes to_bytes(const std::array<uint8_t, N>& a) {
