@@ -10,7 +10,7 @@ packages=(
   build-essential cmake pkg-config
   libibverbs-dev ibverbs-providers rdma-core
   libboost-dev libspdlog-dev libfmt-dev catch2
-  iproute2 procps psmisc
+  iproute2 procps psmisc gdb
 )
 
 missing=()
