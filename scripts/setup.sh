@@ -11,6 +11,7 @@ packages=(
   libibverbs-dev ibverbs-providers rdma-core
   libboost-dev libspdlog-dev libfmt-dev catch2
   iproute2 procps psmisc gdb
+  clang llvm libbpf-dev bpftool
 )
 
 missing=()
