@@ -1,6 +1,7 @@
 // The fd table: fd number -> entry, a two-level array of atomic pointers.
 // A socket we do not handle costs one atomic load (fd_maybe); only recorded
 // fds take a striped lock to pin their entry with a reference.
+#include <algorithm>
 #include <cstdlib>
 
 #include "core/log.h"
@@ -146,6 +147,29 @@ void fd_fresh(int fd) {
   // closed behind our back (fclose, close_range, a raw syscall): forget it.
   if (fd_maybe(fd)) {
     fd_release(fd);
+  }
+}
+
+void fd_release_range(unsigned first, unsigned last) {
+  constexpr unsigned limit = static_cast<unsigned>(max_chunks) * chunk_size;
+  if (first >= limit) {
+    return;
+  }
+  last = std::min(last, limit - 1);
+  // Only chunks that were ever allocated can hold entries: close_range(3, ~0U)
+  // costs one load per 4096 fds of an untouched range.
+  for (unsigned c = first >> chunk_bits; c <= (last >> chunk_bits); ++c) {
+    slot* s = g_chunks[c].load(std::memory_order_acquire);
+    if (s == nullptr) {
+      continue;
+    }
+    unsigned lo = std::max(first, c << chunk_bits);
+    unsigned hi = std::min(last, ((c + 1) << chunk_bits) - 1);
+    for (unsigned fd = lo; fd <= hi; ++fd) {
+      if (s[fd & (chunk_size - 1)].load(std::memory_order_acquire) != nullptr) {
+        fd_release(static_cast<int>(fd));
+      }
+    }
   }
 }
 

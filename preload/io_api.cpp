@@ -4,6 +4,7 @@
 // settles its state first.
 #include <limits.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -21,6 +22,32 @@ ssize_t __recvfrom_chk(int fd, void* buf, size_t n, size_t buflen, int flags, so
                        socklen_t* alen);
 }
 
+namespace smc::preload {
+
+int settle_io(entry* e, int fd, bool write, int flags, state& st) {
+  state s = e->st.load(std::memory_order_acquire);
+  if (s == state::tcp) {
+    fd_forget_if(fd, e);
+    st = s;
+    return 0;
+  }
+  if (write) {
+    if (s == state::undecided) {
+      prepare_write(e, fd);
+    } else if (s == state::connecting) {
+      finish_connect(e, fd);
+    }
+  } else if (s == state::undecided || s == state::strip || s == state::connecting) {
+    if (int err = prepare_read(e, fd, flags); err != 0) {
+      return err;
+    }
+  }
+  st = e->st.load(std::memory_order_acquire);
+  return 0;
+}
+
+}  // namespace smc::preload
+
 namespace {
 
 // One body for both directions: settle the socket's state as far as this
@@ -33,24 +60,11 @@ ssize_t smc_io(int fd, const iovec* iov, int iovcnt, int flags, Fallback&& fb) {
   }
   int saved = errno;
   try {
-    state s = e->st.load(std::memory_order_acquire);
-    if (s == state::tcp) {
-      fd_forget_if(fd, e.get());
-      return fb();
+    state s;
+    if (int err = settle_io(e.get(), fd, Write, flags, s); err != 0) {
+      errno = err;
+      return -1;
     }
-    if constexpr (Write) {
-      if (s == state::undecided) {
-        prepare_write(e.get(), fd);
-      } else if (s == state::connecting) {
-        finish_connect(e.get(), fd);
-      }
-    } else if (s == state::undecided || s == state::strip || s == state::connecting) {
-      if (int err = prepare_read(e.get(), fd, flags); err != 0) {
-        errno = err;
-        return -1;
-      }
-    }
-    s = e->st.load(std::memory_order_acquire);
     if (s == state::smc) {
       if ((flags & MSG_OOB) != 0 || iovcnt < 0 || iovcnt > IOV_MAX) {
         errno = EINVAL;  // no urgent data on SMC connections
@@ -209,6 +223,202 @@ __attribute__((visibility("default"))) ssize_t sendmsg(int fd, const msghdr* msg
   }
   return smc_write(fd, msg->msg_iov, static_cast<int>(msg->msg_iovlen), flags,
                    [&] { return real.sendmsg(fd, msg, flags); });
+}
+
+// preadv2/pwritev2 with offset -1 use the file position: on a socket they
+// are readv/writev with per-call flags (RWF_NOWAIT = MSG_DONTWAIT). With any
+// other offset the kernel answers ESPIPE without touching the stream.
+static int rwf_to_msg(int rwf) { return (rwf & RWF_NOWAIT) != 0 ? MSG_DONTWAIT : 0; }
+
+__attribute__((visibility("default"))) ssize_t preadv2(int fd, const iovec* iov, int iovcnt,
+                                                       off_t off, int rwf) {
+  ensure_init();
+  if (!g_enabled || off != -1 || !fd_maybe(fd)) {
+    return real.preadv2(fd, iov, iovcnt, off, rwf);
+  }
+  return smc_read(fd, iov, iovcnt, rwf_to_msg(rwf),
+                  [&] { return real.preadv2(fd, iov, iovcnt, off, rwf); });
+}
+
+__attribute__((visibility("default"))) ssize_t pwritev2(int fd, const iovec* iov, int iovcnt,
+                                                        off_t off, int rwf) {
+  ensure_init();
+  if (!g_enabled || off != -1 || !fd_maybe(fd)) {
+    return real.pwritev2(fd, iov, iovcnt, off, rwf);
+  }
+  return smc_write(fd, iov, iovcnt, rwf_to_msg(rwf),
+                   [&] { return real.pwritev2(fd, iov, iovcnt, off, rwf); });
+}
+
+// On LP64 glibc the 64-bit names are aliases of the same functions.
+__attribute__((visibility("default"))) ssize_t preadv64v2(int fd, const iovec* iov, int iovcnt,
+                                                          off_t off, int rwf) {
+  return preadv2(fd, iov, iovcnt, off, rwf);
+}
+
+__attribute__((visibility("default"))) ssize_t pwritev64v2(int fd, const iovec* iov, int iovcnt,
+                                                           off_t off, int rwf) {
+  return pwritev2(fd, iov, iovcnt, off, rwf);
+}
+
+// sendmmsg/recvmmsg on an SMC socket: the per-message path in a loop, with
+// the kernel's return rules (the number of messages done; an error only if
+// the first one failed; at most UIO_MAXIOV messages).
+__attribute__((visibility("default"))) int sendmmsg(int fd, mmsghdr* vec, unsigned vlen,
+                                                    int flags) {
+  ensure_init();
+  if (!g_enabled || !fd_maybe(fd)) {
+    return real.sendmmsg(fd, vec, vlen, flags);
+  }
+  entry_ref e(fd);
+  if (!e) {
+    return real.sendmmsg(fd, vec, vlen, flags);
+  }
+  int saved = errno;
+  try {
+    state s;
+    if (int err = settle_io(e.get(), fd, true, flags, s); err != 0) {
+      errno = err;
+      return -1;
+    }
+    if (s != state::smc) {
+      errno = saved;
+      return real.sendmmsg(fd, vec, vlen, flags);
+    }
+    if (vlen > UIO_MAXIOV) {
+      vlen = UIO_MAXIOV;
+    }
+    if (vlen > 0 && vec == nullptr) {
+      errno = EFAULT;
+      return -1;
+    }
+    unsigned done = 0;
+    int err = 0;
+    for (; done < vlen; ++done) {
+      const msghdr& m = vec[done].msg_hdr;
+      if ((flags & MSG_OOB) != 0 || m.msg_iovlen > IOV_MAX) {
+        err = EINVAL;
+        break;
+      }
+      size_t want = 0;
+      for (size_t i = 0; i < m.msg_iovlen; ++i) {
+        want += m.msg_iov[i].iov_len;
+      }
+      auto r = e->conn->send(m.msg_iov, static_cast<int>(m.msg_iovlen), flags);
+      if (r.n < 0) {
+        err = r.err;
+        break;
+      }
+      vec[done].msg_len = static_cast<unsigned>(r.n);
+      if (static_cast<size_t>(r.n) < want) {
+        // A short write (non-blocking, ring full): the next message must not
+        // follow a gap in the stream, so this is the last one sent.
+        ++done;
+        break;
+      }
+    }
+    if (done == 0 && err != 0) {
+      errno = err;
+      return -1;
+    }
+    errno = saved;
+    return static_cast<int>(done);
+  } catch (...) {
+    errno = EIO;
+    return -1;
+  }
+}
+
+__attribute__((visibility("default"))) int recvmmsg(int fd, mmsghdr* vec, unsigned vlen,
+                                                    int flags, timespec* timeout) {
+  ensure_init();
+  if (!g_enabled || !fd_maybe(fd)) {
+    return real.recvmmsg(fd, vec, vlen, flags, timeout);
+  }
+  entry_ref e(fd);
+  if (!e) {
+    return real.recvmmsg(fd, vec, vlen, flags, timeout);
+  }
+  int saved = errno;
+  try {
+    if (timeout != nullptr &&
+        (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1000000000L)) {
+      errno = EINVAL;
+      return -1;
+    }
+    state s;
+    if (int err = settle_io(e.get(), fd, false, flags & ~MSG_WAITFORONE, s); err != 0) {
+      errno = err;
+      return -1;
+    }
+    if (s != state::smc) {
+      errno = saved;
+      return real.recvmmsg(fd, vec, vlen, flags, timeout);
+    }
+    if (vlen > UIO_MAXIOV) {
+      vlen = UIO_MAXIOV;
+    }
+    if (vlen > 0 && vec == nullptr) {
+      errno = EFAULT;
+      return -1;
+    }
+    timespec end{};
+    if (timeout != nullptr) {
+      clock_gettime(CLOCK_MONOTONIC, &end);
+      end.tv_sec += timeout->tv_sec;
+      end.tv_nsec += timeout->tv_nsec;
+      if (end.tv_nsec >= 1000000000L) {
+        end.tv_sec += 1;
+        end.tv_nsec -= 1000000000L;
+      }
+    }
+    int f = flags & ~MSG_WAITFORONE;
+    unsigned done = 0;
+    int err = 0;
+    while (done < vlen) {
+      msghdr& m = vec[done].msg_hdr;
+      if ((f & MSG_OOB) != 0 || m.msg_iovlen > IOV_MAX) {
+        err = EINVAL;
+        break;
+      }
+      auto r = e->conn->recv(m.msg_iov, static_cast<int>(m.msg_iovlen), f);
+      if (r.n < 0) {
+        err = r.err;
+        break;
+      }
+      vec[done].msg_len = static_cast<unsigned>(r.n);
+      m.msg_namelen = 0;
+      m.msg_controllen = 0;
+      m.msg_flags = 0;
+      ++done;
+      if ((flags & MSG_WAITFORONE) != 0) {
+        f |= MSG_DONTWAIT;
+      }
+      if (timeout != nullptr) {
+        // As the kernel: the timeout is looked at only after each message.
+        timespec now{};
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t left = (end.tv_sec - now.tv_sec) * 1000000000LL + (end.tv_nsec - now.tv_nsec);
+        if (left < 0) {
+          left = 0;
+        }
+        timeout->tv_sec = static_cast<time_t>(left / 1000000000LL);
+        timeout->tv_nsec = static_cast<long>(left % 1000000000LL);
+        if (left == 0) {
+          break;
+        }
+      }
+    }
+    if (done == 0 && err != 0) {
+      errno = err;
+      return -1;
+    }
+    errno = saved;
+    return static_cast<int>(done);
+  } catch (...) {
+    errno = EIO;
+    return -1;
+  }
 }
 
 }  // extern "C"

@@ -67,6 +67,14 @@ struct real_fns {
   ssize_t (*recv_chk)(int, void*, size_t, size_t, int);
   ssize_t (*recvfrom_chk)(int, void*, size_t, size_t, int, sockaddr*, socklen_t*);
   int (*poll_chk)(pollfd*, nfds_t, int, size_t);
+  ssize_t (*sendfile)(int, int, off_t*, size_t);
+  ssize_t (*sendfile64)(int, int, off64_t*, size_t);
+  ssize_t (*splice)(int, loff_t*, int, loff_t*, size_t, unsigned);
+  int (*sendmmsg)(int, mmsghdr*, unsigned, int);
+  int (*recvmmsg)(int, mmsghdr*, unsigned, int, timespec*);
+  ssize_t (*preadv2)(int, const iovec*, int, off_t, int);
+  ssize_t (*pwritev2)(int, const iovec*, int, off_t, int);
+  int (*close_range)(unsigned, unsigned, int);
 };
 extern real_fns real;
 
@@ -125,6 +133,8 @@ void fd_forget_if(int fd, entry* e);   // drops the slot if it still holds e
 void fd_release(int fd);
 /// A new fd number appeared from a call we do not track (stale slot cleanup).
 void fd_fresh(int fd);
+/// fd_release for every recorded fd in [first, last] (close_range).
+void fd_release_range(unsigned first, unsigned last);
 /// Atfork hooks for the table's locks.
 void fd_table_lock_all();
 void fd_table_unlock_all();
@@ -159,6 +169,13 @@ state finish_connect(entry* e, int fd);
 int prepare_read(entry* e, int fd, int flags);
 /// Before a write on an undecided socket (server writes first).
 void prepare_write(entry* e, int fd);
+/// Before any data call on a recorded socket: settles its state as far as a
+/// read (`write` false, with recv `flags`) or a write needs. Returns 0 with
+/// `st` set (state::smc: serve the call from e->conn; anything else: the
+/// kernel serves it, and a socket that is TCP for good leaves the table), or
+/// an errno the call fails with (a read on a socket still deciding: EAGAIN,
+/// EINTR).
+int settle_io(entry* e, int fd, bool write, int flags, state& st);
 /// Drive any pending decision without blocking (poll/epoll saw activity).
 state drive(entry* e, int fd);
 

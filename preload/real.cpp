@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <pthread.h>
+#include <sys/sendfile.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -59,6 +60,11 @@ int enosys_epoll_pwait2(int, epoll_event*, int, const timespec*, const sigset_t*
   return -1;
 }
 
+int enosys_close_range(unsigned, unsigned, int) {
+  errno = ENOSYS;
+  return -1;
+}
+
 void resolve_all() {
 #define SMC_RESOLVE(field, sym) resolve(real.field, #sym, reinterpret_cast<void*>(&::sym))
   SMC_RESOLVE(socket, socket);
@@ -96,11 +102,22 @@ void resolve_all() {
   SMC_RESOLVE(getsockopt, getsockopt);
   SMC_RESOLVE(setsockopt, setsockopt);
   SMC_RESOLVE(fork, fork);
-#undef SMC_RESOLVE
   resolve(real.epoll_pwait2, "epoll_pwait2", nullptr, true);
   if (real.epoll_pwait2 == nullptr) {
     real.epoll_pwait2 = enosys_epoll_pwait2;
   }
+  SMC_RESOLVE(sendfile, sendfile);
+  SMC_RESOLVE(sendfile64, sendfile64);
+  SMC_RESOLVE(splice, splice);
+  SMC_RESOLVE(sendmmsg, sendmmsg);
+  SMC_RESOLVE(recvmmsg, recvmmsg);
+  SMC_RESOLVE(preadv2, preadv2);
+  SMC_RESOLVE(pwritev2, pwritev2);
+  resolve(real.close_range, "close_range", reinterpret_cast<void*>(&::close_range), true);
+  if (real.close_range == nullptr) {
+    real.close_range = enosys_close_range;  // glibc < 2.34
+  }
+#undef SMC_RESOLVE
   resolve(real.fcntl64, "fcntl64", nullptr, true);
   if (real.fcntl64 == nullptr) {
     real.fcntl64 = real.fcntl;

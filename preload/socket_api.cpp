@@ -3,6 +3,7 @@
 // Each exported function is a thin, noexcept translation: preload/ holds no
 // protocol logic, core/ does.
 #include <fcntl.h>
+#include <linux/close_range.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -377,6 +378,24 @@ __attribute__((visibility("default"))) int close(int fd) {
     errno = saved;
   }
   return real.close(fd);
+}
+
+// close_range closes behind close()'s back: release our state for every
+// recorded fd in the range first, exactly as close() does for one fd.
+// CLOSE_RANGE_CLOEXEC closes nothing now (exec ends the image and its table).
+__attribute__((visibility("default"))) int close_range(unsigned first, unsigned last,
+                                                       int flags) noexcept {
+  ensure_init();
+  if (g_enabled && first <= last && (flags & ~(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC)) == 0 &&
+      (flags & CLOSE_RANGE_CLOEXEC) == 0) {
+    int saved = errno;
+    try {
+      fd_release_range(first, last);
+    } catch (...) {
+    }
+    errno = saved;
+  }
+  return real.close_range(first, last, flags);
 }
 
 __attribute__((visibility("default"))) int shutdown(int fd, int how) noexcept {

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # run_pairs.sh: the process-pair integration suite. Runs smc_pair,
-# smc_hostile and spdlog_app under scripts/smc_run (and plain) inside fresh
+# smc_hostile, spdlog_app and smc_calls under scripts/smc_run (and plain) inside fresh
 # network namespaces, verifies every byte, and checks the library's stats
 # files (SMC_STATS_FILE) and the loopback byte counter to prove the data went
 # through shared memory, or that a fallback happened where it must.
 #
 # usage (as root): run_pairs.sh BUILD_DIR SMC_RUN
-#   BUILD_DIR  has smc_pair, smc_hostile, spdlog_app
+#   BUILD_DIR  has smc_pair, smc_hostile, spdlog_app, smc_calls
 #   SMC_RUN    path to scripts/smc_run; the environment variable SMC_RUN
 #              overrides it (e.g. a stub that just execs, for a dry run)
 #   SMCT_ONLY  optional regex: run only scenarios whose name matches
@@ -34,7 +34,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "run_pairs.sh: needs root (ip netns)" >&2
   exit 2
 fi
-for b in smc_pair smc_hostile spdlog_app; do
+for b in smc_pair smc_hostile spdlog_app smc_calls; do
   if [ ! -x "$BUILD/$b" ]; then
     echo "run_pairs.sh: $BUILD/$b not built" >&2
     exit 2
@@ -431,6 +431,59 @@ scenario_concurrent() {
   finish
 }
 
+# h. the calls the preload serves itself on SMC sockets (sendfile, splice,
+# sendmmsg/recvmmsg, IOV_MAX writev/readv, close_range, SO_LINGER 0): 16 MiB
+# each way, every byte verified, lo carrying under 1% of it; blocking and
+# non-blocking sockets.
+scenario_calls() {
+  local mode nb lo0 lo1 label
+  for mode in sendfile splice mmsg iov; do
+    for nb in "" --nonblock; do
+      label="calls_${mode}${nb:+_nonblock}"
+      begin "$label" || continue
+      lo0=$(lo_bytes "$NS")
+      start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- \
+        "$BUILD/smc_calls" server --mode "$mode" --bytes 16M $nb
+      if [ -n "$PORT" ]; then
+        launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- \
+          "$BUILD/smc_calls" client --port "$PORT" --mode "$mode" --bytes 16M $nb
+        expect_exit "$PID" "$DIR/client" client
+      fi
+      expect_server_exit "$SPID" "$DIR/server"
+      lo1=$(lo_bytes "$NS")
+      if [ -n "$lo0" ] && [ -n "$lo1" ]; then
+        if [ $((lo1 - lo0)) -ge $((32 * MIB / 100)) ]; then
+          note "lo carried $((lo1 - lo0)) bytes (>= 1% of the 32 MiB payload: data went over TCP)"
+        fi
+      else
+        note "cannot read lo tx_bytes"
+      fi
+      expect_line "$DIR/server.out" "^ok mode=$mode " server
+      expect_line "$DIR/client.out" "^ok mode=$mode " client
+      local role
+      for role in server client; do
+        expect_stat "$role" connections.smc_shm -ge 1
+        expect_stat "$role" bytes.smc_tx -ge $((16 * MIB))
+        expect_stat "$role" bytes.smc_rx -ge $((16 * MIB))
+      done
+      finish
+    done
+  done
+  if begin calls_linger0; then
+    start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_calls" server --mode linger0
+    if [ -n "$PORT" ]; then
+      launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- \
+        "$BUILD/smc_calls" client --port "$PORT" --mode linger0
+      expect_exit "$PID" "$DIR/client" client
+    fi
+    expect_server_exit "$SPID" "$DIR/server"
+    expect_line "$DIR/server.out" '^ok mode=linger0 .* reset' server
+    expect_stat server connections.smc_shm -ge 1
+    expect_stat client connections.smc_shm -ge 1
+    finish
+  fi
+}
+
 # ---------------------------------------------------------------- main
 scenario_plain_baseline
 scenario_bulk
@@ -440,6 +493,7 @@ scenario_fallback
 scenario_hostile
 scenario_spdlog
 scenario_concurrent
+scenario_calls
 
 smct_cleanup
 if summary; then

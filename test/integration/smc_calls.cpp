@@ -1,0 +1,736 @@
+// smc_calls: moves a verified byte stream each way over one TCP connection
+// with the less common data calls, the ones a preload must serve itself on an
+// SMC socket or the kernel would write into the idle TCP socket behind SMC's
+// back: sendfile/sendfile64 (offset pointer and file position), splice
+// (pipe -> socket, socket -> pipe), sendfile from a socket into a pipe,
+// sendmmsg/recvmmsg with many iovecs, writev/readv with IOV_MAX iovecs,
+// MSG_MORE, TCP_CORK, FIONREAD, SIOCOUTQ; the connection is closed with
+// close_range() and the fd number reused by a pipe must then work as a pipe.
+// Mode linger0: the client closes with SO_LINGER 0 and the server must see
+// ECONNRESET. Plain POSIX, nothing about SMC: the same binary runs plain or
+// under scripts/smc_run.
+//
+//   smc_calls server [--addr A] [--port P] [--portfile F] --mode M [opts]
+//   smc_calls client --port P --mode M [opts]
+//   modes: sendfile splice mmsg iov linger0
+//   opts: --bytes N[K|M|G] --seed S --nonblock
+//
+// Exit 0 with one "ok ..." line on stdout, or 1 with "smc_calls: FAIL why"
+// on stderr.
+#include <fcntl.h>
+#include <linux/close_range.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test/integration/net_util.h"
+
+namespace {
+
+struct options : smc_test::endpoint_options {
+  bool server = false;
+  std::string mode = "sendfile";
+  uint64_t bytes = 8 << 20;
+  uint64_t seed = 1;
+  bool nonblock = false;
+};
+
+[[noreturn]] void fail_exit(const std::string& why) {
+  std::fflush(stdout);
+  std::fprintf(stderr, "smc_calls: FAIL %s\n", why.c_str());
+  std::fflush(stderr);
+  _exit(1);
+}
+
+std::string err_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
+
+[[noreturn]] void usage(const std::string& why) {
+  std::fprintf(stderr,
+               "smc_calls: %s\nusage: smc_calls server|client [--addr A] [--port P] [--portfile F]"
+               " --mode sendfile|splice|mmsg|iov|linger0 [--bytes N] [--seed S] [--nonblock]\n",
+               why.c_str());
+  std::exit(2);
+}
+
+// ---------------------------------------------------------------- the stream
+uint64_t splitmix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// Stream `dir` (0: client -> server, 1: server -> client): byte at offset o.
+struct stream {
+  uint64_t key;
+  stream(uint64_t seed, int dir) : key(splitmix(seed * 2 + static_cast<uint64_t>(dir))) {}
+  void fill(uint64_t off, uint8_t* p, size_t n) const {
+    while (n > 0) {
+      uint64_t w = splitmix(key ^ (off >> 3));
+      unsigned b = off & 7;
+      size_t k = std::min<size_t>(n, 8 - b);
+      for (size_t i = 0; i < k; ++i) {
+        p[i] = static_cast<uint8_t>(w >> ((b + i) * 8));
+      }
+      p += k;
+      off += k;
+      n -= k;
+    }
+  }
+  // Offset of the first mismatch in p[0..n) (at stream offset off), or -1.
+  int64_t check(uint64_t off, const uint8_t* p, size_t n) const {
+    uint8_t tmp[4096];
+    for (size_t done = 0; done < n;) {
+      size_t k = std::min(n - done, sizeof tmp);
+      fill(off + done, tmp, k);
+      if (std::memcmp(tmp, p + done, k) != 0) {
+        for (size_t i = 0; i < k; ++i) {
+          if (tmp[i] != p[done + i]) {
+            return static_cast<int64_t>(off + done + i);
+          }
+        }
+      }
+      done += k;
+    }
+    return -1;
+  }
+};
+
+struct rng {
+  uint64_t s;
+  uint64_t next() { return s = splitmix(s); }
+  size_t upto(size_t n) { return 1 + static_cast<size_t>(next() % n); }
+};
+
+void wait_fd(int fd, short ev) {
+  pollfd p{fd, ev, 0};
+  if (::poll(&p, 1, 30000) <= 0) {
+    fail_exit(std::string("poll for ") + (ev == POLLIN ? "input" : "output") + " timed out");
+  }
+}
+
+// ---------------------------------------------------------------- senders
+// Each sends bytes [0, n) of `s` on fd, then shuts down writing.
+void send_sendfile(int fd, const options& o, const stream& s) {
+  char path[] = "/tmp/smc_calls.XXXXXX";
+  int file = ::mkstemp(path);
+  if (file < 0) {
+    fail_exit(err_text("mkstemp"));
+  }
+  ::unlink(path);
+  std::vector<uint8_t> buf(1 << 20);
+  for (uint64_t off = 0; off < o.bytes;) {
+    size_t k = std::min<uint64_t>(buf.size(), o.bytes - off);
+    s.fill(off, buf.data(), k);
+    if (::pwrite(file, buf.data(), k, static_cast<off_t>(off)) != static_cast<ssize_t>(k)) {
+      fail_exit(err_text("pwrite"));
+    }
+    off += k;
+  }
+  rng r{o.seed ^ 0x5f};
+  uint64_t pos = 0;
+  unsigned round = 0;
+  while (pos < o.bytes) {
+    size_t chunk = std::min<uint64_t>(r.upto(1 << 20), o.bytes - pos);
+    ssize_t n;
+    const int how = static_cast<int>(round++ % 3);
+    if (how == 0) {  // offset pointer: the file position must not move
+      ::lseek(file, 12345, SEEK_SET);
+      off_t at = static_cast<off_t>(pos);
+      n = ::sendfile(fd, file, &at, chunk);
+      if (n >= 0 && (at != static_cast<off_t>(pos + static_cast<uint64_t>(n)) ||
+                     ::lseek(file, 0, SEEK_CUR) != 12345)) {
+        fail_exit("sendfile with an offset pointer: offset/file position wrong");
+      }
+    } else if (how == 1) {  // NULL offset: the file position moves
+      ::lseek(file, static_cast<off_t>(pos), SEEK_SET);
+      n = ::sendfile(fd, file, nullptr, chunk);
+      if (n >= 0 && ::lseek(file, 0, SEEK_CUR) != static_cast<off_t>(pos + static_cast<uint64_t>(n))) {
+        fail_exit("sendfile without offset: file position wrong");
+      }
+    } else {
+      off64_t at = static_cast<off64_t>(pos);
+      n = ::sendfile64(fd, file, &at, chunk);
+      if (n >= 0 && at != static_cast<off64_t>(pos + static_cast<uint64_t>(n))) {
+        fail_exit("sendfile64: offset wrong");
+      }
+    }
+    if (n < 0) {
+      if (errno == EAGAIN) {
+        wait_fd(fd, POLLOUT);
+        continue;
+      }
+      if (errno == EINTR) {
+        continue;
+      }
+      fail_exit(err_text("sendfile"));
+    }
+    if (n == 0) {
+      fail_exit("sendfile returned 0 before the end of the file");
+    }
+    pos += static_cast<uint64_t>(n);
+  }
+  // Past the end of the file: 0, offset unchanged.
+  off_t at = static_cast<off_t>(o.bytes);
+  if (::sendfile(fd, file, &at, 100) != 0 || at != static_cast<off_t>(o.bytes)) {
+    fail_exit("sendfile at the end of the file did not return 0");
+  }
+  ::close(file);
+}
+
+void send_splice(int fd, const options& o, const stream& s) {
+  int p[2];
+  if (::pipe(p) != 0) {
+    fail_exit(err_text("pipe"));
+  }
+  rng r{o.seed ^ 0x77};
+  std::vector<uint8_t> buf(65536);
+  for (uint64_t pos = 0; pos < o.bytes;) {
+    size_t k = std::min<uint64_t>(r.upto(buf.size()), o.bytes - pos);
+    s.fill(pos, buf.data(), k);
+    if (::write(p[1], buf.data(), k) != static_cast<ssize_t>(k)) {
+      fail_exit(err_text("write to the pipe"));
+    }
+    size_t left = k;
+    while (left > 0) {
+      unsigned fl = (r.next() & 1) != 0 ? SPLICE_F_MORE : 0;
+      ssize_t n = ::splice(p[0], nullptr, fd, nullptr, left, fl | SPLICE_F_MOVE);
+      if (n < 0) {
+        if (errno == EAGAIN) {
+          wait_fd(fd, POLLOUT);
+          continue;
+        }
+        if (errno == EINTR) {
+          continue;
+        }
+        fail_exit(err_text("splice pipe -> socket"));
+      }
+      if (n == 0 || static_cast<size_t>(n) > left) {
+        fail_exit("splice pipe -> socket: bad count " + std::to_string(n));
+      }
+      left -= static_cast<size_t>(n);
+    }
+    pos += k;
+  }
+  ::close(p[0]);
+  ::close(p[1]);
+}
+
+void send_mmsg(int fd, const options& o, const stream& s) {
+  rng r{o.seed ^ 0x33};
+  std::vector<uint8_t> buf(1 << 18);
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_CORK, &one, sizeof one);
+  uint64_t pos = 0;
+  while (pos < o.bytes) {
+    // Up to 16 messages of up to 8 iovecs each over the next bytes.
+    size_t total = std::min<uint64_t>(r.upto(buf.size()), o.bytes - pos);
+    s.fill(pos, buf.data(), total);
+    std::vector<iovec> iov;
+    std::vector<mmsghdr> msgs;
+    std::vector<size_t> iov_first;
+    size_t at = 0;
+    while (at < total && msgs.size() < 16) {
+      size_t nio = r.upto(8);
+      iov_first.push_back(iov.size());
+      for (size_t i = 0; i < nio && at < total; ++i) {
+        size_t k = std::min(total - at, r.upto(total / 4 + 1));
+        iov.push_back({buf.data() + at, k});
+        at += k;
+      }
+      msgs.push_back({});
+    }
+    for (size_t m = 0; m < msgs.size(); ++m) {
+      size_t end = m + 1 < msgs.size() ? iov_first[m + 1] : iov.size();
+      msgs[m].msg_hdr.msg_iov = &iov[iov_first[m]];
+      msgs[m].msg_hdr.msg_iovlen = end - iov_first[m];
+    }
+    // Send the messages (their bytes: buf[0, at)); a partial message ends a call.
+    size_t sent = 0;
+    size_t m0 = 0;
+    while (m0 < msgs.size()) {
+      int flags = MSG_NOSIGNAL | ((r.next() & 1) != 0 ? MSG_MORE : 0);
+      int n = ::sendmmsg(fd, &msgs[m0], static_cast<unsigned>(msgs.size() - m0), flags);
+      if (n < 0) {
+        if (errno == EAGAIN) {
+          wait_fd(fd, POLLOUT);
+          continue;
+        }
+        if (errno == EINTR) {
+          continue;
+        }
+        fail_exit(err_text("sendmmsg"));
+      }
+      if (n == 0) {
+        fail_exit("sendmmsg returned 0");
+      }
+      for (int i = 0; i < n; ++i) {
+        msghdr& h = msgs[m0 + static_cast<size_t>(i)].msg_hdr;
+        size_t want = 0;
+        for (size_t j = 0; j < h.msg_iovlen; ++j) {
+          want += h.msg_iov[j].iov_len;
+        }
+        size_t got = msgs[m0 + static_cast<size_t>(i)].msg_len;
+        sent += got;
+        if (got < want) {
+          if (i != n - 1) {
+            fail_exit("sendmmsg went on after a short message");
+          }
+          // Resend the rest of this message: trim its iovecs.
+          size_t skip = got;
+          size_t j = 0;
+          while (skip >= h.msg_iov[j].iov_len) {
+            skip -= h.msg_iov[j].iov_len;
+            ++j;
+          }
+          h.msg_iov += j;
+          h.msg_iovlen -= j;
+          h.msg_iov[0].iov_base = static_cast<uint8_t*>(h.msg_iov[0].iov_base) + skip;
+          h.msg_iov[0].iov_len -= skip;
+          --n;  // this message again
+        }
+      }
+      m0 += static_cast<size_t>(n);
+    }
+    if (sent != at) {
+      fail_exit("sendmmsg: counts do not add up");
+    }
+    pos += at;
+  }
+  int zero = 0;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_CORK, &zero, sizeof zero);
+}
+
+void send_iov(int fd, const options& o, const stream& s) {
+  rng r{o.seed ^ 0x99};
+  std::vector<uint8_t> buf(IOV_MAX * 300);
+  std::vector<iovec> iov(IOV_MAX);
+  uint64_t pos = 0;
+  while (pos < o.bytes) {
+    size_t total = 0;
+    int cnt = 0;
+    int want_cnt = (r.next() & 1) != 0 ? IOV_MAX : static_cast<int>(r.upto(IOV_MAX));
+    while (cnt < want_cnt && pos + total < o.bytes) {
+      size_t k = std::min<uint64_t>(r.upto(300) - 1, o.bytes - pos - total);  // 0-byte iovecs too
+      iov[static_cast<size_t>(cnt)] = {buf.data() + total, k};
+      total += k;
+      ++cnt;
+    }
+    s.fill(pos, buf.data(), total);
+    size_t done = 0;
+    while (done < total) {
+      // Skip what went out already.
+      int first = 0;
+      size_t skip = done;
+      while (first < cnt && skip >= iov[static_cast<size_t>(first)].iov_len) {
+        skip -= iov[static_cast<size_t>(first)].iov_len;
+        ++first;
+      }
+      iovec save = iov[static_cast<size_t>(first)];
+      iov[static_cast<size_t>(first)].iov_base = static_cast<uint8_t*>(save.iov_base) + skip;
+      iov[static_cast<size_t>(first)].iov_len -= skip;
+      ssize_t n = ::writev(fd, &iov[static_cast<size_t>(first)], cnt - first);
+      iov[static_cast<size_t>(first)] = save;
+      if (n < 0) {
+        if (errno == EAGAIN) {
+          wait_fd(fd, POLLOUT);
+          continue;
+        }
+        if (errno == EINTR) {
+          continue;
+        }
+        fail_exit(err_text("writev"));
+      }
+      done += static_cast<size_t>(n);
+    }
+    // Unsent bytes: the call must work and stay within what was written.
+    int outq = -1;
+    if (::ioctl(fd, SIOCOUTQ, &outq) != 0 || outq < 0 ||
+        static_cast<uint64_t>(outq) > pos + total) {
+      fail_exit("ioctl SIOCOUTQ: " + std::to_string(outq) + " (" + std::strerror(errno) + ")");
+    }
+    pos += total;
+  }
+}
+
+// ---------------------------------------------------------------- receivers
+// Each reads until EOF, verifying every byte; returns the count.
+uint64_t recv_read(int fd, const stream& s, const char* how) {
+  std::vector<uint8_t> buf(1 << 18);
+  uint64_t got = 0;
+  for (;;) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EAGAIN) {
+        wait_fd(fd, POLLIN);
+        continue;
+      }
+      if (errno == EINTR) {
+        continue;
+      }
+      fail_exit(err_text(how));
+    }
+    if (n == 0) {
+      return got;
+    }
+    if (int64_t bad = s.check(got, buf.data(), static_cast<size_t>(n)); bad >= 0) {
+      fail_exit(std::string(how) + ": wrong byte at offset " + std::to_string(bad));
+    }
+    got += static_cast<uint64_t>(n);
+  }
+}
+
+// Socket -> pipe with splice (or sendfile, which the kernel allows into a
+// pipe from a socket), then read the pipe.
+uint64_t recv_via_pipe(int fd, const stream& s, bool use_sendfile, const options& o) {
+  int p[2];
+  if (::pipe(p) != 0) {
+    fail_exit(err_text("pipe"));
+  }
+  rng r{o.seed ^ 0x11};
+  std::vector<uint8_t> buf(1 << 16);
+  uint64_t got = 0;
+  for (;;) {
+    size_t want = r.upto(buf.size());
+    ssize_t n = use_sendfile ? ::sendfile(p[1], fd, nullptr, want)
+                             : ::splice(fd, nullptr, p[1], nullptr, want, SPLICE_F_MOVE);
+    if (n < 0) {
+      if (errno == EAGAIN) {
+        wait_fd(fd, POLLIN);
+        continue;
+      }
+      if (errno == EINTR) {
+        continue;
+      }
+      fail_exit(err_text(use_sendfile ? "sendfile socket -> pipe" : "splice socket -> pipe"));
+    }
+    if (n == 0) {
+      break;
+    }
+    if (static_cast<size_t>(n) > want) {
+      fail_exit("socket -> pipe: more than asked");
+    }
+    size_t have = 0;
+    while (have < static_cast<size_t>(n)) {
+      ssize_t k = ::read(p[0], buf.data() + have, static_cast<size_t>(n) - have);
+      if (k <= 0) {
+        fail_exit(err_text("read from the pipe"));
+      }
+      have += static_cast<size_t>(k);
+    }
+    if (int64_t bad = s.check(got, buf.data(), have); bad >= 0) {
+      fail_exit("socket -> pipe: wrong byte at offset " + std::to_string(bad));
+    }
+    got += have;
+  }
+  ::close(p[0]);
+  ::close(p[1]);
+  return got;
+}
+
+uint64_t recv_mmsg(int fd, const stream& s, const options& o) {
+  rng r{o.seed ^ 0x44};
+  constexpr size_t nmsg = 8;
+  constexpr size_t per = 4;
+  std::vector<uint8_t> buf(nmsg * per * 8192);
+  uint64_t got = 0;
+  for (;;) {
+    std::vector<iovec> iov(nmsg * per);
+    std::vector<mmsghdr> msgs(nmsg);
+    for (size_t m = 0; m < nmsg; ++m) {
+      for (size_t i = 0; i < per; ++i) {
+        size_t idx = m * per + i;
+        iov[idx] = {buf.data() + idx * 8192, r.upto(8192)};
+      }
+      msgs[m].msg_hdr.msg_iov = &iov[m * per];
+      msgs[m].msg_hdr.msg_iovlen = per;
+    }
+    int n = ::recvmmsg(fd, msgs.data(), nmsg, MSG_WAITFORONE, nullptr);
+    if (n < 0) {
+      if (errno == EAGAIN) {
+        wait_fd(fd, POLLIN);
+        continue;
+      }
+      if (errno == EINTR) {
+        continue;
+      }
+      fail_exit(err_text("recvmmsg"));
+    }
+    bool eof = false;
+    for (int m = 0; m < n; ++m) {
+      size_t len = msgs[static_cast<size_t>(m)].msg_len;
+      if (len == 0) {
+        eof = true;
+        break;
+      }
+      for (size_t i = 0; i < per && len > 0; ++i) {
+        const iovec& v = iov[static_cast<size_t>(m) * per + i];
+        size_t k = std::min(len, v.iov_len);
+        if (int64_t bad = s.check(got, static_cast<uint8_t*>(v.iov_base), k); bad >= 0) {
+          fail_exit("recvmmsg: wrong byte at offset " + std::to_string(bad));
+        }
+        got += k;
+        len -= k;
+      }
+    }
+    if (eof || n == 0) {
+      return got;
+    }
+  }
+}
+
+uint64_t recv_iov(int fd, const stream& s, const options& o) {
+  rng r{o.seed ^ 0x66};
+  std::vector<uint8_t> buf(IOV_MAX * 64);
+  std::vector<iovec> iov(IOV_MAX);
+  uint64_t got = 0;
+  bool fionread_ok = false;
+  for (;;) {
+    wait_fd(fd, POLLIN);
+    int avail = -1;
+    if (::ioctl(fd, FIONREAD, &avail) != 0) {
+      fail_exit(err_text("ioctl FIONREAD"));
+    }
+    fionread_ok = fionread_ok || avail > 0;
+    int cnt = static_cast<int>(r.upto(IOV_MAX));
+    for (int i = 0; i < cnt; ++i) {
+      iov[static_cast<size_t>(i)] = {buf.data() + static_cast<size_t>(i) * 64, r.upto(64)};
+    }
+    ssize_t n = ::readv(fd, iov.data(), cnt);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) {
+        continue;
+      }
+      fail_exit(err_text("readv"));
+    }
+    if (n == 0) {
+      break;
+    }
+    size_t left = static_cast<size_t>(n);
+    for (int i = 0; i < cnt && left > 0; ++i) {
+      size_t k = std::min(left, iov[static_cast<size_t>(i)].iov_len);
+      if (int64_t bad = s.check(got, static_cast<uint8_t*>(iov[static_cast<size_t>(i)].iov_base), k);
+          bad >= 0) {
+        fail_exit("readv: wrong byte at offset " + std::to_string(bad));
+      }
+      got += k;
+      left -= k;
+    }
+  }
+  if (got > 0 && !fionread_ok) {
+    fail_exit("FIONREAD never reported readable bytes");
+  }
+  return got;
+}
+
+// ---------------------------------------------------------------- the run
+void set_nonblock(int fd) {
+  int fl = ::fcntl(fd, F_GETFL);
+  if (fl < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) {
+    fail_exit(err_text("fcntl O_NONBLOCK"));
+  }
+}
+
+// Closes the connection with close_range(), then checks that the fd number,
+// reused by a pipe, behaves as that pipe (stale per-fd state would make the
+// preload serve it as the old connection).
+void close_with_close_range(int fd) {
+  if (::close_range(static_cast<unsigned>(fd), static_cast<unsigned>(fd), 0) != 0) {
+    fail_exit(err_text("close_range"));
+  }
+  int p[2];
+  if (::pipe(p) != 0) {
+    fail_exit(err_text("pipe"));
+  }
+  if (p[0] != fd && p[1] != fd) {
+    fail_exit("close_range: the closed fd number was not reused (test setup)");
+  }
+  const char msg[] = "pipe-after-close_range";
+  if (::write(p[1], msg, sizeof msg) != static_cast<ssize_t>(sizeof msg)) {
+    fail_exit(err_text("write to the pipe on the reused fd"));
+  }
+  char back[sizeof msg] = {};
+  if (::read(p[0], back, sizeof back) != static_cast<ssize_t>(sizeof msg) ||
+      std::memcmp(msg, back, sizeof msg) != 0) {
+    fail_exit("the pipe on the closed socket's fd number does not work as a pipe");
+  }
+  ::close(p[0]);
+  ::close(p[1]);
+}
+
+int run(int fd, const options& o) {
+  const stream out(o.seed, o.server ? 1 : 0);
+  const stream in(o.seed, o.server ? 0 : 1);
+  if (o.nonblock) {
+    set_nonblock(fd);
+  }
+  if (o.mode == "linger0") {
+    if (o.server) {
+      std::vector<uint8_t> buf(65536);
+      uint64_t got = 0;
+      for (;;) {
+        ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+        if (n < 0 && errno == EAGAIN) {
+          wait_fd(fd, POLLIN);
+          continue;
+        }
+        if (n < 0 && errno == ECONNRESET) {
+          std::printf("ok mode=linger0 got=%llu reset\n", static_cast<unsigned long long>(got));
+          ::close(fd);
+          return 0;
+        }
+        if (n < 0) {
+          fail_exit(err_text("recv"));
+        }
+        if (n == 0) {
+          fail_exit("EOF instead of ECONNRESET after the peer's SO_LINGER 0 close");
+        }
+        got += static_cast<uint64_t>(n);
+      }
+    }
+    std::vector<uint8_t> buf(4096);
+    out.fill(0, buf.data(), buf.size());
+    if (!smc_test::send_all(fd, buf.data(), buf.size())) {
+      fail_exit(err_text("send"));
+    }
+    // Wait for the server's go (one byte) so it is reading when we reset.
+    char go;
+    wait_fd(fd, POLLIN);
+    if (::recv(fd, &go, 1, 0) != 1) {
+      fail_exit(err_text("recv go"));
+    }
+    linger lg{1, 0};
+    if (::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) != 0) {
+      fail_exit(err_text("SO_LINGER"));
+    }
+    ::close(fd);
+    std::printf("ok mode=linger0 client\n");
+    return 0;
+  }
+
+  uint64_t got = 0;
+  std::thread rx([&] {
+    if (o.mode == "sendfile") {
+      // The server reads a sendfile()d stream through sendfile into a pipe,
+      // the client with read().
+      got = o.server ? recv_via_pipe(fd, in, true, o) : recv_read(fd, in, "read");
+    } else if (o.mode == "splice") {
+      got = recv_via_pipe(fd, in, false, o);
+    } else if (o.mode == "mmsg") {
+      got = recv_mmsg(fd, in, o);
+    } else {
+      got = recv_iov(fd, in, o);
+    }
+  });
+  if (o.mode == "sendfile") {
+    send_sendfile(fd, o, out);
+  } else if (o.mode == "splice") {
+    send_splice(fd, o, out);
+  } else if (o.mode == "mmsg") {
+    send_mmsg(fd, o, out);
+  } else {
+    send_iov(fd, o, out);
+  }
+  if (::shutdown(fd, SHUT_WR) != 0) {
+    fail_exit(err_text("shutdown"));
+  }
+  rx.join();
+  if (got != o.bytes) {
+    fail_exit("received " + std::to_string(got) + " bytes, expected " + std::to_string(o.bytes));
+  }
+  close_with_close_range(fd);
+  std::printf("ok mode=%s bytes=%llu each way, verified\n", o.mode.c_str(),
+              static_cast<unsigned long long>(o.bytes));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  options o;
+  o.server = smc_test::server_role(argc, argv, usage);
+  smc_test::arg_reader args(argc, argv, 2, usage);
+  while (args.next()) {
+    if (args.endpoint_option(o, "bad ")) {
+      continue;
+    }
+    if (args.name() == "--mode") {
+      o.mode = args.value();
+    } else if (args.name() == "--bytes") {
+      o.bytes = args.size_value("bad ");
+    } else if (args.name() == "--seed") {
+      o.seed = args.size_value("bad ");
+    } else if (args.name() == "--nonblock") {
+      o.nonblock = true;
+    } else {
+      usage("unknown option " + args.name());
+    }
+  }
+  if (o.mode != "sendfile" && o.mode != "splice" && o.mode != "mmsg" && o.mode != "iov" &&
+      o.mode != "linger0") {
+    usage("bad --mode " + o.mode);
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+  sockaddr_storage ss;
+  socklen_t sl;
+  std::string error;
+  int s = smc_test::open_tcp_socket(o.addr, o.port, ss, sl, error);
+  if (s < 0) {
+    fail_exit(error);
+  }
+  int fd;
+  if (o.server) {
+    int one = 1;
+    ::setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (::bind(s, reinterpret_cast<sockaddr*>(&ss), sl) != 0 || ::listen(s, 4) != 0) {
+      fail_exit(err_text("bind/listen"));
+    }
+    int port = smc_test::bound_port(s);
+    if (!o.portfile.empty()) {
+      if (const char* step = smc_test::write_portfile(o.portfile, static_cast<uint16_t>(port))) {
+        fail_exit(err_text(step));
+      }
+    }
+    fd = ::accept(s, nullptr, nullptr);
+    if (fd < 0) {
+      fail_exit(err_text("accept"));
+    }
+    ::close(s);
+    if (o.mode == "linger0") {
+      // Read the client's first bytes, then give it the go.
+      std::vector<uint8_t> buf(4096);
+      if (smc_test::recv_full(fd, buf.data(), buf.size()) != 4096) {
+        fail_exit(err_text("recv"));
+      }
+      if (!smc_test::send_all(fd, "g", 1)) {
+        fail_exit(err_text("send go"));
+      }
+    }
+  } else {
+    if (!o.port_given) {
+      usage("client needs --port");
+    }
+    if (::connect(s, reinterpret_cast<sockaddr*>(&ss), sl) != 0) {
+      fail_exit(err_text("connect"));
+    }
+    fd = s;
+  }
+  return run(fd, o);
+}
