@@ -26,6 +26,9 @@ namespace {
 using rdma::sys;
 
 constexpr uint8_t peer_eof_flags = cdc::conn_done_writing | cdc::conn_closed;
+// How long a TCP FIN may precede the peer's SMC close flags before the peer
+// counts as gone (see check_tcp()).
+constexpr int64_t fin_grace_ms = 500;
 
 int64_t mono_ms() {
   timespec ts{};
@@ -185,7 +188,13 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
   if (!ready()) {  // re-check after arming: the peer rings only for declared waiters
     pollfd p[2] = {{rx ? path_->rx_fd() : path_->tx_fd(), POLLIN, 0},
                    {tcp_fd_, POLLIN | POLLRDHUP, 0}};
-    int n = sys().poll(p, 2, timeout_ms);
+    // After the peer's FIN the TCP socket stays readable: stop watching it,
+    // and while its meaning is open (check_tcp()) look again every few ms.
+    const bool fin = fin_ms_.load() != 0;
+    if (fin && !finished() && (timeout_ms < 0 || timeout_ms > 10)) {
+      timeout_ms = 10;
+    }
+    int n = sys().poll(p, fin ? 1 : 2, timeout_ms);
     if (n < 0) {
       rc = errno == EINTR ? EINTR : errno;
     } else if (n == 0) {
@@ -533,24 +542,48 @@ uint32_t conn::unsent_bytes() {
 int conn::take_error() { return so_error_.exchange(0); }
 
 bool conn::check_tcp() {
-  if (gone_.load() || err_.load() != 0) {
+  if (finished()) {
     return false;
   }
-  char b;
-  ssize_t n = sys().recv(tcp_fd_, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-    return false;
+  ssize_t n = 0;
+  if (fin_ms_.load() == 0) {
+    char b;
+    n = sys().recv(tcp_fd_, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      return false;
+    }
+    if (n > 0) {
+      // After the switch nothing may travel on TCP: a peer that sends is broken.
+      SMC_LOG(warn, "fd %d: data on the TCP socket of an SMC connection", tcp_fd_);
+      abort_locally(ECONNRESET);
+      return true;
+    }
+    if (n == 0) {
+      fin_ms_.store(std::max<int64_t>(1, mono_ms()));
+    }
   }
-  if (n > 0) {
-    // After the switch nothing may travel on TCP: a peer that sends is broken.
-    SMC_LOG(warn, "fd %d: data on the TCP socket of an SMC connection", tcp_fd_);
-    abort_locally(ECONNRESET);
-    return true;
+  path_->sync_rx();  // the peer's SMC close flags may still be on their way
+  uint8_t pf = path_->peer_conn_flags();
+  // Over RDMA the peer may be Linux's SMC, which shuts its TCP socket down
+  // with the SMC one. Over shm the peer is always the preload, which keeps
+  // TCP open until its close and publishes its flags before: a FIN is its end.
+  if (n == 0 && path_->transport() == rdma::kind::rdma &&
+      (pf & (cdc::conn_closed | cdc::conn_abnormal)) == 0) {
+    if ((pf & cdc::conn_done_writing) != 0) {
+      // This FIN is the peer's SHUT_WR, and it still reads. Its SMC flags
+      // say the rest (and the link, should it die now).
+      tcp_half_.store(true);
+      SMC_LOG(debug, "fd %d: peer TCP half-closed with its SMC SHUT_WR", tcp_fd_);
+      return true;
+    }
+    if (mono_ms() - fin_ms_.load() < fin_grace_ms) {
+      // Linux's SMC sends its closing CDC, then shuts TCP down: the FIN may
+      // overtake the CDC. Its absence past the grace means the peer died.
+      return false;
+    }
   }
   // The TCP connection ended. Without the peer's SMC close flags its process
   // died: a reset if it left data of ours unread (as TCP would send RST), else EOF.
-  path_->sync_rx();  // its closing state may still be on its way over the transport
-  uint8_t pf = path_->peer_conn_flags();
   bool orderly = (pf & peer_eof_flags) != 0;
   bool unread_by_peer = curs_unpack(path_->peer_cons()) != curs_unpack(tx_prod_.load());
   gone_reset_.store(n < 0 || (!orderly && unread_by_peer) || (pf & cdc::conn_abnormal) != 0);

@@ -62,12 +62,16 @@ class conn {
   // ---- waiting, for poll/select/epoll ----
   rdma::data_path& path() { return *path_; }
   int tcp_fd() const { return tcp_fd_; }
-  /// Checks the TCP socket without blocking: EOF/RST means the peer is gone,
-  /// data means a protocol violation. Returns true if the state changed.
+  /// Checks the TCP socket without blocking: EOF/RST without the peer's SMC
+  /// close flags means the peer is gone, data means a protocol violation.
+  /// Returns true if the state changed.
   bool check_tcp();
-  /// True once the peer is known gone or the connection aborted (no need to
-  /// watch the TCP socket any longer).
-  bool finished() const { return gone_.load(std::memory_order_acquire) || err_.load() != 0; }
+  /// True once the TCP socket need not be watched any longer: the peer is
+  /// known gone, the connection aborted, or the peer's TCP FIN came with its
+  /// SMC SHUT_WR (Linux's SMC shuts its TCP socket down along with the SMC one).
+  bool finished() const {
+    return gone_.load(std::memory_order_acquire) || err_.load() != 0 || tcp_half_.load();
+  }
 
  private:
   // Validated view of the peer's cursors; on a violation the connection aborts.
@@ -93,6 +97,8 @@ class conn {
   std::atomic<uint8_t> my_flags_{0};   // cdc::conn_* flags we published
   std::atomic<bool> shut_rd_{false};
   std::atomic<bool> gone_{false};      // peer's TCP closed
+  std::atomic<int64_t> fin_ms_{0};     // when the peer's TCP FIN was seen (0: not yet)
+  std::atomic<bool> tcp_half_{false};  // that FIN is the peer's SHUT_WR, not its end
   std::atomic<bool> gone_reset_{false};
   std::atomic<int> err_{0};            // sticky error (ECONNRESET, ...)
   std::atomic<int> so_error_{0};       // reported once through SO_ERROR
