@@ -112,7 +112,7 @@ struct entry {
   std::mutex mu;             // serialises state transitions (handshakes)
   std::atomic<state> st{state::fresh};
   int family = 0;
-  bool believed = false;          // passive: the client is in SMC_PEERS
+  bool believed = false;          // the peer is in SMC_PEERS or sent SMC's TCP option
   unsigned strip_mask = 0;        // state::strip: CLC types to strip
   int64_t partial_since_ms = 0;   // undecided: when a CLC prefix was first seen
   bool linger0 = false;           // SO_LINGER with l_linger 0: close resets

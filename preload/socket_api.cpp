@@ -16,6 +16,7 @@
 
 #include "core/log.h"
 #include "core/stats.h"
+#include "core/tcp_option.h"
 #include "preload/preload.h"
 #include "rdma/shm/shm_transport.h"
 
@@ -139,6 +140,8 @@ state finish_connect(entry* e, int fd) {
   if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &sl) != 0) {
     // The connect failed: the application reads the error from SO_ERROR itself.
     become_tcp(e, fd, reason::none);
+  } else if (!e->believed && core::tcp_option::peer_said(fd) != core::tcp_option::peer::smc) {
+    become_tcp(e, fd, reason::peer_not_configured);
   } else {
     apply(e, fd, core::client_handshake(fd, hs_params()));
   }
@@ -277,9 +280,15 @@ __attribute__((visibility("default"))) int connect(int fd, const sockaddr* addr,
   try {
     const auto& c = cfg();
     reason why = reason::none;
+    // Belief in the peer: SMC_PEERS, or (decided once connected) SMC's TCP
+    // option echoed in its SYN-ACK, when the host's eBPF programs are there.
+    bool believed = false;
     if (c.transport == smc::config::transport_mode::tcp) {
       why = reason::transport_tcp;
-    } else if (addr == nullptr || !smc::config::peers_match(c.peers, addr, len)) {
+    } else if (addr != nullptr && smc::config::peers_match(c.peers, addr, len)) {
+      believed = true;
+      smc::core::tcp_option::advertise(fd);
+    } else if (addr == nullptr || !smc::core::tcp_option::advertise(fd)) {
       why = reason::peer_not_configured;
     }
     if (why != reason::none) {
@@ -291,7 +300,10 @@ __attribute__((visibility("default"))) int connect(int fd, const sockaddr* addr,
       errno = saved;
       return real.connect(fd, addr, len);
     }
-    smc::core::client_warm_up(hs_params());
+    e->believed = believed;
+    if (believed) {
+      smc::core::client_warm_up(hs_params());
+    }
     errno = saved;
     int rc = real.connect(fd, addr, len);
     if (rc != 0) {
@@ -302,7 +314,14 @@ __attribute__((visibility("default"))) int connect(int fd, const sockaddr* addr,
     }
     {
       std::lock_guard<std::mutex> lk(e->mu);
-      apply(e.get(), fd, smc::core::client_handshake(fd, hs_params()));
+      if (believed || smc::core::tcp_option::peer_said(fd) == smc::core::tcp_option::peer::smc) {
+        apply(e.get(), fd, smc::core::client_handshake(fd, hs_params()));
+      } else {
+        become_tcp(e.get(), fd, reason::peer_not_configured);
+      }
+    }
+    if (e->st.load() == state::tcp) {
+      fd_forget_if(fd, e.get());
     }
     errno = saved;
     return 0;
@@ -315,6 +334,11 @@ __attribute__((visibility("default"))) int connect(int fd, const sockaddr* addr,
 __attribute__((visibility("default"))) int listen(int fd, int backlog) noexcept {
   ensure_init();
   entry_ref e(fd);
+  if (e && e->st.load() == state::fresh && cfg().transport != smc::config::transport_mode::tcp) {
+    // Our SYN-ACKs echo SMC's TCP option to clients that offer it (Linux's
+    // AF_SMC clients require that), when the host's eBPF programs are there.
+    smc::core::tcp_option::advertise(fd);
+  }
   int rc = real.listen(fd, backlog);
   if (rc == 0 && e && e->st.load() == state::fresh) {
     e->st.store(state::listener, std::memory_order_release);
@@ -342,7 +366,8 @@ static int accept_common(int fd, sockaddr* addr, socklen_t* len, int flags) {
   auto* ne = new (std::nothrow) entry();
   if (ne != nullptr) {
     ne->family = e->family;
-    ne->believed = smc::config::peers_match(cfg().peers, reinterpret_cast<sockaddr*>(&ss), sl);
+    ne->believed = smc::config::peers_match(cfg().peers, reinterpret_cast<sockaddr*>(&ss), sl) ||
+                   smc::core::tcp_option::peer_said(nfd) == smc::core::tcp_option::peer::smc;
     ne->st.store(state::undecided, std::memory_order_release);
     entry* old = fd_install(nfd, ne);
     if (old != nullptr) {
