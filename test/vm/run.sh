@@ -21,6 +21,7 @@ TESTS=(
   "smoke_two|two|test/vm/smoke_two.sh test/vm/smoke_two.sh"
   "rdma_one|one|test/vm/rdma_one.sh"
   "rdma_two|two|test/vm/rdma_two.sh test/vm/rdma_two.sh"
+  "kernel_interop|two|test/vm/kernel_interop.sh test/vm/kernel_interop.sh"
 )
 
 filter=${1:-}
