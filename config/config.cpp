@@ -41,7 +41,7 @@ constexpr uint64_t max_spin_us = 10000;
 constexpr const char* env_keys[] = {
     "SMC_ENABLE",    "SMC_PEERS",    "SMC_TRANSPORT",  "SMC_RMB_SIZE",
     "SMC_LOG_LEVEL", "SMC_LOG_FILE", "SMC_STATS_FILE", "SMC_SPIN_US",
-    "SMC_DEVICES",
+    "SMC_DEVICES",   "SMC_UEID",
 };
 
 // Our own character classes: <cctype> depends on the locale, and the
@@ -428,6 +428,26 @@ void apply_key(config& out, std::string_view key, std::string_view raw, bool app
     } else {
       warnings.push_back(bad_value(key, value, "RDMA device names, comma separated",
                                    out.devices.empty() ? "all devices" : "unchanged"));
+    }
+  } else if (key == "SMC_UEID") {
+    // As Linux checks a UEID: 1..32 characters, upper-case letters, digits,
+    // '.' and '-', starting with a letter or digit. Lower case is raised.
+    std::string u(value);
+    bool ok = !u.empty() && u.size() <= 32;
+    for (size_t i = 0; ok && i < u.size(); ++i) {
+      char& c = u[i];
+      if (c >= 'a' && c <= 'z') {
+        c = static_cast<char>(c - 'a' + 'A');
+      }
+      const bool alnum = (c >= 'A' && c <= 'Z') || is_digit(c);
+      ok = alnum || (i > 0 && (c == '.' || c == '-'));
+    }
+    if (ok) {
+      out.ueid = std::move(u);
+    } else {
+      warnings.push_back(bad_value(key, value,
+                                   "1..32 letters, digits, '.' or '-', starting with a letter or digit",
+                                   out.ueid));
     }
   } else if (key == "SMC_SPIN_US") {
     uint64_t v = 0;

@@ -35,6 +35,7 @@ struct config {
   std::string stats_file;                           // SMC_STATS_FILE (%p = pid), empty = none
   std::vector<std::string> devices;                 // SMC_DEVICES: RDMA devices to use (empty = all)
   uint32_t spin_us = 20;                            // SMC_SPIN_US: busy-poll before sleeping (0..10000)
+  std::string ueid = "SMC-PRELOAD-V1";              // SMC_UEID: SMC v2 user-defined EID (upper case)
   std::string config_path;                          // config file actually read (empty = none)
 };
 

@@ -107,7 +107,7 @@ ssize_t peek_wait(int fd, uint8_t* buf, size_t want, int64_t deadline) {
   }
 }
 
-clc::eid_t our_eid() { return clc::make_eid(default_ueid()); }
+clc::eid_t our_eid(const hs_params& p) { return clc::make_eid(p.ueid.c_str()); }
 
 void send_decline(int fd, reason r, int64_t deadline) {
   clc::decline d;
@@ -167,7 +167,7 @@ hs_outcome client_rdma(int fd, const std::vector<uint8_t>& msg,
     send_decline(fd, reason::no_smc_dev, deadline);
     return fallback(reason::no_smc_dev);
   }
-  if (acc.version >= 2 && acc.eid != our_eid()) {
+  if (acc.version >= 2 && acc.eid != our_eid(p)) {
     send_decline(fd, reason::no_ueid, deadline);
     return fallback(reason::no_ueid);
   }
@@ -190,7 +190,7 @@ hs_outcome client_rdma(int fd, const std::vector<uint8_t>& msg,
   conf.type = clc::msg_type::confirm;
   smcr::fill_accept_confirm(*pend, conf);
   conf.qp_mtu = std::min(conf.qp_mtu, acc.qp_mtu);
-  conf.eid = our_eid();
+  conf.eid = our_eid(p);
   if (!send_all(fd, clc::encode(conf), deadline)) {
     smcr::abandon(*pend);
     hs_outcome o = fallback(reason::internal);
@@ -210,8 +210,6 @@ hs_outcome client_rdma(int fd, const std::vector<uint8_t>& msg,
 }
 
 }  // namespace
-
-const char* default_ueid() { return "SMC-PRELOAD-V1"; }
 
 void client_warm_up(const hs_params& p) {
   if (p.transport == config::transport_mode::auto_ || p.transport == config::transport_mode::rdma) {
@@ -237,7 +235,7 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
   prop.version = 2;
   prop.typev1 = clc::type_n;
   prop.typev2 = want_shm && gid ? clc::type_b : (gid ? clc::type_r : clc::type_d);
-  prop.ueids.push_back(our_eid());
+  prop.ueids.push_back(our_eid(p));
   if (want_shm) {
     prop.ism_v2.push_back({me_id, clc::loopback_chid});
   }
@@ -305,7 +303,7 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
     send_decline(fd, reason::no_smc_dev, deadline);
     return fallback(reason::no_smc_dev);
   }
-  if (acc.eid != our_eid()) {
+  if (acc.eid != our_eid(p)) {
     send_decline(fd, reason::no_ueid, deadline);
     return fallback(reason::no_ueid);
   }
@@ -338,7 +336,7 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
   conf.dmbe_size_code = rmb_size_to_code(my_size);
   conf.link_id = acc.link_id;
   conf.chid = clc::loopback_chid;
-  conf.eid = our_eid();
+  conf.eid = our_eid(p);
   if (!send_all(fd, clc::encode(conf), deadline)) {
     hs_outcome o = fallback(reason::internal);
     o.broken = true;
@@ -425,7 +423,7 @@ hs_outcome server_rdma(int fd, const clc::proposal& prop, const rdma::verbs::gid
   clc::accept_confirm_r acc;
   acc.type = clc::msg_type::accept;
   smcr::fill_accept_confirm(*pend, acc);
-  acc.eid = our_eid();
+  acc.eid = our_eid(p);
   if (!send_all(fd, clc::encode(acc), deadline)) {
     smcr::abandon(*pend);
     hs_outcome o = fallback(reason::internal);
@@ -493,7 +491,7 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
       same_host = same_host || (e.chid == clc::loopback_chid && e.gid == me_id);
     }
   }
-  if (!eid_in(prop.ueids, our_eid())) {
+  if (!eid_in(prop.ueids, our_eid(p))) {
     return decline(reason::no_ueid);
   }
   const bool offers_r = (prop.typev2 == clc::type_r || prop.typev2 == clc::type_b) &&
@@ -524,7 +522,7 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
   acc.dmbe_size_code = rmb_size_to_code(me.rmb->size());
   acc.link_id = rv.link_id();
   acc.chid = clc::loopback_chid;
-  acc.eid = our_eid();
+  acc.eid = our_eid(p);
   if (!send_all(fd, clc::encode(acc), deadline)) {
     hs_outcome o = fallback(reason::internal);
     o.broken = true;

@@ -17,11 +17,16 @@
 
 namespace smc::core {
 
+/// The UEID both sides must share unless SMC_UEID says otherwise (SMC v2
+/// requires one common EID).
+inline const char* default_ueid() { return "SMC-PRELOAD-V1"; }
+
 struct hs_params {
   config::transport_mode transport = config::transport_mode::auto_;
   uint32_t rmb_size = 256 * 1024;
   int timeout_ms = 5000;  // for each wait on the peer
   std::vector<std::string> devices;  // SMC_DEVICES (empty = any RDMA device)
+  std::string ueid = default_ueid();  // SMC_UEID: the EID both sides must share
 };
 
 struct hs_outcome {
@@ -35,9 +40,6 @@ struct hs_outcome {
   /// exchange): the connection must be reset rather than used as TCP.
   bool broken = false;
 };
-
-/// The UEID both sides must share (SMC v2 requires one common EID).
-const char* default_ueid();
 
 /// Active side, before the TCP connect: gathers what the Proposal needs
 /// (the RDMA devices' GIDs) so it can follow the TCP handshake at once.

@@ -173,6 +173,7 @@ core::hs_params hs_params() {
   p.transport = g_cfg->transport;
   p.rmb_size = g_cfg->rmb_size;
   p.devices = g_cfg->devices;
+  p.ueid = g_cfg->ueid;
   return p;
 }
 

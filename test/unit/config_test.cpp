@@ -242,6 +242,24 @@ TEST_CASE("SMC_SPIN_US", "[config]") {
   }
 }
 
+TEST_CASE("SMC_UEID", "[config]") {
+  config c;
+  CHECK(c.ueid == "SMC-PRELOAD-V1");
+  CHECK(apply(c, "SMC_UEID", "site-a.1").empty());
+  CHECK(c.ueid == "SITE-A.1");  // raised to upper case, as Linux stores it
+  CHECK(apply(c, "SMC_UEID", std::string(32, 'X')).empty());
+  CHECK(c.ueid == std::string(32, 'X'));
+  CHECK(apply(c, "SMC_UEID", "SITE-B").empty());
+  for (const char* bad : {"", "-SITE", ".SITE", "SITE B", "SITE_B", "SITE/B", "\xc3\xa9T\xc3\xa9",
+                          "XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"}) {
+    INFO(bad);
+    const std::string w = apply(c, "SMC_UEID", bad);
+    CHECK(contains(w, "SMC_UEID"));
+    CHECK(contains(w, "using SITE-B"));
+    CHECK(c.ueid == "SITE-B");
+  }
+}
+
 TEST_CASE("SMC_LOG_FILE and SMC_STATS_FILE", "[config]") {
   config c;
   CHECK(apply(c, "SMC_LOG_FILE", "/tmp/smc.log").empty());

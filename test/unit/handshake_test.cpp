@@ -659,6 +659,17 @@ TEST_CASE("server declines a Proposal from another host or without our UEID", "[
     p.ueids = {clc::make_eid("SOMEONE-ELSE"), clc::make_eid(smc::core::default_ueid())};
     expect = reason::none;
   }
+  std::string server_ueid = smc::core::default_ueid();
+  SECTION("the server's SMC_UEID is the one that must match: accepted") {
+    p.ueids = {clc::make_eid("SITE-A.1")};
+    server_ueid = "SITE-A.1";
+    expect = reason::none;
+  }
+  SECTION("the default UEID no longer matches a server with its own SMC_UEID") {
+    server_ueid = "SITE-A.1";
+    expect = reason::no_ueid;
+    code = noueid;
+  }
   const bytes prop = clc::encode(p);
   send_all(t.c, prop);
   size_t len = 0;
@@ -666,6 +677,7 @@ TEST_CASE("server declines a Proposal from another host or without our UEID", "[
   REQUIRE(len == prop.size());
   hs_params sp;
   sp.timeout_ms = 300;  // the accepted case waits for a Confirm that never comes
+  sp.ueid = server_ueid;
   hs_outcome so = smc::core::server_handshake(t.s, len, sp);
   CHECK_FALSE(so.path);
   if (expect == reason::none) {

@@ -18,7 +18,10 @@ build=${SMC_BUILD:-$repo/build}
 smc_run=$repo/scripts/smc_run
 res=$SMC_VM_RESULTS
 bytes=8M
-ueid=SMC-PRELOAD-V1  # the preload's UEID: both peers must share one
+# Both peers must share a UEID: a site's own, set on the preload's side by
+# SMC_UEID (the kernel's table holds it in upper case).
+ueid=INTEROP-SITE.1
+export SMC_UEID=interop-site.1
 # No SMC_PEERS: the preload finds its kernel peer by RFC 7609's TCP option
 # alone (scripts/smc-bpf), as the kernel finds it.
 export SMC_TRANSPORT=auto
