@@ -12,7 +12,11 @@ packages=(
   libboost-dev libspdlog-dev libfmt-dev catch2
   iproute2 procps psmisc gdb
   clang llvm libbpf-dev bpftool
+  # real applications for test/apps/ (each runs its own instance in a namespace)
+  redis-server redis-tools nginx-light memcached iperf3 sockperf curl socat python3
 )
+# Services those packages would start: the tests never use them.
+app_services=(redis-server nginx memcached iperf3)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -25,7 +29,27 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Keep apt from starting the applications' services (a policy-rc.d that
+  # denies every start, only if the host has none of its own).
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  rc=0
+  apt-get install -y -q --no-install-recommends "${missing[@]}" || rc=$?
+  if [ "$own_policy" -eq 1 ]; then
+    rm -f /usr/sbin/policy-rc.d
+  fi
+  [ "$rc" -eq 0 ] || exit "$rc"
+  for s in "${app_services[@]}"; do
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+      systemctl disable --now "$s" >/dev/null 2>&1 || true
+    elif command -v service >/dev/null 2>&1; then
+      service "$s" stop >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 jobs=$(nproc)

@@ -44,6 +44,10 @@ step "process pairs under the ASan+UBSan preload" \
   ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=0 \
   test/integration/run_pairs.sh build scripts/smc_run
 
+# Unmodified real applications (redis, nginx, memcached, iperf3, sockperf, a
+# fork-per-connection socat) under smc_run, each in its own namespace.
+step "real applications under smc_run" test/apps/run.sh
+
 # Real RDMA: the same library over the kernel's Soft-RoCE in qemu guests.
 step "RDMA in Soft-RoCE VMs" env SMC_VM_TIMEOUT=600 test/vm/run.sh
 

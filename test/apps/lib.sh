@@ -1,0 +1,204 @@
+# shellcheck shell=bash
+# lib.sh: helpers for the real-application tests (sourced by each
+# test/apps/<app>.sh). Builds on test/integration/lib.sh (namespaces, JSON,
+# bounded waits). Each app script:
+#
+#   app_begin NAME            fresh network namespace $NS, log dir $DIR
+#   app_launch LOG ROLE cmd.. start cmd in $NS under smc_run (background, PID)
+#   app_run LOG ROLE cmd..    the same in the foreground; returns its status
+#   app_check LOG ROLE cmd..  app_run; a non-zero exit is a failure
+#   wait_listen PORT [PID]    bounded wait until something listens on PORT in $NS
+#   payload BYTES             the bytes the application moved (for the lo check)
+#   note "why"                records a failed expectation
+#   app_finish                checks stats + loopback, prints PASS/FAIL, exit status
+#
+# Every process runs under $SMC_RUN (scripts/smc_run unless SMC_RUN is set,
+# e.g. to a stub that only execs, to see the checks fail) with SMC_PEERS
+# pointing at the namespace's loopback address and its own SMC_STATS_FILE.
+set -u
+
+APPS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$APPS_DIR/../.." && pwd)
+# shellcheck source=../integration/lib.sh
+. "$REPO/test/integration/lib.sh"
+
+SMC_RUN=${SMC_RUN:-$REPO/scripts/smc_run}
+case "$SMC_RUN" in
+  /*) ;;
+  *) SMC_RUN="$(cd "$(dirname "$SMC_RUN")" && pwd)/$(basename "$SMC_RUN")" ;;
+esac
+# The share of the payload the namespace's loopback may carry (percent): the
+# TCP handshakes, CLC messages and idle TCP connections, not the data.
+LO_MAX_PCT=${LO_MAX_PCT:-5}
+APP_TIMEOUT=${APP_TIMEOUT:-90}   # every process is bounded by this (seconds)
+PYTHON=${PYTHON:-$(command -v /usr/bin/python3 || command -v python3)}
+
+APP=""
+DIR=""
+WHY=""
+LO0=""
+PAYLOAD=0
+APP_PIDS=()
+
+note() {
+  if [ -z "$WHY" ]; then
+    WHY="$*"
+  else
+    WHY="$WHY; $*"
+  fi
+}
+
+need() {
+  local c
+  for c in "$@"; do
+    if ! command -v "$c" >/dev/null 2>&1; then
+      echo "FAIL $APP: $c not installed (run scripts/setup.sh)"
+      exit 1
+    fi
+  done
+}
+
+app_begin() {
+  APP=$1
+  WHY=""
+  PAYLOAD=0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "FAIL $APP: needs root (ip netns)"
+    exit 1
+  fi
+  DIR=$(mktemp -d "/tmp/smc-app-$APP.XXXXXX") || exit 1
+  chmod 755 "$DIR"
+  if ! ns_new; then
+    echo "FAIL $APP: cannot create a network namespace"
+    exit 1
+  fi
+  LO0=$(lo_bytes "$NS")
+}
+
+# The environment every process gets: nothing SMC_* leaks in from the caller
+# or /etc; SMC_PRELOAD_LIB and SMC_LOG_* pass through.
+app_env() {
+  local role=$1
+  echo env -u SMC_ENABLE -u SMC_TRANSPORT -u SMC_RMB_SIZE -u SMC_DEVICES -u SMC_SPIN_US \
+    SMC_CONFIG= SMC_PEERS=127.0.0.1 "SMC_STATS_FILE=$DIR/stats.$role.%p.json"
+}
+
+# app_launch LOG ROLE cmd...: background, stdout/stderr to $DIR/LOG.{out,err}; sets PID.
+app_launch() {
+  local log=$1 role=$2
+  shift 2
+  # shellcheck disable=SC2046
+  { timeout "$APP_TIMEOUT" ip netns exec "$NS" $(app_env "$role") "$SMC_RUN" "$@" \
+      >"$DIR/$log.out" 2>"$DIR/$log.err"; } 2>/dev/null &
+  PID=$!
+  APP_PIDS+=("$PID")
+}
+
+# app_run LOG ROLE cmd...: foreground; returns the command's status (124: timeout).
+app_run() {
+  local log=$1 role=$2
+  shift 2
+  # shellcheck disable=SC2046
+  timeout "$APP_TIMEOUT" ip netns exec "$NS" $(app_env "$role") "$SMC_RUN" "$@" \
+    >"$DIR/$log.out" 2>"$DIR/$log.err"
+}
+
+# app_check LOG ROLE cmd...: app_run, noting a failure (with the last line of
+# stderr) unless the command exits 0.
+app_check() {
+  local log=$1 rc
+  app_run "$@"
+  rc=$?
+  if [ "$rc" -ne 0 ]; then
+    note "$log exited $rc ($(grep -v '^$' "$DIR/$log.err" 2>/dev/null | tail -n 1 | cut -c1-200))"
+  fi
+  return "$rc"
+}
+
+# wait_listen PORT [PID]: bounded (15 s) wait for a TCP listener on PORT in $NS.
+wait_listen() {
+  local port=$1 pid=${2:-} i
+  for ((i = 0; i < 300; i++)); do
+    if ip netns exec "$NS" ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
+      return 0
+    fi
+    if [ -n "$pid" ] && ! pid_alive "$pid"; then
+      return 1
+    fi
+    sleep 0.05
+  done
+  return 1
+}
+
+payload() { PAYLOAD=$((PAYLOAD + $1)); }
+
+# sum_stat ROLE KEY: the sum of KEY over every stats file ROLE's processes wrote.
+sum_stat() {
+  local role=$1 key=$2 f v total=0
+  for f in "$DIR"/stats."$role".*.json; do
+    [ -f "$f" ] || continue
+    v=$(json_get "$f" "$key") || continue
+    total=$((total + v))
+  done
+  echo "$total"
+}
+
+# expect_smc ROLE MIN: ROLE's processes made at least MIN shm connections.
+expect_smc() {
+  local n
+  n=$(sum_stat "$1" connections.smc_shm)
+  if [ "$n" -lt "$2" ]; then
+    note "$1: $n SMC (shm) connections, expected >= $2 (stats: $(ls "$DIR" | grep -c "^stats\.$1\.") files)"
+  fi
+}
+
+# stop_app PID [SIGNAL]: asks a server to exit (default TERM) and waits (10 s)
+# so that it writes its stats file; then kills what is left.
+stop_app() {
+  local pid=$1 sig=${2:-TERM} p
+  for p in $(descendant_pids "$pid"); do
+    case "$(cat "/proc/$p/comm" 2>/dev/null)" in
+      timeout) ;;
+      *) kill "-$sig" "$p" 2>/dev/null; break ;;
+    esac
+  done
+  if ! wait_exit_within "$pid" 10000; then
+    note "server still running 10 s after SIG$sig"
+    # shellcheck disable=SC2046
+    kill -9 $(descendant_pids "$pid") 2>/dev/null
+  fi
+  wait "$pid" 2>/dev/null
+}
+
+app_finish() {
+  local lo1 used pct_x100
+  lo1=$(lo_bytes "$NS")
+  for p in "${APP_PIDS[@]}"; do
+    if pid_alive "$p"; then
+      # shellcheck disable=SC2046
+      kill -9 $(descendant_pids "$p") 2>/dev/null
+    fi
+  done
+  ns_del "$NS"
+  if [ "$PAYLOAD" -le 0 ]; then
+    note "no payload recorded"
+  elif [ -z "$LO0" ] || [ -z "$lo1" ]; then
+    note "cannot read lo tx_bytes"
+  else
+    used=$((lo1 - LO0))
+    pct_x100=$((used * 10000 / PAYLOAD))
+    LO_LINE="lo carried $used bytes for $PAYLOAD payload bytes ($((pct_x100 / 100)).$(printf %02d $((pct_x100 % 100)))%)"
+    if [ $((used * 100)) -ge $((PAYLOAD * LO_MAX_PCT)) ]; then
+      note "$LO_LINE, >= ${LO_MAX_PCT}%: the data went over TCP"
+    fi
+  fi
+  local smc_tx
+  smc_tx=$(( $(sum_stat server bytes.smc_tx) + $(sum_stat client bytes.smc_tx) ))
+  if [ -z "$WHY" ]; then
+    echo "PASS $APP: ${APP_RESULT:-ok}; ${LO_LINE:-}; smc_tx=$smc_tx"
+    rm -rf "$DIR"
+    return 0
+  fi
+  echo "FAIL $APP: $WHY (logs: $DIR)${APP_RESULT:+ [results: $APP_RESULT]}"
+  return 1
+}
