@@ -96,8 +96,25 @@ inline void cpu_relax() { __builtin_ia32_pause(); }
 
 }  // namespace
 
+namespace {
+std::atomic<int> g_self{0};
+}  // namespace
+
+int self_pid() {
+  int p = g_self.load(std::memory_order_relaxed);
+  if (p == 0) {
+    p = static_cast<int>(::getpid());
+    g_self.store(p, std::memory_order_relaxed);
+  }
+  return p;
+}
+
+void note_fork_child() { g_self.store(static_cast<int>(::getpid()), std::memory_order_relaxed); }
+
 conn::conn(std::unique_ptr<rdma::data_path> path, int tcp_fd, uint32_t spin_us)
-    : path_(std::move(path)), tcp_fd_(tcp_fd), spin_us_(spin_us) {}
+    : path_(std::move(path)), tcp_fd_(tcp_fd), spin_us_(spin_us) {
+  path_->note_user(self_pid());
+}
 
 conn::~conn() = default;
 
@@ -218,6 +235,7 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
 }
 
 io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
+  path_->note_user(self_pid());
   const size_t want = iov_total(iov, iovcnt);
   if (want == 0) {
     return {0, 0};
@@ -353,6 +371,7 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
 }
 
 io_result conn::send(const iovec* iov, int iovcnt, int flags) {
+  path_->note_user(self_pid());
   const size_t want = iov_total(iov, iovcnt);
   std::lock_guard<std::mutex> lk(tx_mu_);
   auto epipe = [&]() -> io_result {
@@ -460,6 +479,7 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
 }
 
 int conn::shutdown(int how) {
+  path_->note_user(self_pid());
   if (how == SHUT_RD || how == SHUT_RDWR) {
     shut_rd_.store(true);
     path_->kick_rx();
@@ -476,6 +496,14 @@ int conn::shutdown(int how) {
 void conn::close(bool abort) {
   if (err_.load() != 0) {
     return;  // the peer already knows (abnormal flag published)
+  }
+  if (int u = path_->last_user(); u != 0 && u != self_pid()) {
+    // Inherited across fork and used by another process since (or never
+    // used here): closing our copy must not end it for that one. As with
+    // TCP, the connection ends when its user closes it (or the last copy of
+    // the socket goes, which the peer sees as the TCP connection's end).
+    SMC_LOG(debug, "fd %d: closed in a process that does not use it (pid %d does)", tcp_fd_, u);
+    return;
   }
   uint32_t unread = 0;
   rx_available(unread);

@@ -29,6 +29,12 @@ struct io_result {
   int err;    // errno when n < 0
 };
 
+/// This process's id, as the connections record their users (kept across
+/// fork by note_fork_child(), without a system call per use).
+int self_pid();
+/// From a forked child's atfork handler.
+void note_fork_child();
+
 class conn {
  public:
   conn(std::unique_ptr<rdma::data_path> path, int tcp_fd, uint32_t spin_us);

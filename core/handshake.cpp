@@ -240,6 +240,10 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
     prop.ism_v2.push_back({me_id, clc::loopback_chid});
   }
   if (gid) {
+    // Our peer id names this process (its own link groups): the server
+    // keys link groups by it, as Linux does.
+    prop.peer_id = smcr::system_id(*gid);
+    prop.mac = gid->mac;
     prop.roce_v2_gid = gid->gid;
     prop.release = 1;
     prop.max_conns = 255;
@@ -415,7 +419,7 @@ namespace {
 // contact) the link comes up with CONFIRM LINK.
 hs_outcome server_rdma(int fd, const clc::proposal& prop, const rdma::verbs::gid_choice& gid,
                        const hs_params& p, int64_t deadline) {
-  auto pend = smcr::server_prepare(gid, prop.roce_v2_gid, p.rmb_size);
+  auto pend = smcr::server_prepare(gid, prop.peer_id, prop.roce_v2_gid, p.rmb_size);
   if (!pend) {
     send_decline(fd, reason::out_of_memory, deadline);
     return fallback(reason::out_of_memory);

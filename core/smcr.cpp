@@ -37,7 +37,10 @@ using rdma::sys;
 namespace {
 
 constexpr uint32_t recv_slots = 64;
-constexpr size_t recv_slot_size = 64;  // CDC/LLC v1 messages are 44 bytes
+// CDC and LLC v1 messages are 44 bytes, but an LLC v2 message may be up to
+// 8 KiB (an ADD LINK with rkeys, a REQUEST ADD LINK with GIDs): a SEND longer
+// than its receive buffer would break the QP, so every slot takes the longest.
+constexpr size_t recv_slot_size = llc::max_len_v2;
 constexpr uint32_t sq_depth = 256;
 constexpr uint64_t signal_every = 32;
 constexpr uint8_t our_link_id = 1;
@@ -181,6 +184,7 @@ class link_group : public std::enable_shared_from_this<link_group> {
   std::unique_ptr<engine::watch> rwatch_;
   std::unique_ptr<engine::watch> swatch_;
   clc::gid_t peer_gid_{};
+  clc::peer_id_t peer_id_{};  // server: the client's peer id (CLC Proposal)
   uint32_t peer_qpn_ = 0;
   std::atomic<bool> up_{false};
   std::atomic<bool> failed_{false};
@@ -218,16 +222,24 @@ std::vector<std::shared_ptr<link_group>>& registry() {
 }
 
 std::mutex g_dev_mu;
-std::shared_ptr<v::device> open_device(const std::string& name) {
+std::unordered_map<std::string, std::weak_ptr<v::device>>& device_cache() {
   static auto* cache = new std::unordered_map<std::string, std::weak_ptr<v::device>>();
+  return *cache;
+}
+std::shared_ptr<v::device> open_device(const std::string& name) {
   std::lock_guard<std::mutex> lk(g_dev_mu);
-  if (auto d = (*cache)[name].lock()) {
+  auto& cache = device_cache();
+  if (auto d = cache[name].lock()) {
     return d;
   }
   auto d = v::device::open(name);
-  (*cache)[name] = d;
+  cache[name] = d;
   return d;
 }
+
+// Bumped in a forked child: everything verbs made before belongs to the
+// parent (see forget_after_fork()).
+std::atomic<uint32_t> g_fork_gen{0};
 
 void unregister(link_group* g) {
   std::lock_guard<std::mutex> lk(g_reg_mu);
@@ -538,8 +550,27 @@ void link_group::handle_cdc(const uint8_t* b, uint32_t len) {
 void link_group::handle_llc(const uint8_t* b, uint32_t len) {
   llc::header h;
   if (llc::peek({b, len}, h) != llc::error::ok) {
+    SMC_LOG(debug, "smcr: link group %p: malformed LLC message (0x%02x, %u bytes) dropped",
+            static_cast<void*>(this), b[0], len);
     return;
   }
+  SMC_LOG(trace, "smcr: link group %p: LLC type %u v%u length %u flags 0x%02x",
+          static_cast<void*>(this), h.type, h.version, h.length, h.flags);
+  // Linux answers several requests by echoing the first 44 bytes with the
+  // response flag: a single-link group does the same where nothing is to do.
+  auto echo = [&](uint8_t add_flags, size_t clear_from = 0, size_t clear_len = 0) {
+    std::array<uint8_t, llc::msg_len> out;
+    std::memcpy(out.data(), b, out.size());
+    out[1] = static_cast<uint8_t>(llc::msg_len);  // v1 length; v2's 16-bit length, low byte
+    if (h.version >= 2) {
+      out[2] = 0;
+    }
+    out[3] |= add_flags;
+    if (clear_len > 0) {
+      std::memset(out.data() + clear_from, 0, clear_len);
+    }
+    send_msg(out.data(), out.size());
+  };
   switch (h.type) {
     case llc::type_confirm_link: {
       llc::confirm_link m;
@@ -583,15 +614,34 @@ void link_group::handle_llc(const uint8_t* b, uint32_t len) {
       break;
     }
     case llc::type_add_link: {
-      // Single-link groups: decline every additional link.
-      llc::add_link m;
-      if (llc::decode({b, len}, m) == llc::error::ok && !llc::is_response(m.flags)) {
+      // Single-link groups: decline every additional link. From the header
+      // alone: a v2 request carries an rkey extension we need not read.
+      if (!llc::is_response(h.flags)) {
         llc::add_link r;
-        r.version = m.version;
+        r.version = h.version;
         r.flags = llc::flag_response | llc::flag_add_link_reject;
         r.reject_reason = llc::reject_no_alt_path;
         auto out = llc::encode(r);
         send_msg(out.data(), out.size());
+      }
+      break;
+    }
+    case llc::type_confirm_rkey: {
+      // The peer announces an RMB's rkeys for every link of the group. With
+      // one link the rkey from the CLC handshake is all we use: confirm.
+      llc::confirm_rkey m;
+      if (!llc::is_response(h.flags) && llc::decode({b, len}, m) == llc::error::ok) {
+        echo(llc::flag_response);
+      }
+      break;
+    }
+    case llc::type_delete_rkey: {
+      // The peer frees an RMB (Linux waits for this answer): nothing of ours
+      // refers to its rkeys beyond the connection, which is gone. No errors.
+      // A v2 request may list more rkeys than 44 bytes hold; the answer is
+      // 44 bytes in any case, as Linux sends it.
+      if (!llc::is_response(h.flags)) {
+        echo(llc::flag_response, 5, 1);  // byte 5: the error mask / count
       }
       break;
     }
@@ -824,12 +874,18 @@ std::optional<v::gid_choice> local_gid(const sockaddr* local, socklen_t len,
   return std::nullopt;
 }
 
+namespace {
+std::atomic<uint16_t> g_instance{0};  // this process's part of the SMC-R peer id
+}  // namespace
+
 clc::peer_id_t system_id(const v::gid_choice& g) {
-  static std::atomic<uint16_t> rnd{0};
+  auto& rnd = g_instance;
   uint16_t r = rnd.load();
   while (r == 0) {
     uint16_t x = 0;
-    if (getrandom(&x, sizeof(x), 0) != sizeof(x)) {
+    // Never block (early at boot the pool may not be ready): this only has
+    // to differ between processes.
+    if (getrandom(&x, sizeof(x), GRND_NONBLOCK) != sizeof(x)) {
       x = static_cast<uint16_t>(getpid());
     }
     uint16_t expected = 0;
@@ -899,14 +955,17 @@ void fill_hostname(std::array<uint8_t, 32>& out) {
 
 }  // namespace
 
-std::optional<pending> server_prepare(const v::gid_choice& local, const clc::gid_t& peer_gid,
-                                      uint32_t rmb_size) {
+std::optional<pending> server_prepare(const v::gid_choice& local, const clc::peer_id_t& peer_id,
+                                      const clc::gid_t& peer_gid, uint32_t rmb_size) {
   pending p;
   {
     std::lock_guard<std::mutex> lk(g_reg_mu);
     for (auto& g : registry()) {
+      // Two processes of one host share its GID but not a link group: the
+      // peer id tells them apart (each process of ours draws its own).
       if (g->role_ == role::server && g->up_.load() && g->peer_gid_ == peer_gid &&
-          g->local_.device == local.device && g->local_.gid == local.gid) {
+          g->peer_id_ == peer_id && g->local_.device == local.device &&
+          g->local_.gid == local.gid) {
         p.lgr = g;
         break;
       }
@@ -918,6 +977,7 @@ std::optional<pending> server_prepare(const v::gid_choice& local, const clc::gid
       return std::nullopt;
     }
     p.lgr->peer_gid_ = peer_gid;
+    p.lgr->peer_id_ = peer_id;
     p.first_contact = true;
   }
   p.s = make_slot(p.lgr, rmb_size);
@@ -1097,15 +1157,35 @@ class smcr_path final : public rdma::data_path {
   explicit smcr_path(pending&& p) : g_(std::move(p.lgr)), s_(std::move(p.s)) {
     update_limit_ = std::max<uint32_t>(static_cast<uint32_t>(s_->rmb->size()) / 10, 2048);
   }
-  ~smcr_path() override { g_->release(s_); }
+  ~smcr_path() override {
+    if (foreign()) {
+      // Inherited across fork: the buffers and the QP are the parent's.
+      // Releasing them here would deregister them under the parent's feet.
+      new (std::nothrow) std::shared_ptr<link_group>(std::move(g_));
+      new (std::nothrow) std::shared_ptr<slot>(std::move(s_));
+      return;
+    }
+    g_->release(s_);
+  }
 
   rdma::kind transport() const override { return rdma::kind::rdma; }
 
   uint32_t rx_size() const override { return static_cast<uint32_t>(s_->rmb->size()); }
   const uint8_t* rx_data() const override { return s_->rmb->data(); }
-  uint64_t peer_prod() const override { return s_->peer_prod.load(std::memory_order_acquire); }
-  uint8_t peer_conn_flags() const override { return s_->peer_conn_flags.load(); }
+  uint64_t peer_prod() const override {
+    // In a forked child: nothing more to read (the RMB may not even be mapped
+    // there: rdma-core keeps registered memory out of children).
+    return foreign() ? s_->local_cons.load() : s_->peer_prod.load(std::memory_order_acquire);
+  }
+  uint8_t peer_conn_flags() const override {
+    // In a forked child the connection is unusable (its QP is the parent's):
+    // it reads as reset by the peer, and nothing is ever posted for it.
+    return foreign() ? cdc::conn_abnormal : s_->peer_conn_flags.load();
+  }
   void publish_cons(uint64_t cons) override {
+    if (foreign()) {
+      return;
+    }
     slot& s = *s_;
     s.local_cons.store(cons, std::memory_order_seq_cst);
     // RFC 7609's window update rule, as Linux applies it: tell the peer when
@@ -1126,6 +1206,9 @@ class smcr_path final : public rdma::data_path {
     std::memcpy(s_->staging->data() + off, src, n);
   }
   void publish_prod(uint64_t prod, uint8_t conn_flags) override {
+    if (foreign()) {
+      return;
+    }
     slot& s = *s_;
     std::lock_guard<std::mutex> lk(s.tx_mu);
     const uint32_t size = s.peer_size;
@@ -1189,12 +1272,25 @@ class smcr_path final : public rdma::data_path {
   void settle_close() override {
     // The closing CDC was posted signalled: its completion means the peer's
     // adapter has it, before our TCP FIN can leave.
-    g_->wait_completed(s_->final_wr, 1000);
+    if (!foreign()) {
+      g_->wait_completed(s_->final_wr, 1000);
+    }
   }
-  void sync_rx() override { g_->sync_rx(500); }
-  void poll_progress() override { g_->poll_recv_now(); }
+  void sync_rx() override {
+    if (!foreign()) {
+      g_->sync_rx(500);
+    }
+  }
+  void poll_progress() override {
+    if (!foreign()) {
+      g_->poll_recv_now();
+    }
+  }
 
  private:
+  bool foreign() const { return gen_ != g_fork_gen.load(std::memory_order_relaxed); }
+
+  const uint32_t gen_ = g_fork_gen.load(std::memory_order_relaxed);
   std::shared_ptr<link_group> g_;
   std::shared_ptr<slot> s_;
   uint32_t update_limit_ = 2048;
@@ -1224,5 +1320,19 @@ std::unique_ptr<rdma::data_path> make_path(pending&& p) {
 }
 
 counts live() { return {g_live_groups.load(), g_live_slots.load()}; }
+
+void forget_after_fork() {
+  // The child shares the parent's verbs context (the same uverbs file), so
+  // destroying or using any QP, CQ or MR made before the fork would act on
+  // the parent's. The child leaks them all, never touches them again, and
+  // builds its own link groups, under its own peer id, when it needs one.
+  g_fork_gen.fetch_add(1, std::memory_order_relaxed);
+  new (&g_reg_mu) std::mutex();
+  new (&g_dev_mu) std::mutex();
+  new (std::nothrow) std::vector<std::shared_ptr<link_group>>(std::move(registry()));
+  registry().clear();
+  device_cache().clear();  // weak references only; the devices stay leaked with their groups
+  g_instance.store(0);
+}
 
 }  // namespace smc::core::smcr

@@ -45,10 +45,13 @@ struct pending {
   std::shared_ptr<struct slot> s;  // the connection's buffers and cursors
 };
 
-/// Server: find a usable link group with this peer (by its RoCE GID) or make
-/// a new one (first contact); create the connection's buffers.
+/// Server: find a usable link group with this peer (by its peer id, which
+/// names one process of ours or one Linux host, and its RoCE GID, as Linux
+/// matches them) or make a new one (first contact); create the connection's
+/// buffers.
 std::optional<pending> server_prepare(const rdma::verbs::gid_choice& local,
-                                      const clc::gid_t& peer_gid, uint32_t rmb_size);
+                                      const clc::peer_id_t& peer_id, const clc::gid_t& peer_gid,
+                                      uint32_t rmb_size);
 /// Fills an Accept/Confirm with our link and buffer data.
 void fill_accept_confirm(const pending& p, clc::accept_confirm_r& m);
 /// Server, after a valid Confirm: records the peer's buffer and, on first
@@ -81,5 +84,10 @@ struct counts {
   size_t slots = 0;
 };
 counts live();
+
+/// In a forked child (from its atfork handler): everything made with verbs
+/// before the fork is the parent's. The child's inherited SMC-R connections
+/// read as reset and post nothing; new ones get link groups of the child's own.
+void forget_after_fork();
 
 }  // namespace smc::core::smcr

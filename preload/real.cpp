@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "core/engine.h"
+#include "core/smcr.h"
 #include "core/log.h"
 #include "core/stats.h"
 #include "preload/preload.h"
@@ -220,6 +221,8 @@ void atfork_child() {
   // The child keeps its own account from here on, and has no engine thread.
   core::stats::reset();
   core::engine::forget_after_fork();
+  core::smcr::forget_after_fork();
+  core::note_fork_child();
 }
 
 __attribute__((constructor)) void on_load() { ensure_init(); }

@@ -77,6 +77,12 @@ class data_path {
   /// Before judging the TCP socket's end: take in everything the peer sent
   /// us on the transport up to now.
   virtual void sync_rx() {}
+
+  /// The process (pid) that last sent or received on the connection, kept
+  /// where every process that inherited it across fork() sees it (0: not
+  /// kept). Only that process tells the peer about a close.
+  virtual void note_user(int /*pid*/) {}
+  virtual int last_user() const { return 0; }
 };
 
 }  // namespace smc::rdma

@@ -189,6 +189,15 @@ class shm_path final : public data_path {
   }
 
   kind transport() const override { return kind::shm; }
+  // In our own segment: shared by every process that inherited the
+  // connection (MAP_SHARED), never read by the peer.
+  void note_user(int pid) override {
+    auto& u = mine_->ctl()->user;
+    if (u.load(std::memory_order_relaxed) != pid) {
+      u.store(pid, std::memory_order_relaxed);
+    }
+  }
+  int last_user() const override { return mine_->ctl()->user.load(std::memory_order_relaxed); }
 
   uint32_t rx_size() const override { return mine_->size(); }
   const uint8_t* rx_data() const override { return mine_->data(); }

@@ -27,6 +27,7 @@ struct control {
   std::atomic<uint32_t> rx_rung;                 // owner's rx doorbell rung, not drained
   alignas(64) std::atomic<uint32_t> tx_waiters;  // peer: waiters for space
   std::atomic<uint32_t> tx_rung;                 // peer's tx doorbell rung, not drained
+  alignas(64) std::atomic<int32_t> user;         // owner: the process that last used it (fork)
 };
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
 static_assert(sizeof(control) <= 4096);

@@ -304,7 +304,7 @@ std::unique_ptr<rc_qp> rc_qp::create(const std::shared_ptr<device>& dev, complet
     return nullptr;
   }
   uint32_t r = 0;
-  if (getrandom(&r, sizeof(r), 0) != sizeof(r)) {
+  if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != sizeof(r)) {  // a PSN need not be secret
     r = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(q.get()) >> 4);
   }
   q->psn_ = r & 0xFFFFFF;

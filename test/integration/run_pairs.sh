@@ -484,6 +484,22 @@ scenario_calls() {
   fi
 }
 
+# i. an SMC connection across fork(): the child closes its inherited copy
+# (untouched) and makes its own connection; the parent's keeps working.
+scenario_fork() {
+  begin fork_inherited || return 0
+  start_server "$DIR/server" smc "$(stats_env server)" -- "$BUILD/smc_fork" server --count 3
+  if [ -n "$PORT" ]; then
+    launch "$DIR/client" smc "$PEERS_OK" -- "$BUILD/smc_fork" client --port "$PORT" \
+      --child-expect untouched
+    expect_exit "$PID" "$DIR/client" client
+  fi
+  expect_server_exit "$SPID" "$DIR/server"
+  expect_line "$DIR/client.out" '^ok child-expect=untouched' client
+  expect_stat server connections.smc_shm -eq 3
+  finish
+}
+
 # ---------------------------------------------------------------- main
 scenario_plain_baseline
 scenario_bulk
@@ -494,6 +510,7 @@ scenario_hostile
 scenario_spdlog
 scenario_concurrent
 scenario_calls
+scenario_fork
 
 smct_cleanup
 if summary; then

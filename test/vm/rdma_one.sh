@@ -6,6 +6,7 @@
 #     rxe0's sent_pkts grows by at least the payload's packet count
 #   - 50 concurrent connections share one link group (one QP per process)
 #   - 1000 connect/close cycles leave no QPs, MRs or fds behind
+#   - an SMC-R connection across fork(): reset in the child, intact in the parent
 #   - a peer killed mid-transfer: EOF or ECONNRESET within 2 s
 set -u
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -135,6 +136,26 @@ if retry_for 30 wait_port "$d/port"; then
   [ "${r:-0}" -eq 1000 ] && pass "all 1000 cycles over SMC-R" || fail "only ${r:-0} of 1000 cycles over SMC-R"
 else
   fail "cycles: server did not start"
+fi
+
+# An SMC-R connection across fork(): in the child it reads as reset (its QP
+# is the parent's), the child's close leaves the parent's connection and link
+# group alone, and the child's own connection gets a link group of its own.
+d=$tmp/fork
+mkdir -p "$d"
+SMC_STATS_FILE=$d/server.json timeout 300 "$smc_run" "$build/smc_fork" server --addr "$ip" \
+  --portfile "$d/port" --count 3 > "$d/server.out" 2>&1 &
+spid=$!
+if retry_for 30 wait_port "$d/port"; then
+  SMC_STATS_FILE=$d/client.%p.json timeout 300 "$smc_run" "$build/smc_fork" client --addr "$ip" \
+    --port "$(cat "$d/port")" --child-expect reset > "$d/client.out" 2>&1 &&
+    pass "fork: $(cat "$d/client.out")" || fail "fork: $(cat "$d/client.out")"
+  wait "$spid" || fail "fork server: $(cat "$d/server.out")"
+  r=$(json_int "$d/server.json" smc_rdma)
+  [ "${r:-0}" -eq 3 ] && pass "fork: all 3 connections over SMC-R" ||
+    fail "fork: ${r:-0} of 3 connections over SMC-R"
+else
+  fail "fork: server did not start"
 fi
 
 # A peer killed mid-transfer: the survivor sees EOF or ECONNRESET within 2 s.

@@ -1,0 +1,197 @@
+// smc_fork: an established connection across fork(). Plain POSIX; run under
+// the preload.
+//
+//   smc_fork server [--addr A] [--portfile F] [--count N]
+//                                  echo server, one thread per connection;
+//                                  exits 0 after N connections ended (0: never)
+//   smc_fork client --addr A --port P [--child-expect reset|untouched]
+//
+// The client opens connection 1 and echoes 1 MiB over it (verified), then
+// forks. The child, with its inherited copy of connection 1:
+//   reset: a non-blocking read must fail with ECONNRESET at once, and poll
+//          report the error (SMC-R: the QP and buffers are the parent's),
+//   untouched: leaves it alone (shm: it would work, for one process at a time),
+// then closes that copy, opens connection 2 of its own and echoes 1 MiB over
+// it. After the child exited 0, the parent echoes 1 MiB more over connection
+// 1 (the child's close must not have touched it) and 256 KiB over a new
+// connection 3. Exit 0 with one "ok" line, or 1 with the reason on stderr.
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test/integration/net_util.h"
+
+namespace {
+
+[[noreturn]] void die(const std::string& why) {
+  std::fprintf(stderr, "smc_fork: FAIL %s\n", why.c_str());
+  std::exit(1);
+}
+
+[[noreturn]] void usage(const std::string& why) {
+  std::fprintf(stderr,
+               "smc_fork: %s\n"
+               "usage: smc_fork server [--addr A] [--portfile F] [--count N]\n"
+               "       smc_fork client --addr A --port P [--child-expect reset|untouched]\n",
+               why.c_str());
+  std::exit(2);
+}
+
+void echo_conn(int fd) {
+  std::vector<char> buf(65536);
+  for (;;) {
+    ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+    if (n <= 0 || !smc_test::send_all(fd, buf.data(), static_cast<size_t>(n))) {
+      break;
+    }
+  }
+  ::close(fd);
+}
+
+int serve(const smc_test::endpoint_options& o, uint64_t count) {
+  sockaddr_storage ss;
+  socklen_t len;
+  std::string error;
+  int ls = smc_test::open_tcp_socket(o.addr, o.port, ss, len, error);
+  if (ls < 0) {
+    die(error);
+  }
+  int one = 1;
+  ::setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (::bind(ls, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(ls, 16) != 0) {
+    die(std::string("bind/listen: ") + std::strerror(errno));
+  }
+  if (!o.portfile.empty() && smc_test::write_portfile(o.portfile, static_cast<uint16_t>(
+                                                                      smc_test::bound_port(ls))) != nullptr) {
+    die("portfile");
+  }
+  std::vector<std::thread> threads;
+  while (count == 0 || threads.size() < count) {
+    int fd = ::accept(ls, nullptr, nullptr);
+    if (fd >= 0) {
+      threads.emplace_back(echo_conn, fd);
+    } else if (errno != EINTR) {
+      die(std::string("accept: ") + std::strerror(errno));
+    }
+  }
+  for (auto& t : threads) {
+    t.join();
+  }
+  std::printf("ok served %zu\n", threads.size());
+  return 0;
+}
+
+int dial(const smc_test::endpoint_options& o) {
+  sockaddr_storage ss;
+  socklen_t len;
+  std::string error;
+  int fd = smc_test::open_tcp_socket(o.addr, o.port, ss, len, error);
+  if (fd < 0) {
+    die(error);
+  }
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    die(std::string("connect: ") + std::strerror(errno));
+  }
+  return fd;
+}
+
+// Sends `total` pattern bytes in 16 KiB pieces and reads each piece back.
+void echo_check(int fd, size_t total, unsigned seed, const char* what) {
+  std::vector<char> out(16384), in(16384);
+  for (size_t done = 0; done < total; done += out.size()) {
+    for (size_t i = 0; i < out.size(); ++i) {
+      out[i] = static_cast<char>((done + i) * 131 + seed * 7 + (i >> 8));
+    }
+    if (!smc_test::send_all(fd, out.data(), out.size())) {
+      die(std::string(what) + ": send: " + std::strerror(errno));
+    }
+    ssize_t got = smc_test::recv_full(fd, in.data(), in.size());
+    if (got != static_cast<ssize_t>(in.size())) {
+      die(std::string(what) + ": recv: " + (got < 0 ? std::strerror(errno) : "early EOF"));
+    }
+    if (in != out) {
+      die(std::string(what) + ": echoed data differs");
+    }
+  }
+}
+
+int client(const smc_test::endpoint_options& o, const std::string& expect) {
+  int c1 = dial(o);
+  echo_check(c1, 1 << 20, 1, "connection 1");
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    die(std::string("fork: ") + std::strerror(errno));
+  }
+  if (pid == 0) {
+    if (expect == "reset") {
+      char b;
+      ssize_t n = ::recv(c1, &b, 1, MSG_DONTWAIT);
+      if (n != -1 || errno != ECONNRESET) {
+        die("child: read on the inherited connection gave " + std::to_string(n) + " (" +
+            std::strerror(errno) + "), want ECONNRESET");
+      }
+      pollfd p{c1, POLLIN | POLLOUT, 0};
+      if (::poll(&p, 1, 0) != 1 || (p.revents & (POLLERR | POLLHUP)) == 0) {
+        die("child: poll on the inherited connection does not report the error");
+      }
+    }
+    ::close(c1);  // must not end the parent's connection
+    int c2 = dial(o);
+    echo_check(c2, 1 << 20, 3, "child on connection 2");
+    ::close(c2);
+    std::exit(0);  // not _exit: the library writes the child's statistics at exit
+  }
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    die("the child failed (status " + std::to_string(status) + ")");
+  }
+  echo_check(c1, 1 << 20, 4, "parent on connection 1 after the child");
+  int c3 = dial(o);
+  echo_check(c3, 1 << 18, 5, "parent on connection 3");
+  ::close(c3);
+  ::close(c1);
+  std::printf("ok child-expect=%s\n", expect.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool server = smc_test::server_role(argc, argv, usage);
+  smc_test::endpoint_options o;
+  std::string expect = "reset";
+  uint64_t count = 0;
+  smc_test::arg_reader args(argc, argv, 2, usage);
+  while (args.next()) {
+    if (args.endpoint_option(o, "bad value for ")) {
+      continue;
+    }
+    if (args.name() == "--count") {
+      count = args.size_value("bad value for ");
+    } else if (args.name() == "--child-expect") {
+      expect = args.value();
+      if (expect != "reset" && expect != "untouched") {
+        usage("--child-expect must be reset or untouched");
+      }
+    } else {
+      usage("unknown option " + args.name());
+    }
+  }
+  if (server) {
+    return serve(o, count);
+  }
+  if (!o.port_given) {
+    usage("client needs --port");
+  }
+  return client(o, expect);
+}
