@@ -44,23 +44,29 @@ inline bool parse_addr(const std::string& text, uint16_t port, sockaddr_storage&
   return false;
 }
 
-// Parses `addr` and `port` into ss/len (as parse_addr) and opens a TCP
-// socket (SOCK_CLOEXEC) of that family. Returns the fd, or -1 with `error`
-// set to "bad --addr ADDR" or "socket: <strerror>".
-// With TEST_AF_SMC=1 in the environment the socket is the Linux kernel's own
-// SMC (AF_SMC, same addresses): the interop tests run the kernel's SMC-R as
-// the peer of the preload with the very same program.
+// A TCP socket (SOCK_CLOEXEC) of `family`. With TEST_AF_SMC=1 in the
+// environment it is the Linux kernel's own SMC instead (AF_SMC, same
+// addresses): the interop tests run the kernel's SMC-R as the peer of the
+// preload with the very same programs.
+inline int tcp_socket(int family) {
+  const char* kernel_smc = std::getenv("TEST_AF_SMC");
+  if (kernel_smc != nullptr && std::strcmp(kernel_smc, "1") == 0) {
+    return ::socket(43 /* AF_SMC */, SOCK_STREAM | SOCK_CLOEXEC,
+                    family == AF_INET6 ? 1 /* SMCPROTO_SMC6 */ : 0 /* SMCPROTO_SMC */);
+  }
+  return ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+}
+
+// Parses `addr` and `port` into ss/len (as parse_addr) and opens a
+// tcp_socket() of that family. Returns the fd, or -1 with `error` set to
+// "bad --addr ADDR" or "socket: <strerror>".
 inline int open_tcp_socket(const std::string& addr, uint16_t port, sockaddr_storage& ss, socklen_t& len,
                            std::string& error) {
   if (!parse_addr(addr, port, ss, len)) {
     error = "bad --addr " + addr;
     return -1;
   }
-  const char* kernel_smc = std::getenv("TEST_AF_SMC");
-  int fd = kernel_smc != nullptr && std::strcmp(kernel_smc, "1") == 0
-               ? ::socket(43 /* AF_SMC */, SOCK_STREAM | SOCK_CLOEXEC,
-                          ss.ss_family == AF_INET6 ? 1 /* SMCPROTO_SMC6 */ : 0 /* SMCPROTO_SMC */)
-               : ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = tcp_socket(ss.ss_family);
   if (fd < 0) {
     error = std::string("socket: ") + std::strerror(errno);
   }

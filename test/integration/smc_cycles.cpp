@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
   socklen_t len = 0;
   sockaddr_storage sa = make_addr(addr, port, len);
   if (role == "server") {
-    int ls = ::socket(sa.ss_family, SOCK_STREAM, 0);
+    int ls = smc_test::tcp_socket(sa.ss_family);
     int one = 1;
     ::setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (ls < 0 || ::bind(ls, reinterpret_cast<sockaddr*>(&sa), len) != 0 || ::listen(ls, 128) != 0) {
@@ -173,7 +173,7 @@ int main(int argc, char** argv) {
     long k = std::min(parallel, count - done);
     std::vector<int> fds;
     for (long i = 0; i < k; ++i) {
-      int fd = ::socket(sa.ss_family, SOCK_STREAM, 0);
+      int fd = smc_test::tcp_socket(sa.ss_family);
       if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&sa), len) != 0) {
         die("connect " + std::to_string(done + i));
       }

@@ -3,6 +3,10 @@
 # kernel's own SMC-R (smc.ko, AF_SMC sockets), a peer we did not write.
 #   round 1: VM a's kernel SMC server  <- VM b's client under the preload
 #   round 2: VM a's server under the preload <- VM b's kernel SMC client
+#   rounds 3 and 4: the same, with smc_cycles: 6 connections, 3 at a time,
+#   from one process; those after the first share its link group, so Linux
+#   announces their buffers with LLC CONFIRM RKEY and frees them with DELETE
+#   RKEY, which the preload must answer (else Linux declines or stalls)
 # Each round is smc_pair's verified stream both ways at once (TEST_AF_SMC=1
 # gives the kernel side AF_SMC sockets). Both sides learn of each other from
 # SMC's TCP option only (scripts/smc-bpf on the preload's side). The
@@ -67,10 +71,32 @@ preload_side() {
     fail "$name: smc_rdma=${r:-none} fallback=${f:-none}: $(cat "$res/$name.json" 2> /dev/null)"
 }
 
+# cycles NAME kernel|preload server|client ARGS...: smc_cycles, 6 connections,
+# 3 at a time; the preload's side must count all 6 over SMC-R.
+cycles() {
+  local name=$1 side=$2 role=$3
+  shift 3
+  local run=(env TEST_AF_SMC=1)
+  [ "$side" = preload ] && run=(env "SMC_STATS_FILE=$res/$name.json" "$smc_run")
+  timeout 180 "${run[@]}" "$build/smc_cycles" "$role" "$@" --count 6 --parallel 3 \
+    > "$res/$name.out" 2>&1
+  local rc=$?
+  [ "$rc" -eq 0 ] && pass "$name ($side): $(cat "$res/$name.out")" ||
+    fail "$name ($side) exited $rc: $(cat "$res/$name.out")"
+  if [ "$side" = preload ]; then
+    local r
+    r=$(json_int "$res/$name.json" smc_rdma)
+    [ "${r:-0}" -eq 6 ] && pass "$name: all 6 connections over SMC-R" ||
+      fail "$name: ${r:-0} of 6 connections over SMC-R: $(cat "$res/$name.json" 2> /dev/null)"
+  fi
+}
+
 sent0=$(rxe_counter sent_pkts)
 if [ "$SMC_VM_ROLE" = a ]; then
   kernel_side round1-server server --addr "$SMC_VM_IP" --portfile "$res/round1.port"
   preload_side round2-server server --addr "$SMC_VM_IP" --portfile "$res/round2.port"
+  cycles round3-server kernel server --addr "$SMC_VM_IP" --portfile "$res/round3.port"
+  cycles round4-server preload server --addr "$SMC_VM_IP" --portfile "$res/round4.port"
 else
   if retry_for 120 have round1.port; then
     preload_side round1-client client --addr "$SMC_VM_PEER_IP" --port "$(cat "$res/round1.port")"
@@ -81,6 +107,16 @@ else
     kernel_side round2-client client --addr "$SMC_VM_PEER_IP" --port "$(cat "$res/round2.port")"
   else
     fail "round 2: the preload server in VM a never published its port"
+  fi
+  if retry_for 120 have round3.port; then
+    cycles round3-client preload client --addr "$SMC_VM_PEER_IP" --port "$(cat "$res/round3.port")"
+  else
+    fail "round 3: the kernel server in VM a never published its port"
+  fi
+  if retry_for 120 have round4.port; then
+    cycles round4-client kernel client --addr "$SMC_VM_PEER_IP" --port "$(cat "$res/round4.port")"
+  else
+    fail "round 4: the preload server in VM a never published its port"
   fi
 fi
 sent=$(($(rxe_counter sent_pkts) - sent0))
