@@ -38,15 +38,18 @@ for entry in "${TESTS[@]}"; do
   start=$SECONDS
   rc=0
   scripts/vm/rxe-vm.sh "$mode" "${argv[@]}" || rc=$?
-  if [ "$rc" -eq 75 ]; then
-    # The emulated guest's kernel crashed (seen rarely under TCG, in the
-    # kernel's own code): that says nothing about the test. Once more; a
-    # second crash fails the entry.
-    echo "=== vm test $name: guest kernel crashed; running it once more"
+  tries=1
+  while [ "$rc" -eq 75 ] && [ "$tries" -lt 3 ]; do
+    # The emulated guest's kernel crashed (under TCG, in the kernel's own
+    # code: a double fault in rxe's packet allocation, seen in a few percent
+    # of two-VM runs, also in a guest where only Linux's own SMC runs): that
+    # says nothing about the test. Up to twice more; a third crash fails it.
+    echo "=== vm test $name: guest kernel crashed; running it again"
     crashes=$((crashes + 1))
+    tries=$((tries + 1))
     rc=0
     scripts/vm/rxe-vm.sh "$mode" "${argv[@]}" || rc=$?
-  fi
+  done
   if [ "$rc" -eq 0 ]; then
     echo "PASS $name ($((SECONDS - start)) s)"
     passed=$((passed + 1))
