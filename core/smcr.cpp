@@ -172,7 +172,6 @@ class link_group : public std::enable_shared_from_this<link_group> {
   /// and waits (bounded) for that.
   void sync_rx(int timeout_ms);
   void schedule_idle_check();
-  void schedule_idle_check_later();
 
   role role_;
   v::gid_choice local_;
@@ -752,6 +751,7 @@ void link_group::schedule_idle_check() {
         if (!g || g->failed_.load()) {
           return;
         }
+        bool again = false;
         {
           std::lock_guard<std::mutex> lk(g->mu_);
           if (!g->slots_.empty()) {
@@ -759,11 +759,17 @@ void link_group::schedule_idle_check() {
             return;
           }
           if (std::chrono::steady_clock::now() - g->last_active_ < std::chrono::seconds(idle_s)) {
-            // Used in the meantime: look again when the full idle time passed.
+            // Used in the meantime: look again when the full idle time passed
+            // (after the lock is released: scheduling takes it too).
             g->idle_timer_ = true;
-            g->schedule_idle_check_later();
-            return;
+            again = true;
+          } else {
+            g->up_ = false;  // no new connection may join it from here on
           }
+        }
+        if (again) {
+          g->schedule_idle_check();
+          return;
         }
         // Idle long enough: end the group in order (DELETE LINK, all links, orderly).
         llc::delete_link d;
@@ -780,8 +786,6 @@ void link_group::schedule_idle_check() {
     idle_timer_ = false;
   }
 }
-
-void link_group::schedule_idle_check_later() { schedule_idle_check(); }
 
 void link_group::schedule_keepalive() {
   std::weak_ptr<link_group> w = weak_from_this();
