@@ -393,6 +393,27 @@ wait_vm() {
   VM_SECS[$role]=$((SECONDS - VM_T0[$role]))
 }
 
+# guest_crashed CONSOLE_LOG: the guest kernel panicked or oopsed.
+guest_crashed() { tr -d '\r' < "$1" 2> /dev/null | grep -qE 'Kernel panic|Oops: |BUG: kernel'; }
+
+# wait_pair: waits for both VMs of a pair. A guest whose kernel crashed
+# leaves its peer waiting for it until its timeout (up to SMC_VM_TIMEOUT):
+# the peer is stopped at once instead.
+wait_pair() {
+  local done_pid="" rc=0 role=a other=b
+  wait -n -p done_pid "${VM_PID[a]}" "${VM_PID[b]}" || rc=$?
+  if [ "$done_pid" = "${VM_PID[b]}" ]; then
+    role=b other=a
+  fi
+  VM_RC[$role]=$rc
+  VM_SECS[$role]=$((SECONDS - VM_T0[$role]))
+  if [ ! -f "$RUN_DIR/status-$role" ] && guest_crashed "$RUN_DIR/console-$role.log"; then
+    say "VM $role: the guest kernel crashed; stopping VM $other"
+    kill -TERM "${VM_PID[$other]}" 2> /dev/null
+  fi
+  wait_vm "$other"
+}
+
 alive() { # alive PID: exists and is not a zombie (kill -0 succeeds on those)
   local state
   state=$(awk '/^State:/ { print $2 }' "/proc/$1/status" 2> /dev/null)
@@ -417,7 +438,7 @@ report() {
     return "$rc"
   fi
   local crashed=0
-  if tr -d '\r' < "$console" | grep -qE 'Kernel panic|Oops: |BUG: kernel'; then
+  if guest_crashed "$console"; then
     crashed=1
   fi
   case ${VM_RC[$role]} in
@@ -510,8 +531,7 @@ cmd_two() {
   say "VMs a and b on 127.0.0.1:$PORT"
   launch b 1 -netdev "socket,id=n0,connect=127.0.0.1:$PORT" \
     -device virtio-net-pci,netdev=n0,mac=52:54:00:00:00:02,romfile=
-  wait_vm a
-  wait_vm b
+  wait_pair
   report a "[a] " || rc_a=$?
   report b "[b] " || rc_b=$?
   say "results: $RESULTS"
