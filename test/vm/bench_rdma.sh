@@ -11,9 +11,6 @@ set -u
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 . "$here/lib.sh"
-repo=$(cd "$here/../.." && pwd)
-build=${SMC_BUILD:-$repo/build}
-smc_run=$repo/scripts/smc_run
 ip=$SMC_VM_IP
 dev=${SMC_VM_IBDEV:-rxe0}
 iters=${BENCH_ITERS:-2000}

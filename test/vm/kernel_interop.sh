@@ -17,9 +17,6 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 
-repo=$(cd "$here/../.." && pwd)
-build=${SMC_BUILD:-$repo/build}
-smc_run=$repo/scripts/smc_run
 res=$SMC_VM_RESULTS
 bytes=8M
 # Both peers must share a UEID: a site's own, set on the preload's side by
@@ -31,7 +28,6 @@ export SMC_UEID=interop-site.1
 export SMC_TRANSPORT=auto
 unset SMC_PEERS SMC_LOG_LEVEL SMC_CONFIG
 
-json_int() { sed -n "s/.*\"$2\": \([0-9]*\).*/\1/p" "$1" | head -1; }
 have() { [ -s "$res/$1" ]; }
 
 modprobe smc || fail "modprobe smc"

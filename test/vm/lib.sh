@@ -6,6 +6,14 @@
 passes=0
 failures=0
 
+# The checkout the guest runs from (the host's, read-only), its build and smc_run.
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+build=${SMC_BUILD:-$repo/build}
+smc_run=$repo/scripts/smc_run
+
+# json_int FILE KEY: the integer after "KEY": in a stats file.
+json_int() { sed -n "s/.*\"$2\": \([0-9]*\).*/\1/p" "$1" | head -1; }
+
 # A program that crashes in the guest leaves its core in the results dir;
 # summary prints its backtrace (the guest's root is the host's, so the
 # binaries and their debug info are at hand).

@@ -13,18 +13,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 
-repo=$(cd "$here/../.." && pwd)
-build=${SMC_BUILD:-$repo/build}
-smc_run=$repo/scripts/smc_run
 ip=$SMC_VM_IP
 tmp=$(mktemp -d)
 res=${SMC_VM_RESULTS:-$tmp}
 export SMC_PEERS=$ip SMC_TRANSPORT=rdma
 unset SMC_LOG_LEVEL SMC_CONFIG
-
-json_int() {  # json_int FILE KEY: the integer after "KEY":
-  sed -n "s/.*\"$2\": \([0-9]*\).*/\1/p" "$1" | head -1
-}
 
 wait_port() { [ -s "$1" ]; }
 

@@ -9,15 +9,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 
-repo=$(cd "$here/../.." && pwd)
-build=${SMC_BUILD:-$repo/build}
-smc_run=$repo/scripts/smc_run
 res=$SMC_VM_RESULTS
 bytes=16M
 export SMC_PEERS=10.9.0.0/24 SMC_TRANSPORT=auto
 unset SMC_LOG_LEVEL SMC_CONFIG
 
-json_int() { sed -n "s/.*\"$2\": \([0-9]*\).*/\1/p" "$1" | head -1; }
 wait_port() { [ -s "$res/port" ]; }
 
 sent0=$(rxe_counter sent_pkts)
