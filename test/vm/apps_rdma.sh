@@ -18,8 +18,6 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 
-repo=$(cd "$here/../.." && pwd)
-smc_run=$repo/scripts/smc_run
 python=$(command -v /usr/bin/python3 || command -v python3)
 ip=$SMC_VM_IP
 tmp=$(mktemp -d)
