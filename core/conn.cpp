@@ -118,35 +118,68 @@ conn::conn(std::unique_ptr<rdma::data_path> path, int tcp_fd, uint32_t spin_us)
 
 conn::~conn() = default;
 
-bool conn::rx_available(uint32_t& avail) {
+// Reads of the cursors, in an order that concurrent readers cannot make
+// fail: first the last validated peer cursor (every value it ever held was
+// read from the peer before our read below, and the peer only moves
+// forward), then our own cursor, then the peer's. Only the owner (the
+// caller holding rx_mu_ / tx_mu_) records what it validated; a look from
+// another thread (events(), FIONREAD, SIOCOUTQ) changes nothing, so it can
+// never make the owner see the peer's cursor move backwards.
+bool conn::rx_available(uint32_t& avail, bool owner) {
   const uint32_t size = path_->rx_size();
+  cursor last = curs_unpack(rx_prod_.load(std::memory_order_acquire));
   cursor cons = curs_unpack(rx_cons_.load(std::memory_order_acquire));
   cursor prod = curs_unpack(path_->peer_prod());
-  cursor last = curs_unpack(rx_prod_.load(std::memory_order_relaxed));
   // The peer may only move its producer cursor forward, and never further than
   // one ring ahead of what we consumed (it would overwrite unread data).
   if (!curs_ahead_within(size, cons, prod) || !curs_ahead_within(size, last, prod)) {
     avail = 0;
     return false;
   }
-  rx_prod_.store(curs_pack(prod), std::memory_order_relaxed);
+  if (owner) {
+    rx_prod_.store(curs_pack(prod), std::memory_order_release);
+  }
   avail = curs_diff(size, cons, prod);
   return true;
 }
 
-bool conn::tx_space(uint32_t& space) {
+bool conn::tx_space(uint32_t& space, bool owner) {
   const uint32_t size = path_->tx_size();
-  cursor prod = curs_unpack(tx_prod_.load(std::memory_order_acquire));
+  cursor last = curs_unpack(tx_cons_.load(std::memory_order_acquire));
   cursor cons = curs_unpack(path_->peer_cons());
-  cursor last = curs_unpack(tx_cons_.load(std::memory_order_relaxed));
+  // Ours after the peer's: tx_prod_ is stored before it is published, so it
+  // is never behind what the peer consumed.
+  cursor prod = curs_unpack(tx_prod_.load(std::memory_order_acquire));
   // The peer's consumer cursor moves forward and never past what we produced.
   if (!curs_ahead_within(size, last, cons) || !curs_ahead_within(size, cons, prod)) {
     space = 0;
     return false;
   }
-  tx_cons_.store(curs_pack(cons), std::memory_order_relaxed);
+  if (owner) {
+    tx_cons_.store(curs_pack(cons), std::memory_order_release);
+  }
   space = size - curs_diff(size, cons, prod);
   return true;
+}
+
+bool conn::rx_look(uint32_t& avail) {
+  // Unlocked, our consumer cursor may move between the reads: a failure
+  // that does not hold on a second look is such a race, not the peer.
+  for (int i = 0; i < 3; ++i) {
+    if (rx_available(avail, false)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool conn::tx_look(uint32_t& space) {
+  for (int i = 0; i < 3; ++i) {
+    if (tx_space(space, false)) {
+      return true;
+    }
+  }
+  return false;
 }
 
 void conn::abort_locally(int err) {
@@ -193,7 +226,7 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
       return true;
     }
     uint32_t n = 0;
-    bool ok = rx ? rx_available(n) : tx_space(n);
+    bool ok = rx ? rx_available(n, true) : tx_space(n, true);
     return !ok || n >= (rx ? need : 1) || (rx && shut_rd_.load());
   };
   if (rx) {
@@ -217,13 +250,9 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
     } else if (n == 0) {
       rc = EAGAIN;
     } else if (p[0].revents != 0 && !ready()) {
-      // A doorbell rung for a state that is gone again: reset it, then look once
-      // more (the peer may have rung between our check and the reset).
-      if (rx) {
-        path_->drain_rx();
-      } else {
-        path_->drain_tx();
-      }
+      // A doorbell rung for a state that is gone again: reset it (the caller
+      // looks once more).
+      reset_doorbell(rx);
     }
   }
   if (rx) {
@@ -252,7 +281,7 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       return {static_cast<ssize_t>(got), 0};
     }
     uint32_t avail = 0;
-    if (!rx_available(avail)) {
+    if (!rx_available(avail, true)) {
       abort_locally(ECONNRESET);
     }
     if (int e = err_.load(); e != 0 && avail == 0) {
@@ -298,7 +327,7 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       // flags are published after its final cursor). Look once more, or that
       // data would be lost behind a premature EOF / reset.
       uint32_t again = 0;
-      if (!rx_available(again) || again > 0) {
+      if (!rx_available(again, true) || again > 0) {
         continue;
       }
     }
@@ -413,7 +442,7 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
       return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : epipe();
     }
     uint32_t space = 0;
-    if (!tx_space(space)) {
+    if (!tx_space(space, true)) {
       abort_locally(ECONNRESET);
       return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : io_result{-1, ECONNRESET};
     }
@@ -506,7 +535,7 @@ void conn::close(bool abort) {
     return;
   }
   uint32_t unread = 0;
-  rx_available(unread);
+  rx_look(unread);
   // Unread data (or SO_LINGER 0) makes it a reset, exactly as TCP does.
   uint8_t add = (abort || unread > 0) ? cdc::conn_abnormal
                                       : static_cast<uint8_t>(cdc::conn_closed | cdc::conn_done_writing);
@@ -520,9 +549,9 @@ void conn::close(bool abort) {
 poll_mask conn::events() {
   poll_mask ev = 0;
   uint32_t avail = 0;
-  bool rx_ok = rx_available(avail);
+  bool rx_ok = rx_look(avail);
   uint32_t space = 0;
-  bool tx_ok = tx_space(space);
+  bool tx_ok = tx_look(space);
   uint8_t pf = path_->peer_conn_flags();
   if (avail > 0 || !rx_ok || shut_rd_.load()) {
     ev |= POLLIN;
@@ -548,9 +577,27 @@ poll_mask conn::events() {
   return ev;
 }
 
+poll_mask conn::reset_doorbell(bool rx, bool edge) {
+  if (rx) {
+    path_->drain_rx();
+  } else {
+    path_->drain_tx();
+  }
+  const poll_mask ev = events();
+  const bool others = (rx ? path_->rx_waiters() : path_->tx_waiters()) > 1;
+  if ((ev & (rx ? POLLIN : POLLOUT)) != 0 && (!edge || others)) {
+    if (rx) {
+      path_->kick_rx();
+    } else {
+      path_->kick_tx();
+    }
+  }
+  return ev;
+}
+
 uint32_t conn::readable_bytes() {
   uint32_t avail = 0;
-  rx_available(avail);
+  rx_look(avail);
   return avail;
 }
 

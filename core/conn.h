@@ -64,6 +64,15 @@ class conn {
   uint32_t unsent_bytes();
   /// Pending error for SO_ERROR (cleared by reading), 0 if none.
   int take_error();
+  /// Resets a doorbell (`rx`: data, else space) that fired, and returns the
+  /// current readiness. If what the doorbell signals holds after the reset
+  /// (the peer moved between a caller's check and the reset, and saw the
+  /// doorbell still rung), rings it again: a doorbell is readable whenever
+  /// its condition holds, which level-triggered epoll registrations (in this
+  /// or another set, or another thread's poll) rely on. `edge`: the caller
+  /// is an edge-triggered registration that reports the state itself; ring
+  /// again only if someone else waits on the doorbell too.
+  poll_mask reset_doorbell(bool rx, bool edge = false);
 
   // ---- waiting, for poll/select/epoll ----
   rdma::data_path& path() { return *path_; }
@@ -80,9 +89,13 @@ class conn {
   }
 
  private:
-  // Validated view of the peer's cursors; on a violation the connection aborts.
-  bool rx_available(uint32_t& avail);
-  bool tx_space(uint32_t& space);
+  // Validated view of the peer's cursors; on a violation the connection
+  // aborts. `owner`: the caller holds rx_mu_ (tx_mu_) and records the cursor
+  // it validated; anyone else only looks (rx_look/tx_look).
+  bool rx_available(uint32_t& avail, bool owner);
+  bool tx_space(uint32_t& space, bool owner);
+  bool rx_look(uint32_t& avail);
+  bool tx_look(uint32_t& space);
   void abort_locally(int err);
   int block_timeout_ms(bool rx, int flags);
   // Sleeps until the doorbell (`rx`: data, else space) or the TCP socket

@@ -1262,6 +1262,8 @@ class smcr_path final : public rdma::data_path {
   void arm_tx(int delta) override {
     s_->tx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
   }
+  uint32_t rx_waiters() const override { return s_->rx_waiters.load(std::memory_order_seq_cst); }
+  uint32_t tx_waiters() const override { return s_->tx_waiters.load(std::memory_order_seq_cst); }
   void drain_rx() override {
     doorbell_drain(s_->rx_efd);  // read first, then clear (see the shm transport)
     s_->rx_rung.store(0, std::memory_order_seq_cst);

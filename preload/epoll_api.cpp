@@ -244,22 +244,23 @@ int harvest(ep_set* s, epoll_event* out, int cap) {
       }
       bool et = (r->ev.events & EPOLLET) != 0;
       if ((f.tags & (1u << tag_rx)) != 0 && et) {
-        c.path().drain_rx();  // edge-triggered: the next produce rings again
+        c.reset_doorbell(true, true);  // edge-triggered: the next produce rings again
       }
       if ((f.tags & (1u << tag_tx)) != 0 && et) {
-        c.path().drain_tx();
+        c.reset_doorbell(false, true);
       }
       ev = c.events() & (r->ev.events | EPOLLERR | EPOLLHUP);
       if (!et) {
         // Level-triggered: a doorbell that fired for a state gone again is reset
-        // so it does not keep the set ready; armed waiters re-ring it.
+        // so it does not keep the set ready; armed waiters re-ring it. If the
+        // state came back meanwhile, the reset rings it again: the doorbell
+        // must stay readable for as long as the application has not taken
+        // all of it (it may read part and come back for the rest).
         if ((f.tags & (1u << tag_rx)) != 0 && (ev & EPOLLIN) == 0) {
-          c.path().drain_rx();
-          ev = c.events() & (r->ev.events | EPOLLERR | EPOLLHUP);
+          ev = c.reset_doorbell(true) & (r->ev.events | EPOLLERR | EPOLLHUP);
         }
         if ((f.tags & (1u << tag_tx)) != 0 && (ev & EPOLLOUT) == 0) {
-          c.path().drain_tx();
-          ev = c.events() & (r->ev.events | EPOLLERR | EPOLLHUP);
+          ev = c.reset_doorbell(false) & (r->ev.events | EPOLLERR | EPOLLHUP);
         }
       }
       if ((ev & EPOLLIN) != 0 && (r->ev.events & EPOLLRDNORM) != 0) {

@@ -142,11 +142,11 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
         fds[i].revents = smc_revents(m.e, fds[i].events);
         // A doorbell that fired for a state already gone again: reset it.
         if (m.rx >= 0 && k[m.rx].revents != 0 && (fds[i].revents & POLLIN) == 0) {
-          c.path().drain_rx();
+          c.reset_doorbell(true);
           fds[i].revents = smc_revents(m.e, fds[i].events);
         }
         if (m.tx >= 0 && k[m.tx].revents != 0 && (fds[i].revents & POLLOUT) == 0) {
-          c.path().drain_tx();
+          c.reset_doorbell(false);
           fds[i].revents = smc_revents(m.e, fds[i].events);
         }
       } else if (m.sock >= 0) {

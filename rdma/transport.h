@@ -58,6 +58,9 @@ class data_path {
   /// the caller must re-check the condition before sleeping (Dekker order).
   virtual void arm_rx(int delta) = 0;
   virtual void arm_tx(int delta) = 0;
+  /// How many waiters are declared now (this side, every process sharing it).
+  virtual uint32_t rx_waiters() const = 0;
+  virtual uint32_t tx_waiters() const = 0;
   /// Reset a doorbell that was rung; the caller re-checks its condition after.
   virtual void drain_rx() = 0;
   virtual void drain_tx() = 0;

@@ -239,6 +239,12 @@ class shm_path final : public data_path {
   void arm_tx(int delta) override {
     theirs_->ctl()->tx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
   }
+  uint32_t rx_waiters() const override {
+    return mine_->ctl()->rx_waiters.load(std::memory_order_seq_cst);
+  }
+  uint32_t tx_waiters() const override {
+    return theirs_->ctl()->tx_waiters.load(std::memory_order_seq_cst);
+  }
   // Read the eventfd first, then clear the flag. The other order loses a
   // ring that lands between the two: the read swallows it while the flag
   // says "rung", and no further ring would ever come.

@@ -51,6 +51,7 @@ using smc::core::conn;
 using smc::core::cursor;
 using smc::core::curs_pack;
 using smc::core::curs_unpack;
+using smc::core::poll_mask;
 using smc::core::io_result;
 namespace shm = smc::rdma::shm;
 namespace cdc = smc::core::cdc;
@@ -126,11 +127,19 @@ class hooked_path final : public smc::rdma::data_path {
   explicit hooked_path(std::unique_ptr<smc::rdma::data_path> inner) : in_(std::move(inner)) {}
   /// Runs once, before the next peer_conn_flags().
   mutable std::function<void()> before_flags;
+  /// Run once, right after the next read of the peer's producer / consumer
+  /// cursor (another thread acting between two of the engine's reads).
+  mutable std::function<void()> after_peer_prod;
+  mutable std::function<void()> after_peer_cons;
 
   smc::rdma::kind transport() const override { return in_->transport(); }
   uint32_t rx_size() const override { return in_->rx_size(); }
   const uint8_t* rx_data() const override { return in_->rx_data(); }
-  uint64_t peer_prod() const override { return in_->peer_prod(); }
+  uint64_t peer_prod() const override {
+    uint64_t v = in_->peer_prod();
+    run_once(after_peer_prod);
+    return v;
+  }
   uint8_t peer_conn_flags() const override {
     if (before_flags) {
       auto f = std::move(before_flags);
@@ -141,19 +150,32 @@ class hooked_path final : public smc::rdma::data_path {
   }
   void publish_cons(uint64_t cons) override { in_->publish_cons(cons); }
   uint32_t tx_size() const override { return in_->tx_size(); }
-  uint64_t peer_cons() const override { return in_->peer_cons(); }
+  uint64_t peer_cons() const override {
+    uint64_t v = in_->peer_cons();
+    run_once(after_peer_cons);
+    return v;
+  }
   void put(uint32_t off, const void* src, size_t n) override { in_->put(off, src, n); }
   void publish_prod(uint64_t prod, uint8_t flags) override { in_->publish_prod(prod, flags); }
   int rx_fd() const override { return in_->rx_fd(); }
   int tx_fd() const override { return in_->tx_fd(); }
   void arm_rx(int delta) override { in_->arm_rx(delta); }
   void arm_tx(int delta) override { in_->arm_tx(delta); }
+  uint32_t rx_waiters() const override { return in_->rx_waiters(); }
+  uint32_t tx_waiters() const override { return in_->tx_waiters(); }
   void drain_rx() override { in_->drain_rx(); }
   void drain_tx() override { in_->drain_tx(); }
   void kick_rx() override { in_->kick_rx(); }
   void kick_tx() override { in_->kick_tx(); }
 
  private:
+  static void run_once(std::function<void()>& hook) {
+    if (hook) {
+      auto f = std::move(hook);
+      hook = nullptr;
+      f();
+    }
+  }
   std::unique_ptr<smc::rdma::data_path> in_;
 };
 
@@ -1359,6 +1381,121 @@ TEST_CASE("tx doorbell: a ring during the reset is not lost", "[conn][wake][race
   auto [r, ms] = f3.get();
   CHECK(r.n == 1);
   CHECK(ms < 2500);  // woken by the doorbell, not by the 5 s send timeout
+}
+
+namespace {
+bool fd_readable(int fd) {
+  pollfd pf{fd, POLLIN, 0};
+  return ::poll(&pf, 1, 0) == 1 && (pf.revents & POLLIN) != 0;
+}
+}  // namespace
+
+// A level-triggered epoll registration keeps the rx doorbell armed and counts
+// on it being readable while data is there: the application may read part
+// and come back for the rest. A reset that races the peer's next produce
+// (the peer sees the doorbell still rung and does not ring) must leave it
+// readable, or that data sits unseen until the peer sends again.
+TEST_CASE("rx doorbell: a reset racing a produce leaves it readable while data waits",
+          "[conn][wake][race]") {
+  conn_pair p(0);
+  p.b->path().arm_rx(1);  // as an armed level-triggered registration does
+  REQUIRE(send_str(*p.a, "1").n == 1);
+  REQUIRE(p.b_ctl->rx_rung.load() == 1);
+  CHECK(recv_str(*p.b, 10, MSG_DONTWAIT) == "1");
+  {
+    read_hook hook(p.b->path().rx_fd(), [&] { send_str(*p.a, "23", MSG_DONTWAIT | MSG_NOSIGNAL); });
+    poll_mask ev = p.b->reset_doorbell(true);
+    CHECK(hook.fired());
+    CHECK((ev & POLLIN) != 0);
+  }
+  CHECK(fd_readable(p.b->path().rx_fd()));
+  CHECK(recv_str(*p.b, 1, MSG_DONTWAIT) == "2");  // a partial read...
+  CHECK(fd_readable(p.b->path().rx_fd()));       // ...and the rest still shows
+  CHECK(recv_str(*p.b, 10, MSG_DONTWAIT) == "3");
+  // Nothing left: a reset now leaves the doorbell quiet, and the next produce rings.
+  CHECK((p.b->reset_doorbell(true) & POLLIN) == 0);
+  CHECK_FALSE(fd_readable(p.b->path().rx_fd()));
+  REQUIRE(send_str(*p.a, "4").n == 1);
+  CHECK(fd_readable(p.b->path().rx_fd()));
+  p.b->path().arm_rx(-1);
+}
+
+TEST_CASE("tx doorbell: a reset racing a consume leaves it readable while space is there",
+          "[conn][wake][race]") {
+  conn_pair p(0);
+  std::vector<uint8_t> fill(ring16k, 'f');
+  REQUIRE(send_bytes(*p.a, fill.data(), ring16k, MSG_DONTWAIT | MSG_NOSIGNAL).n == ring16k);
+  p.a->path().arm_tx(1);
+  char c;
+  REQUIRE(recv_bytes(*p.b, &c, 1, MSG_DONTWAIT).n == 1);  // rings A's tx doorbell
+  REQUIRE(send_str(*p.a, "x", MSG_DONTWAIT | MSG_NOSIGNAL).n == 1);  // full again
+  {
+    read_hook hook(p.a->path().tx_fd(), [&] { recv_bytes(*p.b, &c, 1, MSG_DONTWAIT); });
+    poll_mask ev = p.a->reset_doorbell(false);
+    CHECK(hook.fired());
+    CHECK((ev & POLLOUT) != 0);
+  }
+  CHECK(fd_readable(p.a->path().tx_fd()));
+  p.a->path().arm_tx(-1);
+}
+
+// An edge-triggered registration reports the state itself after the reset:
+// it rings again only if another waiter shares the doorbell.
+TEST_CASE("rx doorbell: an edge reset rings again only for another waiter", "[conn][wake]") {
+  conn_pair p(0);
+  p.b->path().arm_rx(1);
+  REQUIRE(send_str(*p.a, "1").n == 1);
+  CHECK((p.b->reset_doorbell(true, true) & POLLIN) != 0);
+  CHECK_FALSE(fd_readable(p.b->path().rx_fd()));
+  p.b->path().arm_rx(1);  // a second waiter (another set, a poll in another thread)
+  CHECK((p.b->reset_doorbell(true, true) & POLLIN) != 0);
+  CHECK(fd_readable(p.b->path().rx_fd()));
+  p.b->path().arm_rx(-2);
+}
+
+// poll() in one thread looks at the cursors while another thread sends or
+// receives on the same socket. The look must not change what the sender or
+// receiver validates against: a reader of the peer's cursor that then found
+// a newer one recorded by the look took the peer for moving backwards and
+// reset the connection.
+TEST_CASE("a look from another thread between a send's cursor reads resets nothing",
+          "[conn][race]") {
+  conn_pair p(0, ring16k, ring16k, true);
+  REQUIRE(send_str(*p.b, "abcd").n == 4);
+  char c;
+  REQUIRE(recv_bytes(*p.a, &c, 1, MSG_DONTWAIT).n == 1);
+  bool ran = false;
+  p.b_hook->after_peer_cons = [&] {
+    char d;
+    recv_bytes(*p.a, &d, 1, MSG_DONTWAIT);  // the peer consumes one more byte...
+    p.b->events();                          // ...and another thread's poll looks
+    ran = true;
+  };
+  io_result r = send_str(*p.b, "e", MSG_DONTWAIT | MSG_NOSIGNAL);
+  CHECK(ran);
+  CHECK(r.n == 1);
+  CHECK(p.b->take_error() == 0);
+  CHECK(recv_str(*p.a, 10, MSG_DONTWAIT) == "cde");
+}
+
+TEST_CASE("a look from another thread between a recv's cursor reads resets nothing",
+          "[conn][race]") {
+  conn_pair p(0, ring16k, ring16k, true);
+  REQUIRE(send_str(*p.a, "ab").n == 2);
+  bool ran = false;
+  p.b_hook->after_peer_prod = [&] {
+    send_str(*p.a, "cd", MSG_DONTWAIT | MSG_NOSIGNAL);  // the peer produces more...
+    p.b->events();                                     // ...and another thread looks
+    ran = true;
+  };
+  io_result res{};
+  std::string got = recv_str(*p.b, 10, MSG_DONTWAIT, &res);
+  CHECK(ran);
+  CHECK(res.n > 0);
+  CHECK(p.b->take_error() == 0);
+  got += recv_str(*p.b, 10, MSG_DONTWAIT);
+  CHECK(got == "abcd");
+  CHECK(send_str(*p.b, "x", MSG_DONTWAIT | MSG_NOSIGNAL).n == 1);
 }
 
 TEST_CASE("a writer blocked on a half-closed peer's full ring sleeps", "[conn][wake]") {
