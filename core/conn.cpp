@@ -111,6 +111,13 @@ int self_pid() {
 
 void note_fork_child() { g_self.store(static_cast<int>(::getpid()), std::memory_order_relaxed); }
 
+namespace {
+std::atomic<bool> g_restart{true};
+}  // namespace
+
+void set_signals_restart(bool yes) { g_restart.store(yes, std::memory_order_relaxed); }
+bool signals_restart() { return g_restart.load(std::memory_order_relaxed); }
+
 conn::conn(std::unique_ptr<rdma::data_path> path, int tcp_fd, uint32_t spin_us)
     : path_(std::move(path)), tcp_fd_(tcp_fd), spin_us_(spin_us) {
   path_->note_user(self_pid());
@@ -390,6 +397,11 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       left = static_cast<int>(l);
     }
     int w = wait(true, left, peek_need);
+    if (w == EINTR && got == 0 && timeout < 0 && signals_restart()) {
+      // An SA_RESTART handler ran: the kernel restarts a recv that had
+      // nothing yet (with bytes, it returns them).
+      continue;
+    }
     if (w == EINTR || (w != 0 && w != EAGAIN)) {
       if (peek_need > 1) {
         return peek_now();
@@ -501,6 +513,9 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
       left = static_cast<int>(l);
     }
     int w = wait(false, left);
+    if (w == EINTR && sent == 0 && timeout < 0 && signals_restart()) {
+      continue;  // as recv
+    }
     if (w == EINTR || (w != 0 && w != EAGAIN)) {
       return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : io_result{-1, w};
     }

@@ -35,6 +35,15 @@ int self_pid();
 /// From a forked child's atfork handler.
 void note_fork_child();
 
+/// Whether a blocking send/recv that a signal handler interrupted carries
+/// on, as the kernel restarts a socket call for an SA_RESTART handler when
+/// no SO_RCVTIMEO/SO_SNDTIMEO is set. The engine cannot tell which signal
+/// interrupted its wait, so the preload, which sees every handler installed,
+/// keeps this true while no handler lacks SA_RESTART (then only such a
+/// handler can have run). Default: true.
+void set_signals_restart(bool yes);
+bool signals_restart();
+
 class conn {
  public:
   conn(std::unique_ptr<rdma::data_path> path, int tcp_fd, uint32_t spin_us);

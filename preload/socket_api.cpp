@@ -196,8 +196,9 @@ int prepare_read(entry* e, int fd, int flags) {
       slice = static_cast<int>(std::min<int64_t>(slice, left));
     }
     pollfd p{fd, POLLIN, 0};
-    if (real.poll(&p, 1, slice) < 0 && errno == EINTR) {
-      return EINTR;
+    if (real.poll(&p, 1, slice) < 0 && errno == EINTR &&
+        (deadline >= 0 || !core::signals_restart())) {
+      return EINTR;  // else an SA_RESTART handler ran: carry on, as recv would
     }
   }
 }

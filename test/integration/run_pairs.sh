@@ -482,6 +482,22 @@ scenario_calls() {
     expect_stat client connections.smc_shm -ge 1
     finish
   fi
+  # Signals hitting a blocking recv: SA_RESTART handlers (signal(), sigaction)
+  # must not surface as EINTR; without SA_RESTART, or with SO_RCVTIMEO, EINTR.
+  if begin calls_eintr; then
+    start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_calls" server --mode eintr
+    if [ -n "$PORT" ]; then
+      launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- \
+        "$BUILD/smc_calls" client --port "$PORT" --mode eintr
+      expect_exit "$PID" "$DIR/client" client
+    fi
+    expect_server_exit "$SPID" "$DIR/server"
+    expect_line "$DIR/client.out" '^ok mode=eintr client ' client
+    expect_line "$DIR/server.out" '^ok mode=eintr server' server
+    expect_stat server connections.smc_shm -ge 1
+    expect_stat client connections.smc_shm -ge 1
+    finish
+  fi
 }
 
 # i. an SMC connection across fork(): the child closes its inherited copy

@@ -7,12 +7,15 @@
 // MSG_MORE, TCP_CORK, FIONREAD, SIOCOUTQ; the connection is closed with
 // close_range() and the fd number reused by a pipe must then work as a pipe.
 // Mode linger0: the client closes with SO_LINGER 0 and the server must see
-// ECONNRESET. Plain POSIX, nothing about SMC: the same binary runs plain or
+// ECONNRESET. Mode eintr: signals hit the client's blocking recv; with
+// SA_RESTART handlers (signal(), sigaction) it carries on and returns the
+// data, without SA_RESTART or with SO_RCVTIMEO set it fails with EINTR, as
+// the kernel does for TCP. Plain POSIX, nothing about SMC: the same binary runs plain or
 // under scripts/smc_run.
 //
 //   smc_calls server [--addr A] [--port P] [--portfile F] --mode M [opts]
 //   smc_calls client --port P --mode M [opts]
-//   modes: sendfile splice mmsg iov linger0
+//   modes: sendfile splice mmsg iov linger0 eintr
 //   opts: --bytes N[K|M|G] --seed S --nonblock
 //
 // Exit 0 with one "ok ..." line on stdout, or 1 with "smc_calls: FAIL why"
@@ -23,6 +26,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/sendfile.h>
@@ -36,6 +40,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <atomic>
 #include <string>
 #include <thread>
 #include <vector>
@@ -64,7 +69,7 @@ std::string err_text(const char* what) { return std::string(what) + ": " + std::
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "smc_calls: %s\nusage: smc_calls server|client [--addr A] [--port P] [--portfile F]"
-               " --mode sendfile|splice|mmsg|iov|linger0 [--bytes N] [--seed S] [--nonblock]\n",
+               " --mode sendfile|splice|mmsg|iov|linger0|eintr [--bytes N] [--seed S] [--nonblock]\n",
                why.c_str());
   std::exit(2);
 }
@@ -575,7 +580,143 @@ void close_with_close_range(int fd) {
   ::close(p[1]);
 }
 
+// ---------------------------------------------------------------- eintr
+std::atomic<bool> g_in_recv{false};
+std::atomic<int> g_hits{0};  // signals handled while the main thread was in recv
+
+void on_usr1(int) {
+  if (g_in_recv.load()) {
+    g_hits.fetch_add(1);
+  }
+}
+
+// One blocking recv of `want` bytes by the main thread while another thread
+// keeps signalling it (SIGUSR1, every 2 ms). Once `hits` signals landed
+// during the call, the other thread sends `ask` to the server, which answers
+// with `want` bytes. Returns recv's result (errno kept).
+ssize_t recv_under_signals(int fd, char* buf, size_t want, char ask, int hits) {
+  const pthread_t target = pthread_self();
+  std::atomic<bool> done{false};
+  g_hits = 0;
+  std::thread t([&] {
+    bool asked = false;
+    while (!done.load()) {
+      pthread_kill(target, SIGUSR1);
+      if (!asked && g_hits.load() >= hits) {
+        asked = true;
+        if (::send(fd, &ask, 1, MSG_NOSIGNAL) != 1) {
+          fail_exit(err_text("send from the signalling thread"));
+        }
+      }
+      timespec ts{0, 2000000};
+      nanosleep(&ts, nullptr);
+    }
+  });
+  g_in_recv = true;
+  ssize_t n = ::recv(fd, buf, want, 0);
+  int err = errno;
+  g_in_recv = false;
+  done = true;
+  t.join();
+  errno = err;
+  return n;
+}
+
+void install_usr1(bool restart) {
+  struct sigaction sa {};
+  sa.sa_handler = on_usr1;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = restart ? SA_RESTART : 0;
+  if (::sigaction(SIGUSR1, &sa, nullptr) != 0) {
+    fail_exit(err_text("sigaction"));
+  }
+}
+
+void expect_reply(int fd, char* buf, const char* what) {
+  if (smc_test::recv_full(fd, buf, 4) != 4 || std::memcmp(buf, what, 4) != 0) {
+    fail_exit(std::string("expected the server's '") + what + "'");
+  }
+}
+
+int run_eintr_client(int fd) {
+  char buf[4];
+  // 1. signal() installs a BSD-style (SA_RESTART) handler: recv carries on.
+  if (::signal(SIGUSR1, on_usr1) == SIG_ERR) {
+    fail_exit(err_text("signal"));
+  }
+  ssize_t n = recv_under_signals(fd, buf, 4, 'A', 10);
+  if (n < 0) {
+    fail_exit(err_text("recv with SA_RESTART handlers (signal())"));
+  }
+  if (n != 4 && smc_test::recv_full(fd, buf + n, static_cast<size_t>(4 - n)) != 4 - n) {
+    fail_exit(err_text("recv rest"));
+  }
+  if (std::memcmp(buf, "data", 4) != 0) {
+    fail_exit("wrong reply after the signals");
+  }
+  const int hits1 = g_hits.load();
+  // 2. A handler without SA_RESTART: EINTR, nothing lost.
+  install_usr1(false);
+  n = recv_under_signals(fd, buf, 4, 'x', 1 << 30);
+  if (n >= 0 || errno != EINTR) {
+    fail_exit("recv with a handler without SA_RESTART: " +
+              (n >= 0 ? std::to_string(n) + " bytes" : err_text("error")) + ", expected EINTR");
+  }
+  if (!smc_test::send_all(fd, "B", 1)) {
+    fail_exit(err_text("send B"));
+  }
+  expect_reply(fd, buf, "more");
+  // 3. SA_RESTART again (sigaction), but SO_RCVTIMEO set: EINTR.
+  install_usr1(true);
+  timeval tv{30, 0};
+  if (::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) {
+    fail_exit(err_text("SO_RCVTIMEO"));
+  }
+  n = recv_under_signals(fd, buf, 4, 'x', 1 << 30);
+  if (n >= 0 || errno != EINTR) {
+    fail_exit("recv with SO_RCVTIMEO and SA_RESTART: " +
+              (n >= 0 ? std::to_string(n) + " bytes" : err_text("error")) + ", expected EINTR");
+  }
+  if (!smc_test::send_all(fd, "C", 1)) {
+    fail_exit(err_text("send C"));
+  }
+  expect_reply(fd, buf, "last");
+  ::signal(SIGUSR1, SIG_IGN);
+  ::shutdown(fd, SHUT_WR);
+  if (::recv(fd, buf, 1, 0) != 0) {
+    fail_exit("expected EOF from the server");
+  }
+  ::close(fd);
+  std::printf("ok mode=eintr client restarted_over=%d signals\n", hits1);
+  return 0;
+}
+
+int run_eintr_server(int fd) {
+  char c;
+  const struct {
+    char ask;
+    const char* reply;
+  } steps[] = {{'A', "data"}, {'B', "more"}, {'C', "last"}};
+  for (const auto& st : steps) {
+    if (smc_test::recv_full(fd, &c, 1) != 1 || c != st.ask) {
+      fail_exit(std::string("expected the client's '") + st.ask + "'");
+    }
+    if (!smc_test::send_all(fd, st.reply, 4)) {
+      fail_exit(err_text("send reply"));
+    }
+  }
+  if (::recv(fd, &c, 1, 0) != 0) {
+    fail_exit("expected EOF from the client");
+  }
+  ::close(fd);
+  std::printf("ok mode=eintr server\n");
+  return 0;
+}
+
 int run(int fd, const options& o) {
+  if (o.mode == "eintr") {
+    return o.server ? run_eintr_server(fd) : run_eintr_client(fd);
+  }
   const stream out(o.seed, o.server ? 1 : 0);
   const stream in(o.seed, o.server ? 0 : 1);
   if (o.nonblock) {
@@ -684,7 +825,7 @@ int main(int argc, char** argv) {
     }
   }
   if (o.mode != "sendfile" && o.mode != "splice" && o.mode != "mmsg" && o.mode != "iov" &&
-      o.mode != "linger0") {
+      o.mode != "linger0" && o.mode != "eintr") {
     usage("bad --mode " + o.mode);
   }
   ::signal(SIGPIPE, SIG_IGN);
