@@ -1,21 +1,28 @@
 // Symbol resolution and one-time initialisation. Every exported function
 // calls ensure_init() first, because applications (and other libraries'
 // constructors) may call socket functions before our constructor runs.
+#include <dirent.h>
 #include <dlfcn.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <pthread.h>
 #include <sys/sendfile.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "core/engine.h"
 #include "core/smcr.h"
 #include "core/log.h"
 #include "core/stats.h"
+#include "core/tcp_option.h"
 #include "preload/preload.h"
 #include "rdma/sys.h"
 
@@ -178,6 +185,76 @@ core::hs_params hs_params() {
   return p;
 }
 
+namespace {
+
+// Listening TCP sockets this process got across exec() (socket activation,
+// a supervisor that binds for it, a server re-executing itself): recorded as
+// if listen() had run here, so that their connections negotiate SMC like
+// any other. Without this a client that believes this server proposes, and
+// the application reads the Proposal as its first request bytes.
+void adopt_listener(int fd) {
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || fd_maybe(fd)) {
+    return;
+  }
+  int v = 0;
+  socklen_t l = sizeof v;
+  if (real.getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &l) != 0 || v != 1) {
+    return;
+  }
+  int domain = 0;
+  int type = 0;
+  int proto = 0;
+  l = sizeof domain;
+  if (real.getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &l) != 0 ||
+      (domain != AF_INET && domain != AF_INET6)) {
+    return;
+  }
+  l = sizeof type;
+  if (real.getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) != 0 || type != SOCK_STREAM) {
+    return;
+  }
+  l = sizeof proto;
+  if (real.getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l) != 0 || proto != IPPROTO_TCP) {
+    return;
+  }
+  auto* e = new (std::nothrow) entry();
+  if (e == nullptr) {
+    return;
+  }
+  e->family = domain;
+  e->st.store(state::listener, std::memory_order_release);
+  if (entry* old = fd_install(fd, e); old != nullptr) {
+    fd_put(old);
+  }
+  if (g_cfg->transport != config::transport_mode::tcp) {
+    core::tcp_option::advertise(fd);
+  }
+  SMC_LOG(debug, "fd %d: inherited TCP listener, recorded", fd);
+}
+
+void adopt_inherited_listeners() {
+  DIR* d = opendir("/proc/self/fd");
+  if (d == nullptr) {
+    return;  // no /proc: listeners inherited across exec stay plain TCP
+  }
+  const int own = dirfd(d);
+  std::vector<int> fds;
+  while (dirent* de = readdir(d)) {
+    char* end = nullptr;
+    long fd = std::strtol(de->d_name, &end, 10);
+    if (end != de->d_name && *end == 0 && fd >= 0 && fd != own && fd <= INT_MAX) {
+      fds.push_back(static_cast<int>(fd));
+    }
+  }
+  closedir(d);
+  for (int fd : fds) {
+    adopt_listener(fd);
+  }
+}
+
+}  // namespace
+
 void init_slow() {
   if (t_initialising) {
     return;  // a call made by our own initialisation: symbols are resolved already
@@ -206,6 +283,12 @@ void init_slow() {
       pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
     }
     g_enabled = c->enable;
+    if (g_enabled) {
+      try {
+        adopt_inherited_listeners();
+      } catch (...) {
+      }
+    }
     t_initialising = false;
     g_init_state.store(2, std::memory_order_release);
   }

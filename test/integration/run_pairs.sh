@@ -516,6 +516,24 @@ scenario_fork() {
   finish
 }
 
+# j. a listener inherited across exec() (socket activation, a server that
+# re-executes itself): the new image's connections negotiate SMC too, instead
+# of reading the client's Proposal as data.
+scenario_exec_listener() {
+  begin exec_listener || return 0
+  start_server "$DIR/server" smc "$(stats_env server)" -- "$BUILD/smc_fork" server --count 3 \
+    --exec-listener
+  if [ -n "$PORT" ]; then
+    launch "$DIR/client" smc "$PEERS_OK" -- "$BUILD/smc_fork" client --port "$PORT" \
+      --child-expect untouched
+    expect_exit "$PID" "$DIR/client" client
+  fi
+  expect_server_exit "$SPID" "$DIR/server"
+  expect_line "$DIR/server.out" '^ok served 3' server
+  expect_stat server connections.smc_shm -eq 3
+  finish
+}
+
 # ---------------------------------------------------------------- main
 scenario_plain_baseline
 scenario_bulk
@@ -527,6 +545,7 @@ scenario_spdlog
 scenario_concurrent
 scenario_calls
 scenario_fork
+scenario_exec_listener
 
 smct_cleanup
 if summary; then

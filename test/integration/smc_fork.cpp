@@ -1,9 +1,13 @@
 // smc_fork: an established connection across fork(). Plain POSIX; run under
 // the preload.
 //
-//   smc_fork server [--addr A] [--portfile F] [--count N]
+//   smc_fork server [--addr A] [--portfile F] [--count N] [--exec-listener]
 //                                  echo server, one thread per connection;
-//                                  exits 0 after N connections ended (0: never)
+//                                  exits 0 after N connections ended (0: never);
+//                                  --exec-listener: after listen() it exec()s
+//                                  itself and the new image accepts on the
+//                                  inherited socket (socket activation, a
+//                                  server re-executing itself)
 //   smc_fork client --addr A --port P [--child-expect reset|untouched]
 //
 // The client opens connection 1 and echoes 1 MiB over it (verified), then
@@ -15,6 +19,7 @@
 // it. After the child exited 0, the parent echoes 1 MiB more over connection
 // 1 (the child's close must not have touched it) and 256 KiB over a new
 // connection 3. Exit 0 with one "ok" line, or 1 with the reason on stderr.
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -40,7 +45,7 @@ namespace {
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "smc_fork: %s\n"
-               "usage: smc_fork server [--addr A] [--portfile F] [--count N]\n"
+               "usage: smc_fork server [--addr A] [--portfile F] [--count N] [--exec-listener]\n"
                "       smc_fork client --addr A --port P [--child-expect reset|untouched]\n",
                why.c_str());
   std::exit(2);
@@ -57,18 +62,39 @@ void echo_conn(int fd) {
   ::close(fd);
 }
 
-int serve(const smc_test::endpoint_options& o, uint64_t count) {
-  sockaddr_storage ss;
-  socklen_t len;
-  std::string error;
-  int ls = smc_test::open_tcp_socket(o.addr, o.port, ss, len, error);
+int serve(const smc_test::endpoint_options& o, uint64_t count, bool exec_listener, int listen_fd) {
+  int ls = listen_fd;
   if (ls < 0) {
-    die(error);
-  }
-  int one = 1;
-  ::setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (::bind(ls, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(ls, 16) != 0) {
-    die(std::string("bind/listen: ") + std::strerror(errno));
+    sockaddr_storage ss;
+    socklen_t len;
+    std::string error;
+    ls = smc_test::open_tcp_socket(o.addr, o.port, ss, len, error);
+    if (ls < 0) {
+      die(error);
+    }
+    int one = 1;
+    ::setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (::bind(ls, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(ls, 16) != 0) {
+      die(std::string("bind/listen: ") + std::strerror(errno));
+    }
+    if (exec_listener) {
+      // The new image learns the fd number from its arguments; the
+      // portfile is written there, once it can accept.
+      std::string fd = std::to_string(ls);
+      std::string n = std::to_string(count);
+      std::vector<const char*> argv = {"smc_fork", "server", "--listen-fd", fd.c_str(),
+                                       "--count", n.c_str()};
+      if (!o.portfile.empty()) {
+        argv.push_back("--portfile");
+        argv.push_back(o.portfile.c_str());
+      }
+      argv.push_back(nullptr);
+      if (::fcntl(ls, F_SETFD, 0) != 0) {  // inherited: no FD_CLOEXEC
+        die(std::string("fcntl: ") + std::strerror(errno));
+      }
+      ::execv("/proc/self/exe", const_cast<char* const*>(argv.data()));
+      die(std::string("exec: ") + std::strerror(errno));
+    }
   }
   if (!o.portfile.empty() && smc_test::write_portfile(o.portfile, static_cast<uint16_t>(
                                                                       smc_test::bound_port(ls))) != nullptr) {
@@ -171,6 +197,8 @@ int main(int argc, char** argv) {
   smc_test::endpoint_options o;
   std::string expect = "reset";
   uint64_t count = 0;
+  bool exec_listener = false;
+  int listen_fd = -1;
   smc_test::arg_reader args(argc, argv, 2, usage);
   while (args.next()) {
     if (args.endpoint_option(o, "bad value for ")) {
@@ -178,6 +206,10 @@ int main(int argc, char** argv) {
     }
     if (args.name() == "--count") {
       count = args.size_value("bad value for ");
+    } else if (args.name() == "--exec-listener" && server) {
+      exec_listener = true;
+    } else if (args.name() == "--listen-fd" && server) {
+      listen_fd = static_cast<int>(args.size_value("bad value for "));
     } else if (args.name() == "--child-expect") {
       expect = args.value();
       if (expect != "reset" && expect != "untouched") {
@@ -188,7 +220,7 @@ int main(int argc, char** argv) {
     }
   }
   if (server) {
-    return serve(o, count);
+    return serve(o, count, exec_listener, listen_fd);
   }
   if (!o.port_given) {
     usage("client needs --port");
