@@ -187,25 +187,28 @@ core::hs_params hs_params() {
 
 namespace {
 
-// Listening TCP sockets this process got across exec() (socket activation,
-// a supervisor that binds for it, a server re-executing itself): recorded as
-// if listen() had run here, so that their connections negotiate SMC like
-// any other. Without this a client that believes this server proposes, and
-// the application reads the Proposal as its first request bytes.
-void adopt_listener(int fd) {
+// TCP sockets this process got across exec(), recorded as if this image had
+// made them, so that they negotiate SMC like any other:
+// - listeners (socket activation, a supervisor that binds for the server, a
+//   server re-executing itself): without this, a client that believes the
+//   server proposes, and the application reads the Proposal as its first
+//   request bytes;
+// - connected sockets nobody has read from yet (inetd style: the parent
+//   accepts, the child execs the handler on the socket) start undecided, as
+//   accepted ones do: a Proposal at the head of the stream is answered,
+//   anything else is plain TCP. An SMC connection already running in the
+//   parent cannot continue here (its buffers stay there): it reads as an
+//   idle TCP socket, as without the preload's help.
+void adopt_socket(int fd) {
   struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || fd_maybe(fd)) {
-    return;
-  }
-  int v = 0;
-  socklen_t l = sizeof v;
-  if (real.getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &l) != 0 || v != 1) {
     return;
   }
   int domain = 0;
   int type = 0;
   int proto = 0;
-  l = sizeof domain;
+  int listening = 0;
+  socklen_t l = sizeof domain;
   if (real.getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &l) != 0 ||
       (domain != AF_INET && domain != AF_INET6)) {
     return;
@@ -218,25 +221,39 @@ void adopt_listener(int fd) {
   if (real.getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l) != 0 || proto != IPPROTO_TCP) {
     return;
   }
+  l = sizeof listening;
+  if (real.getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &l) != 0) {
+    return;
+  }
+  sockaddr_storage peer{};
+  socklen_t pl = sizeof peer;
+  if (listening == 0 && getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) {
+    return;  // neither listening nor connected: nothing to take over
+  }
   auto* e = new (std::nothrow) entry();
   if (e == nullptr) {
     return;
   }
   e->family = domain;
-  e->st.store(state::listener, std::memory_order_release);
+  if (listening != 0) {
+    e->st.store(state::listener, std::memory_order_release);
+  } else {
+    e->believed = config::peers_match(g_cfg->peers, reinterpret_cast<sockaddr*>(&peer), pl);
+    e->st.store(state::undecided, std::memory_order_release);
+  }
   if (entry* old = fd_install(fd, e); old != nullptr) {
     fd_put(old);
   }
-  if (g_cfg->transport != config::transport_mode::tcp) {
+  if (listening != 0 && g_cfg->transport != config::transport_mode::tcp) {
     core::tcp_option::advertise(fd);
   }
-  SMC_LOG(debug, "fd %d: inherited TCP listener, recorded", fd);
+  SMC_LOG(debug, "fd %d: inherited TCP %s, recorded", fd, listening != 0 ? "listener" : "connection");
 }
 
-void adopt_inherited_listeners() {
+void adopt_inherited_sockets() {
   DIR* d = opendir("/proc/self/fd");
   if (d == nullptr) {
-    return;  // no /proc: listeners inherited across exec stay plain TCP
+    return;  // no /proc: sockets inherited across exec stay plain TCP
   }
   const int own = dirfd(d);
   std::vector<int> fds;
@@ -249,7 +266,7 @@ void adopt_inherited_listeners() {
   }
   closedir(d);
   for (int fd : fds) {
-    adopt_listener(fd);
+    adopt_socket(fd);
   }
 }
 
@@ -285,7 +302,7 @@ void init_slow() {
     g_enabled = c->enable;
     if (g_enabled) {
       try {
-        adopt_inherited_listeners();
+        adopt_inherited_sockets();
       } catch (...) {
       }
     }

@@ -534,6 +534,33 @@ scenario_exec_listener() {
   finish
 }
 
+# k. inetd style: the server accepts, forks, and the child exec()s a handler
+# on the untouched connection; the handler negotiates SMC (4 stats files: the
+# acceptor's, with none, and one SMC connection per handler).
+scenario_exec_conn() {
+  begin exec_conn || return 0
+  start_server "$DIR/server" smc "$(stats_env server)" -- "$BUILD/smc_fork" server --count 3 \
+    --exec-conn
+  if [ -n "$PORT" ]; then
+    launch "$DIR/client" smc "$PEERS_OK" -- "$BUILD/smc_fork" client --port "$PORT" \
+      --child-expect untouched
+    expect_exit "$PID" "$DIR/client" client
+  fi
+  expect_server_exit "$SPID" "$DIR/server"
+  expect_line "$DIR/server.out" '^ok served 3' server
+  local f v files=0 smc=0
+  for f in "$DIR"/server.[0-9]*.json; do
+    [ -f "$f" ] || continue
+    files=$((files + 1))
+    v=$(json_get "$f" connections.smc_shm) || v=0
+    smc=$((smc + ${v:-0}))
+  done
+  if [ "$files" -ne 4 ] || [ "$smc" -ne 3 ]; then
+    note "server side: $files stats files with $smc shm SMC connections (expected 4 files, 3 connections)"
+  fi
+  finish
+}
+
 # ---------------------------------------------------------------- main
 scenario_plain_baseline
 scenario_bulk
@@ -546,6 +573,7 @@ scenario_concurrent
 scenario_calls
 scenario_fork
 scenario_exec_listener
+scenario_exec_conn
 
 smct_cleanup
 if summary; then

@@ -8,6 +8,10 @@
 //                                  itself and the new image accepts on the
 //                                  inherited socket (socket activation, a
 //                                  server re-executing itself)
+//   smc_fork server ... --exec-conn  inetd style: accepts each connection
+//                                  without reading, forks, and the child
+//                                  exec()s `smc_fork server --serve-fd N`,
+//                                  which echoes over the inherited socket
 //   smc_fork client --addr A --port P [--child-expect reset|untouched]
 //
 // The client opens connection 1 and echoes 1 MiB over it (verified), then
@@ -45,7 +49,7 @@ namespace {
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "smc_fork: %s\n"
-               "usage: smc_fork server [--addr A] [--portfile F] [--count N] [--exec-listener]\n"
+               "usage: smc_fork server [--addr A] [--portfile F] [--count N] [--exec-listener|--exec-conn]\n"
                "       smc_fork client --addr A --port P [--child-expect reset|untouched]\n",
                why.c_str());
   std::exit(2);
@@ -62,7 +66,45 @@ void echo_conn(int fd) {
   ::close(fd);
 }
 
-int serve(const smc_test::endpoint_options& o, uint64_t count, bool exec_listener, int listen_fd) {
+// inetd style: the parent never touches a connection; a child exec()s the
+// handler on it.
+int serve_inetd(int ls, uint64_t count) {
+  std::vector<pid_t> kids;
+  while (kids.size() < count) {
+    int fd = ::accept(ls, nullptr, nullptr);
+    if (fd < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      die(std::string("accept: ") + std::strerror(errno));
+    }
+    pid_t pid = ::fork();
+    if (pid < 0) {
+      die(std::string("fork: ") + std::strerror(errno));
+    }
+    if (pid == 0) {
+      ::close(ls);
+      std::string n = std::to_string(fd);
+      ::execl("/proc/self/exe", "smc_fork", "server", "--serve-fd", n.c_str(),
+              static_cast<char*>(nullptr));
+      std::fprintf(stderr, "smc_fork: FAIL exec: %s\n", std::strerror(errno));
+      _exit(1);
+    }
+    ::close(fd);
+    kids.push_back(pid);
+  }
+  for (pid_t k : kids) {
+    int st = 0;
+    if (::waitpid(k, &st, 0) != k || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      die("a handler failed");
+    }
+  }
+  std::printf("ok served %zu\n", kids.size());
+  return 0;
+}
+
+int serve(const smc_test::endpoint_options& o, uint64_t count, bool exec_listener, bool exec_conn,
+          int listen_fd) {
   int ls = listen_fd;
   if (ls < 0) {
     sockaddr_storage ss;
@@ -99,6 +141,9 @@ int serve(const smc_test::endpoint_options& o, uint64_t count, bool exec_listene
   if (!o.portfile.empty() && smc_test::write_portfile(o.portfile, static_cast<uint16_t>(
                                                                       smc_test::bound_port(ls))) != nullptr) {
     die("portfile");
+  }
+  if (exec_conn) {
+    return serve_inetd(ls, count);
   }
   std::vector<std::thread> threads;
   while (count == 0 || threads.size() < count) {
@@ -198,7 +243,9 @@ int main(int argc, char** argv) {
   std::string expect = "reset";
   uint64_t count = 0;
   bool exec_listener = false;
+  bool exec_conn = false;
   int listen_fd = -1;
+  int serve_fd = -1;
   smc_test::arg_reader args(argc, argv, 2, usage);
   while (args.next()) {
     if (args.endpoint_option(o, "bad value for ")) {
@@ -208,6 +255,10 @@ int main(int argc, char** argv) {
       count = args.size_value("bad value for ");
     } else if (args.name() == "--exec-listener" && server) {
       exec_listener = true;
+    } else if (args.name() == "--exec-conn" && server) {
+      exec_conn = true;
+    } else if (args.name() == "--serve-fd" && server) {
+      serve_fd = static_cast<int>(args.size_value("bad value for "));
     } else if (args.name() == "--listen-fd" && server) {
       listen_fd = static_cast<int>(args.size_value("bad value for "));
     } else if (args.name() == "--child-expect") {
@@ -220,7 +271,11 @@ int main(int argc, char** argv) {
     }
   }
   if (server) {
-    return serve(o, count, exec_listener, listen_fd);
+    if (serve_fd >= 0) {
+      echo_conn(serve_fd);  // the exec()d handler of --exec-conn
+      return 0;
+    }
+    return serve(o, count, exec_listener, exec_conn, listen_fd);
   }
   if (!o.port_given) {
     usage("client needs --port");
