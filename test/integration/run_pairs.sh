@@ -482,6 +482,21 @@ scenario_calls() {
     expect_stat client connections.smc_shm -ge 1
     finish
   fi
+  # One socket in several epoll sets at once: level-triggered, edge-triggered
+  # and nested; each reports what the connection's state says.
+  if begin calls_epoll_sets; then
+    start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_calls" server --mode epoll_sets
+    if [ -n "$PORT" ]; then
+      launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- \
+        "$BUILD/smc_calls" client --port "$PORT" --mode epoll_sets
+      expect_exit "$PID" "$DIR/client" client
+    fi
+    expect_server_exit "$SPID" "$DIR/server"
+    expect_line "$DIR/client.out" '^ok mode=epoll_sets client rounds=50 bytes=150000' client
+    expect_stat server connections.smc_shm -ge 1
+    expect_stat client connections.smc_shm -ge 1
+    finish
+  fi
   # Signals hitting a blocking recv: SA_RESTART handlers (signal(), sigaction)
   # must not surface as EINTR; without SA_RESTART, or with SO_RCVTIMEO, EINTR.
   if begin calls_eintr; then

@@ -10,12 +10,14 @@
 // ECONNRESET. Mode eintr: signals hit the client's blocking recv; with
 // SA_RESTART handlers (signal(), sigaction) it carries on and returns the
 // data, without SA_RESTART or with SO_RCVTIMEO set it fails with EINTR, as
-// the kernel does for TCP. Plain POSIX, nothing about SMC: the same binary runs plain or
+// the kernel does for TCP. Mode epoll_sets: the client's socket is in three
+// epoll sets at once (level-triggered, edge-triggered, and a set nested in a
+// third), each must report what the socket's state says. Plain POSIX, nothing about SMC: the same binary runs plain or
 // under scripts/smc_run.
 //
 //   smc_calls server [--addr A] [--port P] [--portfile F] --mode M [opts]
 //   smc_calls client --port P --mode M [opts]
-//   modes: sendfile splice mmsg iov linger0 eintr
+//   modes: sendfile splice mmsg iov linger0 eintr epoll_sets
 //   opts: --bytes N[K|M|G] --seed S --nonblock
 //
 // Exit 0 with one "ok ..." line on stdout, or 1 with "smc_calls: FAIL why"
@@ -28,6 +30,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -69,7 +72,7 @@ std::string err_text(const char* what) { return std::string(what) + ": " + std::
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "smc_calls: %s\nusage: smc_calls server|client [--addr A] [--port P] [--portfile F]"
-               " --mode sendfile|splice|mmsg|iov|linger0|eintr [--bytes N] [--seed S] [--nonblock]\n",
+               " --mode sendfile|splice|mmsg|iov|linger0|eintr|epoll_sets [--bytes N] [--seed S] [--nonblock]\n",
                why.c_str());
   std::exit(2);
 }
@@ -713,7 +716,144 @@ int run_eintr_server(int fd) {
   return 0;
 }
 
+// ---------------------------------------------------------------- epoll_sets
+// Which of `want` the set reports for its one registration (0: none), after
+// waiting up to timeout_ms.
+uint32_t ep_events(int ep, int timeout_ms) {
+  epoll_event ev[4];
+  int n;
+  do {
+    n = ::epoll_wait(ep, ev, 4, timeout_ms);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    fail_exit(err_text("epoll_wait"));
+  }
+  if (n > 1) {
+    fail_exit("epoll_wait: more events than registrations");
+  }
+  return n == 0 ? 0 : ev[0].events;
+}
+
+int ep_with(int fd, uint32_t events, uint64_t data) {
+  int ep = ::epoll_create1(EPOLL_CLOEXEC);
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = data;
+  if (ep < 0 || ::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    fail_exit(err_text("epoll_create1/epoll_ctl"));
+  }
+  return ep;
+}
+
+int run_epoll_sets_client(int fd, const options& o) {
+  set_nonblock(fd);
+  const uint64_t tag_lt = 0x1111222233334444ULL;
+  const uint64_t tag_et = 0x5555666677778888ULL;
+  int lt = ep_with(fd, EPOLLIN | EPOLLRDHUP, tag_lt);
+  int et = ep_with(fd, EPOLLIN | EPOLLET, tag_et);
+  int inner = ep_with(fd, EPOLLIN, 0x9999);
+  int outer = ep_with(inner, EPOLLIN, 0xAAAA);
+  std::vector<uint8_t> buf(4096);
+  const stream in(o.seed, 1);
+  uint64_t got = 0;
+  const int rounds = 50;
+  for (int r = 0; r < rounds; ++r) {
+    if (!smc_test::send_all(fd, "n", 1)) {  // ask for the next 3000 bytes
+      fail_exit(err_text("send ask"));
+    }
+    // Every set sees the data (blocking waits: they must wake).
+    if ((ep_events(outer, 10000) & EPOLLIN) == 0) {
+      fail_exit("round " + std::to_string(r) + ": the nested set did not report");
+    }
+    if ((ep_events(lt, 10000) & EPOLLIN) == 0) {
+      fail_exit("round " + std::to_string(r) + ": the level-triggered set did not report");
+    }
+    if ((ep_events(et, 10000) & EPOLLIN) == 0) {
+      fail_exit("round " + std::to_string(r) + ": the edge-triggered set did not report");
+    }
+    // Level-triggered: still readable, after the other sets looked and after
+    // a partial read, until everything is read.
+    if ((ep_events(lt, 0) & EPOLLIN) == 0) {
+      fail_exit("round " + std::to_string(r) + ": level-triggered set lost the level");
+    }
+    size_t part = 1 + static_cast<size_t>(r) * 37 % 1000;
+    ssize_t n = ::recv(fd, buf.data(), part, 0);
+    if (n <= 0) {
+      fail_exit(err_text("recv part"));
+    }
+    if (int64_t bad = in.check(got, buf.data(), static_cast<size_t>(n)); bad >= 0) {
+      fail_exit("wrong byte at offset " + std::to_string(bad));
+    }
+    got += static_cast<uint64_t>(n);
+    uint64_t round_end = static_cast<uint64_t>(r + 1) * 3000;
+    while (got < round_end) {
+      if ((ep_events(lt, 10000) & EPOLLIN) == 0) {
+        fail_exit("round " + std::to_string(r) + ": level-triggered set lost data still unread");
+      }
+      n = ::recv(fd, buf.data(), std::min<uint64_t>(buf.size(), round_end - got), 0);
+      if (n < 0 && errno == EAGAIN) {
+        continue;
+      }
+      if (n <= 0) {
+        fail_exit(err_text("recv rest"));
+      }
+      if (int64_t bad = in.check(got, buf.data(), static_cast<size_t>(n)); bad >= 0) {
+        fail_exit("wrong byte at offset " + std::to_string(bad));
+      }
+      got += static_cast<uint64_t>(n);
+    }
+    // All read: the level-triggered sets go quiet.
+    if (ep_events(lt, 0) != 0 || ep_events(outer, 0) != 0) {
+      fail_exit("round " + std::to_string(r) + ": level-triggered set ready with nothing to read");
+    }
+    ep_events(et, 0);  // an edge-triggered set may repeat an edge: not asserted
+  }
+  ::shutdown(fd, SHUT_WR);
+  // The server's EOF: every set reports it.
+  if ((ep_events(lt, 10000) & (EPOLLIN | EPOLLRDHUP)) != (EPOLLIN | EPOLLRDHUP)) {
+    fail_exit("level-triggered set: no EPOLLIN|EPOLLRDHUP at the peer's end");
+  }
+  if (::recv(fd, buf.data(), 1, 0) != 0) {
+    fail_exit("expected EOF");
+  }
+  ::close(outer);
+  ::close(inner);
+  ::close(et);
+  ::close(lt);
+  ::close(fd);
+  std::printf("ok mode=epoll_sets client rounds=%d bytes=%llu\n", rounds,
+              static_cast<unsigned long long>(got));
+  return 0;
+}
+
+int run_epoll_sets_server(int fd, const options& o) {
+  const stream out(o.seed, 1);
+  std::vector<uint8_t> chunk(3000);
+  uint64_t sent = 0;
+  char c;
+  for (;;) {
+    ssize_t n = ::recv(fd, &c, 1, 0);
+    if (n == 0) {
+      break;
+    }
+    if (n < 0) {
+      fail_exit(err_text("recv ask"));
+    }
+    out.fill(sent, chunk.data(), chunk.size());
+    if (!smc_test::send_all(fd, chunk.data(), chunk.size())) {
+      fail_exit(err_text("send"));
+    }
+    sent += chunk.size();
+  }
+  ::close(fd);
+  std::printf("ok mode=epoll_sets server bytes=%llu\n", static_cast<unsigned long long>(sent));
+  return 0;
+}
+
 int run(int fd, const options& o) {
+  if (o.mode == "epoll_sets") {
+    return o.server ? run_epoll_sets_server(fd, o) : run_epoll_sets_client(fd, o);
+  }
   if (o.mode == "eintr") {
     return o.server ? run_eintr_server(fd) : run_eintr_client(fd);
   }
@@ -825,7 +965,7 @@ int main(int argc, char** argv) {
     }
   }
   if (o.mode != "sendfile" && o.mode != "splice" && o.mode != "mmsg" && o.mode != "iov" &&
-      o.mode != "linger0" && o.mode != "eintr") {
+      o.mode != "linger0" && o.mode != "eintr" && o.mode != "epoll_sets") {
     usage("bad --mode " + o.mode);
   }
   ::signal(SIGPIPE, SIG_IGN);
