@@ -11,6 +11,8 @@
 // Each call goes to the next definition and then reads back the kernel's
 // view of that one signal, so the flags glibc chose (signal(), sigset(),
 // siginterrupt()) are what counts. No state beyond one bit per signal.
+// Fault signals (SIGSEGV & co.) do not count: they arrive on a running
+// thread, never in the middle of a wait.
 #include <dlfcn.h>
 #include <signal.h>
 
@@ -40,8 +42,16 @@ F next(const char* name, std::atomic<F>& slot) {
 
 std::atomic<sigaction_fn> g_sigaction{nullptr};
 
+// Signals the kernel raises on the faulting thread itself (a crash handler,
+// a sanitizer's, a runtime's): the thread is running, not waiting in poll,
+// so they cannot be what interrupted a wait, whatever their flags.
+bool synchronous(int sig) {
+  return sig == SIGSEGV || sig == SIGBUS || sig == SIGFPE || sig == SIGILL || sig == SIGTRAP ||
+         sig == SIGSYS;
+}
+
 void refresh(int sig) {
-  if (sig <= 0 || sig > 64) {
+  if (sig <= 0 || sig > 64 || synchronous(sig)) {
     return;
   }
   sigaction_fn real_sa = next("sigaction", g_sigaction);

@@ -497,6 +497,21 @@ scenario_calls() {
     expect_stat client connections.smc_shm -ge 1
     finish
   fi
+  # Sockets created and connected by 16 threads at once; on each, one thread
+  # writes while another reads the echo (smc_fork's echo server).
+  if begin calls_threads; then
+    start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_fork" server --count 17
+    if [ -n "$PORT" ]; then
+      launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- \
+        "$BUILD/smc_calls" client --port "$PORT" --mode threads --bytes 1M
+      expect_exit "$PID" "$DIR/client" client
+    fi
+    expect_server_exit "$SPID" "$DIR/server"
+    expect_line "$DIR/client.out" '^ok mode=threads client conns=17 ' client
+    expect_stat server connections.smc_shm -eq 17
+    expect_stat client connections.smc_shm -eq 17
+    finish
+  fi
   # Signals hitting a blocking recv: SA_RESTART handlers (signal(), sigaction)
   # must not surface as EINTR; without SA_RESTART, or with SO_RCVTIMEO, EINTR.
   if begin calls_eintr; then

@@ -12,12 +12,15 @@
 // data, without SA_RESTART or with SO_RCVTIMEO set it fails with EINTR, as
 // the kernel does for TCP. Mode epoll_sets: the client's socket is in three
 // epoll sets at once (level-triggered, edge-triggered, and a set nested in a
-// third), each must report what the socket's state says. Plain POSIX, nothing about SMC: the same binary runs plain or
+// third), each must report what the socket's state says. Mode threads
+// (client only, against an echo server such as smc_fork's): 16 threads each
+// create and connect a socket at once, then one thread writes 1 MiB while
+// another reads the echo back on the same fd. Plain POSIX, nothing about SMC: the same binary runs plain or
 // under scripts/smc_run.
 //
 //   smc_calls server [--addr A] [--port P] [--portfile F] --mode M [opts]
 //   smc_calls client --port P --mode M [opts]
-//   modes: sendfile splice mmsg iov linger0 eintr epoll_sets
+//   modes: sendfile splice mmsg iov linger0 eintr epoll_sets threads
 //   opts: --bytes N[K|M|G] --seed S --nonblock
 //
 // Exit 0 with one "ok ..." line on stdout, or 1 with "smc_calls: FAIL why"
@@ -72,7 +75,7 @@ std::string err_text(const char* what) { return std::string(what) + ": " + std::
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "smc_calls: %s\nusage: smc_calls server|client [--addr A] [--port P] [--portfile F]"
-               " --mode sendfile|splice|mmsg|iov|linger0|eintr|epoll_sets [--bytes N] [--seed S] [--nonblock]\n",
+               " --mode sendfile|splice|mmsg|iov|linger0|eintr|epoll_sets|threads [--bytes N] [--seed S] [--nonblock]\n",
                why.c_str());
   std::exit(2);
 }
@@ -850,7 +853,83 @@ int run_epoll_sets_server(int fd, const options& o) {
   return 0;
 }
 
+// ---------------------------------------------------------------- threads
+void echo_both_ways(int fd, uint64_t seed, uint64_t bytes) {
+  const stream s(seed, 0);
+  std::thread writer([&] {
+    rng r{seed};
+    std::vector<uint8_t> buf(65536);
+    for (uint64_t off = 0; off < bytes;) {
+      size_t n = std::min<uint64_t>(r.upto(buf.size()), bytes - off);
+      s.fill(off, buf.data(), n);
+      if (!smc_test::send_all(fd, buf.data(), n)) {
+        fail_exit(err_text("send (writer thread)"));
+      }
+      off += n;
+    }
+  });
+  std::vector<uint8_t> buf(65536);
+  rng r{seed ^ 0x77};
+  for (uint64_t got = 0; got < bytes;) {
+    ssize_t n = ::recv(fd, buf.data(), std::min<uint64_t>(r.upto(buf.size()), bytes - got), 0);
+    if (n <= 0) {
+      fail_exit(n == 0 ? std::string("early EOF from the echo server") : err_text("recv (reader)"));
+    }
+    if (int64_t bad = s.check(got, buf.data(), static_cast<size_t>(n)); bad >= 0) {
+      fail_exit("echo: wrong byte at offset " + std::to_string(got + static_cast<uint64_t>(bad)));
+    }
+    got += static_cast<uint64_t>(n);
+  }
+  writer.join();
+}
+
+int run_threads_client(int first, const options& o) {
+  const int nthreads = 16;
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> ts;
+  for (int i = 0; i < nthreads; ++i) {
+    ts.emplace_back([&, i] {
+      // All threads create and connect their sockets at the same moment.
+      ready.fetch_add(1);
+      while (!go.load()) {
+        std::this_thread::yield();
+      }
+      sockaddr_storage ss;
+      socklen_t sl;
+      std::string error;
+      int fd = smc_test::open_tcp_socket(o.addr, o.port, ss, sl, error);
+      if (fd < 0) {
+        fail_exit(error);
+      }
+      if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), sl) != 0) {
+        fail_exit(err_text("connect (a thread)"));
+      }
+      echo_both_ways(fd, o.seed + static_cast<uint64_t>(i) + 1, o.bytes);
+      ::close(fd);
+    });
+  }
+  while (ready.load() < nthreads) {
+    std::this_thread::yield();
+  }
+  go = true;
+  echo_both_ways(first, o.seed, o.bytes);  // the main thread's connection too
+  for (auto& t : ts) {
+    t.join();
+  }
+  ::close(first);
+  std::printf("ok mode=threads client conns=%d bytes=%llu each way, verified\n", nthreads + 1,
+              static_cast<unsigned long long>(o.bytes));
+  return 0;
+}
+
 int run(int fd, const options& o) {
+  if (o.mode == "threads") {
+    if (o.server) {
+      fail_exit("mode threads is client-only (use an echo server)");
+    }
+    return run_threads_client(fd, o);
+  }
   if (o.mode == "epoll_sets") {
     return o.server ? run_epoll_sets_server(fd, o) : run_epoll_sets_client(fd, o);
   }
@@ -965,7 +1044,8 @@ int main(int argc, char** argv) {
     }
   }
   if (o.mode != "sendfile" && o.mode != "splice" && o.mode != "mmsg" && o.mode != "iov" &&
-      o.mode != "linger0" && o.mode != "eintr" && o.mode != "epoll_sets") {
+      o.mode != "linger0" && o.mode != "eintr" && o.mode != "epoll_sets" &&
+      o.mode != "threads") {
     usage("bad --mode " + o.mode);
   }
   ::signal(SIGPIPE, SIG_IGN);
