@@ -425,7 +425,15 @@ __attribute__((visibility("default"))) int epoll_ctl(int epfd, int op, int fd,
       }
       return real.epoll_ctl(epfd, op, fd, event);
     }
-    if (epfd == fd || (op != EPOLL_CTL_DEL && event == nullptr)) {
+    // EPOLLEXCLUSIVE as the kernel takes it: on ADD only, with no other
+    // bits than these (we wake every set that waits, which it allows: "one
+    // or more").
+    constexpr uint32_t exclusive_ok = EPOLLIN | EPOLLOUT | EPOLLERR | EPOLLHUP | EPOLLWAKEUP |
+                                      EPOLLET | EPOLLEXCLUSIVE;
+    const bool bad_exclusive =
+        op != EPOLL_CTL_DEL && event != nullptr && (event->events & EPOLLEXCLUSIVE) != 0 &&
+        (op == EPOLL_CTL_MOD || (event->events & ~exclusive_ok) != 0);
+    if (epfd == fd || (op != EPOLL_CTL_DEL && event == nullptr) || bad_exclusive) {
       if (epe != nullptr) {
         fd_put(epe);
       }
@@ -480,6 +488,8 @@ __attribute__((visibility("default"))) int epoll_ctl(int epfd, int op, int fd,
       } else if (op == EPOLL_CTL_MOD) {
         if (r == nullptr) {
           err = ENOENT;
+        } else if ((r->ev.events & EPOLLEXCLUSIVE) != 0) {
+          err = EINVAL;  // an exclusive registration cannot be modified
         } else {
           uninstall(r);
           r->ev = *event;

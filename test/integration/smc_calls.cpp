@@ -756,6 +756,21 @@ int run_epoll_sets_client(int fd, const options& o) {
   int et = ep_with(fd, EPOLLIN | EPOLLET, tag_et);
   int inner = ep_with(fd, EPOLLIN, 0x9999);
   int outer = ep_with(inner, EPOLLIN, 0xAAAA);
+  // EPOLLEXCLUSIVE: ADD only, with no bits beyond in/out/err/hup/et.
+  int excl = ::epoll_create1(EPOLL_CLOEXEC);
+  epoll_event xev{};
+  xev.events = EPOLLIN | EPOLLRDHUP | EPOLLEXCLUSIVE;
+  if (::epoll_ctl(excl, EPOLL_CTL_ADD, fd, &xev) == 0 || errno != EINVAL) {
+    fail_exit("EPOLLEXCLUSIVE with EPOLLRDHUP was not refused with EINVAL");
+  }
+  xev.events = EPOLLIN | EPOLLEXCLUSIVE;
+  xev.data.u64 = 0xBBBB;
+  if (::epoll_ctl(excl, EPOLL_CTL_ADD, fd, &xev) != 0) {
+    fail_exit(err_text("EPOLL_CTL_ADD with EPOLLEXCLUSIVE"));
+  }
+  if (::epoll_ctl(excl, EPOLL_CTL_MOD, fd, &xev) == 0 || errno != EINVAL) {
+    fail_exit("EPOLL_CTL_MOD of an EPOLLEXCLUSIVE registration was not refused with EINVAL");
+  }
   std::vector<uint8_t> buf(4096);
   const stream in(o.seed, 1);
   uint64_t got = 0;
@@ -773,6 +788,9 @@ int run_epoll_sets_client(int fd, const options& o) {
     }
     if ((ep_events(et, 10000) & EPOLLIN) == 0) {
       fail_exit("round " + std::to_string(r) + ": the edge-triggered set did not report");
+    }
+    if ((ep_events(excl, 10000) & EPOLLIN) == 0) {  // the only exclusive waiter: woken
+      fail_exit("round " + std::to_string(r) + ": the EPOLLEXCLUSIVE set did not report");
     }
     // Level-triggered: still readable, after the other sets looked and after
     // a partial read, until everything is read.
@@ -806,7 +824,7 @@ int run_epoll_sets_client(int fd, const options& o) {
       got += static_cast<uint64_t>(n);
     }
     // All read: the level-triggered sets go quiet.
-    if (ep_events(lt, 0) != 0 || ep_events(outer, 0) != 0) {
+    if (ep_events(lt, 0) != 0 || ep_events(outer, 0) != 0 || ep_events(excl, 0) != 0) {
       fail_exit("round " + std::to_string(r) + ": level-triggered set ready with nothing to read");
     }
     ep_events(et, 0);  // an edge-triggered set may repeat an edge: not asserted
@@ -819,6 +837,7 @@ int run_epoll_sets_client(int fd, const options& o) {
   if (::recv(fd, buf.data(), 1, 0) != 0) {
     fail_exit("expected EOF");
   }
+  ::close(excl);
   ::close(outer);
   ::close(inner);
   ::close(et);
