@@ -431,6 +431,29 @@ scenario_concurrent() {
   finish
 }
 
+# calls_pair NAME "SERVER_PROG ARGS" "CLIENT_PROG ARGS" ROLE REGEX OP N: one
+# scenario of a server and a client program from $BUILD, both under the
+# preload; ROLE's output must match REGEX and both sides' stats must count
+# shm SMC connections OP N.
+calls_pair() {
+  local name=$1 role=$4 regex=$5 op=$6 n=$7
+  local -a srv cli
+  read -r -a srv <<<"$2"
+  read -r -a cli <<<"$3"
+  begin "$name" || return 0
+  start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/${srv[0]}" "${srv[@]:1}"
+  if [ -n "$PORT" ]; then
+    launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- \
+      "$BUILD/${cli[0]}" "${cli[1]}" --port "$PORT" "${cli[@]:2}"
+    expect_exit "$PID" "$DIR/client" client
+  fi
+  expect_server_exit "$SPID" "$DIR/server"
+  expect_line "$DIR/$role.out" "$regex" "$role"
+  expect_stat server connections.smc_shm "$op" "$n"
+  expect_stat client connections.smc_shm "$op" "$n"
+  finish
+}
+
 # h. the calls the preload serves itself on SMC sockets (sendfile, splice,
 # sendmmsg/recvmmsg, IOV_MAX writev/readv, close_range, SO_LINGER 0): 16 MiB
 # each way, every byte verified, lo carrying under 1% of it; blocking and
@@ -469,72 +492,28 @@ scenario_calls() {
       finish
     done
   done
-  if begin calls_linger0; then
-    start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_calls" server --mode linger0
-    if [ -n "$PORT" ]; then
-      launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- \
-        "$BUILD/smc_calls" client --port "$PORT" --mode linger0
-      expect_exit "$PID" "$DIR/client" client
-    fi
-    expect_server_exit "$SPID" "$DIR/server"
-    expect_line "$DIR/server.out" '^ok mode=linger0 .* reset' server
-    expect_stat server connections.smc_shm -ge 1
-    expect_stat client connections.smc_shm -ge 1
-    finish
-  fi
-  # One socket in several epoll sets at once: level-triggered, edge-triggered
-  # and nested; each reports what the connection's state says.
-  if begin calls_epoll_sets; then
-    start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_calls" server --mode epoll_sets
-    if [ -n "$PORT" ]; then
-      launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- \
-        "$BUILD/smc_calls" client --port "$PORT" --mode epoll_sets
-      expect_exit "$PID" "$DIR/client" client
-    fi
-    expect_server_exit "$SPID" "$DIR/server"
-    expect_line "$DIR/client.out" '^ok mode=epoll_sets client rounds=50 bytes=150000' client
-    expect_stat server connections.smc_shm -ge 1
-    expect_stat client connections.smc_shm -ge 1
-    finish
-  fi
+  # SO_LINGER 0: the server must see the reset.
+  calls_pair calls_linger0 "smc_calls server --mode linger0" "smc_calls client --mode linger0" \
+    server '^ok mode=linger0 .* reset' -ge 1
+  # One socket in several epoll sets at once: level-triggered, edge-triggered,
+  # nested and exclusive; each reports what the connection's state says.
+  calls_pair calls_epoll_sets "smc_calls server --mode epoll_sets" \
+    "smc_calls client --mode epoll_sets" client '^ok mode=epoll_sets client rounds=50 bytes=150000' -ge 1
   # Sockets created and connected by 16 threads at once; on each, one thread
   # writes while another reads the echo (smc_fork's echo server).
-  if begin calls_threads; then
-    start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_fork" server --count 17
-    if [ -n "$PORT" ]; then
-      launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- \
-        "$BUILD/smc_calls" client --port "$PORT" --mode threads --bytes 1M
-      expect_exit "$PID" "$DIR/client" client
-    fi
-    expect_server_exit "$SPID" "$DIR/server"
-    expect_line "$DIR/client.out" '^ok mode=threads client conns=17 ' client
-    expect_stat server connections.smc_shm -eq 17
-    expect_stat client connections.smc_shm -eq 17
-    finish
-  fi
+  calls_pair calls_threads "smc_fork server --count 17" "smc_calls client --mode threads --bytes 1M" \
+    client '^ok mode=threads client conns=17 ' -eq 17
   # Signals hitting a blocking recv: SA_RESTART handlers (signal(), sigaction)
   # must not surface as EINTR; without SA_RESTART, or with SO_RCVTIMEO, EINTR.
-  if begin calls_eintr; then
-    start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_calls" server --mode eintr
-    if [ -n "$PORT" ]; then
-      launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- \
-        "$BUILD/smc_calls" client --port "$PORT" --mode eintr
-      expect_exit "$PID" "$DIR/client" client
-    fi
-    expect_server_exit "$SPID" "$DIR/server"
-    expect_line "$DIR/client.out" '^ok mode=eintr client ' client
-    expect_line "$DIR/server.out" '^ok mode=eintr server' server
-    expect_stat server connections.smc_shm -ge 1
-    expect_stat client connections.smc_shm -ge 1
-    finish
-  fi
+  calls_pair calls_eintr "smc_calls server --mode eintr" "smc_calls client --mode eintr" \
+    client '^ok mode=eintr client ' -ge 1
 }
 
-# i. an SMC connection across fork(): the child closes its inherited copy
-# (untouched) and makes its own connection; the parent's keeps working.
-scenario_fork() {
-  begin fork_inherited || return 0
-  start_server "$DIR/server" smc "$(stats_env server)" -- "$BUILD/smc_fork" server --count 3
+# fork_exec_pair [SERVER_FLAG]: smc_fork's echo server for 3 connections
+# (with the flag, if any) against smc_fork's client, whose child leaves its
+# inherited copy of connection 1 alone and makes its own.
+fork_exec_pair() {
+  start_server "$DIR/server" smc "$(stats_env server)" -- "$BUILD/smc_fork" server --count 3 "$@"
   if [ -n "$PORT" ]; then
     launch "$DIR/client" smc "$PEERS_OK" -- "$BUILD/smc_fork" client --port "$PORT" \
       --child-expect untouched
@@ -542,6 +521,14 @@ scenario_fork() {
   fi
   expect_server_exit "$SPID" "$DIR/server"
   expect_line "$DIR/client.out" '^ok child-expect=untouched' client
+  expect_line "$DIR/server.out" '^ok served 3' server
+}
+
+# i. an SMC connection across fork(): the child closes its inherited copy
+# (untouched) and makes its own connection; the parent's keeps working.
+scenario_fork() {
+  begin fork_inherited || return 0
+  fork_exec_pair
   expect_stat server connections.smc_shm -eq 3
   finish
 }
@@ -551,15 +538,7 @@ scenario_fork() {
 # of reading the client's Proposal as data.
 scenario_exec_listener() {
   begin exec_listener || return 0
-  start_server "$DIR/server" smc "$(stats_env server)" -- "$BUILD/smc_fork" server --count 3 \
-    --exec-listener
-  if [ -n "$PORT" ]; then
-    launch "$DIR/client" smc "$PEERS_OK" -- "$BUILD/smc_fork" client --port "$PORT" \
-      --child-expect untouched
-    expect_exit "$PID" "$DIR/client" client
-  fi
-  expect_server_exit "$SPID" "$DIR/server"
-  expect_line "$DIR/server.out" '^ok served 3' server
+  fork_exec_pair --exec-listener
   expect_stat server connections.smc_shm -eq 3
   finish
 }
@@ -569,15 +548,7 @@ scenario_exec_listener() {
 # acceptor's, with none, and one SMC connection per handler).
 scenario_exec_conn() {
   begin exec_conn || return 0
-  start_server "$DIR/server" smc "$(stats_env server)" -- "$BUILD/smc_fork" server --count 3 \
-    --exec-conn
-  if [ -n "$PORT" ]; then
-    launch "$DIR/client" smc "$PEERS_OK" -- "$BUILD/smc_fork" client --port "$PORT" \
-      --child-expect untouched
-    expect_exit "$PID" "$DIR/client" client
-  fi
-  expect_server_exit "$SPID" "$DIR/server"
-  expect_line "$DIR/server.out" '^ok served 3' server
+  fork_exec_pair --exec-conn
   local f v files=0 smc=0
   for f in "$DIR"/server.[0-9]*.json; do
     [ -f "$f" ] || continue

@@ -644,6 +644,21 @@ void expect_reply(int fd, char* buf, const char* what) {
   }
 }
 
+// The signals must end the blocking recv with EINTR, losing nothing: then
+// `ask` brings the server's `reply`.
+void expect_eintr(int fd, const char* with, char ask, const char* reply) {
+  char buf[4];
+  ssize_t n = recv_under_signals(fd, buf, 4, 'x', 1 << 30);
+  if (n >= 0 || errno != EINTR) {
+    fail_exit(std::string("recv with ") + with + ": " +
+              (n >= 0 ? std::to_string(n) + " bytes" : err_text("error")) + ", expected EINTR");
+  }
+  if (!smc_test::send_all(fd, &ask, 1)) {
+    fail_exit(err_text("send"));
+  }
+  expect_reply(fd, buf, reply);
+}
+
 int run_eintr_client(int fd) {
   char buf[4];
   // 1. signal() installs a BSD-style (SA_RESTART) handler: recv carries on.
@@ -663,30 +678,14 @@ int run_eintr_client(int fd) {
   const int hits1 = g_hits.load();
   // 2. A handler without SA_RESTART: EINTR, nothing lost.
   install_usr1(false);
-  n = recv_under_signals(fd, buf, 4, 'x', 1 << 30);
-  if (n >= 0 || errno != EINTR) {
-    fail_exit("recv with a handler without SA_RESTART: " +
-              (n >= 0 ? std::to_string(n) + " bytes" : err_text("error")) + ", expected EINTR");
-  }
-  if (!smc_test::send_all(fd, "B", 1)) {
-    fail_exit(err_text("send B"));
-  }
-  expect_reply(fd, buf, "more");
+  expect_eintr(fd, "a handler without SA_RESTART", 'B', "more");
   // 3. SA_RESTART again (sigaction), but SO_RCVTIMEO set: EINTR.
   install_usr1(true);
   timeval tv{30, 0};
   if (::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) {
     fail_exit(err_text("SO_RCVTIMEO"));
   }
-  n = recv_under_signals(fd, buf, 4, 'x', 1 << 30);
-  if (n >= 0 || errno != EINTR) {
-    fail_exit("recv with SO_RCVTIMEO and SA_RESTART: " +
-              (n >= 0 ? std::to_string(n) + " bytes" : err_text("error")) + ", expected EINTR");
-  }
-  if (!smc_test::send_all(fd, "C", 1)) {
-    fail_exit(err_text("send C"));
-  }
-  expect_reply(fd, buf, "last");
+  expect_eintr(fd, "SO_RCVTIMEO and SA_RESTART", 'C', "last");
   ::signal(SIGUSR1, SIG_IGN);
   ::shutdown(fd, SHUT_WR);
   if (::recv(fd, buf, 1, 0) != 0) {
