@@ -44,6 +44,11 @@ void note_fork_child();
 void set_signals_restart(bool yes);
 bool signals_restart();
 
+/// The path of a connection whose buffers stayed in another program image
+/// (an SMC connection inherited across exec()): it reads as reset, with both
+/// doorbells readable, and tells the peer nothing. nullptr if out of fds.
+std::unique_ptr<rdma::data_path> make_foreign_path();
+
 class conn {
  public:
   conn(std::unique_ptr<rdma::data_path> path, int tcp_fd, uint32_t spin_us);

@@ -116,10 +116,17 @@ struct entry {
   unsigned strip_mask = 0;        // state::strip: CLC types to strip
   int64_t partial_since_ms = 0;   // undecided: when a CLC prefix was first seen
   bool linger0 = false;           // SO_LINGER with l_linger 0: close resets
+  unsigned notsent_lowat = 0;     // state::smc: the application's TCP_NOTSENT_LOWAT
   std::unique_ptr<core::conn> conn;
   ep_set* eps = nullptr;          // state::epoll
   std::vector<ep_reg*> regs;      // epoll registrations (under the epoll mutex)
 };
+
+/// An SMC connection's TCP socket carries this TCP_NOTSENT_LOWAT (inert on a
+/// socket that sends nothing; the application still sees its own value), so
+/// that a program image that inherits the socket across exec() knows the
+/// connection's buffers stayed behind.
+inline constexpr unsigned smc_socket_mark = 0x534d4321;
 
 // ---- fd table ----
 bool fd_maybe(int fd);                 // one atomic load: is anything recorded?

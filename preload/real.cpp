@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <fcntl.h>
@@ -235,8 +236,22 @@ void adopt_socket(int fd) {
     return;
   }
   e->family = domain;
+  unsigned mark = 0;
+  l = sizeof mark;
+  const bool was_smc = listening == 0 &&
+                       real.getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &mark, &l) == 0 &&
+                       mark == smc_socket_mark;
+  std::unique_ptr<rdma::data_path> foreign = was_smc ? core::make_foreign_path() : nullptr;
   if (listening != 0) {
     e->st.store(state::listener, std::memory_order_release);
+  } else if (foreign) {
+    // An SMC connection of the image before exec(): its buffers stayed
+    // there. It reads as reset here, rather than as a TCP socket on which
+    // nothing ever arrives.
+    e->conn = std::make_unique<core::conn>(std::move(foreign), fd, 0);
+    e->st.store(state::smc, std::memory_order_release);
+    SMC_LOG(warn, "fd %d: an SMC connection inherited across exec() cannot be used in this "
+                  "program image (its buffers stayed in the previous one): it reads as reset", fd);
   } else {
     e->believed = config::peers_match(g_cfg->peers, reinterpret_cast<sockaddr*>(&peer), pl);
     e->st.store(state::undecided, std::memory_order_release);

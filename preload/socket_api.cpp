@@ -48,11 +48,21 @@ void become_tcp(entry* e, int fd, reason why) {
   e->st.store(state::tcp, std::memory_order_release);
 }
 
+void mark_smc_socket(entry* e, int fd) {
+  unsigned v = 0;
+  socklen_t l = sizeof v;
+  if (real.getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, &l) == 0) {
+    e->notsent_lowat = v;
+    real.setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &smc_socket_mark, sizeof smc_socket_mark);
+  }
+}
+
 // Applies a handshake outcome (under e->mu).
 void apply(entry* e, int fd, core::hs_outcome&& o) {
   if (o.path) {
     const bool rdma = o.path->transport() == rdma::kind::rdma;
     e->conn = std::make_unique<core::conn>(std::move(o.path), fd, cfg().spin_us);
+    mark_smc_socket(e, fd);
     e->st.store(state::smc, std::memory_order_release);
     if (rdma) {
       core::stats::count_rdma();
@@ -542,6 +552,15 @@ __attribute__((visibility("default"))) int ioctl(int fd, unsigned long req, ...)
 __attribute__((visibility("default"))) int getsockopt(int fd, int level, int name, void* val,
                                                       socklen_t* len) noexcept {
   ensure_init();
+  if (level == IPPROTO_TCP && name == TCP_NOTSENT_LOWAT && g_enabled && fd_maybe(fd) &&
+      val != nullptr && len != nullptr && *len >= sizeof(unsigned)) {
+    entry_ref e(fd);
+    if (e && e->st.load() == state::smc) {  // ours is the mark: theirs is kept here
+      std::memcpy(val, &e->notsent_lowat, sizeof(unsigned));
+      *len = sizeof(unsigned);
+      return 0;
+    }
+  }
   if (level == SOL_SOCKET && name == SO_ERROR && g_enabled && fd_maybe(fd)) {
     entry_ref e(fd);
     if (e && drive(e.get(), fd) == state::smc && val != nullptr && len != nullptr &&
@@ -560,6 +579,14 @@ __attribute__((visibility("default"))) int getsockopt(int fd, int level, int nam
 __attribute__((visibility("default"))) int setsockopt(int fd, int level, int name, const void* val,
                                                       socklen_t len) noexcept {
   ensure_init();
+  if (level == IPPROTO_TCP && name == TCP_NOTSENT_LOWAT && g_enabled && fd_maybe(fd) &&
+      val != nullptr && len >= sizeof(unsigned)) {
+    entry_ref e(fd);
+    if (e && e->st.load() == state::smc) {  // nothing is sent on TCP: keep it, keep our mark
+      std::memcpy(&e->notsent_lowat, val, sizeof(unsigned));
+      return 0;
+    }
+  }
   int rc = real.setsockopt(fd, level, name, val, len);
   if (rc == 0 && level == SOL_SOCKET && name == SO_LINGER && g_enabled && fd_maybe(fd) &&
       val != nullptr && len >= sizeof(linger)) {

@@ -509,18 +509,20 @@ scenario_calls() {
     client '^ok mode=eintr client ' -ge 1
 }
 
-# fork_exec_pair [SERVER_FLAG]: smc_fork's echo server for 3 connections
-# (with the flag, if any) against smc_fork's client, whose child leaves its
-# inherited copy of connection 1 alone and makes its own.
+# fork_exec_pair CHILD_EXPECT [SERVER_FLAG]: smc_fork's echo server for 3
+# connections (with the flag, if any) against smc_fork's client, whose child
+# does CHILD_EXPECT with its inherited copy of connection 1 and makes its own.
 fork_exec_pair() {
+  local expect=$1
+  shift
   start_server "$DIR/server" smc "$(stats_env server)" -- "$BUILD/smc_fork" server --count 3 "$@"
   if [ -n "$PORT" ]; then
     launch "$DIR/client" smc "$PEERS_OK" -- "$BUILD/smc_fork" client --port "$PORT" \
-      --child-expect untouched
+      --child-expect "$expect"
     expect_exit "$PID" "$DIR/client" client
   fi
   expect_server_exit "$SPID" "$DIR/server"
-  expect_line "$DIR/client.out" '^ok child-expect=untouched' client
+  expect_line "$DIR/client.out" "^ok child-expect=$expect" client
   expect_line "$DIR/server.out" '^ok served 3' server
 }
 
@@ -528,7 +530,7 @@ fork_exec_pair() {
 # (untouched) and makes its own connection; the parent's keeps working.
 scenario_fork() {
   begin fork_inherited || return 0
-  fork_exec_pair
+  fork_exec_pair untouched
   expect_stat server connections.smc_shm -eq 3
   finish
 }
@@ -538,7 +540,7 @@ scenario_fork() {
 # of reading the client's Proposal as data.
 scenario_exec_listener() {
   begin exec_listener || return 0
-  fork_exec_pair --exec-listener
+  fork_exec_pair untouched --exec-listener
   expect_stat server connections.smc_shm -eq 3
   finish
 }
@@ -548,7 +550,7 @@ scenario_exec_listener() {
 # acceptor's, with none, and one SMC connection per handler).
 scenario_exec_conn() {
   begin exec_conn || return 0
-  fork_exec_pair --exec-conn
+  fork_exec_pair untouched --exec-conn
   local f v files=0 smc=0
   for f in "$DIR"/server.[0-9]*.json; do
     [ -f "$f" ] || continue
@@ -559,6 +561,16 @@ scenario_exec_conn() {
   if [ "$files" -ne 4 ] || [ "$smc" -ne 3 ]; then
     note "server side: $files stats files with $smc shm SMC connections (expected 4 files, 3 connections)"
   fi
+  finish
+}
+
+# l. an SMC connection inherited across exec(): its buffers stayed in the
+# image before, so in the new one it must read as reset at once (never as a
+# TCP socket on which nothing arrives), and the parent's keeps working.
+scenario_exec_inherited() {
+  begin exec_inherited || return 0
+  fork_exec_pair exec-reset
+  expect_stat server connections.smc_shm -eq 3
   finish
 }
 
@@ -575,6 +587,7 @@ scenario_calls
 scenario_fork
 scenario_exec_listener
 scenario_exec_conn
+scenario_exec_inherited
 
 smct_cleanup
 if summary; then

@@ -12,13 +12,15 @@
 //                                  without reading, forks, and the child
 //                                  exec()s `smc_fork server --serve-fd N`,
 //                                  which echoes over the inherited socket
-//   smc_fork client --addr A --port P [--child-expect reset|untouched]
+//   smc_fork client --addr A --port P [--child-expect reset|untouched|exec-reset]
 //
 // The client opens connection 1 and echoes 1 MiB over it (verified), then
 // forks. The child, with its inherited copy of connection 1:
 //   reset: a non-blocking read must fail with ECONNRESET at once, and poll
 //          report the error (SMC-R: the QP and buffers are the parent's),
 //   untouched: leaves it alone (shm: it would work, for one process at a time),
+//   exec-reset: exec()s smc_fork again, and that new image must find the
+//          connection reset (its buffers stayed in the image before exec),
 // then closes that copy, opens connection 2 of its own and echoes 1 MiB over
 // it. After the child exited 0, the parent echoes 1 MiB more over connection
 // 1 (the child's close must not have touched it) and 256 KiB over a new
@@ -50,7 +52,7 @@ namespace {
   std::fprintf(stderr,
                "smc_fork: %s\n"
                "usage: smc_fork server [--addr A] [--portfile F] [--count N] [--exec-listener|--exec-conn]\n"
-               "       smc_fork client --addr A --port P [--child-expect reset|untouched]\n",
+               "       smc_fork client --addr A --port P [--child-expect reset|untouched|exec-reset]\n",
                why.c_str());
   std::exit(2);
 }
@@ -195,6 +197,28 @@ void echo_check(int fd, size_t total, unsigned seed, const char* what) {
   }
 }
 
+// The child's part: with `check_reset`, the inherited connection 1 must read
+// as reset; then it closes that copy and echoes over a connection of its own.
+[[noreturn]] void child_part(const smc_test::endpoint_options& o, int c1, bool check_reset) {
+  if (check_reset) {
+    char b;
+    ssize_t n = ::recv(c1, &b, 1, MSG_DONTWAIT);
+    if (n != -1 || errno != ECONNRESET) {
+      die("child: read on the inherited connection gave " + std::to_string(n) + " (" +
+          std::strerror(errno) + "), want ECONNRESET");
+    }
+    pollfd p{c1, POLLIN | POLLOUT, 0};
+    if (::poll(&p, 1, 0) != 1 || (p.revents & (POLLERR | POLLHUP)) == 0) {
+      die("child: poll on the inherited connection does not report the error");
+    }
+  }
+  ::close(c1);  // must not end the parent's connection
+  int c2 = dial(o);
+  echo_check(c2, 1 << 20, 3, "child on connection 2");
+  ::close(c2);
+  std::exit(0);  // not _exit: the library writes the child's statistics at exit
+}
+
 int client(const smc_test::endpoint_options& o, const std::string& expect) {
   int c1 = dial(o);
   echo_check(c1, 1 << 20, 1, "connection 1");
@@ -204,23 +228,19 @@ int client(const smc_test::endpoint_options& o, const std::string& expect) {
     die(std::string("fork: ") + std::strerror(errno));
   }
   if (pid == 0) {
-    if (expect == "reset") {
-      char b;
-      ssize_t n = ::recv(c1, &b, 1, MSG_DONTWAIT);
-      if (n != -1 || errno != ECONNRESET) {
-        die("child: read on the inherited connection gave " + std::to_string(n) + " (" +
-            std::strerror(errno) + "), want ECONNRESET");
+    if (expect == "exec-reset") {
+      // A new program image on the inherited connection: its buffers stayed
+      // behind, so it must read as reset there too (never hang).
+      std::string fd = std::to_string(c1);
+      std::string port = std::to_string(o.port);
+      if (::fcntl(c1, F_SETFD, 0) != 0) {
+        die(std::string("fcntl: ") + std::strerror(errno));
       }
-      pollfd p{c1, POLLIN | POLLOUT, 0};
-      if (::poll(&p, 1, 0) != 1 || (p.revents & (POLLERR | POLLHUP)) == 0) {
-        die("child: poll on the inherited connection does not report the error");
-      }
+      ::execl("/proc/self/exe", "smc_fork", "client", "--addr", o.addr.c_str(), "--port",
+              port.c_str(), "--inherited-fd", fd.c_str(), static_cast<char*>(nullptr));
+      die(std::string("exec: ") + std::strerror(errno));
     }
-    ::close(c1);  // must not end the parent's connection
-    int c2 = dial(o);
-    echo_check(c2, 1 << 20, 3, "child on connection 2");
-    ::close(c2);
-    std::exit(0);  // not _exit: the library writes the child's statistics at exit
+    child_part(o, c1, expect == "reset");
   }
   int status = 0;
   if (::waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
@@ -246,6 +266,7 @@ int main(int argc, char** argv) {
   bool exec_conn = false;
   int listen_fd = -1;
   int serve_fd = -1;
+  int inherited_fd = -1;
   smc_test::arg_reader args(argc, argv, 2, usage);
   while (args.next()) {
     if (args.endpoint_option(o, "bad value for ")) {
@@ -261,10 +282,12 @@ int main(int argc, char** argv) {
       serve_fd = static_cast<int>(args.size_value("bad value for "));
     } else if (args.name() == "--listen-fd" && server) {
       listen_fd = static_cast<int>(args.size_value("bad value for "));
+    } else if (args.name() == "--inherited-fd" && !server) {
+      inherited_fd = static_cast<int>(args.size_value("bad value for "));
     } else if (args.name() == "--child-expect") {
       expect = args.value();
-      if (expect != "reset" && expect != "untouched") {
-        usage("--child-expect must be reset or untouched");
+      if (expect != "reset" && expect != "untouched" && expect != "exec-reset") {
+        usage("--child-expect must be reset, untouched or exec-reset");
       }
     } else {
       usage("unknown option " + args.name());
@@ -279,6 +302,9 @@ int main(int argc, char** argv) {
   }
   if (!o.port_given) {
     usage("client needs --port");
+  }
+  if (inherited_fd >= 0) {
+    child_part(o, inherited_fd, true);  // the exec()d child of --child-expect exec-reset
   }
   return client(o, expect);
 }
