@@ -253,7 +253,9 @@ void adopt_socket(int fd) {
     SMC_LOG(warn, "fd %d: an SMC connection inherited across exec() cannot be used in this "
                   "program image (its buffers stayed in the previous one): it reads as reset", fd);
   } else {
-    e->believed = config::peers_match(g_cfg->peers, reinterpret_cast<sockaddr*>(&peer), pl);
+    // Not believed, whatever SMC_PEERS says: this side may well be the
+    // client of the connection, and a first write must not wait for a
+    // Proposal that only a client sends.
     e->st.store(state::undecided, std::memory_order_release);
   }
   if (entry* old = fd_install(fd, e); old != nullptr) {
