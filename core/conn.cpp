@@ -206,7 +206,9 @@ int conn::block_timeout_ms(bool rx, int flags) {
     return 0;
   }
   int fl = sys().fcntl(tcp_fd_, F_GETFL);
-  if (fl >= 0 && (fl & O_NONBLOCK) != 0) {
+  const bool nonblock = fl >= 0 && (fl & O_NONBLOCK) != 0;
+  blocking_hint_.store(!nonblock, std::memory_order_relaxed);
+  if (nonblock) {
     return 0;
   }
   timeval tv{};
@@ -217,6 +219,50 @@ int conn::block_timeout_ms(bool rx, int flags) {
     return static_cast<int>(std::clamp<int64_t>(ms, 1, INT_MAX));
   }
   return -1;
+}
+
+bool conn::spin_rx(uint8_t pf) {
+  if (spin_us_ == 0) {
+    return false;
+  }
+  // Spin against what we know (the producer cursor we last validated), so
+  // data that arrived since is seen at once. A transport that dispatches
+  // arrivals on its own thread may leave that to us meanwhile (spin()).
+  const uint64_t before = rx_prod_.load(std::memory_order_relaxed);
+  auto changed = [&] { return path_->peer_prod() != before || path_->peer_conn_flags() != pf; };
+  const int64_t until = mono_us() + spin_us_;
+  path_->spin(true);
+  for (unsigned i = 0;; ++i) {
+    if ((i & 15) == 0) {
+      path_->poll_progress();
+    }
+    if (changed() || ((i & 63) == 63 && mono_us() >= until)) {
+      break;
+    }
+    cpu_relax();
+  }
+  path_->spin(false);
+  return changed();
+}
+
+bool conn::spin_tx() {
+  if (spin_us_ == 0) {
+    return false;
+  }
+  const uint64_t before = tx_cons_.load(std::memory_order_relaxed);
+  const int64_t until = mono_us() + spin_us_;
+  path_->spin(true);
+  for (unsigned i = 0;; ++i) {
+    if ((i & 15) == 0) {
+      path_->poll_progress();
+    }
+    if (path_->peer_cons() != before || ((i & 63) == 63 && mono_us() >= until)) {
+      break;
+    }
+    cpu_relax();
+  }
+  path_->spin(false);
+  return path_->peer_cons() != before;
 }
 
 int conn::wait(bool rx, int timeout_ms, uint32_t need) {
@@ -348,9 +394,20 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
     if (gone_.load()) {
       return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, ECONNRESET};
     }
+    bool spun = false;
     if (timeout == -2) {
+      // A socket that blocked last time most likely still does: spin first,
+      // ask the kernel (fcntl, getsockopt) only before going to sleep. If it
+      // became non-blocking meanwhile, the spin only delays its EAGAIN.
+      const int64_t t0 = mono_ms();
+      if ((flags & MSG_DONTWAIT) == 0 && blocking_hint_.load(std::memory_order_relaxed)) {
+        if (spin_rx(pf)) {
+          continue;
+        }
+        spun = true;
+      }
       timeout = block_timeout_ms(true, flags);
-      deadline = timeout > 0 ? mono_ms() + timeout : 0;
+      deadline = timeout > 0 ? t0 + timeout : 0;
     }
     if (timeout == 0) {
       if (check_tcp()) {
@@ -361,26 +418,8 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       }
       return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, EAGAIN};
     }
-    if (spin_us_ > 0) {
-      // Spin against what we know (the producer cursor we last validated), so
-      // data that arrived since is seen at once.
-      const uint64_t before = rx_prod_.load(std::memory_order_relaxed);
-      const int64_t until = mono_us() + spin_us_;
-      for (unsigned i = 0;; ++i) {
-        if ((i & 15) == 0) {
-          path_->poll_progress();
-        }
-        if (path_->peer_prod() != before || path_->peer_conn_flags() != pf) {
-          break;
-        }
-        if ((i & 63) == 63 && mono_us() >= until) {
-          break;
-        }
-        cpu_relax();
-      }
-      if (path_->peer_prod() != before || path_->peer_conn_flags() != pf) {
-        continue;
-      }
+    if (!spun && spin_rx(pf)) {
+      continue;
     }
     if (check_tcp()) {
       continue;
@@ -472,9 +511,17 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
       }
       continue;
     }
+    bool spun = false;
     if (timeout == -2) {
+      const int64_t t0 = mono_ms();  // as recv: spin before asking the kernel
+      if ((flags & MSG_DONTWAIT) == 0 && blocking_hint_.load(std::memory_order_relaxed)) {
+        if (spin_tx()) {
+          continue;
+        }
+        spun = true;
+      }
       timeout = block_timeout_ms(false, flags);
-      deadline = timeout > 0 ? mono_ms() + timeout : 0;
+      deadline = timeout > 0 ? t0 + timeout : 0;
     }
     if (timeout == 0) {
       if (check_tcp()) {
@@ -482,24 +529,8 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
       }
       return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : io_result{-1, EAGAIN};
     }
-    if (spin_us_ > 0) {
-      const uint64_t before = tx_cons_.load(std::memory_order_relaxed);
-      const int64_t until = mono_us() + spin_us_;
-      for (unsigned i = 0;; ++i) {
-        if ((i & 15) == 0) {
-          path_->poll_progress();
-        }
-        if (path_->peer_cons() != before) {
-          break;
-        }
-        if ((i & 63) == 63 && mono_us() >= until) {
-          break;
-        }
-        cpu_relax();
-      }
-      if (path_->peer_cons() != before) {
-        continue;
-      }
+    if (!spun && spin_tx()) {
+      continue;
     }
     if (check_tcp()) {
       continue;

@@ -112,6 +112,10 @@ class conn {
   bool tx_look(uint32_t& space);
   void abort_locally(int err);
   int block_timeout_ms(bool rx, int flags);
+  // Busy-wait up to spin_us_ for the peer's producer cursor or flags (rx) or
+  // its consumer cursor (tx) to move; true if it did.
+  bool spin_rx(uint8_t pf);
+  bool spin_tx();
   // Sleeps until the doorbell (`rx`: data, else space) or the TCP socket
   // fires, or timeout. Returns 0, or an errno (EAGAIN on timeout, EINTR).
   // `need`: for a reader, how many readable bytes end the wait.
@@ -121,6 +125,9 @@ class conn {
   std::unique_ptr<rdma::data_path> path_;
   int tcp_fd_;
   uint32_t spin_us_;
+  // Whether the socket was blocking when last asked (block_timeout_ms): a
+  // hint for spinning before asking again, never the answer itself.
+  std::atomic<bool> blocking_hint_{false};
   std::mutex rx_mu_;
   std::mutex tx_mu_;
   std::atomic<uint64_t> rx_cons_{0};   // our consumer cursor (packed)

@@ -43,6 +43,9 @@ constexpr uint32_t recv_slots = 64;
 constexpr size_t recv_slot_size = llc::max_len_v2;
 constexpr uint32_t sq_depth = 256;
 constexpr uint64_t signal_every = 32;
+// A receive CQ left disarmed by busy-polling threads is re-armed after this
+// long without any (see link_group::spinner).
+constexpr uint32_t rearm_quiet_ms = 2;
 constexpr uint8_t our_link_id = 1;
 constexpr uint32_t max_inline = 64;  // the QP's max_inline_data (rdma/verbs)
 // An idle link group is deleted after this long; the client waits longer so
@@ -156,6 +159,23 @@ class link_group : public std::enable_shared_from_this<link_group> {
   void on_recv();
   void poll_recv();      // under rx_poll_mu_
   void poll_recv_now();  // any thread; skips if another one is dispatching
+  // Threads busy-polling the receive CQ (poll_recv_now in a loop). While
+  // there are any, the engine does not re-arm the CQ's notification after
+  // an event: the spinners see completions first, and a wake-up of the
+  // engine thread per message would only take CPU from them (and from the
+  // device). When the last spinner leaves, the CQ is re-armed at once if a
+  // thread sleeps on the group, else after rearm_quiet_ms without spinners.
+  void spinner(bool on);
+  // Threads asleep on a doorbell of this group (arm_rx/arm_tx): while there
+  // are any, the CQ is never left disarmed without a spinner.
+  void sleeper(int delta);
+  void ensure_armed();  // arms the CQ if it is not, then dispatches
+  void schedule_rearm(uint32_t ms);
+  std::atomic<int> spinners_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> rx_armed_{true};
+  std::atomic<bool> rearm_pending_{false};
+  std::atomic<int64_t> spin_end_ms_{0};
   std::mutex rx_poll_mu_;  // one thread at a time dispatches receives
   void on_send();
   bool poll_send();
@@ -410,9 +430,86 @@ void link_group::fail(const char* why) {
 
 void link_group::on_recv() {
   rcq_->take_event();
-  rcq_->arm();
+  // Disarmed first, then looked: a spinner leaving at the same time either
+  // sees rx_armed_ false and re-arms, or is already gone and we re-arm.
+  rx_armed_.store(false, std::memory_order_seq_cst);
+  if (spinners_.load(std::memory_order_seq_cst) == 0 && !rx_armed_.exchange(true)) {
+    rcq_->arm();
+  }
   std::lock_guard<std::mutex> lk(rx_poll_mu_);
   poll_recv();
+}
+
+void link_group::spinner(bool on) {
+  if (on) {
+    spinners_.fetch_add(1, std::memory_order_seq_cst);
+    return;
+  }
+  if (spinners_.fetch_sub(1, std::memory_order_seq_cst) != 1 ||
+      rx_armed_.load(std::memory_order_seq_cst)) {
+    return;
+  }
+  // The last spinner left a disarmed CQ. Someone asleep on this group needs
+  // the notification now; otherwise the spinner most likely comes back in a
+  // moment (a request-response loop), and re-arming now would only buy one
+  // engine wake-up per message: the engine re-arms after a quiet spell.
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+    ensure_armed();
+    return;
+  }
+  spin_end_ms_.store(mono_ms(), std::memory_order_relaxed);
+  if (!rearm_pending_.exchange(true, std::memory_order_seq_cst)) {
+    schedule_rearm(rearm_quiet_ms);
+  }
+}
+
+void link_group::sleeper(int delta) {
+  if (sleepers_.fetch_add(delta, std::memory_order_seq_cst) + delta > 0 && delta > 0) {
+    ensure_armed();
+  }
+}
+
+void link_group::ensure_armed() {
+  if (rx_armed_.exchange(true, std::memory_order_seq_cst)) {
+    return;
+  }
+  rcq_->arm();
+  // What completed while nobody was notified: dispatched now, waiting for
+  // the lock if another thread has it (it may be past its last look at the
+  // CQ; a try-lock here would leave such a completion to nobody).
+  std::lock_guard<std::mutex> lk(rx_poll_mu_);
+  poll_recv();
+}
+
+void link_group::schedule_rearm(uint32_t ms) {
+  std::weak_ptr<link_group> w = weak_from_this();
+  bool ok = engine::post(
+      [w] {
+        auto g = w.lock();
+        if (!g) {
+          return;
+        }
+        // Cleared first, then looked: a spinner leaving meanwhile either
+        // sees it clear and schedules anew, or is seen here.
+        g->rearm_pending_.store(false, std::memory_order_seq_cst);
+        if (g->spinners_.load(std::memory_order_seq_cst) > 0 ||
+            g->rx_armed_.load(std::memory_order_seq_cst)) {
+          return;
+        }
+        int64_t quiet = mono_ms() - g->spin_end_ms_.load(std::memory_order_relaxed);
+        if (quiet < rearm_quiet_ms) {
+          if (!g->rearm_pending_.exchange(true, std::memory_order_seq_cst)) {
+            g->schedule_rearm(static_cast<uint32_t>(rearm_quiet_ms - quiet));
+          }
+          return;
+        }
+        g->ensure_armed();
+      },
+      ms);
+  if (!ok) {
+    rearm_pending_.store(false);
+    ensure_armed();
+  }
 }
 
 void link_group::poll_recv_now() {
@@ -1258,9 +1355,15 @@ class smcr_path final : public rdma::data_path {
   int tx_fd() const override { return s_->tx_efd; }
   void arm_rx(int delta) override {
     s_->rx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
+    if (!foreign()) {
+      g_->sleeper(delta);
+    }
   }
   void arm_tx(int delta) override {
     s_->tx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
+    if (!foreign()) {
+      g_->sleeper(delta);
+    }
   }
   uint32_t rx_waiters() const override { return s_->rx_waiters.load(std::memory_order_seq_cst); }
   uint32_t tx_waiters() const override { return s_->tx_waiters.load(std::memory_order_seq_cst); }
@@ -1290,6 +1393,11 @@ class smcr_path final : public rdma::data_path {
   void poll_progress() override {
     if (!foreign()) {
       g_->poll_recv_now();
+    }
+  }
+  void spin(bool on) override {
+    if (!foreign()) {
+      g_->spinner(on);
     }
   }
 

@@ -72,6 +72,11 @@ class data_path {
   /// messages need dispatching (SMC-R's receive queue) does it right here
   /// instead of waiting for another thread to.
   virtual void poll_progress() {}
+  /// Around such a busy-wait: while a thread polls by itself, a transport
+  /// may stop waking its own thread for what arrives (spin(true)); after
+  /// spin(false) wake-ups are on again and nothing that arrived meanwhile is
+  /// left undispatched.
+  virtual void spin(bool /*on*/) {}
 
   // ---- ordering against the TCP socket ----
   /// After publishing our close: returns once the peer has our closing
