@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -221,48 +222,65 @@ int conn::block_timeout_ms(bool rx, int flags) {
   return -1;
 }
 
-bool conn::spin_rx(uint8_t pf) {
-  if (spin_us_ == 0) {
+namespace {
+
+// How often a spinning thread gives its CPU away (sched_yield).
+constexpr int64_t yield_every_us = 20;
+
+// Busy-waits up to spin_us for done(), dispatching the transport's arrivals
+// as it goes. It yields the CPU every yield_every_us: what it waits for may
+// need this very CPU first (a software RDMA device's worker woken by the
+// send just posted, the peer process on a busy host), and a woken task does
+// not always preempt a spinner. Not at once: an answer that comes within
+// microseconds (shared memory, RDMA hardware) costs no system call.
+template <class Done>
+bool spin_until(rdma::data_path& path, uint32_t spin_us, Done done) {
+  if (spin_us == 0) {
     return false;
   }
-  // Spin against what we know (the producer cursor we last validated), so
-  // data that arrived since is seen at once. A transport that dispatches
-  // arrivals on its own thread may leave that to us meanwhile (spin()).
-  const uint64_t before = rx_prod_.load(std::memory_order_relaxed);
-  auto changed = [&] { return path_->peer_prod() != before || path_->peer_conn_flags() != pf; };
-  const int64_t until = mono_us() + spin_us_;
-  path_->spin(true);
+  const int64_t start = mono_us();
+  const int64_t until = start + spin_us;
+  int64_t next_yield = start + yield_every_us;
+  bool ok = false;
+  path.spin(true);
   for (unsigned i = 0;; ++i) {
     if ((i & 15) == 0) {
-      path_->poll_progress();
+      path.poll_progress();
     }
-    if (changed() || ((i & 63) == 63 && mono_us() >= until)) {
+    if (done()) {
+      ok = true;
       break;
+    }
+    if ((i & 63) == 0) {
+      const int64_t now = mono_us();
+      if (now >= until) {
+        break;
+      }
+      if (now >= next_yield) {
+        sched_yield();
+        next_yield = now + yield_every_us;
+      }
     }
     cpu_relax();
   }
-  path_->spin(false);
-  return changed();
+  path.spin(false);
+  return ok || done();
+}
+
+}  // namespace
+
+bool conn::spin_rx(uint8_t pf) {
+  // Against what we know (the producer cursor we last validated), so data
+  // that arrived since is seen at once.
+  const uint64_t before = rx_prod_.load(std::memory_order_relaxed);
+  return spin_until(*path_, spin_us_, [&] {
+    return path_->peer_prod() != before || path_->peer_conn_flags() != pf;
+  });
 }
 
 bool conn::spin_tx() {
-  if (spin_us_ == 0) {
-    return false;
-  }
   const uint64_t before = tx_cons_.load(std::memory_order_relaxed);
-  const int64_t until = mono_us() + spin_us_;
-  path_->spin(true);
-  for (unsigned i = 0;; ++i) {
-    if ((i & 15) == 0) {
-      path_->poll_progress();
-    }
-    if (path_->peer_cons() != before || ((i & 63) == 63 && mono_us() >= until)) {
-      break;
-    }
-    cpu_relax();
-  }
-  path_->spin(false);
-  return path_->peer_cons() != before;
+  return spin_until(*path_, spin_us_, [&] { return path_->peer_cons() != before; });
 }
 
 int conn::wait(bool rx, int timeout_ms, uint32_t need) {

@@ -45,7 +45,7 @@ constexpr uint32_t sq_depth = 256;
 constexpr uint64_t signal_every = 32;
 // A receive CQ left disarmed by busy-polling threads is re-armed after this
 // long without any (see link_group::spinner).
-constexpr uint32_t rearm_quiet_ms = 2;
+constexpr uint32_t rearm_quiet_ms = 10;
 constexpr uint8_t our_link_id = 1;
 constexpr uint32_t max_inline = 64;  // the QP's max_inline_data (rdma/verbs)
 // An idle link group is deleted after this long; the client waits longer so
@@ -490,16 +490,17 @@ void link_group::schedule_rearm(uint32_t ms) {
           return;
         }
         // Cleared first, then looked: a spinner leaving meanwhile either
-        // sees it clear and schedules anew, or is seen here.
+        // sees it clear and schedules anew, or is seen here. While the CQ
+        // stays disarmed the check repeats on its own, so spinners coming
+        // and going cost the engine one wake-up per period, not per visit.
         g->rearm_pending_.store(false, std::memory_order_seq_cst);
-        if (g->spinners_.load(std::memory_order_seq_cst) > 0 ||
-            g->rx_armed_.load(std::memory_order_seq_cst)) {
+        if (g->rx_armed_.load(std::memory_order_seq_cst)) {
           return;
         }
         int64_t quiet = mono_ms() - g->spin_end_ms_.load(std::memory_order_relaxed);
-        if (quiet < rearm_quiet_ms) {
+        if (g->spinners_.load(std::memory_order_seq_cst) > 0 || quiet < rearm_quiet_ms) {
           if (!g->rearm_pending_.exchange(true, std::memory_order_seq_cst)) {
-            g->schedule_rearm(static_cast<uint32_t>(rearm_quiet_ms - quiet));
+            g->schedule_rearm(rearm_quiet_ms);
           }
           return;
         }

@@ -73,9 +73,11 @@ class data_path {
   /// instead of waiting for another thread to.
   virtual void poll_progress() {}
   /// Around such a busy-wait: while a thread polls by itself, a transport
-  /// may stop waking its own thread for what arrives (spin(true)); after
-  /// spin(false) wake-ups are on again and nothing that arrived meanwhile is
-  /// left undispatched.
+  /// may stop waking its own thread for what arrives (spin(true)). After
+  /// spin(false) it may stay quiet a little longer (the spinner most likely
+  /// comes back), but never toward a thread waiting on a doorbell (arm_rx,
+  /// arm_tx): that one is woken for what arrives, including what arrived
+  /// while nobody was woken.
   virtual void spin(bool /*on*/) {}
 
   // ---- ordering against the TCP socket ----
