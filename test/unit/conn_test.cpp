@@ -629,6 +629,64 @@ TEST_CASE("a blocking send with O_NONBLOCK on the socket writes what fits, then 
   CHECK(r.err == EAGAIN);
 }
 
+// A blocking call spins before it asks the socket whether it may block at
+// all, when the socket blocked last time. Made non-blocking since (fcntl on
+// the socket, which the preload passes through), the next call must still
+// end in EAGAIN: the spin is a hint, never the answer. Without the sockets'
+// safety timeouts a call that wrongly waits would wait for good; the test
+// gives it safety_timeout_ms, then fails.
+template <class Call>
+io_result returns_without_waiting(Call call, const std::function<void()>& unblock) {
+  auto fut = std::async(std::launch::async, call);
+  bool returned =
+      fut.wait_for(std::chrono::milliseconds(safety_timeout_ms)) == std::future_status::ready;
+  if (!returned) {
+    unblock();  // let the call finish before failing
+  }
+  REQUIRE(returned);
+  return fut.get();
+}
+
+TEST_CASE("a socket made non-blocking after a recv that waited: the next recv is EAGAIN",
+          "[conn][flow]") {
+  conn_pair p(50);
+  auto first = std::async(std::launch::async, [&] { return recv_str(*p.b, 5); });
+  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  REQUIRE(send_str(*p.a, "hello").n == 5);
+  CHECK(first.get() == "hello");
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 0);
+  REQUIRE(fcntl(p.b_tcp(), F_SETFL, fcntl(p.b_tcp(), F_GETFL) | O_NONBLOCK) == 0);
+  io_result r = returns_without_waiting(
+      [&] {
+        io_result res{};
+        recv_str(*p.b, 5, 0, &res);
+        return res;
+      },
+      [&] { send_str(*p.a, "x"); });
+  CHECK(r.n == -1);
+  CHECK(r.err == EAGAIN);
+}
+
+TEST_CASE("a socket made non-blocking after a send that waited: the next send is EAGAIN",
+          "[conn][flow]") {
+  conn_pair p(50);
+  auto src = pattern_bytes(5, 0, 2 * ring16k);
+  // 32 KiB into B's 16 KiB ring: A waits until B reads, and then fills it again.
+  auto first = std::async(std::launch::async,
+                          [&] { return send_bytes(*p.a, src.data(), src.size(), MSG_NOSIGNAL); });
+  REQUIRE(spin_until([&] { return p.b_ctl->tx_waiters.load() != 0; }));
+  std::vector<uint8_t> buf(ring16k);
+  REQUIRE(recv_bytes(*p.b, buf.data(), buf.size(), MSG_WAITALL).n == ring16k);
+  REQUIRE(first.get().n == static_cast<ssize_t>(src.size()));
+  set_sock_timeout(p.a_tcp(), SO_SNDTIMEO, 0);
+  REQUIRE(fcntl(p.a_tcp(), F_SETFL, fcntl(p.a_tcp(), F_GETFL) | O_NONBLOCK) == 0);
+  io_result r = returns_without_waiting(
+      [&] { return send_bytes(*p.a, src.data(), 10, MSG_NOSIGNAL); },
+      [&] { recv_bytes(*p.b, buf.data(), buf.size(), MSG_DONTWAIT); });
+  CHECK(r.n == -1);
+  CHECK(r.err == EAGAIN);
+}
+
 // ---------------------------------------------------------------------------
 // 3. MSG_PEEK and MSG_WAITALL
 // ---------------------------------------------------------------------------
