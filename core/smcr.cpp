@@ -177,6 +177,7 @@ class link_group : public std::enable_shared_from_this<link_group> {
   std::atomic<bool> rearm_pending_{false};
   std::atomic<int64_t> spin_end_ms_{0};
   std::mutex rx_poll_mu_;  // one thread at a time dispatches receives
+  std::atomic<bool> rx_spin_polling_{false};  // a spinner holds rx_poll_mu_
   void on_send();
   bool poll_send();
   void dispatch(const uint8_t* b, uint32_t len);
@@ -515,10 +516,17 @@ void link_group::schedule_rearm(uint32_t ms) {
 
 void link_group::poll_recv_now() {
   // A busy-waiting application thread dispatches what arrived itself; if
-  // another thread is at it already, that one will do.
+  // another thread is at it already, that one will do. Spinners call this
+  // in a tight loop: a plain load first keeps several of them from bouncing
+  // the mutex's cache line between their cores.
+  if (rx_spin_polling_.load(std::memory_order_relaxed)) {
+    return;
+  }
   std::unique_lock<std::mutex> lk(rx_poll_mu_, std::try_to_lock);
   if (lk.owns_lock()) {
+    rx_spin_polling_.store(true, std::memory_order_relaxed);
     poll_recv();
+    rx_spin_polling_.store(false, std::memory_order_relaxed);
   }
 }
 
