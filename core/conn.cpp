@@ -348,6 +348,7 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
   uint32_t peek_need = 1;  // MSG_PEEK|MSG_WAITALL: wait for more than is there
   int timeout = -2;  // not yet computed
   int64_t deadline = 0;
+  bool looked = false;  // non-blocking: the transport's queue was looked at
   for (;;) {
     if (shut_rd_.load()) {
       return {static_cast<ssize_t>(got), 0};
@@ -429,6 +430,14 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       deadline = timeout > 0 ? t0 + timeout : 0;
     }
     if (timeout == 0) {
+      if (!looked) {
+        // Nothing here: dispatch what the transport received meanwhile
+        // (nobody may be watching its completion queue just now; see
+        // data_path::spin), then look once more before saying EAGAIN.
+        looked = true;
+        path_->poll_progress();
+        continue;
+      }
       if (check_tcp()) {
         continue;
       }
@@ -496,6 +505,7 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
   size_t sent = 0;
   int timeout = -2;
   int64_t deadline = 0;
+  bool looked = false;  // as in recv
   for (;;) {
     uint8_t pf = path_->peer_conn_flags();
     if ((pf & cdc::conn_abnormal) != 0 || gone_.load()) {
@@ -543,6 +553,11 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
       deadline = timeout > 0 ? t0 + timeout : 0;
     }
     if (timeout == 0) {
+      if (!looked) {
+        looked = true;  // as recv: the peer's consumer cursor may be waiting in a queue
+        path_->poll_progress();
+        continue;
+      }
       if (check_tcp()) {
         continue;
       }

@@ -45,7 +45,7 @@ constexpr uint32_t sq_depth = 256;
 constexpr uint64_t signal_every = 32;
 // A receive CQ left disarmed by busy-polling threads is re-armed after this
 // long without any (see link_group::spinner).
-constexpr uint32_t rearm_quiet_ms = 10;
+constexpr uint32_t rearm_quiet_ms = 50;
 constexpr uint8_t our_link_id = 1;
 constexpr uint32_t max_inline = 64;  // the QP's max_inline_data (rdma/verbs)
 // An idle link group is deleted after this long; the client waits longer so

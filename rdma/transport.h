@@ -77,7 +77,8 @@ class data_path {
   /// spin(false) it may stay quiet a little longer (the spinner most likely
   /// comes back), but never toward a thread waiting on a doorbell (arm_rx,
   /// arm_tx): that one is woken for what arrives, including what arrived
-  /// while nobody was woken.
+  /// while nobody was woken. A non-blocking call that finds nothing calls
+  /// poll_progress() once itself.
   virtual void spin(bool /*on*/) {}
 
   // ---- ordering against the TCP socket ----
