@@ -1,13 +1,14 @@
 // net_util.h: the small socket and command-line helpers that the integration
-// test programs (smc_pair, smc_bench, smc_hostile, smc_cycles) share. Plain
-// POSIX, nothing about SMC; every helper reports failure to its caller, which
-// keeps its own messages and exit codes.
+// test programs (smc_pair, smc_bench, smc_calls, smc_hostile, smc_cycles,
+// verbs_floor, ...) share. Plain POSIX, nothing about SMC; every helper
+// reports failure to its caller, which keeps its own messages and exit codes.
 #pragma once
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -136,6 +137,34 @@ inline const char* write_portfile(const std::string& path, uint16_t port) {
     return "rename";
   }
   return nullptr;
+}
+
+// A listening tcp_socket() on addr:port (SO_REUSEADDR) whose bound port is
+// written to `portfile` unless that is empty. Returns the fd, or -1 with
+// `error` set to "<step>: <strerror>" (or as open_tcp_socket).
+inline int open_listener(const std::string& addr, uint16_t port, int backlog,
+                         const std::string& portfile, std::string& error) {
+  sockaddr_storage ss;
+  socklen_t len = 0;
+  int fd = open_tcp_socket(addr, port, ss, len, error);
+  if (fd < 0) {
+    return -1;
+  }
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  const char* step = nullptr;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(fd, backlog) != 0) {
+    step = "bind/listen";
+  } else if (!portfile.empty()) {
+    int p = bound_port(fd);
+    step = p < 0 ? "getsockname" : write_portfile(portfile, static_cast<uint16_t>(p));
+  }
+  if (step != nullptr) {
+    error = std::string(step) + ": " + std::strerror(errno);
+    ::close(fd);
+    return -1;
+  }
+  return fd;
 }
 
 // Sends all n bytes (MSG_NOSIGNAL), retrying after EINTR and partial sends.

@@ -126,21 +126,10 @@ void serve_stream(int fd, const options& o) {
 }
 
 int run_server(const options& o) {
-  sockaddr_storage ss;
-  socklen_t len = 0;
   std::string error;
-  int lfd = smc_test::open_tcp_socket(o.addr, o.port, ss, len, error);
+  int lfd = smc_test::open_listener(o.addr, o.port, 16, o.portfile, error);
   if (lfd < 0) {
     fail_exit(error);
-  }
-  int one = 1;
-  ::setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (::bind(lfd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(lfd, 16) != 0) {
-    fail_exit(errno_text("bind/listen", errno));
-  }
-  uint16_t port = static_cast<uint16_t>(smc_test::bound_port(lfd));
-  if (!o.portfile.empty() && smc_test::write_portfile(o.portfile, port) != nullptr) {
-    fail_exit(errno_text("portfile", errno));
   }
   for (uint64_t i = 0; i < o.conns; ++i) {
     int fd;

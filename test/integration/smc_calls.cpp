@@ -1067,25 +1067,12 @@ int main(int argc, char** argv) {
     usage("bad --mode " + o.mode);
   }
   ::signal(SIGPIPE, SIG_IGN);
-  sockaddr_storage ss;
-  socklen_t sl;
   std::string error;
-  int s = smc_test::open_tcp_socket(o.addr, o.port, ss, sl, error);
-  if (s < 0) {
-    fail_exit(error);
-  }
   int fd;
   if (o.server) {
-    int one = 1;
-    ::setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (::bind(s, reinterpret_cast<sockaddr*>(&ss), sl) != 0 || ::listen(s, 4) != 0) {
-      fail_exit(err_text("bind/listen"));
-    }
-    int port = smc_test::bound_port(s);
-    if (!o.portfile.empty()) {
-      if (const char* step = smc_test::write_portfile(o.portfile, static_cast<uint16_t>(port))) {
-        fail_exit(err_text(step));
-      }
+    int s = smc_test::open_listener(o.addr, o.port, 4, o.portfile, error);
+    if (s < 0) {
+      fail_exit(error);
     }
     fd = ::accept(s, nullptr, nullptr);
     if (fd < 0) {
@@ -1106,10 +1093,15 @@ int main(int argc, char** argv) {
     if (!o.port_given) {
       usage("client needs --port");
     }
-    if (::connect(s, reinterpret_cast<sockaddr*>(&ss), sl) != 0) {
+    sockaddr_storage ss;
+    socklen_t sl;
+    fd = smc_test::open_tcp_socket(o.addr, o.port, ss, sl, error);
+    if (fd < 0) {
+      fail_exit(error);
+    }
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), sl) != 0) {
       fail_exit(err_text("connect"));
     }
-    fd = s;
   }
   return run(fd, o);
 }

@@ -112,29 +112,24 @@ struct wire_info {
 };
 
 int tcp_connect(const options& o) {
-  sockaddr_storage ss;
-  socklen_t len = 0;
   std::string error;
-  int fd = smc_test::open_tcp_socket(o.addr, o.port, ss, len, error);
-  if (fd < 0) {
-    fail_exit(error);
-  }
   if (o.server) {
-    int one = 1;
-    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(fd, 1) != 0) {
-      fail_exit(std::string("bind/listen: ") + std::strerror(errno));
+    int lfd = smc_test::open_listener(o.addr, o.port, 1, o.portfile, error);
+    if (lfd < 0) {
+      fail_exit(error);
     }
-    auto port = static_cast<uint16_t>(smc_test::bound_port(fd));
-    if (!o.portfile.empty() && smc_test::write_portfile(o.portfile, port) != nullptr) {
-      fail_exit(std::string("portfile: ") + std::strerror(errno));
-    }
-    int c = ::accept(fd, nullptr, nullptr);
+    int c = ::accept(lfd, nullptr, nullptr);
     if (c < 0) {
       fail_exit(std::string("accept: ") + std::strerror(errno));
     }
-    ::close(fd);
+    ::close(lfd);
     return c;
+  }
+  sockaddr_storage ss;
+  socklen_t len = 0;
+  int fd = smc_test::open_tcp_socket(o.addr, o.port, ss, len, error);
+  if (fd < 0) {
+    fail_exit(error);
   }
   if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
     fail_exit(std::string("connect: ") + std::strerror(errno));
