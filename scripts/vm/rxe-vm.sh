@@ -17,9 +17,9 @@
 #       One VM (2 vCPUs). rxe0 on a dummy netdev d0 with 10.9.0.1/24.
 #       Exit status: SCRIPT's.
 #   rxe-vm.sh two SCRIPT_A SCRIPT_B [ARGS...]
-#       Two VMs (1 vCPU each) on one qemu socket network: A is 10.9.0.1/24,
-#       B 10.9.0.2/24, each with rxe0 on eth0. SCRIPT_A runs in A, SCRIPT_B
-#       in B, both with ARGS. Exit status: non-zero if either failed.
+#       Two VMs (1 vCPU each) joined by a qemu stream socket (unix): A is
+#       10.9.0.1/24, B 10.9.0.2/24, each with rxe0 on eth0. SCRIPT_A runs in
+#       A, SCRIPT_B in B, both with ARGS. Exit status: non-zero if either failed.
 #       Exit status 75: a guest kernel crashed (not a test result).
 #   rxe-vm.sh clean
 #       Removes kept results and leftover run dirs (not the cached kernel).
@@ -474,48 +474,32 @@ cmd_one() {
   return "$rc"
 }
 
-# A free port for the VMs' socket network: below Linux's ephemeral range
-# (32768+), not listened on now. Another process may still take it first;
-# start_listener then sees qemu fail and tries another one.
-pick_port() {
-  local port
-  while :; do
-    port=$((20000 + RANDOM % 12000))
-    [ -z "$(ss -Hltn "sport = :$port")" ] && break
-  done
-  echo "$port"
-}
-
-# Starts VM a listening on a free localhost port, sets PORT. Waits until the
-# port is bound by that qemu (a child of VM a's timeout process). Not to be
-# called in a subshell: the VM must be this shell's child.
-PORT=""
+# The VMs' network: a unix stream socket between the two qemus, in the
+# abstract namespace (no file to clean up, no path length limit). Not a TCP
+# connection (qemu's `socket,listen=` / `connect=`): qemu does not set
+# TCP_NODELAY on it, so a frame that followed another in the same direction
+# (a Soft-RoCE ACK, then the reply) waited for the host's delayed ACK, and
+# every RDMA hop between the VMs took ~22 ms while the guests' TCP, whose
+# frames alternate, did not notice.
+NET_SOCK=""
+# start_listener: starts VM a serving the network socket, sets NET_SOCK.
+# Waits until that qemu listens. Not to be called in a subshell: the VM must
+# be this shell's child.
 start_listener() {
-  local tries port pid i owner
-  for ((tries = 0; tries < 5; tries++)); do
-    port=$(pick_port)
-    launch a 1 -netdev "socket,id=n0,listen=127.0.0.1:$port" \
-      -device virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01,romfile=
-    pid=${VM_PID[a]}
-    for ((i = 0; i < 100; i++)); do
-      owner=$(ss -Hltnp "sport = :$port" | sed -n 's/.*pid=\([0-9]*\),.*/\1/p' | head -n 1)
-      if [ -n "$owner" ] && [ "$(awk '/^PPid:/ { print $2 }' "/proc/$owner/status" 2> /dev/null)" = "$pid" ]; then
-        PORT=$port
-        return 0
-      fi
-      alive "$pid" || break
-      sleep 0.1
-    done
-    wait_vm a
-    if ! grep -qi 'in use' "$RUN_DIR/qemu-a.log"; then
-      cat "$RUN_DIR/qemu-a.log" >&2
-      die "VM a did not start listening on 127.0.0.1:$port"
+  local i
+  NET_SOCK="smc-vm-$(basename "$RUN_DIR")-$$"
+  launch a 1 -netdev "stream,id=n0,server=on,addr.type=unix,addr.path=$NET_SOCK,addr.abstract=on" \
+    -device virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01,romfile=
+  for ((i = 0; i < 200; i++)); do
+    if ss -Hxl | grep -qF "@$NET_SOCK "; then
+      return 0
     fi
-    say "port $port was taken, trying another"
-    unset 'VM_RC[a]'
-    VM_ROLES=()
+    alive "${VM_PID[a]}" || break
+    sleep 0.05
   done
-  die "found no free port for the VMs' network"
+  wait_vm a
+  cat "$RUN_DIR/qemu-a.log" >&2
+  die "VM a did not start listening on @$NET_SOCK"
 }
 
 cmd_two() {
@@ -528,8 +512,8 @@ cmd_two() {
   write_boot a 10.9.0.1 10.9.0.2 eth0 "$script_a" "$@"
   write_boot b 10.9.0.2 10.9.0.1 eth0 "$script_b" "$@"
   start_listener
-  say "VMs a and b on 127.0.0.1:$PORT"
-  launch b 1 -netdev "socket,id=n0,connect=127.0.0.1:$PORT" \
+  say "VMs a and b on @$NET_SOCK"
+  launch b 1 -netdev "stream,id=n0,server=off,addr.type=unix,addr.path=$NET_SOCK,addr.abstract=on" \
     -device virtio-net-pci,netdev=n0,mac=52:54:00:00:00:02,romfile=
   wait_pair
   report a "[a] " || rc_a=$?
