@@ -32,9 +32,9 @@ python3 "$here/kernel_smc_setup.py" "$ueid" "$SMC_VM_NETDEV" "$dev" || fail "ker
 have() { [ -s "$res/$1" ]; }
 
 # step NAME KIND ARGS...: one measurement. KIND perf:TOOL runs a perftest
-# tool, else smc_bench as KIND (smc: under smc_run -t rdma; kernel: AF_SMC;
-# tcp: plain). VM a serves (its smc_bench publishes NAME.port), VM b runs the
-# client and keeps its output in NAME.out.
+# tool, floor runs verbs_floor, else smc_bench as KIND (smc: under smc_run -t
+# rdma; kernel: AF_SMC; tcp: plain). VM a serves (verbs_floor and smc_bench
+# publish NAME.port), VM b runs the client and keeps its output in NAME.out.
 step() {
   local name=$1 kind=$2
   shift 2
@@ -47,6 +47,9 @@ step() {
     if [[ $kind == perf:* ]]; then
       timeout 120 "${kind#perf:}" -d "$dev" -x "$SMC_VM_GID_INDEX" "$@" > /dev/null 2>&1 ||
         fail "$name server"
+    elif [ "$kind" = floor ]; then
+      timeout 120 "$build/verbs_floor" server --addr "$SMC_VM_IP" --portfile "$res/$name.port" \
+        "$@" > /dev/null 2>&1 || fail "$name server"
     else
       timeout 120 "${wrap[@]}" "$build/smc_bench" server --addr "$SMC_VM_IP" --port 0 \
         --portfile "$res/$name.port" "$@" > /dev/null 2>&1 || fail "$name server"
@@ -57,11 +60,14 @@ step() {
       # perftest's server listens on a fixed port: try until it is there.
       retry_for 60 timeout 120 "${kind#perf:}" -d "$dev" -x "$SMC_VM_GID_INDEX" "$@" \
         "$SMC_VM_PEER_IP" > "$res/$name.out" 2> /dev/null || fail "$name client"
-    elif retry_for 60 have "$name.port" > /dev/null; then
-      timeout 120 "${wrap[@]}" "$build/smc_bench" client --addr "$SMC_VM_PEER_IP" \
+    elif ! retry_for 60 have "$name.port" > /dev/null; then
+      fail "$name: no server"
+    elif [ "$kind" = floor ]; then
+      timeout 120 "$build/verbs_floor" client --addr "$SMC_VM_PEER_IP" \
         --port "$(cat "$res/$name.port")" "$@" > "$res/$name.out" 2>&1 || fail "$name client"
     else
-      fail "$name: no server"
+      timeout 120 "${wrap[@]}" "$build/smc_bench" client --addr "$SMC_VM_PEER_IP" \
+        --port "$(cat "$res/$name.port")" "$@" > "$res/$name.out" 2>&1 || fail "$name client"
     fi
     echo > "$res/$name.done"
   fi
@@ -70,6 +76,7 @@ step() {
 step write_lat perf:ib_write_lat -s 64 -n "$iters"
 step send_lat perf:ib_send_lat -s 64 -n "$iters"
 step write_bw perf:ib_write_bw -s 65536 -n 2000
+step floor floor --pattern write_send --size 64 --iters "$iters"
 for kind in smc kernel tcp; do
   step "pp_$kind" "$kind" --test pingpong --size 64 --iters "$iters"
   step "st_$kind" "$kind" --test stream --size 65536 --seconds 5
@@ -83,6 +90,8 @@ if [ "$SMC_VM_ROLE" = b ]; then
   echo "two VMs, $dev, $SMC_VM_IP -> $SMC_VM_PEER_IP, 64-byte round trips ($iters), 64 KiB stream:"
   printf '  %-34s %10s us (one-way, typical)\n' "ib_write_lat" "$(col write_lat 5)"
   printf '  %-34s %10s us (one-way, typical)\n' "ib_send_lat" "$(col send_lat 5)"
+  printf '  %-34s %10s us (round trip, p50; avg %s)\n' "verbs_floor, WRITE+SEND (SMC-R's)" \
+    "$(field floor p50_us)" "$(field floor avg_us)"
   for kind in smc kernel tcp; do
     label="smc_bench ping-pong, $kind"
     case $kind in
