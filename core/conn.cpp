@@ -317,6 +317,9 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
       timeout_ms = 10;
     }
     int n = sys().poll(p, fin ? 1 : 2, timeout_ms);
+    if (n > 0 && !fin && p[1].revents != 0) {
+      tcp_stirred_.store(true);
+    }
     if (n < 0) {
       rc = errno == EINTR ? EINTR : errno;
     } else if (n == 0) {
@@ -449,7 +452,7 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
     if (!spun && spin_rx(pf)) {
       continue;
     }
-    if (check_tcp()) {
+    if (tcp_needs_look() && check_tcp()) {
       continue;
     }
     int left = -1;
@@ -566,7 +569,7 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
     if (!spun && spin_tx()) {
       continue;
     }
-    if (check_tcp()) {
+    if (tcp_needs_look() && check_tcp()) {
       continue;
     }
     int left = -1;
@@ -695,6 +698,14 @@ uint32_t conn::unsent_bytes() {
 }
 
 int conn::take_error() { return so_error_.exchange(0); }
+
+bool conn::tcp_needs_look() {
+  // Before a blocking wait: the wait's poll watches the TCP socket (level-
+  // triggered), so what the socket holds now wakes it at once and is looked
+  // at after. A look (a system call) is due only when the last poll saw the
+  // socket stir, or after the peer's FIN, whose meaning the look settles.
+  return fin_ms_.load() != 0 || tcp_stirred_.exchange(false);
+}
 
 bool conn::check_tcp() {
   if (finished()) {

@@ -112,6 +112,8 @@ class conn {
   bool tx_look(uint32_t& space);
   void abort_locally(int err);
   int block_timeout_ms(bool rx, int flags);
+  // Before a blocking wait: whether check_tcp() is worth its system call.
+  bool tcp_needs_look();
   // Busy-wait up to spin_us_ for the peer's producer cursor or flags (rx) or
   // its consumer cursor (tx) to move; true if it did.
   bool spin_rx(uint8_t pf);
@@ -138,6 +140,9 @@ class conn {
   std::atomic<bool> shut_rd_{false};
   std::atomic<bool> gone_{false};      // peer's TCP closed
   std::atomic<int64_t> fin_ms_{0};     // when the peer's TCP FIN was seen (0: not yet)
+  // The TCP socket showed something (readable, hung up, error) to a wait's
+  // poll since check_tcp() last looked; true at first.
+  std::atomic<bool> tcp_stirred_{true};
   std::atomic<bool> tcp_half_{false};  // that FIN is the peer's SHUT_WR, not its end
   std::atomic<bool> gone_reset_{false};
   std::atomic<int> err_{0};            // sticky error (ECONNRESET, ...)

@@ -1275,6 +1275,55 @@ TEST_CASE("a reader blocked in recv wakes when the peer sends", "[conn][wake]") 
   CHECK(p.b_ctl->rx_waiters.load() == 0);
 }
 
+// Counts recv(MSG_PEEK | MSG_DONTWAIT) calls, the look check_tcp() takes at
+// the TCP socket, while it is in scope.
+struct tcp_look_counter {
+  static inline std::atomic<int> looks{0};
+  static inline ssize_t (*real)(int, void*, size_t, int) = nullptr;
+  static ssize_t counting(int fd, void* b, size_t n, int flags) {
+    if ((flags & (MSG_PEEK | MSG_DONTWAIT)) == (MSG_PEEK | MSG_DONTWAIT)) {
+      looks.fetch_add(1);
+    }
+    return real(fd, b, n, flags);
+  }
+  tcp_look_counter() {
+    real = smc::rdma::sys().recv;
+    looks.store(0);
+    smc::rdma::sys().recv = counting;
+  }
+  ~tcp_look_counter() { smc::rdma::sys().recv = real; }
+};
+
+TEST_CASE("a blocked recv looks at the TCP socket only when its poll saw it stir",
+          "[conn][wake]") {
+  // Every sleep's poll watches the TCP socket; asking it (a system call)
+  // before each sleep as well costs a round trip's worth of latency on a
+  // busy host. The first sleep of a connection still looks.
+  conn_pair p(0);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
+  tcp_look_counter counter;
+  constexpr int rounds = 10;
+  for (int round = 0; round < rounds; ++round) {
+    INFO("round " << round);
+    auto fut = std::async(std::launch::async, [&] { return recv_str(*p.b, 100); });
+    REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+    REQUIRE(send_str(*p.a, "ping").n == 4);
+    CHECK(fut.get() == "ping");
+  }
+  CHECK(tcp_look_counter::looks.load() <= 1);
+  // The peer's TCP end still wakes a sleeping reader, which then looks.
+  auto fut = std::async(std::launch::async, [&] {
+    io_result r{};
+    recv_str(*p.b, 10, 0, &r);
+    return r;
+  });
+  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  p.drop_a_tcp();
+  io_result r = fut.get();
+  CHECK(r.n == 0);
+  CHECK(tcp_look_counter::looks.load() >= 2);
+}
+
 TEST_CASE("a writer blocked on a full ring wakes when the peer reads", "[conn][wake]") {
   conn_pair p(0);
   set_sock_timeout(p.a_tcp(), SO_SNDTIMEO, 5000);
