@@ -226,8 +226,8 @@ std::unique_ptr<memory_region> memory_region::create(const std::shared_ptr<devic
 
 completion_queue::~completion_queue() {
   if (cq_ != nullptr) {
-    if (unacked_ != 0) {
-      ibv_ack_cq_events(cq_, unacked_);
+    if (unsigned n = unacked_.load(); n != 0) {
+      ibv_ack_cq_events(cq_, n);
     }
     ibv_destroy_cq(cq_);
   }
@@ -267,9 +267,10 @@ bool completion_queue::take_event() {
     return false;
   }
   // Acknowledging costs a lock: batch it.
-  if (++unacked_ >= 64) {
-    ibv_ack_cq_events(cq_, unacked_);
-    unacked_ = 0;
+  if (unacked_.fetch_add(1) + 1 >= 64) {
+    if (unsigned n = unacked_.exchange(0); n != 0) {
+      ibv_ack_cq_events(cq_, n);
+    }
   }
   return true;
 }

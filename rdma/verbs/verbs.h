@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -98,7 +99,8 @@ class completion_queue {
   int fd() const { return channel_->fd; }
   /// Re-arms notification; call after draining.
   bool arm();
-  /// Consumes the channel event (after fd() became readable). Non-blocking.
+  /// Consumes the channel event (after fd() became readable). Non-blocking;
+  /// any thread (false: no event, e.g. another thread took it).
   bool take_event();
 
  private:
@@ -106,7 +108,7 @@ class completion_queue {
   std::shared_ptr<device> dev_;
   ibv_comp_channel* channel_ = nullptr;
   ibv_cq* cq_ = nullptr;
-  unsigned unacked_ = 0;
+  std::atomic<unsigned> unacked_{0};  // taken, not yet acknowledged
 };
 
 /// What the peer told us about its end of a link (from CLC / LLC).
