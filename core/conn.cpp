@@ -308,15 +308,26 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
   }
   int rc = 0;
   if (!ready()) {  // re-check after arming: the peer rings only for declared waiters
-    pollfd p[2] = {{rx ? path_->rx_fd() : path_->tx_fd(), POLLIN, 0},
-                   {tcp_fd_, POLLIN | POLLRDHUP, 0}};
+    pollfd p[3] = {{rx ? path_->rx_fd() : path_->tx_fd(), POLLIN, 0},
+                   {tcp_fd_, POLLIN | POLLRDHUP, 0},
+                   {-1, POLLIN, 0}};
     // After the peer's FIN the TCP socket stays readable: stop watching it,
     // and while its meaning is open (check_tcp()) look again every few ms.
     const bool fin = fin_ms_.load() != 0;
     if (fin && !finished() && (timeout_ms < 0 || timeout_ms > 10)) {
       timeout_ms = 10;
     }
-    int n = sys().poll(p, fin ? 1 : 2, timeout_ms);
+    nfds_t nfds = fin ? 1 : 2;
+    // What we wait for may come through the transport's own queue: wait on
+    // it too, and dispatch it here (data_path::begin_direct_wait).
+    const int direct = path_->begin_direct_wait();
+    if (direct >= 0) {
+      p[nfds++] = {direct, POLLIN, 0};
+    }
+    int n = sys().poll(p, nfds, timeout_ms);
+    if (direct >= 0) {
+      path_->end_direct_wait(n > 0 && p[nfds - 1].revents != 0);
+    }
     if (n > 0 && !fin && p[1].revents != 0) {
       tcp_stirred_.store(true);
     }

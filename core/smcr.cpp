@@ -25,6 +25,7 @@
 #include "core/engine.h"
 #include "core/llc.h"
 #include "core/log.h"
+#include "core/stats.h"
 #include "rdma/sys.h"
 
 namespace smc::core::smcr {
@@ -141,6 +142,9 @@ class link_group : public std::enable_shared_from_this<link_group> {
   ~link_group() {
     rwatch_.reset();
     swatch_.reset();
+    if (chan_ep_ >= 0) {
+      sys().close(chan_ep_);
+    }
     g_live_groups.fetch_sub(1);
     SMC_LOG(debug, "smcr: link group %p destroyed", static_cast<void*>(this));
   }
@@ -156,7 +160,18 @@ class link_group : public std::enable_shared_from_this<link_group> {
   bool send_cdc(slot& s, bool sig = false, uint8_t extra_prod_flags = 0,
                 ibv_send_wr* before = nullptr, int nbefore = 0);
   void fail(const char* why);
-  void on_recv();
+  void on_recv() { take_rx_event(true); }
+  // After the receive CQ's channel became readable: takes the event, re-arms
+  // the CQ (unless spinners keep it quiet) and dispatches what completed.
+  void take_rx_event(bool by_engine);
+  // Application threads blocked in a call may wait on the channel themselves
+  // (direct waiters): the thread that needs a message is woken by it, not the
+  // engine first and that thread after it (a second wake-up and a doorbell
+  // per message). While there are any, the engine stops watching the channel;
+  // the direct waiters dispatch for everybody (doorbell sleepers included).
+  int begin_direct_wait();
+  void end_direct_wait(bool readable);
+  void watch_channel(bool on);  // under direct_mu_
   void poll_recv();      // under rx_poll_mu_
   void poll_recv_now();  // any thread; skips if another one is dispatching
   // Threads busy-polling the receive CQ (poll_recv_now in a loop). While
@@ -203,6 +218,12 @@ class link_group : public std::enable_shared_from_this<link_group> {
   std::unique_ptr<v::memory_region> rbuf_;
   std::unique_ptr<engine::watch> rwatch_;
   std::unique_ptr<engine::watch> swatch_;
+  // The engine watches the receive channel through this epoll set, so that
+  // direct waiters can take the channel out of it (and put it back) at the
+  // cost of one epoll_ctl, without a round trip through the engine thread.
+  int chan_ep_ = -1;
+  std::mutex direct_mu_;
+  int direct_waiters_ = 0;  // under direct_mu_
   clc::gid_t peer_gid_{};
   clc::peer_id_t peer_id_{};  // server: the client's peer id (CLC Proposal)
   uint32_t peer_qpn_ = 0;
@@ -289,8 +310,20 @@ bool link_group::init() {
       return false;
     }
   }
+  chan_ep_ = sys().epoll_create1(EPOLL_CLOEXEC);
+  if (chan_ep_ < 0) {
+    return false;
+  }
+  {
+    std::lock_guard<std::mutex> lk(direct_mu_);
+    epoll_event ev{};
+    ev.events = EPOLLIN;  // level-triggered: an event left in the channel keeps the set ready
+    if (sys().epoll_ctl(chan_ep_, EPOLL_CTL_ADD, rcq_->fd(), &ev) != 0) {
+      return false;
+    }
+  }
   std::weak_ptr<link_group> w = weak_from_this();
-  rwatch_ = engine::watch_fd(rcq_->fd(), [w] {
+  rwatch_ = engine::watch_fd(chan_ep_, [w] {
     if (auto g = w.lock()) {
       g->on_recv();
     }
@@ -429,8 +462,39 @@ void link_group::fail(const char* why) {
   unregister(this);
 }
 
-void link_group::on_recv() {
-  rcq_->take_event();
+void link_group::watch_channel(bool on) {
+  epoll_event ev{};
+  ev.events = on ? static_cast<uint32_t>(EPOLLIN) : 0U;
+  // Put back while the channel holds an event, the set is ready at once and
+  // the engine takes it.
+  sys().epoll_ctl(chan_ep_, EPOLL_CTL_MOD, rcq_->fd(), &ev);
+}
+
+int link_group::begin_direct_wait() {
+  if (failed_.load()) {
+    return -1;
+  }
+  std::lock_guard<std::mutex> lk(direct_mu_);
+  if (direct_waiters_++ == 0) {
+    watch_channel(false);
+  }
+  return rcq_->fd();
+}
+
+void link_group::end_direct_wait(bool readable) {
+  if (readable) {
+    take_rx_event(false);
+  }
+  std::lock_guard<std::mutex> lk(direct_mu_);
+  if (--direct_waiters_ == 0) {
+    watch_channel(true);
+  }
+}
+
+void link_group::take_rx_event(bool by_engine) {
+  if (rcq_->take_event()) {
+    stats::count_cq_event(by_engine);
+  }
   // Disarmed first, then looked: a spinner leaving at the same time either
   // sees rx_armed_ false and re-arms, or is already gone and we re-arm.
   rx_armed_.store(false, std::memory_order_seq_cst);
@@ -1409,6 +1473,8 @@ class smcr_path final : public rdma::data_path {
       g_->spinner(on);
     }
   }
+  int begin_direct_wait() override { return foreign() ? -1 : g_->begin_direct_wait(); }
+  void end_direct_wait(bool readable) override { g_->end_direct_wait(readable); }
 
  private:
   bool foreign() const { return gen_ != g_fork_gen.load(std::memory_order_relaxed); }

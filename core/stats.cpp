@@ -19,6 +19,8 @@ struct counters {
   std::array<std::atomic<uint64_t>, static_cast<size_t>(reason::count_)> reasons{};
   std::atomic<uint64_t> tx{0};
   std::atomic<uint64_t> rx{0};
+  std::atomic<uint64_t> cq_engine{0};
+  std::atomic<uint64_t> cq_caller{0};
 };
 
 counters& c() {
@@ -39,6 +41,9 @@ void count_fallback(reason r) {
 }
 void add_tx(uint64_t n) { c().tx.fetch_add(n, std::memory_order_relaxed); }
 void add_rx(uint64_t n) { c().rx.fetch_add(n, std::memory_order_relaxed); }
+void count_cq_event(bool by_engine) {
+  (by_engine ? c().cq_engine : c().cq_caller).fetch_add(1, std::memory_order_relaxed);
+}
 
 void reset() {
   c().shm = 0;
@@ -49,6 +54,8 @@ void reset() {
   }
   c().tx = 0;
   c().rx = 0;
+  c().cq_engine = 0;
+  c().cq_caller = 0;
 }
 
 std::string to_json(int pid) {
@@ -68,7 +75,9 @@ std::string to_json(int pid) {
     s += "\"" + std::string(to_name(static_cast<reason>(i))) + "\": " + std::to_string(v);
     first = false;
   }
-  s += "}, \"bytes\": {\"smc_tx\": " + ull(c().tx) + ", \"smc_rx\": " + ull(c().rx) + "}}\n";
+  s += "}, \"bytes\": {\"smc_tx\": " + ull(c().tx) + ", \"smc_rx\": " + ull(c().rx) +
+       "}, \"rdma_cq_events\": {\"engine\": " + ull(c().cq_engine) +
+       ", \"caller\": " + ull(c().cq_caller) + "}}\n";
   return s;
 }
 

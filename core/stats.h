@@ -14,6 +14,10 @@ void count_rdma();
 void count_fallback(reason r);
 void add_tx(uint64_t n);
 void add_rx(uint64_t n);
+/// An SMC-R receive completion event (a notification that messages came)
+/// taken by the engine thread, or by the application thread that was blocked
+/// waiting for them.
+void count_cq_event(bool by_engine);
 
 /// The JSON document for the current counters.
 std::string to_json(int pid);

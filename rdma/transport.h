@@ -80,6 +80,13 @@ class data_path {
   /// while nobody was woken. A non-blocking call that finds nothing calls
   /// poll_progress() once itself.
   virtual void spin(bool /*on*/) {}
+  /// A blocked reader or writer about to sleep on its doorbell may also wait
+  /// on the returned fd (-1: none): readable when the transport has news to
+  /// dispatch, which the waiting thread then does itself instead of another
+  /// thread dispatching and ringing the doorbell. A call that returned an fd
+  /// is paired with end_direct_wait(readable) once the wait is over.
+  virtual int begin_direct_wait() { return -1; }
+  virtual void end_direct_wait(bool /*readable*/) {}
 
   // ---- ordering against the TCP socket ----
   /// After publishing our close: returns once the peer has our closing

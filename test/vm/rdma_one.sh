@@ -7,6 +7,8 @@
 #   - 50 concurrent connections share one link group (one QP per process)
 #   - 1000 connect/close cycles leave no QPs, MRs or fds behind
 #   - an SMC-R connection across fork(): reset in the child, intact in the parent
+#   - a blocked ping-pong (no spinning) is woken by its own receive CQ events,
+#     not through the engine thread (the stats' rdma_cq_events)
 #   - a peer killed mid-transfer: EOF or ECONNRESET within 2 s
 set -u
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -149,6 +151,31 @@ if retry_for 30 wait_port "$d/port"; then
     fail "fork: ${r:-0} of 3 connections over SMC-R"
 else
   fail "fork: server did not start"
+fi
+
+# A blocked call that sleeps waits on the receive CQ's channel itself: with
+# no spinning, every reply of a ping-pong wakes the client's own thread, and
+# the engine thread takes (almost) none of those events.
+d=$tmp/direct
+mkdir -p "$d"
+SMC_SPIN_US=0 timeout 300 "$smc_run" "$build/smc_bench" server --addr "$ip" --port 0 \
+  --portfile "$d/port" --test pingpong > "$d/server.out" 2>&1 &
+spid=$!
+if retry_for 30 wait_port "$d/port"; then
+  iters=500
+  SMC_SPIN_US=0 SMC_STATS_FILE=$d/client.json timeout 300 "$smc_run" "$build/smc_bench" client \
+    --addr "$ip" --port "$(cat "$d/port")" --test pingpong --iters "$iters" > "$d/client.out" 2>&1 ||
+    fail "direct wait: $(cat "$d/client.out")"
+  wait "$spid"
+  by_caller=$(json_int "$d/client.json" caller)
+  by_engine=$(json_int "$d/client.json" engine)
+  if [ "${by_caller:-0}" -ge $((iters * 9 / 10)) ] && [ "${by_engine:-0}" -le $((iters / 10)) ]; then
+    pass "direct wait: $iters blocked round trips, receive CQ events taken by the caller $by_caller, by the engine $by_engine ($(cat "$d/client.out"))"
+  else
+    fail "direct wait: receive CQ events taken by the caller ${by_caller:-?}, by the engine ${by_engine:-?} over $iters blocked round trips"
+  fi
+else
+  fail "direct wait: server did not start"
 fi
 
 # A peer killed mid-transfer: the survivor sees EOF or ECONNRESET within 2 s.
