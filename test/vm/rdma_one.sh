@@ -9,6 +9,8 @@
 #   - an SMC-R connection across fork(): reset in the child, intact in the parent
 #   - a blocked ping-pong (no spinning) is woken by its own receive CQ events,
 #     not through the engine thread (the stats' rdma_cq_events)
+#   - 16 threads connect at once, and per connection one thread writes while
+#     another reads, all blocking on one link group (smc_calls --mode threads)
 #   - a peer killed mid-transfer: EOF or ECONNRESET within 2 s
 set -u
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -176,6 +178,28 @@ if retry_for 30 wait_port "$d/port"; then
   fi
 else
   fail "direct wait: server did not start"
+fi
+
+# Many threads blocked at once on one link group: 16 connections made at the
+# same moment, on each one thread writing while another reads, 1 MiB echoed
+# and verified per connection (these blocked calls wait on the receive
+# channel themselves, and dispatch for each other).
+d=$tmp/threads
+mkdir -p "$d"
+SMC_STATS_FILE=$d/server.json timeout 300 "$smc_run" "$build/smc_fork" server --addr "$ip" \
+  --portfile "$d/port" --count 17 > "$d/server.out" 2>&1 &
+spid=$!
+if retry_for 30 wait_port "$d/port"; then
+  SMC_SPIN_US=0 SMC_STATS_FILE=$d/client.json timeout 300 "$smc_run" "$build/smc_calls" client \
+    --addr "$ip" --port "$(cat "$d/port")" --mode threads --bytes 1M > "$d/client.out" 2>&1 &&
+    grep -q '^ok mode=threads client conns=17 ' "$d/client.out" &&
+    pass "threads: $(cat "$d/client.out")" || fail "threads: $(tail -3 "$d/client.out")"
+  wait "$spid" || fail "threads server: $(tail -3 "$d/server.out")"
+  r=$(json_int "$d/client.json" smc_rdma)
+  [ "${r:-0}" -eq 17 ] && pass "threads: all 17 connections over SMC-R" ||
+    fail "threads: ${r:-0} of 17 connections over SMC-R"
+else
+  fail "threads: server did not start"
 fi
 
 # A peer killed mid-transfer: the survivor sees EOF or ECONNRESET within 2 s.
