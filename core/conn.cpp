@@ -636,7 +636,17 @@ void conn::close(bool abort) {
   uint8_t f = my_flags_.fetch_or(add) | add;
   path_->publish_prod(tx_prod_.load(), f);
   path_->publish_cons(rx_cons_.load());  // wakes a peer writer blocked on our full RMB
-  path_->settle_close();
+  // Our closing state must reach the peer before our TCP FIN can. A peer
+  // that ended its side already (its SMC close, or its TCP end taken as its
+  // end) reads neither, and its process may be gone: then the message is
+  // never acknowledged, and waiting for it stalled each such close for the
+  // transport's bound (an event-loop server closing the connections of a
+  // client that had exited stalled a second per connection).
+  const bool peer_ended =
+      (path_->peer_conn_flags() & (cdc::conn_closed | cdc::conn_abnormal)) != 0 || gone_.load();
+  if (!peer_ended) {
+    path_->settle_close();
+  }
   SMC_LOG(debug, "fd %d: SMC close (%s)", tcp_fd_, (add & cdc::conn_abnormal) != 0 ? "abort" : "orderly");
 }
 

@@ -167,6 +167,11 @@ class hooked_path final : public smc::rdma::data_path {
   void drain_tx() override { in_->drain_tx(); }
   void kick_rx() override { in_->kick_rx(); }
   void kick_tx() override { in_->kick_tx(); }
+  void settle_close() override {
+    ++settles;
+    in_->settle_close();
+  }
+  int settles = 0;  // settle_close() calls
 
  private:
   static void run_once(std::function<void()>& hook) {
@@ -868,6 +873,38 @@ TEST_CASE("close(false) with nothing unread: the peer reads the data, then EOF",
   CHECK(r.n == -1);
   CHECK(r.err == EPIPE);
   CHECK((p.b->events() & POLLOUT) != 0);  // a write would not block
+}
+
+TEST_CASE("close waits for its closing state to settle only while the peer has not ended",
+          "[conn][close]") {
+  // The wait orders our close before our TCP FIN for a peer that still
+  // reads; toward a peer that already closed (maybe exited, never to
+  // acknowledge anything again) it would only stall the closing thread.
+  SECTION("peer still open") {
+    conn_pair p(0, ring16k, ring16k, true);
+    REQUIRE(send_str(*p.b, "x").n == 1);
+    p.b->close(false);
+    CHECK(p.b_hook->settles == 1);
+    CHECK(recv_str(*p.a, 10) == "x");
+  }
+  SECTION("peer closed first") {
+    conn_pair p(0, ring16k, ring16k, true);
+    p.a->close(false);
+    io_result r{};
+    recv_str(*p.b, 10, 0, &r);
+    REQUIRE(r.n == 0);  // B saw A's end
+    p.b->close(false);
+    CHECK(p.b_hook->settles == 0);
+  }
+  SECTION("peer's TCP ended (its process died)") {
+    conn_pair p(0, ring16k, ring16k, true);
+    p.drop_a_tcp();
+    io_result r{};
+    recv_str(*p.b, 10, 0, &r);
+    REQUIRE(r.n == 0);
+    p.b->close(false);
+    CHECK(p.b_hook->settles == 0);
+  }
 }
 
 TEST_CASE("close(false) wakes a peer blocked in recv with EOF", "[conn][close]") {
