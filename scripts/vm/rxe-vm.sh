@@ -363,6 +363,9 @@ qemu_path() { echo "${1//,/,,}"; }
 # launch ROLE VCPUS [QEMU ARGS...]: starts a VM in the background.
 # timeout(1) bounds it (TERM, then KILL 10 s later); setpriv makes timeout,
 # and with it qemu, go away if this script dies without running its traps.
+# oops=panic: a guest kernel oops (seen in rxe's workers under emulation)
+# otherwise left the guest running without that worker, its script hung
+# until SMC_VM_TIMEOUT; panicking ends the VM at once, as a crash.
 launch() {
   local role=$1 cpus=$2 kver tcg=$TCG_THREAD
   shift 2
@@ -375,7 +378,7 @@ launch() {
     -nodefaults -no-user-config -display none -monitor none -no-reboot \
     -serial "file:$(qemu_path "$RUN_DIR/console-$role.log")" \
     -kernel "$(qemu_path "$(kroot)/boot/vmlinuz-$kver")" -initrd "$(qemu_path "$WORK/initrd.gz")" \
-    -append "console=ttyS0 quiet panic=-1 smcvm.role=$role ${SMC_VM_KERNEL_ARGS:-}" \
+    -append "console=ttyS0 quiet panic=-1 oops=panic smcvm.role=$role ${SMC_VM_KERNEL_ARGS:-}" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$(qemu_path "$RUN_DIR"),mount_tag=ctl,security_model=none" \
     -virtfs "local,path=$(qemu_path "$RESULTS"),mount_tag=results,security_model=none" \
