@@ -167,6 +167,23 @@ inline int open_listener(const std::string& addr, uint16_t port, int backlog,
   return fd;
 }
 
+// A tcp_socket() connected (blocking) to addr:port. Returns the fd, or -1
+// with `error` set to "connect: <strerror>" (or as open_tcp_socket).
+inline int dial(const std::string& addr, uint16_t port, std::string& error) {
+  sockaddr_storage ss;
+  socklen_t len = 0;
+  int fd = open_tcp_socket(addr, port, ss, len, error);
+  if (fd < 0) {
+    return -1;
+  }
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    error = std::string("connect: ") + std::strerror(errno);
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 // Sends all n bytes (MSG_NOSIGNAL), retrying after EINTR and partial sends.
 // Returns false with errno set on an error.
 inline bool send_all(int fd, const void* buf, size_t n) {

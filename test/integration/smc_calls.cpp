@@ -913,15 +913,10 @@ int run_threads_client(int first, const options& o) {
       while (!go.load()) {
         std::this_thread::yield();
       }
-      sockaddr_storage ss;
-      socklen_t sl;
       std::string error;
-      int fd = smc_test::open_tcp_socket(o.addr, o.port, ss, sl, error);
+      int fd = smc_test::dial(o.addr, o.port, error);
       if (fd < 0) {
-        fail_exit(error);
-      }
-      if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), sl) != 0) {
-        fail_exit(err_text("connect (a thread)"));
+        fail_exit("a thread: " + error);
       }
       echo_both_ways(fd, o.seed + static_cast<uint64_t>(i) + 1, o.bytes);
       ::close(fd);
@@ -1093,14 +1088,9 @@ int main(int argc, char** argv) {
     if (!o.port_given) {
       usage("client needs --port");
     }
-    sockaddr_storage ss;
-    socklen_t sl;
-    fd = smc_test::open_tcp_socket(o.addr, o.port, ss, sl, error);
+    fd = smc_test::dial(o.addr, o.port, error);
     if (fd < 0) {
       fail_exit(error);
-    }
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), sl) != 0) {
-      fail_exit(err_text("connect"));
     }
   }
   return run(fd, o);

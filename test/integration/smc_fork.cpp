@@ -164,15 +164,10 @@ int serve(const smc_test::endpoint_options& o, uint64_t count, bool exec_listene
 }
 
 int dial(const smc_test::endpoint_options& o) {
-  sockaddr_storage ss;
-  socklen_t len;
   std::string error;
-  int fd = smc_test::open_tcp_socket(o.addr, o.port, ss, len, error);
+  int fd = smc_test::dial(o.addr, o.port, error);
   if (fd < 0) {
     die(error);
-  }
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
-    die(std::string("connect: ") + std::strerror(errno));
   }
   return fd;
 }

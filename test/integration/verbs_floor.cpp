@@ -125,14 +125,9 @@ int tcp_connect(const options& o) {
     ::close(lfd);
     return c;
   }
-  sockaddr_storage ss;
-  socklen_t len = 0;
-  int fd = smc_test::open_tcp_socket(o.addr, o.port, ss, len, error);
+  int fd = smc_test::dial(o.addr, o.port, error);
   if (fd < 0) {
     fail_exit(error);
-  }
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
-    fail_exit(std::string("connect: ") + std::strerror(errno));
   }
   return fd;
 }
