@@ -243,6 +243,10 @@ class conn_pair {
     b = std::make_unique<conn>(std::move(pb), sv[1], spin_us);
   }
 
+  /// B's recv of up to `max` bytes, run in another thread; returns once that
+  /// recv is blocked waiting for A.
+  std::future<io_result> b_recv_blocked(size_t max = 10);
+
   int a_tcp() const { return a_tcp_.fd; }
   int b_tcp() const { return b_tcp_.fd; }
   /// A's process "dies": its TCP socket closes without any SMC close.
@@ -311,6 +315,16 @@ std::string recv_str(conn& c, size_t max, int flags = 0, io_result* res = nullpt
   }
   s.resize(r.n > 0 ? static_cast<size_t>(r.n) : 0);
   return s;
+}
+
+std::future<io_result> conn_pair::b_recv_blocked(size_t max) {
+  auto fut = std::async(std::launch::async, [this, max] {
+    io_result r{};
+    recv_str(*b, max, 0, &r);
+    return r;
+  });
+  REQUIRE(spin_until([&] { return b_ctl->rx_waiters.load() != 0; }));
+  return fut;
 }
 
 /// Splits [buf, buf + n) into iovecs at random points (with empty ones
@@ -843,12 +857,7 @@ TEST_CASE("shutdown(SHUT_WR): the peer reads all data, then EOF", "[conn][close]
 
 TEST_CASE("shutdown(SHUT_WR) wakes a peer blocked in recv", "[conn][close]") {
   conn_pair p;
-  auto fut = std::async(std::launch::async, [&] {
-    io_result r{};
-    recv_str(*p.b, 10, 0, &r);
-    return r;
-  });
-  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  auto fut = p.b_recv_blocked();
   REQUIRE(p.a->shutdown(SHUT_WR) == 0);
   io_result r = fut.get();
   CHECK(r.n == 0);
@@ -909,12 +918,7 @@ TEST_CASE("close waits for its closing state to settle only while the peer has n
 
 TEST_CASE("close(false) wakes a peer blocked in recv with EOF", "[conn][close]") {
   conn_pair p;
-  auto fut = std::async(std::launch::async, [&] {
-    io_result r{};
-    recv_str(*p.b, 10, 0, &r);
-    return r;
-  });
-  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  auto fut = p.b_recv_blocked();
   p.a->close(false);
   CHECK(fut.get().n == 0);
 }
@@ -964,12 +968,7 @@ TEST_CASE("close(true) (SO_LINGER 0) is a reset for the peer", "[conn][close]") 
 
 TEST_CASE("close(true) wakes a peer blocked in recv with ECONNRESET", "[conn][close]") {
   conn_pair p;
-  auto fut = std::async(std::launch::async, [&] {
-    io_result r{};
-    recv_str(*p.b, 10, 0, &r);
-    return r;
-  });
-  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  auto fut = p.b_recv_blocked();
   p.a->close(true);
   io_result r = fut.get();
   CHECK(r.n == -1);
@@ -1085,12 +1084,7 @@ TEST_CASE("peer's TCP closes after it read everything: EOF", "[conn][gone]") {
   }
   SECTION("blocked recv") {
     CHECK(recv_str(*p.b, 100) == "tail");
-    auto fut = std::async(std::launch::async, [&] {
-      io_result r{};
-      recv_str(*p.b, 10, 0, &r);
-      return r;
-    });
-    REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+    auto fut = p.b_recv_blocked();
     p.drop_a_tcp();
     CHECK(fut.get().n == 0);
   }
@@ -1112,12 +1106,7 @@ TEST_CASE("peer's TCP closes with our data unread: ECONNRESET", "[conn][gone]") 
     CHECK((p.b->events() & POLLERR) != 0);
   }
   SECTION("blocked recv") {
-    auto fut = std::async(std::launch::async, [&] {
-      io_result r{};
-      recv_str(*p.b, 10, 0, &r);
-      return r;
-    });
-    REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+    auto fut = p.b_recv_blocked();
     p.drop_a_tcp();
     io_result r = fut.get();
     CHECK(r.n == -1);
@@ -1212,12 +1201,7 @@ TEST_CASE("a full ring (exactly one lap ahead) is legal, one byte more is not", 
 
 TEST_CASE("a hostile producer cursor wakes a blocked reader with ECONNRESET", "[conn][hostile]") {
   conn_pair p;
-  auto fut = std::async(std::launch::async, [&] {
-    io_result r{};
-    recv_str(*p.b, 10, 0, &r);
-    return r;
-  });
-  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  auto fut = p.b_recv_blocked();
   // A hostile peer writes a bad cursor and rings the doorbell.
   p.b_ctl->prod.store(curs_pack(cursor{5, 7}));
   uint64_t one = 1;
@@ -1349,12 +1333,7 @@ TEST_CASE("a blocked recv looks at the TCP socket only when its poll saw it stir
   }
   CHECK(tcp_look_counter::looks.load() <= 1);
   // The peer's TCP end still wakes a sleeping reader, which then looks.
-  auto fut = std::async(std::launch::async, [&] {
-    io_result r{};
-    recv_str(*p.b, 10, 0, &r);
-    return r;
-  });
-  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  auto fut = p.b_recv_blocked();
   p.drop_a_tcp();
   io_result r = fut.get();
   CHECK(r.n == 0);
