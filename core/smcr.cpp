@@ -314,13 +314,10 @@ bool link_group::init() {
   if (chan_ep_ < 0) {
     return false;
   }
-  {
-    std::lock_guard<std::mutex> lk(direct_mu_);
-    epoll_event ev{};
-    ev.events = EPOLLIN;  // level-triggered: an event left in the channel keeps the set ready
-    if (sys().epoll_ctl(chan_ep_, EPOLL_CTL_ADD, rcq_->fd(), &ev) != 0) {
-      return false;
-    }
+  epoll_event ev{};
+  ev.events = EPOLLIN;  // level-triggered: an event left in the channel keeps the set ready
+  if (sys().epoll_ctl(chan_ep_, EPOLL_CTL_ADD, rcq_->fd(), &ev) != 0) {
+    return false;
   }
   std::weak_ptr<link_group> w = weak_from_this();
   rwatch_ = engine::watch_fd(chan_ep_, [w] {
