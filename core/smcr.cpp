@@ -1460,10 +1460,12 @@ class smcr_path final : public rdma::data_path {
       g_->sync_rx(500);
     }
   }
-  void poll_progress() override {
-    if (!foreign()) {
-      g_->poll_recv_now();
+  bool poll_progress() override {
+    if (foreign()) {
+      return false;
     }
+    g_->poll_recv_now();
+    return true;
   }
   void spin(bool on) override {
     if (!foreign()) {

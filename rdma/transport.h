@@ -70,8 +70,9 @@ class data_path {
 
   /// Called while a reader or writer busy-waits: a transport whose peer's
   /// messages need dispatching (SMC-R's receive queue) does it right here
-  /// instead of waiting for another thread to.
-  virtual void poll_progress() {}
+  /// instead of waiting for another thread to. True if it looked at a
+  /// device queue: that look paces a busy-wait by itself.
+  virtual bool poll_progress() { return false; }
   /// Around such a busy-wait: while a thread polls by itself, a transport
   /// may stop waking its own thread for what arrives (spin(true)). After
   /// spin(false) it may stay quiet a little longer (the spinner most likely
