@@ -3,9 +3,13 @@
 // knows nothing about SMC). Not a timed test: it reports numbers.
 //
 //   smc_bench server [--addr A] [--port P] [--portfile F] --test pingpong|stream
-//                    [--size S] [--conns K]
+//                    [--size S] [--conns K] [--wait read|epoll|poll]
 //   smc_bench client --addr A --port P --test pingpong|stream [--size S]
-//                    [--iters N] [--seconds T] [--bytes N]
+//                    [--iters N] [--seconds T] [--bytes N] [--wait read|epoll|poll]
+//
+// --wait epoll|poll: each ping-pong message is awaited as an event loop
+//   does, epoll_wait() or poll() until the socket is readable, then read
+//   (default: a blocking read).
 //
 // pingpong: the client sends S bytes (default 64), the server echoes them,
 //   N times (default 20000, after a short warm-up); prints
@@ -18,6 +22,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <poll.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -47,6 +53,7 @@ struct options : smc_test::endpoint_options {
   double seconds = 3.0;
   uint64_t bytes = 0;  // stream: total bytes instead of seconds when > 0
   uint64_t conns = 1;
+  std::string wait = "read";  // --wait
 };
 
 [[noreturn]] void fail_exit(const std::string& reason) {
@@ -95,10 +102,61 @@ uint64_t default_size(const options& o) {
   return o.test == bench_test::pingpong ? 64 : 64 * 1024;
 }
 
+// With --wait epoll: an epoll set holding fd (level-triggered, readable);
+// with --wait poll: fd itself; else -1.
+int make_waiter(int fd, const options& o) {
+  if (o.wait != "epoll") {
+    return o.wait == "poll" ? fd : -1;
+  }
+  int ep = ::epoll_create1(EPOLL_CLOEXEC);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = fd;
+  if (ep < 0 || ::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    fail_exit(errno_text("epoll", errno));
+  }
+  return ep;
+}
+
+// Blocks in epoll_wait or poll until the socket is readable (ep from
+// make_waiter).
+void await_readable(int ep, int fd) {
+  if (ep < 0) {
+    return;
+  }
+  if (ep == fd) {
+    pollfd p{fd, POLLIN, 0};
+    while (::poll(&p, 1, -1) != 1) {
+      if (errno != EINTR) {
+        fail_exit(errno_text("poll", errno));
+      }
+    }
+    return;
+  }
+  epoll_event ev{};
+  for (;;) {
+    int n = ::epoll_wait(ep, &ev, 1, -1);
+    if (n == 1 && ev.data.fd == fd) {
+      return;
+    }
+    if (n < 0 && errno != EINTR) {
+      fail_exit(errno_text("epoll_wait", errno));
+    }
+  }
+}
+
 void serve_pingpong(int fd, const options& o) {
   std::vector<uint8_t> buf(default_size(o));
-  while (recv_full(fd, buf.data(), buf.size())) {
+  int ep = make_waiter(fd, o);
+  for (;;) {
+    await_readable(ep, fd);
+    if (!recv_full(fd, buf.data(), buf.size())) {
+      break;
+    }
     send_all(fd, buf.data(), buf.size());
+  }
+  if (ep >= 0 && ep != fd) {
+    ::close(ep);
   }
 }
 
@@ -173,6 +231,7 @@ void client_pingpong(int fd, const options& o) {
   const uint64_t warmup = std::min<uint64_t>(1000, o.iters / 10);
   std::vector<double> lat_us;
   lat_us.reserve(o.iters);
+  int ep = make_waiter(fd, o);
   for (uint64_t i = 0; i < warmup + o.iters; ++i) {
     // Stamp the iteration number so a stale or mixed-up echo is caught.
     for (size_t k = 0; k < out.size(); ++k) {
@@ -180,6 +239,7 @@ void client_pingpong(int fd, const options& o) {
     }
     auto t0 = clock_type::now();
     send_all(fd, out.data(), out.size());
+    await_readable(ep, fd);
     if (!recv_full(fd, in.data(), in.size())) {
       fail_exit("server closed during ping-pong");
     }
@@ -192,6 +252,9 @@ void client_pingpong(int fd, const options& o) {
     }
   }
   ::shutdown(fd, SHUT_WR);
+  if (ep >= 0 && ep != fd) {
+    ::close(ep);
+  }
   double sum = 0;
   for (double v : lat_us) {
     sum += v;
@@ -262,7 +325,8 @@ int run_client(const options& o) {
   std::fprintf(stderr,
                "smc_bench: %s\n"
                "usage: smc_bench server|client --addr A --port P [--portfile F] --test pingpong|stream\n"
-               "                 [--size S] [--iters N] [--seconds T] [--bytes N] [--conns K]\n",
+               "                 [--size S] [--iters N] [--seconds T] [--bytes N] [--conns K]\n"
+               "                 [--wait read|epoll|poll]\n",
                why.c_str());
   std::exit(1);
 }
@@ -303,6 +367,12 @@ options parse_options(int argc, char** argv) {
       o.bytes = args.size_value("bad number for ");
     } else if (a == "--conns") {
       o.conns = args.size_value("bad number for ");
+    } else if (a == "--wait") {
+      std::string w = args.value();
+      if (w != "read" && w != "epoll" && w != "poll") {
+        usage("bad --wait " + w);
+      }
+      o.wait = w;
     } else {
       usage("unknown option " + a);
     }
