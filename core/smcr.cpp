@@ -171,6 +171,7 @@ class link_group : public std::enable_shared_from_this<link_group> {
   // the direct waiters dispatch for everybody (doorbell sleepers included).
   int begin_direct_wait();
   void end_direct_wait(bool readable);
+  int rx_channel_fd() const { return rcq_->fd(); }
   void watch_channel(bool on);  // under direct_mu_
   void poll_recv();      // under rx_poll_mu_
   void poll_recv_now();  // any thread; skips if another one is dispatching
@@ -1323,6 +1324,23 @@ bool client_complete(pending& p, int timeout_ms) {
 
 namespace {
 
+// A link group's receive channel as an event loop's wait serves it
+// (data_path::channel): inert in a forked child, as the connections are.
+class group_channel final : public rdma::direct_channel {
+ public:
+  explicit group_channel(std::shared_ptr<link_group> g)
+      : g_(std::move(g)), fd_(g_->rx_channel_fd()) {}
+  int fd() const override { return fd_; }
+  int begin() override { return foreign() ? -1 : g_->begin_direct_wait(); }
+  void end(bool readable) override { g_->end_direct_wait(readable); }
+
+ private:
+  bool foreign() const { return gen_ != g_fork_gen.load(std::memory_order_relaxed); }
+  const uint32_t gen_ = g_fork_gen.load(std::memory_order_relaxed);
+  std::shared_ptr<link_group> g_;
+  const int fd_;
+};
+
 class smcr_path final : public rdma::data_path {
  public:
   explicit smcr_path(pending&& p) : g_(std::move(p.lgr)), s_(std::move(p.s)) {
@@ -1474,6 +1492,9 @@ class smcr_path final : public rdma::data_path {
   }
   int begin_direct_wait() override { return foreign() ? -1 : g_->begin_direct_wait(); }
   void end_direct_wait(bool readable) override { g_->end_direct_wait(readable); }
+  std::shared_ptr<rdma::direct_channel> channel() override {
+    return foreign() ? nullptr : std::make_shared<group_channel>(g_);
+  }
 
  private:
   bool foreign() const { return gen_ != g_fork_gen.load(std::memory_order_relaxed); }

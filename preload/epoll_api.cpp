@@ -14,27 +14,44 @@
 // Sockets still deciding (accepted, undecided; connecting) are watched through
 // their TCP socket; when they settle on plain TCP their registration moves
 // into the application's set as a normal kernel registration.
+//
+// A set also knows the receive channels of its SMC-R connections' link groups
+// (data_path::channel). A blocking epoll_wait that finds nothing ready sleeps
+// on the set and on those channels at once, and dispatches what a channel
+// brings itself; the doorbells that dispatch rings make the set ready. So a
+// message wakes the application's thread only, not the engine thread first
+// (which the channel's begin/end keeps out of it while this thread sleeps).
 #include <sys/epoll.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <unordered_set>
 #include <vector>
 
 #include "core/log.h"
 #include "preload/preload.h"
+#include "rdma/transport.h"
 
 using namespace smc::preload;
 
 namespace smc::preload {
+
+// A receive channel some registrations of the set share (see above).
+struct ep_chan {
+  std::shared_ptr<rdma::direct_channel> ch;
+  int fd = -1;
+  int uses = 0;
+};
 
 struct ep_set {
   int epfd = -1;
   int shadow = -1;
   std::vector<ep_reg*> regs;
   std::unordered_set<ep_reg*> live;  // harvested pointers are checked against this
+  std::vector<ep_chan> chans;
 };
 
 struct ep_reg {
@@ -46,6 +63,7 @@ struct ep_reg {
   bool armed_rx = false;
   bool armed_tx = false;
   bool disabled = false;  // EPOLLONESHOT fired, until EPOLL_CTL_MOD
+  int chan_fd = -1;       // the set's ep_chan this registration uses
 };
 
 namespace {
@@ -70,7 +88,35 @@ bool shadow_add(ep_reg* r, int slot, int fd, uint32_t events) {
   return true;
 }
 
+void chan_hold(ep_reg* r, std::shared_ptr<rdma::direct_channel> ch) {
+  if (!ch) {
+    return;
+  }
+  auto& v = r->set->chans;
+  const int fd = ch->fd();
+  auto it = std::find_if(v.begin(), v.end(), [&](const ep_chan& c) { return c.fd == fd; });
+  if (it != v.end()) {
+    ++it->uses;
+  } else {
+    v.push_back({std::move(ch), fd, 1});
+  }
+  r->chan_fd = fd;
+}
+
+void chan_release(ep_reg* r) {
+  if (r->chan_fd < 0) {
+    return;
+  }
+  auto& v = r->set->chans;
+  auto it = std::find_if(v.begin(), v.end(), [&](const ep_chan& c) { return c.fd == r->chan_fd; });
+  if (it != v.end() && --it->uses == 0) {
+    v.erase(it);
+  }
+  r->chan_fd = -1;
+}
+
 void uninstall(ep_reg* r) {
+  chan_release(r);
   for (int& fd : r->items) {
     if (fd >= 0) {
       real.epoll_ctl(r->set->shadow, EPOLL_CTL_DEL, fd, nullptr);
@@ -122,6 +168,9 @@ int install(ep_reg* r) {
       }
       if (!c.finished()) {
         shadow_add(r, tag_sock, r->fd, EPOLLIN | EPOLLRDHUP);
+      }
+      if (r->armed_rx || r->armed_tx) {
+        chan_hold(r, c.path().channel());
       }
       // Armed first, then looked: set the doorbells' level to the truth.
       uint32_t ev = c.events();
@@ -297,9 +346,37 @@ int64_t mono_ms() {
   return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
-// The shared body of epoll_wait/epoll_pwait/epoll_pwait2.
+// More link groups than this in one set: its waits leave them to the engine.
+constexpr size_t max_direct = 8;
+
+using chan_list = std::array<std::shared_ptr<rdma::direct_channel>, max_direct>;
+
+// Sleeps on the application's set and on the channels (k of them) at once,
+// under the caller's signal mask, and dispatches what the channels bring.
+// Returns ppoll's result: > 0 woken, 0 timed out, -1 with errno.
+int sleep_direct(int epfd, chan_list& chans, size_t k, int64_t timeout_ms, const sigset_t* sigmask) {
+  pollfd p[1 + max_direct];
+  p[0] = {epfd, POLLIN, 0};
+  for (size_t i = 0; i < k; ++i) {
+    p[1 + i] = {chans[i]->begin(), POLLIN, 0};  // -1: ignored by ppoll
+  }
+  timespec ts{static_cast<time_t>(timeout_ms / 1000), static_cast<long>((timeout_ms % 1000) * 1000000)};
+  int rc = real.ppoll(p, 1 + k, timeout_ms < 0 ? nullptr : &ts, sigmask);
+  int err = errno;
+  for (size_t i = 0; i < k; ++i) {
+    if (p[1 + i].fd >= 0) {
+      chans[i]->end(rc > 0 && p[1 + i].revents != 0);
+    }
+  }
+  errno = err;
+  return rc;
+}
+
+// The shared body of epoll_wait/epoll_pwait/epoll_pwait2: `wait(ms)` is the
+// real call, `sigmask` the one it applies.
 template <typename Wait>
-int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms, Wait&& wait) {
+int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms,
+                const sigset_t* sigmask, Wait&& wait) {
   entry_ref epe(epfd);
   ep_set* s = epe ? epe->eps : nullptr;
   if (s == nullptr || maxevents <= 0) {
@@ -309,7 +386,33 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
   const int64_t deadline = timeout_ms < 0 ? 0 : mono_ms() + timeout_ms;
   for (;;) {
     int64_t left = timeout_ms < 0 ? -1 : std::max<int64_t>(0, deadline - mono_ms());
-    int n = wait(left);
+    chan_list chans;
+    size_t k = 0;
+    if (left != 0) {
+      std::lock_guard<std::mutex> lk(g_ep_mu);
+      if (s->chans.size() <= max_direct) {
+        for (const ep_chan& c : s->chans) {
+          chans[k++] = c.ch;
+        }
+      }
+    }
+    int n;
+    if (k == 0) {
+      n = wait(left);
+    } else {
+      // Look first; sleep (serving the channels) only when nothing is ready.
+      n = wait(0);
+      if (n == 0) {
+        int woke = sleep_direct(epfd, chans, k, left, sigmask);
+        if (woke < 0) {
+          return -1;
+        }
+        n = wait(0);
+        if (n == 0 && woke > 0) {
+          continue;  // a channel's news was for connections outside this set
+        }
+      }
+    }
     if (n <= 0) {
       return n;
     }
@@ -529,7 +632,7 @@ __attribute__((visibility("default"))) int epoll_wait(int epfd, epoll_event* eve
   if (!g_enabled || !fd_maybe(epfd)) {
     return real.epoll_wait(epfd, events, maxevents, timeout);
   }
-  return wait_common(epfd, events, maxevents, timeout, [&](int64_t t) {
+  return wait_common(epfd, events, maxevents, timeout, nullptr, [&](int64_t t) {
     return real.epoll_wait(epfd, events, maxevents, static_cast<int>(t));
   });
 }
@@ -541,7 +644,7 @@ __attribute__((visibility("default"))) int epoll_pwait(int epfd, epoll_event* ev
   if (!g_enabled || !fd_maybe(epfd)) {
     return real.epoll_pwait(epfd, events, maxevents, timeout, sigmask);
   }
-  return wait_common(epfd, events, maxevents, timeout, [&](int64_t t) {
+  return wait_common(epfd, events, maxevents, timeout, sigmask, [&](int64_t t) {
     return real.epoll_pwait(epfd, events, maxevents, static_cast<int>(t), sigmask);
   });
 }
@@ -554,7 +657,7 @@ __attribute__((visibility("default"))) int epoll_pwait2(int epfd, epoll_event* e
     return real.epoll_pwait2(epfd, events, maxevents, ts, sigmask);
   }
   int64_t ms = ts == nullptr ? -1 : ts->tv_sec * 1000 + (ts->tv_nsec + 999999) / 1000000;
-  return wait_common(epfd, events, maxevents, ms, [&](int64_t t) {
+  return wait_common(epfd, events, maxevents, ms, sigmask, [&](int64_t t) {
     timespec left{static_cast<time_t>(t / 1000), static_cast<long>((t % 1000) * 1000000)};
     return real.epoll_pwait2(epfd, events, maxevents, t < 0 ? nullptr : &left, sigmask);
   });

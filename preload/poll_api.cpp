@@ -2,7 +2,9 @@
 // any recorded fd go straight to the kernel. Otherwise an SMC fd is watched
 // through its doorbells (and its TCP socket, for the peer's death), sockets
 // still deciding through their TCP socket, and revents are computed from the
-// connection state.
+// connection state. A wait that sleeps also watches the receive channels of
+// its SMC-R connections' link groups and dispatches what they bring itself
+// (data_path::channel), as epoll_wait does.
 #include <sys/select.h>
 #include <time.h>
 
@@ -13,6 +15,7 @@
 
 #include "core/log.h"
 #include "preload/preload.h"
+#include "rdma/transport.h"
 
 using namespace smc::preload;
 
@@ -33,6 +36,34 @@ struct slot_map {
   int sock = -1; // ... of the TCP socket itself
   bool armed_rx = false;
   bool armed_tx = false;
+  bool chan_seen = false;  // its channel is in the call's list (or none)
+};
+
+// More link groups than this in one call: it leaves them to the engine.
+constexpr size_t max_direct = 8;
+
+// The distinct receive channels of a call's SMC-R connections.
+struct chan_list {
+  std::vector<std::shared_ptr<smc::rdma::direct_channel>> v;
+  bool overflow = false;
+
+  void add(std::shared_ptr<smc::rdma::direct_channel> ch) {
+    if (!ch || overflow) {
+      return;
+    }
+    const int fd = ch->fd();
+    for (const auto& c : v) {
+      if (c->fd() == fd) {
+        return;
+      }
+    }
+    if (v.size() == max_direct) {
+      overflow = true;
+      v.clear();
+      return;
+    }
+    v.push_back(std::move(ch));
+  }
 };
 
 constexpr short in_mask = POLLIN | POLLRDNORM | POLLRDHUP | POLLPRI;
@@ -55,6 +86,7 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
   std::vector<slot_map> map(n);
   std::vector<pollfd> k;
   k.reserve(n + 8);
+  chan_list chans;
   for (nfds_t i = 0; i < n; ++i) {
     if (fd_maybe(fds[i].fd)) {
       map[i].e = fd_get(fds[i].fd);
@@ -96,6 +128,10 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
           m.sock = static_cast<int>(k.size());
           k.push_back({fds[i].fd, POLLIN | POLLRDHUP, 0});
         }
+        if (!m.chan_seen && (m.armed_rx || m.armed_tx)) {
+          m.chan_seen = true;
+          chans.add(c.path().channel());
+        }
         // Checked after arming: a peer that moved before it saw our waiter
         // is seen here (the doorbell protocol's Dekker order).
         fds[i].revents = smc_revents(m.e, fds[i].events);
@@ -124,8 +160,24 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       // that made it readable): look again at least every 100 ms.
       left_ns = 100000000;
     }
+    // Sleeping: on the receive channels too, served right after (-1: ignored).
+    const size_t base = k.size();
+    if (left_ns != 0) {
+      for (const auto& ch : chans.v) {
+        k.push_back({ch->begin(), POLLIN, 0});
+      }
+    }
     timespec ts{static_cast<time_t>(left_ns / 1000000000), static_cast<long>(left_ns % 1000000000)};
     int kn = real.ppoll(k.data(), k.size(), left_ns < 0 ? nullptr : &ts, sigmask);
+    if (k.size() > base) {
+      const int err = errno;
+      for (size_t j = base; j < k.size(); ++j) {
+        if (k[j].fd >= 0) {
+          chans.v[j - base]->end(kn > 0 && k[j].revents != 0);
+        }
+      }
+      errno = err;
+    }
     if (kn < 0) {
       result = -1;
       break;

@@ -16,10 +16,25 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 namespace smc::rdma {
 
 enum class kind : uint8_t { shm, rdma };
+
+/// A transport's receive queue that an event loop's wait may serve itself:
+/// the same begin/end pair as data_path::begin_direct_wait, held apart from
+/// any one connection (it keeps what it names alive). fd() identifies the
+/// queue: connections that share it return equal fds.
+class direct_channel {
+ public:
+  virtual ~direct_channel() = default;
+  virtual int fd() const = 0;
+  /// The fd to wait on (readable when there is news to dispatch), or -1;
+  /// an fd returned is paired with end(readable).
+  virtual int begin() = 0;
+  virtual void end(bool readable) = 0;
+};
 
 class data_path {
  public:
@@ -88,6 +103,9 @@ class data_path {
   /// is paired with end_direct_wait(readable) once the wait is over.
   virtual int begin_direct_wait() { return -1; }
   virtual void end_direct_wait(bool /*readable*/) {}
+  /// The same for a wait that is not this connection's own (an epoll set
+  /// holding it): null when the transport has no such queue.
+  virtual std::shared_ptr<direct_channel> channel() { return nullptr; }
 
   // ---- ordering against the TCP socket ----
   /// After publishing our close: returns once the peer has our closing

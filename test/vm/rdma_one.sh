@@ -7,8 +7,9 @@
 #   - 50 concurrent connections share one link group (one QP per process)
 #   - 1000 connect/close cycles leave no QPs, MRs or fds behind
 #   - an SMC-R connection across fork(): reset in the child, intact in the parent
-#   - a blocked ping-pong (no spinning) is woken by its own receive CQ events,
-#     not through the engine thread (the stats' rdma_cq_events)
+#   - a ping-pong that sleeps (no spinning) in blocked reads, in epoll_wait
+#     or in poll is woken by its own receive CQ events, not through the
+#     engine thread (the stats' rdma_cq_events)
 #   - 16 threads connect at once, and per connection one thread writes while
 #     another reads, all blocking on one link group (smc_calls --mode threads)
 #   - a peer killed mid-transfer: EOF or ECONNRESET within 2 s
@@ -155,30 +156,34 @@ else
   fail "fork: server did not start"
 fi
 
-# A blocked call that sleeps waits on the receive CQ's channel itself: with
-# no spinning, every reply of a ping-pong wakes the client's own thread, and
-# the engine thread takes (almost) none of those events.
-d=$tmp/direct
-mkdir -p "$d"
-SMC_SPIN_US=0 timeout 300 "$smc_run" "$build/smc_bench" server --addr "$ip" --port 0 \
-  --portfile "$d/port" --test pingpong > "$d/server.out" 2>&1 &
-spid=$!
-if retry_for 30 wait_port "$d/port"; then
-  iters=500
-  SMC_SPIN_US=0 SMC_STATS_FILE=$d/client.json timeout 300 "$smc_run" "$build/smc_bench" client \
-    --addr "$ip" --port "$(cat "$d/port")" --test pingpong --iters "$iters" > "$d/client.out" 2>&1 ||
-    fail "direct wait: $(cat "$d/client.out")"
-  wait "$spid"
-  by_caller=$(json_int "$d/client.json" caller)
-  by_engine=$(json_int "$d/client.json" engine)
-  if [ "${by_caller:-0}" -ge $((iters * 9 / 10)) ] && [ "${by_engine:-0}" -le $((iters / 10)) ]; then
-    pass "direct wait: $iters blocked round trips, receive CQ events taken by the caller $by_caller, by the engine $by_engine ($(cat "$d/client.out"))"
+# A thread that sleeps waits on the receive CQ's channel itself, in a blocked
+# call (--wait read) as in epoll_wait or poll (--wait epoll|poll, as event
+# loops wait): with no spinning, every reply of a ping-pong wakes the
+# client's own thread, and the engine thread takes (almost) none of those
+# events.
+for how in read epoll poll; do
+  d=$tmp/direct-$how
+  mkdir -p "$d"
+  SMC_SPIN_US=0 timeout 300 "$smc_run" "$build/smc_bench" server --addr "$ip" --port 0 \
+    --portfile "$d/port" --test pingpong --wait "$how" > "$d/server.out" 2>&1 &
+  spid=$!
+  if retry_for 30 wait_port "$d/port"; then
+    iters=500
+    SMC_SPIN_US=0 SMC_STATS_FILE=$d/client.json timeout 300 "$smc_run" "$build/smc_bench" client \
+      --addr "$ip" --port "$(cat "$d/port")" --test pingpong --wait "$how" --iters "$iters" \
+      > "$d/client.out" 2>&1 || fail "direct wait ($how): $(cat "$d/client.out")"
+    wait "$spid"
+    by_caller=$(json_int "$d/client.json" caller)
+    by_engine=$(json_int "$d/client.json" engine)
+    if [ "${by_caller:-0}" -ge $((iters * 9 / 10)) ] && [ "${by_engine:-0}" -le $((iters / 10)) ]; then
+      pass "direct wait ($how): $iters sleeping round trips, receive CQ events taken by the caller $by_caller, by the engine $by_engine ($(cat "$d/client.out"))"
+    else
+      fail "direct wait ($how): receive CQ events taken by the caller ${by_caller:-?}, by the engine ${by_engine:-?} over $iters sleeping round trips"
+    fi
   else
-    fail "direct wait: receive CQ events taken by the caller ${by_caller:-?}, by the engine ${by_engine:-?} over $iters blocked round trips"
+    fail "direct wait ($how): server did not start"
   fi
-else
-  fail "direct wait: server did not start"
-fi
+done
 
 # Many threads blocked at once on one link group: 16 connections made at the
 # same moment, on each one thread writing while another reads, 1 MiB echoed
