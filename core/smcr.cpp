@@ -1330,6 +1330,13 @@ class group_channel final : public rdma::direct_channel {
  public:
   explicit group_channel(std::shared_ptr<link_group> g)
       : g_(std::move(g)), fd_(g_->rx_channel_fd()) {}
+  ~group_channel() override {
+    if (foreign()) {
+      // Inherited across fork: never the last owner of the parent's group
+      // (see smcr_path).
+      new (std::nothrow) std::shared_ptr<link_group>(std::move(g_));
+    }
+  }
   int fd() const override { return fd_; }
   int begin() override { return foreign() ? -1 : g_->begin_direct_wait(); }
   void end(bool readable) override { g_->end_direct_wait(readable); }
