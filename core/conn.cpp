@@ -5,7 +5,6 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -15,6 +14,7 @@
 #include <climits>
 #include <cstring>
 
+#include "core/busy_wait.h"
 #include "core/cdc.h"
 #include "core/log.h"
 #include "core/stats.h"
@@ -35,12 +35,6 @@ int64_t mono_ms() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t mono_us() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
 }
 
 size_t iov_total(const iovec* iov, int iovcnt) {
@@ -92,9 +86,6 @@ void iov_to_ring(rdma::data_path& path, uint32_t size, uint32_t pos, size_t n, c
   walk_ring_iov(size, pos, n, iov, iovcnt, skip,
                 [&](uint32_t off, const uint8_t* p, size_t k) { path.put(off, p, k); });
 }
-
-
-inline void cpu_relax() { __builtin_ia32_pause(); }
 
 }  // namespace
 
@@ -225,52 +216,15 @@ int conn::block_timeout_ms(bool rx, int flags) {
 
 namespace {
 
-// How often a spinning thread gives its CPU away (sched_yield).
-constexpr int64_t yield_every_us = 20;
-
 // Busy-waits up to spin_us for done(), dispatching the transport's arrivals
-// as it goes. It yields the CPU every yield_every_us: what it waits for may
-// need this very CPU first (a software RDMA device's worker woken by the
-// send just posted, the peer process on a busy host), and a woken task does
-// not always preempt a spinner. Not at once: an answer that comes within
-// microseconds (shared memory, RDMA hardware) costs no system call.
+// as it goes (busy_wait).
 template <class Done>
 bool spin_until(rdma::data_path& path, uint32_t spin_us, Done done) {
   if (spin_us == 0) {
     return false;
   }
-  const int64_t start = mono_us();
-  const int64_t until = start + spin_us;
-  int64_t next_yield = start + yield_every_us;
-  bool ok = false;
   path.spin(true);
-  for (unsigned i = 0;; ++i) {
-    // Every round: a look at an RDMA completion queue costs a few loads, and
-    // under emulation a round is slow enough that looking every 16th added
-    // tens of microseconds per message. That look (a lock and a few loads)
-    // paces the loop by itself; a PAUSE on top only slowed it down under
-    // QEMU's TCG, where each PAUSE leaves the translated code (a Soft-RoCE
-    // round trip took 15-20% longer). Shared memory has nothing to look at:
-    // there the PAUSE keeps the loop polite to a sibling hyperthread.
-    const bool looked = path.poll_progress();
-    if (done()) {
-      ok = true;
-      break;
-    }
-    if ((i & 63) == 0) {
-      const int64_t now = mono_us();
-      if (now >= until) {
-        break;
-      }
-      if (now >= next_yield) {
-        sched_yield();
-        next_yield = now + yield_every_us;
-      }
-    }
-    if (!looked) {
-      cpu_relax();
-    }
-  }
+  const bool ok = busy_wait(spin_us, [&] { return path.poll_progress(); }, done);
   path.spin(false);
   return ok || done();
 }
