@@ -173,15 +173,18 @@ class link_group : public std::enable_shared_from_this<link_group> {
   void end_direct_wait(bool readable);
   int rx_channel_fd() const { return rcq_->fd(); }
   void watch_channel(bool on);  // under direct_mu_
-  void poll_recv();      // under rx_poll_mu_
-  void poll_recv_now();  // any thread; skips if another one is dispatching
+  int poll_recv();      // under rx_poll_mu_; the completions dispatched
+  int poll_recv_now();  // any thread; skips (0) if another one is dispatching
   // Threads busy-polling the receive CQ (poll_recv_now in a loop). While
   // there are any, the engine does not re-arm the CQ's notification after
   // an event: the spinners see completions first, and a wake-up of the
   // engine thread per message would only take CPU from them (and from the
   // device). When the last spinner leaves, the CQ is re-armed at once if a
   // thread sleeps on the group, else after rearm_quiet_ms without spinners.
-  void spinner(bool on);
+  // `loop`: the spinner is an event loop's wait (epoll_wait, poll), whose
+  // set's registrations count as sleepers for as long as they exist; it
+  // comes back, and sleeps through begin_direct_wait, which arms the CQ.
+  void spinner(bool on, bool loop = false);
   // Threads asleep on a doorbell of this group (arm_rx/arm_tx): while there
   // are any, the CQ is never left disarmed without a spinner.
   void sleeper(int delta);
@@ -472,10 +475,16 @@ int link_group::begin_direct_wait() {
   if (failed_.load()) {
     return -1;
   }
-  std::lock_guard<std::mutex> lk(direct_mu_);
-  if (direct_waiters_++ == 0) {
-    watch_channel(false);
+  {
+    std::lock_guard<std::mutex> lk(direct_mu_);
+    if (direct_waiters_++ == 0) {
+      watch_channel(false);
+    }
   }
+  // Whoever left the CQ disarmed (a spinner), the channel this thread sleeps
+  // on must fire for the next completion; what completed before is
+  // dispatched here.
+  ensure_armed();
   return rcq_->fd();
 }
 
@@ -503,7 +512,7 @@ void link_group::take_rx_event(bool by_engine) {
   poll_recv();
 }
 
-void link_group::spinner(bool on) {
+void link_group::spinner(bool on, bool loop) {
   if (on) {
     spinners_.fetch_add(1, std::memory_order_seq_cst);
     return;
@@ -516,7 +525,7 @@ void link_group::spinner(bool on) {
   // the notification now; otherwise the spinner most likely comes back in a
   // moment (a request-response loop), and re-arming now would only buy one
   // engine wake-up per message: the engine re-arms after a quiet spell.
-  if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+  if (!loop && sleepers_.load(std::memory_order_seq_cst) > 0) {
     ensure_armed();
     return;
   }
@@ -576,36 +585,40 @@ void link_group::schedule_rearm(uint32_t ms) {
   }
 }
 
-void link_group::poll_recv_now() {
+int link_group::poll_recv_now() {
   // A busy-waiting application thread dispatches what arrived itself; if
   // another thread is at it already, that one will do. Spinners call this
   // in a tight loop: a plain load first keeps several of them from bouncing
   // the mutex's cache line between their cores.
   if (rx_spin_polling_.load(std::memory_order_relaxed)) {
-    return;
+    return 0;
   }
   std::unique_lock<std::mutex> lk(rx_poll_mu_, std::try_to_lock);
+  int done = 0;
   if (lk.owns_lock()) {
     rx_spin_polling_.store(true, std::memory_order_relaxed);
-    poll_recv();
+    done = poll_recv();
     rx_spin_polling_.store(false, std::memory_order_relaxed);
   }
+  return done;
 }
 
-void link_group::poll_recv() {
+int link_group::poll_recv() {
   if (failed_.load()) {
-    return;
+    return 0;
   }
   ibv_wc wc[16];
   int n;
+  int done = 0;
   while ((n = ibv_poll_cq(rcq_->cq(), 16, wc)) > 0) {
+    done += n;
     for (int i = 0; i < n; ++i) {
       if (wc[i].status != IBV_WC_SUCCESS) {
         if (wc[i].status != IBV_WC_WR_FLUSH_ERR) {
           SMC_LOG(warn, "smcr: receive completion error %s", ibv_wc_status_str(wc[i].status));
         }
         fail("receive completion error");
-        return;
+        return done;
       }
       last_rx_ms_.store(mono_ms(), std::memory_order_relaxed);
       auto idx = static_cast<uint32_t>(wc[i].wr_id);
@@ -613,7 +626,7 @@ void link_group::poll_recv() {
         dispatch(rbuf_->data() + idx * recv_slot_size, wc[i].byte_len);
         if (!failed_.load() && !post_recv(idx)) {
           fail("post_recv failed");
-          return;
+          return done;
         }
       }
     }
@@ -621,6 +634,7 @@ void link_group::poll_recv() {
   if (n < 0) {
     fail("poll_cq failed");
   }
+  return done;
 }
 
 bool link_group::poll_send() {
@@ -1340,6 +1354,12 @@ class group_channel final : public rdma::direct_channel {
   int fd() const override { return fd_; }
   int begin() override { return foreign() ? -1 : g_->begin_direct_wait(); }
   void end(bool readable) override { g_->end_direct_wait(readable); }
+  int poll() override { return foreign() ? 0 : g_->poll_recv_now(); }
+  void spin(bool on) override {
+    if (!foreign()) {
+      g_->spinner(on, true);
+    }
+  }
 
  private:
   bool foreign() const { return gen_ != g_fork_gen.load(std::memory_order_relaxed); }

@@ -31,6 +31,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "core/busy_wait.h"
 #include "core/log.h"
 #include "preload/preload.h"
 #include "rdma/transport.h"
@@ -372,6 +373,40 @@ int sleep_direct(int epfd, chan_list& chans, size_t k, int64_t timeout_ms, const
   return rc;
 }
 
+// Busy-polls the channels (k of them) for up to spin_us, as a blocked call
+// does before it sleeps (core::busy_wait), looking at the set (wait(0))
+// whenever a channel brought something, and every 64 rounds for the rest.
+// Returns the last wait(0)'s result: 0 if nothing became ready.
+template <typename Wait>
+int spin_direct(chan_list& chans, size_t k, uint32_t spin_us, Wait& wait) {
+  for (size_t i = 0; i < k; ++i) {
+    chans[i]->spin(true);
+  }
+  int n = 0;
+  int moved = 0;
+  unsigned round = 0;
+  smc::core::busy_wait(
+      spin_us,
+      [&] {
+        moved = 0;
+        for (size_t i = 0; i < k; ++i) {
+          moved += chans[i]->poll();
+        }
+        return true;
+      },
+      [&] {
+        if (moved == 0 && (++round & 63) != 0) {
+          return false;
+        }
+        n = wait(0);
+        return n != 0;
+      });
+  for (size_t i = 0; i < k; ++i) {
+    chans[i]->spin(false);
+  }
+  return n;
+}
+
 // The shared body of epoll_wait/epoll_pwait/epoll_pwait2: `wait(ms)` is the
 // real call, `sigmask` the one it applies.
 template <typename Wait>
@@ -400,8 +435,13 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
     if (k == 0) {
       n = wait(left);
     } else {
-      // Look first; sleep (serving the channels) only when nothing is ready.
+      // Look first; spin, then sleep (serving the channels) only while
+      // nothing is ready.
       n = wait(0);
+      const uint32_t spin = cfg().spin_us;
+      if (n == 0 && spin > 0) {
+        n = spin_direct(chans, k, left < 0 ? spin : static_cast<uint32_t>(std::min<int64_t>(spin, left * 1000)), wait);
+      }
       if (n == 0) {
         int woke = sleep_direct(epfd, chans, k, left, sigmask);
         if (woke < 0) {

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/busy_wait.h"
 #include "core/log.h"
 #include "preload/preload.h"
 #include "rdma/transport.h"
@@ -160,15 +161,50 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       // that made it readable): look again at least every 100 ms.
       left_ns = 100000000;
     }
-    // Sleeping: on the receive channels too, served right after (-1: ignored).
+    int kn = 0;
     const size_t base = k.size();
-    if (left_ns != 0) {
+    const uint32_t spin = cfg().spin_us;
+    if (left_ns != 0 && spin > 0 && !chans.v.empty()) {
+      // Busy-poll the receive channels first, as a blocked call does, and
+      // look at the kernel set (where the doorbells are) whenever a channel
+      // brought something, and every 64 rounds for the rest.
+      const uint32_t us = left_ns < 0 ? spin : static_cast<uint32_t>(std::min<int64_t>(spin, left_ns / 1000));
       for (const auto& ch : chans.v) {
-        k.push_back({ch->begin(), POLLIN, 0});
+        ch->spin(true);
+      }
+      int moved = 0;
+      unsigned round = 0;
+      timespec zero{0, 0};
+      smc::core::busy_wait(
+          us,
+          [&] {
+            moved = 0;
+            for (const auto& ch : chans.v) {
+              moved += ch->poll();
+            }
+            return true;
+          },
+          [&] {
+            if (moved == 0 && (++round & 63) != 0) {
+              return false;
+            }
+            kn = real.ppoll(k.data(), base, &zero, sigmask);
+            return kn != 0;
+          });
+      for (const auto& ch : chans.v) {
+        ch->spin(false);
       }
     }
-    timespec ts{static_cast<time_t>(left_ns / 1000000000), static_cast<long>(left_ns % 1000000000)};
-    int kn = real.ppoll(k.data(), k.size(), left_ns < 0 ? nullptr : &ts, sigmask);
+    if (kn == 0) {
+      // Sleeping: on the receive channels too, served right after (-1: ignored).
+      if (left_ns != 0) {
+        for (const auto& ch : chans.v) {
+          k.push_back({ch->begin(), POLLIN, 0});
+        }
+      }
+      timespec ts{static_cast<time_t>(left_ns / 1000000000), static_cast<long>(left_ns % 1000000000)};
+      kn = real.ppoll(k.data(), k.size(), left_ns < 0 ? nullptr : &ts, sigmask);
+    }
     if (k.size() > base) {
       const int err = errno;
       for (size_t j = base; j < k.size(); ++j) {

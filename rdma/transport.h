@@ -34,6 +34,10 @@ class direct_channel {
   /// an fd returned is paired with end(readable).
   virtual int begin() = 0;
   virtual void end(bool readable) = 0;
+  /// For a wait that busy-polls first: dispatch what arrived (returns how
+  /// many messages), between spin(true) and spin(false) (data_path::spin).
+  virtual int poll() = 0;
+  virtual void spin(bool on) = 0;
 };
 
 class data_path {
