@@ -441,6 +441,9 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
       const uint32_t spin = cfg().spin_us;
       if (n == 0 && spin > 0) {
         n = spin_direct(chans, k, left < 0 ? spin : static_cast<uint32_t>(std::min<int64_t>(spin, left * 1000)), wait);
+        if (n == 0 && timeout_ms >= 0) {
+          left = std::max<int64_t>(0, deadline - mono_ms());  // what the spin left of it
+        }
       }
       if (n == 0) {
         int woke = sleep_direct(epfd, chans, k, left, sigmask);

@@ -194,6 +194,10 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       for (const auto& ch : chans.v) {
         ch->spin(false);
       }
+      if (kn == 0 && left_ns > 0 && timeout_ns >= 0) {
+        // What the spin left of the caller's timeout.
+        left_ns = std::min(left_ns, std::max<int64_t>(0, deadline - mono_ns()));
+      }
     }
     if (kn == 0) {
       // Sleeping: on the receive channels too, served right after (-1: ignored).
