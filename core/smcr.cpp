@@ -194,6 +194,7 @@ class link_group : public std::enable_shared_from_this<link_group> {
   std::atomic<int> sleepers_{0};
   std::atomic<bool> rx_armed_{true};
   std::atomic<bool> rearm_pending_{false};
+  std::atomic<bool> loop_quiet_{false};  // disarmed after an event loop's spin
   std::atomic<int64_t> spin_end_ms_{0};
   std::mutex rx_poll_mu_;  // one thread at a time dispatches receives
   std::atomic<bool> rx_spin_polling_{false};  // a spinner holds rx_poll_mu_
@@ -506,6 +507,7 @@ void link_group::take_rx_event(bool by_engine) {
   // sees rx_armed_ false and re-arms, or is already gone and we re-arm.
   rx_armed_.store(false, std::memory_order_seq_cst);
   if (spinners_.load(std::memory_order_seq_cst) == 0 && !rx_armed_.exchange(true)) {
+    loop_quiet_.store(false, std::memory_order_seq_cst);
     rcq_->arm();
   }
   std::lock_guard<std::mutex> lk(rx_poll_mu_);
@@ -525,9 +527,12 @@ void link_group::spinner(bool on, bool loop) {
   // the notification now; otherwise the spinner most likely comes back in a
   // moment (a request-response loop), and re-arming now would only buy one
   // engine wake-up per message: the engine re-arms after a quiet spell.
-  if (!loop && sleepers_.load(std::memory_order_seq_cst) > 0) {
-    ensure_armed();
-    return;
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+    if (!loop) {
+      ensure_armed();
+      return;
+    }
+    loop_quiet_.store(true, std::memory_order_seq_cst);
   }
   spin_end_ms_.store(mono_ms(), std::memory_order_relaxed);
   if (!rearm_pending_.exchange(true, std::memory_order_seq_cst)) {
@@ -536,7 +541,12 @@ void link_group::spinner(bool on, bool loop) {
 }
 
 void link_group::sleeper(int delta) {
-  if (sleepers_.fetch_add(delta, std::memory_order_seq_cst) + delta > 0 && delta > 0) {
+  // After an event loop's spin the CQ stays quiet for the loop's next visit
+  // (spinner(false, true)); a waiter declared meanwhile (poll() declares its
+  // sockets' waiters on every call) arms it only when it really goes to
+  // sleep, in begin_direct_wait.
+  if (sleepers_.fetch_add(delta, std::memory_order_seq_cst) + delta > 0 && delta > 0 &&
+      !loop_quiet_.load(std::memory_order_seq_cst)) {
     ensure_armed();
   }
 }
@@ -545,6 +555,7 @@ void link_group::ensure_armed() {
   if (rx_armed_.exchange(true, std::memory_order_seq_cst)) {
     return;
   }
+  loop_quiet_.store(false, std::memory_order_seq_cst);
   rcq_->arm();
   // What completed while nobody was notified: dispatched now, waiting for
   // the lock if another thread has it (it may be past its last look at the
@@ -1355,6 +1366,11 @@ class group_channel final : public rdma::direct_channel {
   int begin() override { return foreign() ? -1 : g_->begin_direct_wait(); }
   void end(bool readable) override { g_->end_direct_wait(readable); }
   int poll() override { return foreign() ? 0 : g_->poll_recv_now(); }
+  void arm() override {
+    if (!foreign()) {
+      g_->ensure_armed();
+    }
+  }
   void spin(bool on) override {
     if (!foreign()) {
       g_->spinner(on, true);

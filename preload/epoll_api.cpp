@@ -423,16 +423,24 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
     int64_t left = timeout_ms < 0 ? -1 : std::max<int64_t>(0, deadline - mono_ms());
     chan_list chans;
     size_t k = 0;
+    std::vector<std::shared_ptr<rdma::direct_channel>> many;  // too many to watch
     if (left != 0) {
       std::lock_guard<std::mutex> lk(g_ep_mu);
       if (s->chans.size() <= max_direct) {
         for (const ep_chan& c : s->chans) {
           chans[k++] = c.ch;
         }
+      } else {
+        for (const ep_chan& c : s->chans) {
+          many.push_back(c.ch);
+        }
       }
     }
     int n;
     if (k == 0) {
+      for (const auto& ch : many) {
+        ch->arm();  // the engine rings the doorbells
+      }
       n = wait(left);
     } else {
       // Look first; spin, then sleep (serving the channels) only while

@@ -43,27 +43,28 @@ struct slot_map {
 // More link groups than this in one call: it leaves them to the engine.
 constexpr size_t max_direct = 8;
 
-// The distinct receive channels of a call's SMC-R connections.
+// The distinct receive channels of a call's SMC-R connections: `v` the ones
+// the call serves itself (none if there are more than max_direct), `all`.
 struct chan_list {
   std::vector<std::shared_ptr<smc::rdma::direct_channel>> v;
-  bool overflow = false;
+  std::vector<std::shared_ptr<smc::rdma::direct_channel>> all;
 
   void add(std::shared_ptr<smc::rdma::direct_channel> ch) {
-    if (!ch || overflow) {
+    if (!ch) {
       return;
     }
     const int fd = ch->fd();
-    for (const auto& c : v) {
+    for (const auto& c : all) {
       if (c->fd() == fd) {
         return;
       }
     }
-    if (v.size() == max_direct) {
-      overflow = true;
+    all.push_back(std::move(ch));
+    if (all.size() <= max_direct) {
+      v = all;
+    } else {
       v.clear();
-      return;
     }
-    v.push_back(std::move(ch));
   }
 };
 
@@ -204,6 +205,11 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       if (left_ns != 0) {
         for (const auto& ch : chans.v) {
           k.push_back({ch->begin(), POLLIN, 0});
+        }
+        if (chans.v.empty()) {
+          for (const auto& ch : chans.all) {
+            ch->arm();  // too many to watch: the engine rings the doorbells
+          }
         }
       }
       timespec ts{static_cast<time_t>(left_ns / 1000000000), static_cast<long>(left_ns % 1000000000)};

@@ -38,6 +38,9 @@ class direct_channel {
   /// many messages), between spin(true) and spin(false) (data_path::spin).
   virtual int poll() = 0;
   virtual void spin(bool on) = 0;
+  /// For a wait that sleeps without begin() (too many channels to watch):
+  /// make sure the engine is notified of the next message.
+  virtual void arm() = 0;
 };
 
 class data_path {
