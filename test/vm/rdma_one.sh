@@ -10,7 +10,7 @@
 #   - a ping-pong that sleeps (no spinning) in blocked reads, in epoll_wait
 #     or in poll is woken by its own receive CQ events, not through the
 #     engine thread (the stats' rdma_cq_events); one that busy-polls in
-#     epoll_wait takes its replies without CQ events
+#     epoll_wait or poll takes its replies without CQ events
 #   - 16 threads connect at once, and per connection one thread writes while
 #     another reads, all blocking on one link group (smc_calls --mode threads)
 #   - a peer killed mid-transfer: EOF or ECONNRESET within 2 s
@@ -186,32 +186,34 @@ for how in read epoll poll; do
   fi
 done
 
-# An event loop busy-polls in epoll_wait as a blocked call does (SMC_SPIN_US,
-# here the longest, 10 ms: this guest's two vCPUs share one host thread, and
-# two spinners make a round trip take milliseconds), and keeps the receive
-# CQ quiet meanwhile: the replies are taken without CQ events, so the engine
-# thread is not woken for each message.
-d=$tmp/spin-epoll
-mkdir -p "$d"
-SMC_SPIN_US=10000 timeout 300 "$smc_run" "$build/smc_bench" server --addr "$ip" --port 0 \
-  --portfile "$d/port" --test pingpong --wait epoll > "$d/server.out" 2>&1 &
-spid=$!
-if retry_for 30 wait_port "$d/port"; then
-  iters=300
-  SMC_SPIN_US=10000 SMC_STATS_FILE=$d/client.json timeout 300 "$smc_run" "$build/smc_bench" client \
-    --addr "$ip" --port "$(cat "$d/port")" --test pingpong --wait epoll --iters "$iters" \
-    > "$d/client.out" 2>&1 || fail "epoll spin: $(cat "$d/client.out")"
-  wait "$spid"
-  by_caller=$(json_int "$d/client.json" caller)
-  by_engine=$(json_int "$d/client.json" engine)
-  if [ -n "$by_engine" ] && [ "$((by_caller + by_engine))" -le $((iters / 10)) ]; then
-    pass "epoll spin: $iters round trips busy-polled in epoll_wait, receive CQ events: caller $by_caller, engine $by_engine ($(cat "$d/client.out"))"
+# An event loop busy-polls in epoll_wait or poll as a blocked call does
+# (SMC_SPIN_US, here the longest, 10 ms: this guest's two vCPUs share one
+# host thread, and two spinners make a round trip take milliseconds), and
+# keeps the receive CQ quiet meanwhile: the replies are taken without CQ
+# events, so the engine thread is not woken for each message.
+for how in epoll poll; do
+  d=$tmp/spin-$how
+  mkdir -p "$d"
+  SMC_SPIN_US=10000 timeout 300 "$smc_run" "$build/smc_bench" server --addr "$ip" --port 0 \
+    --portfile "$d/port" --test pingpong --wait "$how" > "$d/server.out" 2>&1 &
+  spid=$!
+  if retry_for 30 wait_port "$d/port"; then
+    iters=300
+    SMC_SPIN_US=10000 SMC_STATS_FILE=$d/client.json timeout 300 "$smc_run" "$build/smc_bench" client \
+      --addr "$ip" --port "$(cat "$d/port")" --test pingpong --wait "$how" --iters "$iters" \
+      > "$d/client.out" 2>&1 || fail "$how spin: $(cat "$d/client.out")"
+    wait "$spid"
+    by_caller=$(json_int "$d/client.json" caller)
+    by_engine=$(json_int "$d/client.json" engine)
+    if [ -n "$by_engine" ] && [ "$((by_caller + by_engine))" -le $((iters / 10)) ]; then
+      pass "$how spin: $iters round trips busy-polled, receive CQ events: caller $by_caller, engine $by_engine ($(cat "$d/client.out"))"
+    else
+      fail "$how spin: receive CQ events taken by the caller ${by_caller:-?}, by the engine ${by_engine:-?} over $iters busy-polled round trips"
+    fi
   else
-    fail "epoll spin: receive CQ events taken by the caller ${by_caller:-?}, by the engine ${by_engine:-?} over $iters busy-polled round trips"
+    fail "$how spin: server did not start"
   fi
-else
-  fail "epoll spin: server did not start"
-fi
+done
 
 # Many threads blocked at once on one link group: 16 connections made at the
 # same moment, on each one thread writing while another reads, 1 MiB echoed
