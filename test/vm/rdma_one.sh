@@ -157,32 +157,45 @@ else
   fail "fork: server did not start"
 fi
 
+# cq_pingpong NAME SPIN HOW ITERS: an smc_bench ping-pong of ITERS round trips
+# under SMC_SPIN_US=SPIN, both ends waiting with --wait HOW; sets by_caller
+# and by_engine from the client's stats (rdma_cq_events). Fails NAME and
+# returns 1 if it could not run.
+cq_pingpong() {
+  local name=$1 spin=$2 how=$3 iters=$4 d=$tmp/cq-$3-$2 spid
+  mkdir -p "$d"
+  SMC_SPIN_US=$spin timeout 300 "$smc_run" "$build/smc_bench" server --addr "$ip" --port 0 \
+    --portfile "$d/port" --test pingpong --wait "$how" > "$d/server.out" 2>&1 &
+  spid=$!
+  if ! retry_for 30 wait_port "$d/port"; then
+    fail "$name: server did not start"
+    return 1
+  fi
+  if ! SMC_SPIN_US=$spin SMC_STATS_FILE=$d/client.json timeout 300 "$smc_run" "$build/smc_bench" \
+    client --addr "$ip" --port "$(cat "$d/port")" --test pingpong --wait "$how" \
+    --iters "$iters" > "$d/client.out" 2>&1; then
+    fail "$name: $(cat "$d/client.out")"
+    wait "$spid"
+    return 1
+  fi
+  wait "$spid"
+  by_caller=$(json_int "$d/client.json" caller)
+  by_engine=$(json_int "$d/client.json" engine)
+  result=$(cat "$d/client.out")
+}
+
 # A thread that sleeps waits on the receive CQ's channel itself, in a blocked
 # call (--wait read) as in epoll_wait or poll (--wait epoll|poll, as event
 # loops wait): with no spinning, every reply of a ping-pong wakes the
 # client's own thread, and the engine thread takes (almost) none of those
 # events.
+iters=500
 for how in read epoll poll; do
-  d=$tmp/direct-$how
-  mkdir -p "$d"
-  SMC_SPIN_US=0 timeout 300 "$smc_run" "$build/smc_bench" server --addr "$ip" --port 0 \
-    --portfile "$d/port" --test pingpong --wait "$how" > "$d/server.out" 2>&1 &
-  spid=$!
-  if retry_for 30 wait_port "$d/port"; then
-    iters=500
-    SMC_SPIN_US=0 SMC_STATS_FILE=$d/client.json timeout 300 "$smc_run" "$build/smc_bench" client \
-      --addr "$ip" --port "$(cat "$d/port")" --test pingpong --wait "$how" --iters "$iters" \
-      > "$d/client.out" 2>&1 || fail "direct wait ($how): $(cat "$d/client.out")"
-    wait "$spid"
-    by_caller=$(json_int "$d/client.json" caller)
-    by_engine=$(json_int "$d/client.json" engine)
-    if [ "${by_caller:-0}" -ge $((iters * 9 / 10)) ] && [ "${by_engine:-0}" -le $((iters / 10)) ]; then
-      pass "direct wait ($how): $iters sleeping round trips, receive CQ events taken by the caller $by_caller, by the engine $by_engine ($(cat "$d/client.out"))"
-    else
-      fail "direct wait ($how): receive CQ events taken by the caller ${by_caller:-?}, by the engine ${by_engine:-?} over $iters sleeping round trips"
-    fi
+  cq_pingpong "direct wait ($how)" 0 "$how" "$iters" || continue
+  if [ "${by_caller:-0}" -ge $((iters * 9 / 10)) ] && [ "${by_engine:-0}" -le $((iters / 10)) ]; then
+    pass "direct wait ($how): $iters sleeping round trips, receive CQ events taken by the caller $by_caller, by the engine $by_engine ($result)"
   else
-    fail "direct wait ($how): server did not start"
+    fail "direct wait ($how): receive CQ events taken by the caller ${by_caller:-?}, by the engine ${by_engine:-?} over $iters sleeping round trips"
   fi
 done
 
@@ -191,27 +204,13 @@ done
 # host thread, and two spinners make a round trip take milliseconds), and
 # keeps the receive CQ quiet meanwhile: the replies are taken without CQ
 # events, so the engine thread is not woken for each message.
+iters=300
 for how in epoll poll; do
-  d=$tmp/spin-$how
-  mkdir -p "$d"
-  SMC_SPIN_US=10000 timeout 300 "$smc_run" "$build/smc_bench" server --addr "$ip" --port 0 \
-    --portfile "$d/port" --test pingpong --wait "$how" > "$d/server.out" 2>&1 &
-  spid=$!
-  if retry_for 30 wait_port "$d/port"; then
-    iters=300
-    SMC_SPIN_US=10000 SMC_STATS_FILE=$d/client.json timeout 300 "$smc_run" "$build/smc_bench" client \
-      --addr "$ip" --port "$(cat "$d/port")" --test pingpong --wait "$how" --iters "$iters" \
-      > "$d/client.out" 2>&1 || fail "$how spin: $(cat "$d/client.out")"
-    wait "$spid"
-    by_caller=$(json_int "$d/client.json" caller)
-    by_engine=$(json_int "$d/client.json" engine)
-    if [ -n "$by_engine" ] && [ "$((by_caller + by_engine))" -le $((iters / 10)) ]; then
-      pass "$how spin: $iters round trips busy-polled, receive CQ events: caller $by_caller, engine $by_engine ($(cat "$d/client.out"))"
-    else
-      fail "$how spin: receive CQ events taken by the caller ${by_caller:-?}, by the engine ${by_engine:-?} over $iters busy-polled round trips"
-    fi
+  cq_pingpong "$how spin" 10000 "$how" "$iters" || continue
+  if [ -n "$by_engine" ] && [ "$((by_caller + by_engine))" -le $((iters / 10)) ]; then
+    pass "$how spin: $iters round trips busy-polled, receive CQ events: caller $by_caller, engine $by_engine ($result)"
   else
-    fail "$how spin: server did not start"
+    fail "$how spin: receive CQ events taken by the caller ${by_caller:-?}, by the engine ${by_engine:-?} over $iters busy-polled round trips"
   fi
 done
 
