@@ -2,10 +2,11 @@
 # Guest script (one VM): SMC-R next to the device's own numbers, in one run on
 # rxe0 (loopback): perftest's ib_write_lat / ib_send_lat / ib_write_bw,
 # verbs_floor (SMC-R's wire pattern, an RDMA WRITE and a CDC-sized SEND per
-# message, on bare verbs: the floor for any SMC-R), our ping-pong and stream
-# under smc_run -t rdma, and plain TCP on the same address. A benchmark: it
-# prints numbers, it asserts nothing. Under TCG emulation only the ratios
-# mean something, and they swing from run to run.
+# message, on bare verbs: the floor for any SMC-R), our ping-pong (blocking
+# reads, and an event loop's epoll_wait) and stream under smc_run -t rdma,
+# and plain TCP on the same address. A benchmark: it prints numbers, it
+# asserts nothing. Under TCG emulation only the ratios mean something, and
+# they swing from run to run.
 # Latency wants truly parallel vCPUs and a spin longer than the emulated
 # round trip (perftest busy-polls without limit):
 #   SMC_VM_TCG_THREAD=multi SMC_SPIN_US=2000 scripts/vm/rxe-vm.sh one test/vm/bench_rdma.sh
@@ -68,6 +69,8 @@ fs=$(floor --pattern send --size 64 --iters "$iters")
 fw=$(floor --pattern write_send --size 64 --iters "$iters")
 sp=$(bench smc --test pingpong --size 64 --iters "$iters")
 tp=$(bench tcp --test pingpong --size 64 --iters "$iters")
+se=$(bench smc --test pingpong --size 64 --iters "$iters" --wait epoll)
+te=$(bench tcp --test pingpong --size 64 --iters "$iters" --wait epoll)
 ss=$(bench smc --test stream --size 65536 --seconds 5)
 ts=$(bench tcp --test stream --size 65536 --seconds 5)
 
@@ -79,6 +82,8 @@ printf '  %-34s %10s us (round trip, avg; p50 %s)\n' "verbs_floor, SEND" "$(echo
 printf '  %-34s %10s us (round trip, avg; p50 %s)\n' "verbs_floor, WRITE+SEND (SMC-R's)" "$(echo "$fw" | field avg_us)" "$(echo "$fw" | field p50_us)"
 printf '  %-34s %10s us (round trip, avg; p50 %s)\n' "smc_bench ping-pong, SMC-R" "$(echo "$sp" | field avg_us)" "$(echo "$sp" | field p50_us)"
 printf '  %-34s %10s us (round trip, avg; p50 %s)\n' "smc_bench ping-pong, TCP" "$(echo "$tp" | field avg_us)" "$(echo "$tp" | field p50_us)"
+printf '  %-34s %10s us (round trip, avg; p50 %s)\n' "the same in epoll_wait, SMC-R" "$(echo "$se" | field avg_us)" "$(echo "$se" | field p50_us)"
+printf '  %-34s %10s us (round trip, avg; p50 %s)\n' "the same in epoll_wait, TCP" "$(echo "$te" | field avg_us)" "$(echo "$te" | field p50_us)"
 printf '  %-34s %10s MB/s\n' "ib_write_bw (64 KiB)" "$wb"
 printf '  %-34s %10s MB/s\n' "smc_bench stream, SMC-R" "$(echo "$ss" | field MBps)"
 printf '  %-34s %10s MB/s\n' "smc_bench stream, TCP" "$(echo "$ts" | field MBps)"
