@@ -31,7 +31,6 @@
 #include <unordered_set>
 #include <vector>
 
-#include "core/busy_wait.h"
 #include "core/log.h"
 #include "preload/preload.h"
 #include "rdma/transport.h"
@@ -347,9 +346,6 @@ int64_t mono_ms() {
   return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
-// More link groups than this in one set: its waits leave them to the engine.
-constexpr size_t max_direct = 8;
-
 using chan_list = std::array<std::shared_ptr<rdma::direct_channel>, max_direct>;
 
 // Sleeps on the application's set and on the channels (k of them) at once,
@@ -358,53 +354,11 @@ using chan_list = std::array<std::shared_ptr<rdma::direct_channel>, max_direct>;
 int sleep_direct(int epfd, chan_list& chans, size_t k, int64_t timeout_ms, const sigset_t* sigmask) {
   pollfd p[1 + max_direct];
   p[0] = {epfd, POLLIN, 0};
-  for (size_t i = 0; i < k; ++i) {
-    p[1 + i] = {chans[i]->begin(), POLLIN, 0};  // -1: ignored by ppoll
-  }
+  begin_channels(chans.begin(), chans.begin() + k, p + 1);
   timespec ts{static_cast<time_t>(timeout_ms / 1000), static_cast<long>((timeout_ms % 1000) * 1000000)};
   int rc = real.ppoll(p, 1 + k, timeout_ms < 0 ? nullptr : &ts, sigmask);
-  int err = errno;
-  for (size_t i = 0; i < k; ++i) {
-    if (p[1 + i].fd >= 0) {
-      chans[i]->end(rc > 0 && p[1 + i].revents != 0);
-    }
-  }
-  errno = err;
+  end_channels(chans.begin(), chans.begin() + k, p + 1, rc);
   return rc;
-}
-
-// Busy-polls the channels (k of them) for up to spin_us, as a blocked call
-// does before it sleeps (core::busy_wait), looking at the set (wait(0))
-// whenever a channel brought something, and every 64 rounds for the rest.
-// Returns the last wait(0)'s result: 0 if nothing became ready.
-template <typename Wait>
-int spin_direct(chan_list& chans, size_t k, uint32_t spin_us, Wait& wait) {
-  for (size_t i = 0; i < k; ++i) {
-    chans[i]->spin(true);
-  }
-  int n = 0;
-  int moved = 0;
-  unsigned round = 0;
-  smc::core::busy_wait(
-      spin_us,
-      [&] {
-        moved = 0;
-        for (size_t i = 0; i < k; ++i) {
-          moved += chans[i]->poll();
-        }
-        return true;
-      },
-      [&] {
-        if (moved == 0 && (++round & 63) != 0) {
-          return false;
-        }
-        n = wait(0);
-        return n != 0;
-      });
-  for (size_t i = 0; i < k; ++i) {
-    chans[i]->spin(false);
-  }
-  return n;
 }
 
 // The shared body of epoll_wait/epoll_pwait/epoll_pwait2: `wait(ms)` is the
@@ -448,7 +402,11 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
       n = wait(0);
       const uint32_t spin = cfg().spin_us;
       if (n == 0 && spin > 0) {
-        n = spin_direct(chans, k, left < 0 ? spin : static_cast<uint32_t>(std::min<int64_t>(spin, left * 1000)), wait);
+        const uint32_t us = left < 0 ? spin : static_cast<uint32_t>(std::min<int64_t>(spin, left * 1000));
+        spin_channels(chans.begin(), chans.begin() + k, us, [&] {
+          n = wait(0);
+          return n != 0;
+        });
         if (n == 0 && timeout_ms >= 0) {
           left = std::max<int64_t>(0, deadline - mono_ms());  // what the spin left of it
         }

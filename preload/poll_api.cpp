@@ -13,7 +13,6 @@
 #include <cstring>
 #include <vector>
 
-#include "core/busy_wait.h"
 #include "core/log.h"
 #include "preload/preload.h"
 #include "rdma/transport.h"
@@ -40,8 +39,6 @@ struct slot_map {
   bool chan_seen = false;  // its channel is in the call's list (or none)
 };
 
-// More link groups than this in one call: it leaves them to the engine.
-constexpr size_t max_direct = 8;
 
 // The distinct receive channels of a call's SMC-R connections: `v` the ones
 // the call serves itself (none if there are more than max_direct), `all`.
@@ -166,35 +163,14 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
     const size_t base = k.size();
     const uint32_t spin = cfg().spin_us;
     if (left_ns != 0 && spin > 0 && !chans.v.empty()) {
-      // Busy-poll the receive channels first, as a blocked call does, and
-      // look at the kernel set (where the doorbells are) whenever a channel
-      // brought something, and every 64 rounds for the rest.
+      // Busy-poll the receive channels first; the doorbells they ring are in
+      // the kernel set.
       const uint32_t us = left_ns < 0 ? spin : static_cast<uint32_t>(std::min<int64_t>(spin, left_ns / 1000));
-      for (const auto& ch : chans.v) {
-        ch->spin(true);
-      }
-      int moved = 0;
-      unsigned round = 0;
       timespec zero{0, 0};
-      smc::core::busy_wait(
-          us,
-          [&] {
-            moved = 0;
-            for (const auto& ch : chans.v) {
-              moved += ch->poll();
-            }
-            return true;
-          },
-          [&] {
-            if (moved == 0 && (++round & 63) != 0) {
-              return false;
-            }
-            kn = real.ppoll(k.data(), base, &zero, sigmask);
-            return kn != 0;
-          });
-      for (const auto& ch : chans.v) {
-        ch->spin(false);
-      }
+      spin_channels(chans.v.begin(), chans.v.end(), us, [&] {
+        kn = real.ppoll(k.data(), base, &zero, sigmask);
+        return kn != 0;
+      });
       if (kn == 0 && left_ns > 0 && timeout_ns >= 0) {
         // What the spin left of the caller's timeout.
         left_ns = std::min(left_ns, std::max<int64_t>(0, deadline - mono_ns()));
@@ -203,9 +179,8 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
     if (kn == 0) {
       // Sleeping: on the receive channels too, served right after (-1: ignored).
       if (left_ns != 0) {
-        for (const auto& ch : chans.v) {
-          k.push_back({ch->begin(), POLLIN, 0});
-        }
+        k.resize(base + chans.v.size());
+        begin_channels(chans.v.begin(), chans.v.end(), k.data() + base);
         if (chans.v.empty()) {
           for (const auto& ch : chans.all) {
             ch->arm();  // too many to watch: the engine rings the doorbells
@@ -216,13 +191,7 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       kn = real.ppoll(k.data(), k.size(), left_ns < 0 ? nullptr : &ts, sigmask);
     }
     if (k.size() > base) {
-      const int err = errno;
-      for (size_t j = base; j < k.size(); ++j) {
-        if (k[j].fd >= 0) {
-          chans.v[j - base]->end(kn > 0 && k[j].revents != 0);
-        }
-      }
-      errno = err;
+      end_channels(chans.v.begin(), chans.v.end(), k.data() + base, kn);
     }
     if (kn < 0) {
       result = -1;

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "core/busy_wait.h"
 #include "core/conn.h"
 #include "core/handshake.h"
 
@@ -195,6 +196,65 @@ void ep_forget_entry(entry* e);
 void ep_destroy_set(entry* e);
 void ep_lock();
 void ep_unlock();
+
+// ---- receive channels an event-loop wait serves itself (epoll, poll) ----
+/// More link groups than this in one wait: it leaves them to the engine.
+constexpr size_t max_direct = 8;
+
+/// Busy-waits up to spin_us on the channels [first, last), as a blocked
+/// call does before it sleeps (core::busy_wait): each round dispatches what
+/// they received; look() (is anything ready now?) runs whenever a channel
+/// brought something, and every 64 rounds for the rest. Returns whether
+/// look() said yes.
+template <class It, class Look>
+bool spin_channels(It first, It last, uint32_t spin_us, Look&& look) {
+  for (It c = first; c != last; ++c) {
+    (*c)->spin(true);
+  }
+  int moved = 0;
+  unsigned round = 0;
+  const bool ready = core::busy_wait(
+      spin_us,
+      [&] {
+        moved = 0;
+        for (It c = first; c != last; ++c) {
+          moved += (*c)->poll();
+        }
+        return true;
+      },
+      [&] {
+        if (moved == 0 && (++round & 63) != 0) {
+          return false;
+        }
+        return look();
+      });
+  for (It c = first; c != last; ++c) {
+    (*c)->spin(false);
+  }
+  return ready;
+}
+
+/// Before sleeping: out[i] watches the i-th channel of [first, last) (fd
+/// -1, ignored by poll, for one that has none now).
+template <class It>
+void begin_channels(It first, It last, pollfd* out) {
+  for (It c = first; c != last; ++c) {
+    *out++ = {(*c)->begin(), POLLIN, 0};
+  }
+}
+
+/// After the sleep (poll's result rc): each channel begun is ended, and
+/// dispatches what it brought. errno is kept.
+template <class It>
+void end_channels(It first, It last, const pollfd* in, int rc) {
+  const int err = errno;
+  for (It c = first; c != last; ++c, ++in) {
+    if (in->fd >= 0) {
+      (*c)->end(rc > 0 && in->revents != 0);
+    }
+  }
+  errno = err;
+}
 
 // ---- helpers ----
 /// Runs f() and returns its result with errno preserved on success and set
