@@ -18,6 +18,10 @@ bool enabled(level lvl);
 void write(level lvl, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 /// Flush buffered output (at exit).
 void flush();
+/// The process confined itself (a seccomp filter, small limits): logging
+/// falls silent, as each line would take calls (fstat, open, signal mask
+/// changes) that it may no longer make, or a signal (SIGXFSZ) that kills.
+void stop();
 
 }  // namespace smc::core::log
 
