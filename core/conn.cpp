@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -13,6 +14,9 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <functional>
+#include <mutex>
+#include <unordered_set>
 
 #include "core/busy_wait.h"
 #include "core/cdc.h"
@@ -102,7 +106,59 @@ int self_pid() {
   return p;
 }
 
-void note_fork_child() { g_self.store(static_cast<int>(::getpid()), std::memory_order_relaxed); }
+namespace {
+
+// Every connection of this process: for note_fork_child() (those whose
+// state other processes may share) and for_each_conn().
+std::mutex g_registry_mu;
+std::unordered_set<conn*>* g_registry = nullptr;  // leaked: lives to the last close
+
+void registry_add(conn* s) {
+  std::lock_guard<std::mutex> lk(g_registry_mu);
+  if (g_registry == nullptr) {
+    g_registry = new std::unordered_set<conn*>();
+  }
+  g_registry->insert(s);
+}
+
+void registry_remove(conn* s) {
+  std::lock_guard<std::mutex> lk(g_registry_mu);
+  if (g_registry != nullptr) {
+    g_registry->erase(s);
+  }
+}
+
+}  // namespace
+
+void conn_registry_lock() { g_registry_mu.lock(); }
+void conn_registry_unlock() { g_registry_mu.unlock(); }
+
+void note_fork_child() {
+  g_self.store(static_cast<int>(::getpid()), std::memory_order_relaxed);
+  // The child holds what the parent held (the lock is still taken from the
+  // parent's prepare handler, and no other thread exists here).
+  if (g_registry != nullptr) {
+    for (conn* c : *g_registry) {
+      c->note_forked();
+    }
+  }
+  g_registry_mu.unlock();
+}
+
+void for_each_conn(const std::function<void(conn&)>& f) {
+  std::lock_guard<std::mutex> lk(g_registry_mu);
+  if (g_registry != nullptr) {
+    for (conn* c : *g_registry) {
+      f(*c);
+    }
+  }
+}
+
+void conn::note_forked() {
+  if (own_ == nullptr) {
+    sh_->holders.fetch_add(1);  // shared with the parent: the child holds it too
+  }
+}
 
 namespace {
 std::atomic<bool> g_restart{true};
@@ -111,24 +167,90 @@ std::atomic<bool> g_restart{true};
 void set_signals_restart(bool yes) { g_restart.store(yes, std::memory_order_relaxed); }
 bool signals_restart() { return g_restart.load(std::memory_order_relaxed); }
 
-conn::conn(std::unique_ptr<rdma::data_path> path, int tcp_fd, uint32_t spin_us)
-    : path_(std::move(path)), tcp_fd_(tcp_fd), spin_us_(spin_us) {
-  path_->note_user(self_pid());
+void robust_mutex::init() {
+  pthread_mutexattr_t a;
+  pthread_mutexattr_init(&a);
+  pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+  pthread_mutex_init(&m_, &a);
+  pthread_mutexattr_destroy(&a);
 }
 
-conn::~conn() = default;
+void robust_mutex::lock() {
+  if (pthread_mutex_lock(&m_) == EOWNERDEAD) {
+    // A holder died inside a call (killed): the state it guarded is cursors
+    // and flags stored one at a time, each consistent on its own.
+    pthread_mutex_consistent(&m_);
+  }
+}
+
+void robust_mutex::unlock() { pthread_mutex_unlock(&m_); }
+
+conn::conn(std::unique_ptr<rdma::data_path> path, int tcp_fd, uint32_t spin_us)
+    : path_(std::move(path)), tcp_fd_(tcp_fd), spin_us_(spin_us) {
+  init_shared(true, false);
+}
+
+conn::conn(attach_t, std::unique_ptr<rdma::data_path> path, int tcp_fd, uint32_t spin_us,
+           bool join)
+    : path_(std::move(path)), tcp_fd_(tcp_fd), spin_us_(spin_us) {
+  init_shared(false, join);
+}
+
+void conn::init_shared(bool fresh, bool join) {
+  void* mem = path_->shared_state();
+  if (mem == nullptr) {
+    own_ = std::make_unique<conn_shared>();
+    mem = own_.get();
+    fresh = true;
+  } else if (path_->shared_state_size() < sizeof(conn_shared)) {
+    return;  // sh_ stays null: not valid()
+  }
+  if (fresh) {
+    auto* s = new (mem) conn_shared();
+    s->magic = conn_shared::magic_value;
+    s->version = 1;
+    s->holders.store(1);
+    s->rx_mu.init();
+    s->tx_mu.init();
+    sh_ = s;
+  } else {
+    auto* s = static_cast<conn_shared*>(mem);
+    if (s->magic != conn_shared::magic_value || s->version != 1) {
+      return;
+    }
+    if (join) {
+      s->holders.fetch_add(1);
+    }
+    sh_ = s;
+  }
+  registry_add(this);
+}
+
+conn::~conn() {
+  if (sh_ != nullptr) {
+    registry_remove(this);
+  }
+  if (waiter_ >= 0) {
+    sys().close(waiter_);
+  }
+}
+
+static_assert(sizeof(conn_shared) <= 4096, "conn_shared must fit the shm state page");
+
+void conn::add_holder() { sh_->holders.fetch_add(1); }
 
 // Reads of the cursors, in an order that concurrent readers cannot make
 // fail: first the last validated peer cursor (every value it ever held was
 // read from the peer before our read below, and the peer only moves
 // forward), then our own cursor, then the peer's. Only the owner (the
-// caller holding rx_mu_ / tx_mu_) records what it validated; a look from
+// caller holding the rx / tx lock) records what it validated; a look from
 // another thread (events(), FIONREAD, SIOCOUTQ) changes nothing, so it can
 // never make the owner see the peer's cursor move backwards.
 bool conn::rx_available(uint32_t& avail, bool owner) {
   const uint32_t size = path_->rx_size();
-  cursor last = curs_unpack(rx_prod_.load(std::memory_order_acquire));
-  cursor cons = curs_unpack(rx_cons_.load(std::memory_order_acquire));
+  cursor last = curs_unpack(sh_->rx_prod.load(std::memory_order_acquire));
+  cursor cons = curs_unpack(sh_->rx_cons.load(std::memory_order_acquire));
   cursor prod = curs_unpack(path_->peer_prod());
   // The peer may only move its producer cursor forward, and never further than
   // one ring ahead of what we consumed (it would overwrite unread data).
@@ -137,7 +259,7 @@ bool conn::rx_available(uint32_t& avail, bool owner) {
     return false;
   }
   if (owner) {
-    rx_prod_.store(curs_pack(prod), std::memory_order_release);
+    sh_->rx_prod.store(curs_pack(prod), std::memory_order_release);
   }
   avail = curs_diff(size, cons, prod);
   return true;
@@ -145,18 +267,18 @@ bool conn::rx_available(uint32_t& avail, bool owner) {
 
 bool conn::tx_space(uint32_t& space, bool owner) {
   const uint32_t size = path_->tx_size();
-  cursor last = curs_unpack(tx_cons_.load(std::memory_order_acquire));
+  cursor last = curs_unpack(sh_->tx_cons.load(std::memory_order_acquire));
   cursor cons = curs_unpack(path_->peer_cons());
-  // Ours after the peer's: tx_prod_ is stored before it is published, so it
+  // Ours after the peer's: sh_->tx_prod is stored before it is published, so it
   // is never behind what the peer consumed.
-  cursor prod = curs_unpack(tx_prod_.load(std::memory_order_acquire));
+  cursor prod = curs_unpack(sh_->tx_prod.load(std::memory_order_acquire));
   // The peer's consumer cursor moves forward and never past what we produced.
   if (!curs_ahead_within(size, last, cons) || !curs_ahead_within(size, cons, prod)) {
     space = 0;
     return false;
   }
   if (owner) {
-    tx_cons_.store(curs_pack(cons), std::memory_order_release);
+    sh_->tx_cons.store(curs_pack(cons), std::memory_order_release);
   }
   space = size - curs_diff(size, cons, prod);
   return true;
@@ -184,11 +306,11 @@ bool conn::tx_look(uint32_t& space) {
 
 void conn::abort_locally(int err) {
   int expected = 0;
-  if (err_.compare_exchange_strong(expected, err)) {
-    so_error_.store(err);
+  if (sh_->err.compare_exchange_strong(expected, err)) {
+    sh_->so_error.store(err);
     SMC_LOG(warn, "fd %d: connection aborted (%s)", tcp_fd_, std::strerror(err));
-    uint8_t f = my_flags_.fetch_or(cdc::conn_abnormal) | cdc::conn_abnormal;
-    path_->publish_prod(tx_prod_.load(), f);
+    uint8_t f = sh_->my_flags.fetch_or(cdc::conn_abnormal) | cdc::conn_abnormal;
+    path_->publish_prod(sh_->tx_prod.load(), f);
   }
   path_->kick_rx();
   path_->kick_tx();
@@ -197,6 +319,13 @@ void conn::abort_locally(int err) {
 int conn::block_timeout_ms(bool rx, int flags) {
   if ((flags & MSG_DONTWAIT) != 0) {
     return 0;
+  }
+  if (confined_.load(std::memory_order_relaxed)) {
+    // No fcntl or getsockopt here any more: what the socket said when the
+    // process confined itself, kept current by the application's own calls.
+    const bool nb = c_nonblock_.load(std::memory_order_relaxed);
+    blocking_hint_.store(!nb, std::memory_order_relaxed);
+    return nb ? 0 : (rx ? c_rcvtimeo_ : c_sndtimeo_).load(std::memory_order_relaxed);
   }
   int fl = sys().fcntl(tcp_fd_, F_GETFL);
   const bool nonblock = fl >= 0 && (fl & O_NONBLOCK) != 0;
@@ -234,15 +363,86 @@ bool spin_until(rdma::data_path& path, uint32_t spin_us, Done done) {
 bool conn::spin_rx(uint8_t pf) {
   // Against what we know (the producer cursor we last validated), so data
   // that arrived since is seen at once.
-  const uint64_t before = rx_prod_.load(std::memory_order_relaxed);
+  const uint64_t before = sh_->rx_prod.load(std::memory_order_relaxed);
   return spin_until(*path_, spin_us_, [&] {
     return path_->peer_prod() != before || path_->peer_conn_flags() != pf;
   });
 }
 
 bool conn::spin_tx() {
-  const uint64_t before = tx_cons_.load(std::memory_order_relaxed);
+  const uint64_t before = sh_->tx_cons.load(std::memory_order_relaxed);
   return spin_until(*path_, spin_us_, [&] { return path_->peer_cons() != before; });
+}
+
+template <class Ready>
+int conn::wait_poll(bool rx, int timeout_ms, Ready& ready) {
+  pollfd p[3] = {{rx ? path_->rx_fd() : path_->tx_fd(), POLLIN, 0},
+                 {tcp_fd_, POLLIN | POLLRDHUP, 0},
+                 {-1, POLLIN, 0}};
+  // After the peer's FIN the TCP socket stays readable: stop watching it,
+  // and while its meaning is open (check_tcp()) look again every few ms.
+  const bool fin = sh_->fin_ms.load() != 0;
+  if (fin && !finished() && (timeout_ms < 0 || timeout_ms > 10)) {
+    timeout_ms = 10;
+  }
+  nfds_t nfds = fin ? 1 : 2;
+  // What we wait for may come through the transport's own queue: wait on
+  // it too, and dispatch it here (data_path::begin_direct_wait).
+  const int direct = path_->begin_direct_wait();
+  if (direct >= 0) {
+    p[nfds++] = {direct, POLLIN, 0};
+  }
+  int n = sys().poll(p, nfds, timeout_ms);
+  const int err = errno;
+  if (direct >= 0) {
+    path_->end_direct_wait(n > 0 && p[nfds - 1].revents != 0);
+  }
+  if (n > 0 && !fin && p[1].revents != 0) {
+    tcp_stirred_.store(true);
+  }
+  if (n < 0) {
+    return err;
+  }
+  if (n == 0) {
+    return EAGAIN;
+  }
+  if (p[0].revents != 0 && !ready()) {
+    // A doorbell rung for a state that is gone again: reset it (the caller
+    // looks once more).
+    reset_doorbell(rx);
+  }
+  return 0;
+}
+
+template <class Ready>
+int conn::wait_confined(bool rx, int timeout_ms, Ready& ready) {
+  // One fd: the waiter (both doorbells and the TCP socket), or, without
+  // one (or once the TCP socket's end is known and it would stay readable),
+  // the doorbell alone, with a look at the TCP socket every 100 ms.
+  const bool whole = waiter_ >= 0 && !finished() && sh_->fin_ms.load() == 0;
+  pollfd p{whole ? waiter_ : (rx ? path_->rx_fd() : path_->tx_fd()), POLLIN, 0};
+  if (!whole && !finished() && (timeout_ms < 0 || timeout_ms > 100)) {
+    timeout_ms = 100;
+  }
+  int n = sys().poll(&p, 1, timeout_ms);
+  const int err = errno;
+  if (n < 0) {
+    return err;
+  }
+  tcp_stirred_.store(true);  // the TCP socket may be what woke us, or time passed
+  if (n == 0) {
+    return EAGAIN;
+  }
+  if (!ready()) {
+    // Whatever rang is not what we wait for: reset both doorbells (ours
+    // rings again if its condition holds, the other if someone waits on
+    // it), so the waiter is quiet again.
+    reset_doorbell(rx);
+    if (whole) {
+      quiet_doorbell(!rx);
+    }
+  }
+  return 0;
 }
 
 int conn::wait(bool rx, int timeout_ms, uint32_t need) {
@@ -255,12 +455,13 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
     const bool peer_end =
         rx ? peer_done()
            : (path_->peer_conn_flags() & (cdc::conn_closed | cdc::conn_abnormal)) != 0;
-    if (err_.load() != 0 || gone_.load() || peer_end) {
+    if (sh_->err.load() != 0 || sh_->gone.load() || peer_end) {
       return true;
     }
+    // Only a look: the caller sleeps without the lock (recv, send).
     uint32_t n = 0;
-    bool ok = rx ? rx_available(n, true) : tx_space(n, true);
-    return !ok || n >= (rx ? need : 1) || (rx && shut_rd_.load());
+    bool ok = rx ? rx_look(n) : tx_look(n);
+    return !ok || n >= (rx ? need : 1) || (rx && sh_->shut_rd.load());
   };
   if (rx) {
     path_->arm_rx(1);
@@ -269,37 +470,16 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
   }
   int rc = 0;
   if (!ready()) {  // re-check after arming: the peer rings only for declared waiters
-    pollfd p[3] = {{rx ? path_->rx_fd() : path_->tx_fd(), POLLIN, 0},
-                   {tcp_fd_, POLLIN | POLLRDHUP, 0},
-                   {-1, POLLIN, 0}};
-    // After the peer's FIN the TCP socket stays readable: stop watching it,
-    // and while its meaning is open (check_tcp()) look again every few ms.
-    const bool fin = fin_ms_.load() != 0;
-    if (fin && !finished() && (timeout_ms < 0 || timeout_ms > 10)) {
-      timeout_ms = 10;
-    }
-    nfds_t nfds = fin ? 1 : 2;
-    // What we wait for may come through the transport's own queue: wait on
-    // it too, and dispatch it here (data_path::begin_direct_wait).
-    const int direct = path_->begin_direct_wait();
-    if (direct >= 0) {
-      p[nfds++] = {direct, POLLIN, 0};
-    }
-    int n = sys().poll(p, nfds, timeout_ms);
-    if (direct >= 0) {
-      path_->end_direct_wait(n > 0 && p[nfds - 1].revents != 0);
-    }
-    if (n > 0 && !fin && p[1].revents != 0) {
-      tcp_stirred_.store(true);
-    }
-    if (n < 0) {
-      rc = errno == EINTR ? EINTR : errno;
-    } else if (n == 0) {
-      rc = EAGAIN;
-    } else if (p[0].revents != 0 && !ready()) {
-      // A doorbell rung for a state that is gone again: reset it (the caller
-      // looks once more).
-      reset_doorbell(rx);
+    rc = confined_.load(std::memory_order_relaxed) ? wait_confined(rx, timeout_ms, ready)
+                                                    : wait_poll(rx, timeout_ms, ready);
+    if (rc != 0 && rc != EAGAIN && rc != EINTR) {
+      // Our own wait failed (the process's limits or filter refuse it):
+      // that is no error of the application's call. The connection cannot
+      // be waited on any more: it ends, as a reset, and says why.
+      SMC_LOG(warn, "fd %d: cannot wait for the connection (%s): it ends as reset", tcp_fd_,
+              std::strerror(rc));
+      abort_locally(ECONNRESET);
+      rc = 0;  // the caller looks again and finds the reset
     }
   }
   if (rx) {
@@ -311,12 +491,11 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
 }
 
 io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
-  path_->note_user(self_pid());
   const size_t want = iov_total(iov, iovcnt);
   if (want == 0) {
     return {0, 0};
   }
-  std::lock_guard<std::mutex> lk(rx_mu_);
+  std::unique_lock<robust_mutex> lk(sh_->rx_mu);
   const bool peek = (flags & MSG_PEEK) != 0;
   const bool waitall = (flags & MSG_WAITALL) != 0;
   size_t got = 0;
@@ -325,14 +504,14 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
   int64_t deadline = 0;
   bool looked = false;  // non-blocking: the transport's queue was looked at
   for (;;) {
-    if (shut_rd_.load()) {
+    if (sh_->shut_rd.load()) {
       return {static_cast<ssize_t>(got), 0};
     }
     uint32_t avail = 0;
     if (!rx_available(avail, true)) {
       abort_locally(ECONNRESET);
     }
-    if (int e = err_.load(); e != 0 && avail == 0) {
+    if (int e = sh_->err.load(); e != 0 && avail == 0) {
       // send() turns a reset it reported into EPIPE for later writes; recv(2)
       // has no EPIPE: for a reader the connection still is reset.
       if (e == EPIPE) {
@@ -341,7 +520,7 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, e};
     }
     const uint32_t size = path_->rx_size();
-    cursor cons = curs_unpack(rx_cons_.load(std::memory_order_relaxed));
+    cursor cons = curs_unpack(sh_->rx_cons.load(std::memory_order_relaxed));
     // MSG_PEEK copies without consuming; with MSG_WAITALL it waits for the
     // whole amount, and a timeout or signal returns what is there.
     auto peek_now = [&]() -> io_result {
@@ -350,7 +529,7 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       return {static_cast<ssize_t>(n), 0};
     };
     if (avail > 0 && peek) {
-      if (!waitall || avail >= want || peer_done() || gone_.load()) {
+      if (!waitall || avail >= want || peer_done() || sh_->gone.load()) {
         return peek_now();
       }
       peek_need = avail + 1;
@@ -358,7 +537,7 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       size_t n = std::min<size_t>(avail, want - got);
       ring_to_iov(path_->rx_data(), size, cons.count, n, iov, iovcnt, got);
       cons = curs_add(size, cons, static_cast<uint32_t>(n));
-      rx_cons_.store(curs_pack(cons), std::memory_order_release);
+      sh_->rx_cons.store(curs_pack(cons), std::memory_order_release);
       path_->publish_cons(curs_pack(cons));
       stats::add_rx(n);
       got += n;
@@ -369,7 +548,7 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
     }
     // Nothing (more) to read: end of stream, error, or wait.
     uint8_t pf = path_->peer_conn_flags();
-    if ((pf & (peer_eof_flags | cdc::conn_abnormal)) != 0 || gone_.load()) {
+    if ((pf & (peer_eof_flags | cdc::conn_abnormal)) != 0 || sh_->gone.load()) {
       // `avail` predates this look at the peer's state: the peer may have
       // produced its last bytes and ended the connection in between (its
       // flags are published after its final cursor). Look once more, or that
@@ -380,13 +559,13 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       }
     }
     if ((pf & cdc::conn_abnormal) != 0) {
-      err_.store(ECONNRESET);
+      sh_->err.store(ECONNRESET);
       return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, ECONNRESET};
     }
-    if ((pf & peer_eof_flags) != 0 || (gone_.load() && !gone_reset_.load())) {
+    if ((pf & peer_eof_flags) != 0 || (sh_->gone.load() && !sh_->gone_reset.load())) {
       return {static_cast<ssize_t>(got), 0};
     }
-    if (gone_.load()) {
+    if (sh_->gone.load()) {
       return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, ECONNRESET};
     }
     bool spun = false;
@@ -438,7 +617,12 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       }
       left = static_cast<int>(l);
     }
+    // Asleep without the lock, as the kernel sleeps without the socket's:
+    // another reader (in this process or another holding the connection)
+    // is not held up behind us, and everything is looked at again after.
+    lk.unlock();
     int w = wait(true, left, peek_need);
+    lk.lock();
     if (w == EINTR && got == 0 && timeout < 0 && signals_restart()) {
       // An SA_RESTART handler ran: the kernel restarts a recv that had
       // nothing yet (with bytes, it returns them).
@@ -454,20 +638,19 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
 }
 
 io_result conn::send(const iovec* iov, int iovcnt, int flags) {
-  path_->note_user(self_pid());
   const size_t want = iov_total(iov, iovcnt);
-  std::lock_guard<std::mutex> lk(tx_mu_);
+  std::unique_lock<robust_mutex> lk(sh_->tx_mu);
   auto epipe = [&]() -> io_result {
     if ((flags & MSG_NOSIGNAL) == 0) {
       ::raise(SIGPIPE);  // as the kernel does for a TCP socket, to the calling thread
     }
     return {-1, EPIPE};
   };
-  if (int e = err_.load(); e != 0) {
-    err_.store(EPIPE);  // the reset is reported once; afterwards the pipe is just broken
+  if (int e = sh_->err.load(); e != 0) {
+    sh_->err.store(EPIPE);  // the reset is reported once; afterwards the pipe is just broken
     return e == EPIPE ? epipe() : io_result{-1, e};
   }
-  if ((my_flags_.load() & (cdc::conn_done_writing | cdc::conn_closed)) != 0) {
+  if ((sh_->my_flags.load() & (cdc::conn_done_writing | cdc::conn_closed)) != 0) {
     return epipe();
   }
   if (want == 0) {
@@ -483,12 +666,12 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
   bool looked = false;  // as in recv
   for (;;) {
     uint8_t pf = path_->peer_conn_flags();
-    if ((pf & cdc::conn_abnormal) != 0 || gone_.load()) {
+    if ((pf & cdc::conn_abnormal) != 0 || sh_->gone.load()) {
       if (sent > 0) {
         return {static_cast<ssize_t>(sent), 0};
       }
-      if ((pf & cdc::conn_abnormal) != 0 || gone_reset_.load()) {
-        err_.store(EPIPE);
+      if ((pf & cdc::conn_abnormal) != 0 || sh_->gone_reset.load()) {
+        sh_->err.store(EPIPE);
         return {-1, ECONNRESET};
       }
       return epipe();
@@ -503,11 +686,11 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
     }
     if (space > 0) {
       uint32_t n = static_cast<uint32_t>(std::min<size_t>({space, want - sent, piece}));
-      cursor prod = curs_unpack(tx_prod_.load(std::memory_order_relaxed));
+      cursor prod = curs_unpack(sh_->tx_prod.load(std::memory_order_relaxed));
       iov_to_ring(*path_, size, prod.count, n, iov, iovcnt, sent);
       prod = curs_add(size, prod, n);
-      tx_prod_.store(curs_pack(prod), std::memory_order_release);
-      path_->publish_prod(curs_pack(prod), my_flags_.load());
+      sh_->tx_prod.store(curs_pack(prod), std::memory_order_release);
+      path_->publish_prod(curs_pack(prod), sh_->my_flags.load());
       stats::add_tx(n);
       sent += n;
       if (sent == want) {
@@ -552,7 +735,9 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
       }
       left = static_cast<int>(l);
     }
+    lk.unlock();  // as recv
     int w = wait(false, left);
+    lk.lock();
     if (w == EINTR && sent == 0 && timeout < 0 && signals_restart()) {
       continue;  // as recv
     }
@@ -563,40 +748,38 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
 }
 
 int conn::shutdown(int how) {
-  path_->note_user(self_pid());
   if (how == SHUT_RD || how == SHUT_RDWR) {
-    shut_rd_.store(true);
+    sh_->shut_rd.store(true);
     path_->kick_rx();
   }
   if (how == SHUT_WR || how == SHUT_RDWR) {
-    std::lock_guard<std::mutex> lk(tx_mu_);
-    uint8_t f = my_flags_.fetch_or(cdc::conn_done_writing) | cdc::conn_done_writing;
-    path_->publish_prod(tx_prod_.load(), f);
+    std::lock_guard<robust_mutex> lk(sh_->tx_mu);
+    uint8_t f = sh_->my_flags.fetch_or(cdc::conn_done_writing) | cdc::conn_done_writing;
+    path_->publish_prod(sh_->tx_prod.load(), f);
     path_->kick_tx();
   }
   return 0;
 }
 
 void conn::close(bool abort) {
-  if (err_.load() != 0) {
-    return;  // the peer already knows (abnormal flag published)
-  }
-  if (int u = path_->last_user(); u != 0 && u != self_pid()) {
-    // Inherited across fork and used by another process since (or never
-    // used here): closing our copy must not end it for that one. As with
-    // TCP, the connection ends when its user closes it (or the last copy of
-    // the socket goes, which the peer sees as the TCP connection's end).
-    SMC_LOG(debug, "fd %d: closed in a process that does not use it (pid %d does)", tcp_fd_, u);
+  if (sh_->holders.fetch_sub(1) > 1) {
+    // Another process holds it (a forked relative, or one the socket was
+    // passed to): closing our copy must not end it for that one, as closing
+    // one copy of a TCP socket does not.
+    SMC_LOG(debug, "fd %d: closed here; another process still holds the connection", tcp_fd_);
     return;
+  }
+  if (sh_->err.load() != 0) {
+    return;  // the peer already knows (abnormal flag published)
   }
   uint32_t unread = 0;
   rx_look(unread);
   // Unread data (or SO_LINGER 0) makes it a reset, exactly as TCP does.
   uint8_t add = (abort || unread > 0) ? cdc::conn_abnormal
                                       : static_cast<uint8_t>(cdc::conn_closed | cdc::conn_done_writing);
-  uint8_t f = my_flags_.fetch_or(add) | add;
-  path_->publish_prod(tx_prod_.load(), f);
-  path_->publish_cons(rx_cons_.load());  // wakes a peer writer blocked on our full RMB
+  uint8_t f = sh_->my_flags.fetch_or(add) | add;
+  path_->publish_prod(sh_->tx_prod.load(), f);
+  path_->publish_cons(sh_->rx_cons.load());  // wakes a peer writer blocked on our full RMB
   // Our closing state must reach the peer before our TCP FIN can. A peer
   // that ended its side already (its SMC close, or its TCP end taken as its
   // end) reads neither, and its process may be gone: then the message is
@@ -604,7 +787,7 @@ void conn::close(bool abort) {
   // transport's bound (an event-loop server closing the connections of a
   // client that had exited stalled a second per connection).
   const bool peer_ended =
-      (path_->peer_conn_flags() & (cdc::conn_closed | cdc::conn_abnormal)) != 0 || gone_.load();
+      (path_->peer_conn_flags() & (cdc::conn_closed | cdc::conn_abnormal)) != 0 || sh_->gone.load();
   if (!peer_ended) {
     path_->settle_close();
   }
@@ -618,20 +801,20 @@ poll_mask conn::events() {
   uint32_t space = 0;
   bool tx_ok = tx_look(space);
   uint8_t pf = path_->peer_conn_flags();
-  if (avail > 0 || !rx_ok || shut_rd_.load()) {
+  if (avail > 0 || !rx_ok || sh_->shut_rd.load()) {
     ev |= POLLIN;
   }
-  if ((pf & (peer_eof_flags | cdc::conn_abnormal)) != 0 || gone_.load()) {
+  if ((pf & (peer_eof_flags | cdc::conn_abnormal)) != 0 || sh_->gone.load()) {
     ev |= POLLIN | POLLRDHUP;
   }
   if (space > 0 || !tx_ok) {
     ev |= POLLOUT;
   }
-  bool wr_shut = (my_flags_.load() & cdc::conn_done_writing) != 0;
-  bool peer_hup = (pf & (peer_eof_flags | cdc::conn_abnormal)) != 0 || gone_.load();
-  if ((pf & cdc::conn_abnormal) != 0 || gone_reset_.load() || err_.load() != 0) {
+  bool wr_shut = (sh_->my_flags.load() & cdc::conn_done_writing) != 0;
+  bool peer_hup = (pf & (peer_eof_flags | cdc::conn_abnormal)) != 0 || sh_->gone.load();
+  if ((pf & cdc::conn_abnormal) != 0 || sh_->gone_reset.load() || sh_->err.load() != 0) {
     ev |= POLLERR | POLLHUP | POLLIN | POLLOUT;
-  } else if (gone_.load() || (pf & cdc::conn_closed) != 0 || wr_shut) {
+  } else if (sh_->gone.load() || (pf & cdc::conn_closed) != 0 || wr_shut) {
     // A write would fail at once (EPIPE): not blocking. After our own
     // SHUT_WR too, as tcp_poll() reports EPOLLOUT once SEND_SHUTDOWN is set.
     ev |= POLLOUT;
@@ -660,6 +843,22 @@ poll_mask conn::reset_doorbell(bool rx, bool edge) {
   return ev;
 }
 
+void conn::quiet_doorbell(bool rx) {
+  if (rx) {
+    path_->drain_rx();
+  } else {
+    path_->drain_tx();
+  }
+  const poll_mask ev = events();
+  if ((ev & (rx ? POLLIN : POLLOUT)) != 0 && (rx ? path_->rx_waiters() : path_->tx_waiters()) > 0) {
+    if (rx) {
+      path_->kick_rx();
+    } else {
+      path_->kick_tx();
+    }
+  }
+}
+
 uint32_t conn::readable_bytes() {
   uint32_t avail = 0;
   rx_look(avail);
@@ -668,36 +867,101 @@ uint32_t conn::readable_bytes() {
 
 uint32_t conn::unsent_bytes() {
   const uint32_t size = path_->tx_size();
-  const cursor prod = curs_unpack(tx_prod_.load());
+  const cursor prod = curs_unpack(sh_->tx_prod.load());
   cursor cons = curs_unpack(path_->peer_cons());
   // The peer's cursor is untrusted: one that is not at most a ring behind our
   // producer cursor made curs_diff() report up to twice the ring size
   // (SIOCOUTQ beyond the buffer). Use the last validated one instead.
   if (!curs_ahead_within(size, cons, prod)) {
-    cons = curs_unpack(tx_cons_.load());
+    cons = curs_unpack(sh_->tx_cons.load());
   }
   return curs_diff(size, cons, prod);
 }
 
-int conn::take_error() { return so_error_.exchange(0); }
+int conn::take_error() { return sh_->so_error.exchange(0); }
 
 bool conn::tcp_needs_look() {
   // Before a blocking wait: the wait's poll watches the TCP socket (level-
   // triggered), so what the socket holds now wakes it at once and is looked
   // at after. A look (a system call) is due only when the last poll saw the
   // socket stir, or after the peer's FIN, whose meaning the look settles.
-  return fin_ms_.load() != 0 || tcp_stirred_.exchange(false);
+  return sh_->fin_ms.load() != 0 || tcp_stirred_.exchange(false);
 }
+
+ssize_t conn::peek_tcp() {
+  if (!confined_.load(std::memory_order_relaxed)) {
+    char b;
+    ssize_t n = sys().recv(tcp_fd_, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      return -2;
+    }
+    return n < 0 ? -1 : n;
+  }
+  // Confined: what poll() says of it (one fd, no timeout).
+  pollfd p{tcp_fd_, POLLIN | POLLRDHUP, 0};
+  if (sys().poll(&p, 1, 0) <= 0) {
+    return -2;
+  }
+  if ((p.revents & (POLLERR | POLLNVAL)) != 0) {
+    return -1;
+  }
+  if ((p.revents & (POLLRDHUP | POLLHUP)) != 0) {
+    return 0;
+  }
+  return (p.revents & POLLIN) != 0 ? 1 : -2;
+}
+
+bool conn::confine() {
+  if (confined_.load()) {
+    return true;
+  }
+  int fl = sys().fcntl(tcp_fd_, F_GETFL);
+  c_nonblock_.store(fl >= 0 && (fl & O_NONBLOCK) != 0);
+  for (bool rx : {true, false}) {
+    timeval tv{};
+    socklen_t len = sizeof(tv);
+    int ms = -1;
+    if (sys().getsockopt(tcp_fd_, SOL_SOCKET, rx ? SO_RCVTIMEO : SO_SNDTIMEO, &tv, &len) == 0 &&
+        (tv.tv_sec != 0 || tv.tv_usec != 0)) {
+      ms = static_cast<int>(std::clamp<int64_t>(
+          static_cast<int64_t>(tv.tv_sec) * 1000 + (tv.tv_usec + 999) / 1000, 1, INT_MAX));
+    }
+    (rx ? c_rcvtimeo_ : c_sndtimeo_).store(ms);
+  }
+  // The waiter: one fd for a wait to poll, readable when either doorbell
+  // rings or the TCP socket stirs. Without it, waits poll the doorbell.
+  int w = sys().epoll_create1(EPOLL_CLOEXEC);
+  if (w >= 0) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    bool ok = sys().epoll_ctl(w, EPOLL_CTL_ADD, path_->rx_fd(), &ev) == 0;
+    if (ok && path_->tx_fd() != path_->rx_fd()) {
+      ok = sys().epoll_ctl(w, EPOLL_CTL_ADD, path_->tx_fd(), &ev) == 0;
+    }
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ok = ok && sys().epoll_ctl(w, EPOLL_CTL_ADD, tcp_fd_, &ev) == 0;
+    if (!ok) {
+      sys().close(w);
+      w = -1;
+    }
+  }
+  waiter_ = w;
+  confined_.store(true);
+  return w >= 0;
+}
+
+void conn::note_nonblock(bool on) { c_nonblock_.store(on); }
+
+void conn::note_timeout(bool rx, int ms) { (rx ? c_rcvtimeo_ : c_sndtimeo_).store(ms); }
 
 bool conn::check_tcp() {
   if (finished()) {
     return false;
   }
   ssize_t n = 0;
-  if (fin_ms_.load() == 0) {
-    char b;
-    n = sys().recv(tcp_fd_, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+  if (sh_->fin_ms.load() == 0) {
+    n = peek_tcp();
+    if (n == -2) {
       return false;
     }
     if (n > 0) {
@@ -707,7 +971,7 @@ bool conn::check_tcp() {
       return true;
     }
     if (n == 0) {
-      fin_ms_.store(std::max<int64_t>(1, mono_ms()));
+      sh_->fin_ms.store(std::max<int64_t>(1, mono_ms()));
     }
   }
   path_->sync_rx();  // the peer's SMC close flags may still be on their way
@@ -720,11 +984,11 @@ bool conn::check_tcp() {
     if ((pf & cdc::conn_done_writing) != 0) {
       // This FIN is the peer's SHUT_WR, and it still reads. Its SMC flags
       // say the rest (and the link, should it die now).
-      tcp_half_.store(true);
+      sh_->tcp_half.store(true);
       SMC_LOG(debug, "fd %d: peer TCP half-closed with its SMC SHUT_WR", tcp_fd_);
       return true;
     }
-    if (mono_ms() - fin_ms_.load() < fin_grace_ms) {
+    if (mono_ms() - sh_->fin_ms.load() < fin_grace_ms) {
       // Linux's SMC sends its closing CDC, then shuts TCP down: the FIN may
       // overtake the CDC. Its absence past the grace means the peer died.
       return false;
@@ -733,10 +997,10 @@ bool conn::check_tcp() {
   // The TCP connection ended. Without the peer's SMC close flags its process
   // died: a reset if it left data of ours unread (as TCP would send RST), else EOF.
   bool orderly = (pf & peer_eof_flags) != 0;
-  bool unread_by_peer = curs_unpack(path_->peer_cons()) != curs_unpack(tx_prod_.load());
-  gone_reset_.store(n < 0 || (!orderly && unread_by_peer) || (pf & cdc::conn_abnormal) != 0);
-  gone_.store(true, std::memory_order_release);
-  SMC_LOG(debug, "fd %d: peer TCP closed (%s)", tcp_fd_, gone_reset_.load() ? "reset" : "eof");
+  bool unread_by_peer = curs_unpack(path_->peer_cons()) != curs_unpack(sh_->tx_prod.load());
+  sh_->gone_reset.store(n < 0 || (!orderly && unread_by_peer) || (pf & cdc::conn_abnormal) != 0);
+  sh_->gone.store(true, std::memory_order_release);
+  SMC_LOG(debug, "fd %d: peer TCP closed (%s)", tcp_fd_, sh_->gone_reset.load() ? "reset" : "eof");
   path_->kick_rx();
   path_->kick_tx();
   return true;

@@ -4,15 +4,25 @@
 // the kernel TCP socket (`tcp_fd`): it stays open, idle, as the liveness
 // signal (a peer process that dies closes it) and for getsockname & co.
 //
-// Threading: one reader and one writer may run at once (rx and tx are locked
-// separately); readiness queries take no lock.
+// The connection's own state (cursors, flags, locks) lives in a conn_shared
+// that every process holding the connection maps (data_path::shared_state):
+// a forked child, or a process the socket was passed to with SCM_RIGHTS,
+// reads and writes the same connection, as with a kernel socket.
+//
+// Threading: one reader and one writer may run at once, in any threads of
+// any processes that hold the connection (rx and tx are locked separately,
+// with process-shared robust mutexes, released while a call sleeps);
+// readiness queries take no lock.
 #pragma once
 
+#include <pthread.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 
@@ -29,11 +39,20 @@ struct io_result {
   int err;    // errno when n < 0
 };
 
-/// This process's id, as the connections record their users (kept across
-/// fork by note_fork_child(), without a system call per use).
+/// This process's id (kept across fork by note_fork_child(), without a
+/// system call per use).
 int self_pid();
-/// From a forked child's atfork handler.
+/// Around fork(): conn_registry_lock() before it (the parent's atfork
+/// prepare handler), conn_registry_unlock() after it in the parent, and
+/// note_fork_child() in the child, which then holds every connection whose
+/// state it shares with the parent (conn_shared::holders).
+void conn_registry_lock();
+void conn_registry_unlock();
 void note_fork_child();
+class conn;
+/// Runs f on every connection of this process (under the registry's lock:
+/// f must not create or destroy connections).
+void for_each_conn(const std::function<void(conn&)>& f);
 
 /// Whether a blocking send/recv that a signal handler interrupted carries
 /// on, as the kernel restarts a socket call for an SA_RESTART handler when
@@ -49,9 +68,64 @@ bool signals_restart();
 /// doorbells readable, and tells the peer nothing. nullptr if out of fds.
 std::unique_ptr<rdma::data_path> make_foreign_path();
 
+/// A mutex in memory that several processes may map (PTHREAD_PROCESS_SHARED)
+/// and that outlives a holder's death (PTHREAD_MUTEX_ROBUST: the next locker
+/// takes it over). BasicLockable, for std::unique_lock.
+class robust_mutex {
+ public:
+  /// On fresh memory, once, before any process uses it.
+  void init();
+  void lock();
+  void unlock();
+
+ private:
+  pthread_mutex_t m_;
+};
+
+/// The state of a connection that every process holding it shares (never
+/// the peer: nothing in here is the peer's to write). Plain memory, placed by
+/// the connection that creates it and attached to by the ones that take it
+/// over.
+struct conn_shared {
+  static constexpr uint64_t magic_value = 0x534d432d434f4e31ULL;  // "SMC-CON1"
+  uint64_t magic;
+  uint32_t version;
+  /// Processes that hold the connection: its creator, each forked child
+  /// that inherited it, each process it was passed to. The last one to
+  /// close it tells the peer. A process that ends without closing (exit,
+  /// kill) is never subtracted: then the peer learns of the end from the TCP
+  /// connection's, which it reads as EOF, as after a close.
+  std::atomic<uint32_t> holders;
+  robust_mutex rx_mu;
+  robust_mutex tx_mu;
+  std::atomic<uint64_t> rx_cons;   // our consumer cursor (packed)
+  std::atomic<uint64_t> rx_prod;   // last validated peer producer cursor
+  std::atomic<uint64_t> tx_prod;   // our producer cursor into the peer RMB
+  std::atomic<uint64_t> tx_cons;   // last validated peer consumer cursor
+  std::atomic<uint8_t> my_flags;   // cdc::conn_* flags we published
+  std::atomic<bool> shut_rd;
+  std::atomic<bool> gone;          // peer's TCP closed
+  std::atomic<bool> tcp_half;      // that FIN is the peer's SHUT_WR, not its end
+  std::atomic<bool> gone_reset;
+  std::atomic<int64_t> fin_ms;     // when the peer's TCP FIN was seen (0: not yet)
+  std::atomic<int> err;            // sticky error (ECONNRESET, ...)
+  std::atomic<int> so_error;       // reported once through SO_ERROR
+  std::atomic<uint32_t> notsent_lowat;  // the application's TCP_NOTSENT_LOWAT
+};
+
 class conn {
  public:
+  /// A new connection (the handshake's outcome): its shared state starts
+  /// here, held by this process alone.
   conn(std::unique_ptr<rdma::data_path> path, int tcp_fd, uint32_t spin_us);
+  /// A connection another process made and holds (an SCM_RIGHTS handoff):
+  /// `path` maps the same buffers and the same shared state, which this
+  /// process joins as a holder if `join` (else the holder it takes over was
+  /// counted already). Check valid() after.
+  struct attach_t {};
+  conn(attach_t, std::unique_ptr<rdma::data_path> path, int tcp_fd, uint32_t spin_us, bool join);
+  /// False when an attached state is not a connection's (never for new ones).
+  bool valid() const { return sh_ != nullptr; }
   ~conn();
   conn(const conn&) = delete;
   conn& operator=(const conn&) = delete;
@@ -65,10 +139,42 @@ class conn {
   /// SHUT_RD / SHUT_WR / SHUT_RDWR. SHUT_WR tells the peer "done writing":
   /// it reads EOF after all data.
   int shutdown(int how);
-  /// The last fd of the connection is gone: orderly close (peer reads EOF after
-  /// all data), or abortive (peer gets ECONNRESET) if we leave unread data or
-  /// `abort` is set (SO_LINGER 0).
+  /// This process's last fd of the connection is gone. If no other process
+  /// holds it: orderly close (peer reads EOF after all data), or abortive
+  /// (peer gets ECONNRESET) if we leave unread data or `abort` is set
+  /// (SO_LINGER 0). Otherwise the connection stays theirs, untouched.
   void close(bool abort);
+  /// A holder other than this process's fds went away (an SCM_RIGHTS offer
+  /// that nobody took): as close(false) for that holder.
+  void release_holder() { close(false); }
+  /// One more holder (an offer to another process, see core/handoff).
+  void add_holder();
+  /// Ends the connection as a reset: the peer and every holder read
+  /// ECONNRESET (what cannot be carried on must not be read as if it were).
+  void reset_connection() { abort_locally(ECONNRESET); }
+  /// The process restricts itself (it installs a seccomp filter, or
+  /// lowers RLIMIT_NOFILE below what our waits need): from now on the
+  /// connection makes no system call but read/write on its doorbells and a
+  /// poll on one fd. Called before the restriction is in place: it takes
+  /// the socket's blocking mode and timeouts now (kept current after by
+  /// note_nonblock/note_timeout from the application's own calls) and
+  /// makes the waiter, one epoll fd that is readable when either doorbell
+  /// rings or the TCP socket stirs. Returns whether the waiter exists
+  /// (without one a wait polls the doorbell and looks at the TCP socket
+  /// every 100 ms).
+  bool confine();
+  bool confined() const { return confined_.load(std::memory_order_relaxed); }
+  /// The waiter (-1: none): the one fd a confined poll() watches for this
+  /// connection.
+  int waiter_fd() const { return waiter_; }
+  void note_nonblock(bool on);
+  void note_timeout(bool rx, int ms);
+  /// In a forked child (note_fork_child): the child holds what it shares.
+  void note_forked();
+
+  /// The application's TCP_NOTSENT_LOWAT (the socket carries our mark).
+  uint32_t app_notsent_lowat() const { return sh_->notsent_lowat.load(); }
+  void set_app_notsent_lowat(uint32_t v) { sh_->notsent_lowat.store(v); }
 
   /// Current readiness (no waiting, no arming).
   poll_mask events();
@@ -87,6 +193,10 @@ class conn {
   /// is an edge-triggered registration that reports the state itself; ring
   /// again only if someone else waits on the doorbell too.
   poll_mask reset_doorbell(bool rx, bool edge = false);
+  /// Resets a doorbell the caller does not wait on (a confined wait polls
+  /// both through one waiter): rung again only if what it signals holds
+  /// and someone declared a waiter for it.
+  void quiet_doorbell(bool rx);
 
   // ---- waiting, for poll/select/epoll ----
   rdma::data_path& path() { return *path_; }
@@ -99,12 +209,13 @@ class conn {
   /// known gone, the connection aborted, or the peer's TCP FIN came with its
   /// SMC SHUT_WR (Linux's SMC shuts its TCP socket down along with the SMC one).
   bool finished() const {
-    return gone_.load(std::memory_order_acquire) || err_.load() != 0 || tcp_half_.load();
+    return sh_->gone.load(std::memory_order_acquire) || sh_->err.load() != 0 ||
+           sh_->tcp_half.load();
   }
 
  private:
   // Validated view of the peer's cursors; on a violation the connection
-  // aborts. `owner`: the caller holds rx_mu_ (tx_mu_) and records the cursor
+  // aborts. `owner`: the caller holds the rx (tx) lock and records the cursor
   // it validated; anyone else only looks (rx_look/tx_look).
   bool rx_available(uint32_t& avail, bool owner);
   bool tx_space(uint32_t& space, bool owner);
@@ -124,29 +235,33 @@ class conn {
   int wait(bool rx, int timeout_ms, uint32_t need = 1);
   bool peer_done() { return (path_->peer_conn_flags() & 0xE0) != 0; }
 
+  void init_shared(bool fresh, bool join);
+  template <class Ready>
+  int wait_poll(bool rx, int timeout_ms, Ready& ready);
+  template <class Ready>
+  int wait_confined(bool rx, int timeout_ms, Ready& ready);
+  // What the TCP socket holds, without consuming it: -2 nothing (yet), -1
+  // an error, 0 end of stream, 1 data.
+  ssize_t peek_tcp();
+
   std::unique_ptr<rdma::data_path> path_;
   int tcp_fd_;
   uint32_t spin_us_;
+  std::unique_ptr<conn_shared> own_;  // the state, when the transport keeps none
+  conn_shared* sh_ = nullptr;
   // Whether the socket was blocking when last asked (block_timeout_ms): a
   // hint for spinning before asking again, never the answer itself.
   std::atomic<bool> blocking_hint_{false};
-  std::mutex rx_mu_;
-  std::mutex tx_mu_;
-  std::atomic<uint64_t> rx_cons_{0};   // our consumer cursor (packed)
-  std::atomic<uint64_t> rx_prod_{0};   // last validated peer producer cursor
-  std::atomic<uint64_t> tx_prod_{0};   // our producer cursor into the peer RMB
-  std::atomic<uint64_t> tx_cons_{0};   // last validated peer consumer cursor
-  std::atomic<uint8_t> my_flags_{0};   // cdc::conn_* flags we published
-  std::atomic<bool> shut_rd_{false};
-  std::atomic<bool> gone_{false};      // peer's TCP closed
-  std::atomic<int64_t> fin_ms_{0};     // when the peer's TCP FIN was seen (0: not yet)
   // The TCP socket showed something (readable, hung up, error) to a wait's
-  // poll since check_tcp() last looked; true at first.
+  // poll since check_tcp() last looked; true at first. (Per process: a hint.)
   std::atomic<bool> tcp_stirred_{true};
-  std::atomic<bool> tcp_half_{false};  // that FIN is the peer's SHUT_WR, not its end
-  std::atomic<bool> gone_reset_{false};
-  std::atomic<int> err_{0};            // sticky error (ECONNRESET, ...)
-  std::atomic<int> so_error_{0};       // reported once through SO_ERROR
+  // Confined (see confine()): what the socket's blocking mode and timeouts
+  // are, as this process last knew them, and the waiter.
+  std::atomic<bool> confined_{false};
+  std::atomic<bool> c_nonblock_{false};
+  std::atomic<int> c_rcvtimeo_{-1};
+  std::atomic<int> c_sndtimeo_{-1};
+  int waiter_ = -1;
 };
 
 }  // namespace smc::core

@@ -18,6 +18,7 @@ const char* to_name(reason r) {
     case reason::no_ueid: return "no_ueid";
     case reason::rendezvous_failed: return "rendezvous_failed";
     case reason::out_of_sync: return "out_of_sync";
+    case reason::sandboxed: return "sandboxed";
     case reason::out_of_memory: return "out_of_memory";
     case reason::internal: return "internal";
     case reason::count_: break;

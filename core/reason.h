@@ -21,6 +21,7 @@ enum class reason : uint8_t {
   no_ueid,              // no common UEID
   rendezvous_failed,    // shm: memfd/eventfd exchange failed
   out_of_sync,          // SMC-R: the server chose a link group we no longer have
+  sandboxed,            // the process restricted its own system calls (seccomp) or fds
   out_of_memory,        // buffers could not be created
   internal,             // anything else
   count_,

@@ -21,6 +21,7 @@ struct counters {
   std::atomic<uint64_t> rx{0};
   std::atomic<uint64_t> cq_engine{0};
   std::atomic<uint64_t> cq_caller{0};
+  std::array<std::atomic<uint64_t>, 3> handoffs{};
 };
 
 counters& c() {
@@ -45,6 +46,10 @@ void count_cq_event(bool by_engine) {
   (by_engine ? c().cq_engine : c().cq_caller).fetch_add(1, std::memory_order_relaxed);
 }
 
+void count_handoff(handoff h) {
+  c().handoffs[static_cast<size_t>(h)].fetch_add(1, std::memory_order_relaxed);
+}
+
 void reset() {
   c().shm = 0;
   c().rdma = 0;
@@ -56,6 +61,9 @@ void reset() {
   c().rx = 0;
   c().cq_engine = 0;
   c().cq_caller = 0;
+  for (auto& h : c().handoffs) {
+    h = 0;
+  }
 }
 
 std::string to_json(int pid) {
@@ -77,7 +85,9 @@ std::string to_json(int pid) {
   }
   s += "}, \"bytes\": {\"smc_tx\": " + ull(c().tx) + ", \"smc_rx\": " + ull(c().rx) +
        "}, \"rdma_cq_events\": {\"engine\": " + ull(c().cq_engine) +
-       ", \"caller\": " + ull(c().cq_caller) + "}}\n";
+       ", \"caller\": " + ull(c().cq_caller) + "}, \"handoffs\": {\"offered\": " +
+       ull(c().handoffs[0]) + ", \"taken\": " + ull(c().handoffs[1]) + ", \"reset\": " +
+       ull(c().handoffs[2]) + "}}\n";
   return s;
 }
 

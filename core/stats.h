@@ -19,6 +19,12 @@ void add_rx(uint64_t n);
 /// waiting for them.
 void count_cq_event(bool by_engine);
 
+/// SMC connections passed to or from another process with their socket
+/// (SCM_RIGHTS, core/handoff): offered by this process, taken over by it,
+/// and ones that could not move and ended as a reset.
+enum class handoff { offered, taken, reset };
+void count_handoff(handoff h);
+
 /// The JSON document for the current counters.
 std::string to_json(int pid);
 /// Writes to_json() to `path_template` (%p -> pid) via a temporary file and

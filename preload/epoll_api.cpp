@@ -11,9 +11,14 @@
 // state. Nested epoll, poll() on an epoll fd and multiple waiters keep
 // working, because the shadow is an ordinary member of the set.
 //
-// Sockets still deciding (accepted, undecided; connecting) are watched through
-// their TCP socket; when they settle on plain TCP their registration moves
-// into the application's set as a normal kernel registration.
+// Sockets that may still become SMC (fresh, not yet connected: nginx and
+// twemproxy register their upstream sockets before connect(); connecting;
+// accepted and undecided) are watched through their TCP socket, with the
+// kernel's readiness reported as it is; when they settle on plain TCP (or
+// become listeners) their registration moves into the application's set as
+// a normal kernel registration. So whatever the application did with the
+// socket before the decision (ADD, MOD, DEL, ONESHOT, ET) keeps its meaning
+// after it.
 //
 // A set also knows the receive channels of its SMC-R connections' link groups
 // (data_path::channel). A blocking epoll_wait that finds nothing ready sleeps
@@ -189,6 +194,11 @@ int install(ep_reg* r) {
     case state::connecting:
       shadow_add(r, tag_sock, r->fd, EPOLLOUT | EPOLLIN | et);
       return 0;
+    case state::fresh:
+      // Not connected yet: the kernel's readiness is the answer (an
+      // unconnected TCP socket reports EPOLLOUT | EPOLLHUP).
+      shadow_add(r, tag_sock, r->fd, (r->ev.events & (in_bits | out_bits)) | et);
+      return 0;
     default: {
       epoll_event ev = r->ev;
       int rc = real.epoll_ctl(r->set->epfd, EPOLL_CTL_ADD, r->fd, &ev);
@@ -197,6 +207,20 @@ int install(ep_reg* r) {
       return err == EEXIST ? 0 : err;
     }
   }
+}
+
+// A new registration of a socket we watch (under g_ep_mu): 0 or an errno.
+int add_reg(ep_set* s, entry* e, int fd, const epoll_event& ev) {
+  auto* r = new ep_reg();
+  r->set = s;
+  r->e = e;
+  e->refs.fetch_add(1);
+  r->fd = fd;
+  r->ev = ev;
+  s->regs.push_back(r);
+  s->live.insert(r);
+  e->regs.push_back(r);
+  return install(r);
 }
 
 ep_set* set_for(entry* epe, int epfd) {
@@ -325,6 +349,11 @@ int harvest(ep_set* s, epoll_event* out, int cap) {
         if (real.poll(&p, 1, 0) > 0) {
           ev = p.revents & (EPOLLOUT | EPOLLERR | EPOLLHUP);
         }
+      }
+    } else if (st == state::fresh) {
+      pollfd p{r->fd, static_cast<short>(r->ev.events & (in_bits | out_bits)), 0};
+      if (real.poll(&p, 1, 0) > 0) {
+        ev = static_cast<uint32_t>(p.revents) & (r->ev.events | EPOLLERR | EPOLLHUP);
       }
     }
     if (ev != 0) {
@@ -526,7 +555,7 @@ __attribute__((visibility("default"))) int epoll_ctl(int epfd, int op, int fd,
   entry_ref e(fd);
   state st = e ? e->st.load() : state::tcp;
   bool managed = st == state::smc || st == state::undecided || st == state::strip ||
-                 st == state::connecting;
+                 st == state::connecting || st == state::fresh;
   int saved = errno;
   try {
     entry* epe = fd_maybe(epfd) ? fd_get(epfd) : nullptr;
@@ -586,20 +615,17 @@ __attribute__((visibility("default"))) int epoll_ctl(int epfd, int op, int fd,
         if (r != nullptr) {
           err = EEXIST;
         } else {
-          r = new ep_reg();
-          r->set = s;
-          r->e = e.get();
-          r->e->refs.fetch_add(1);
-          r->fd = fd;
-          r->ev = *event;
-          s->regs.push_back(r);
-          s->live.insert(r);
-          e->regs.push_back(r);
-          err = install(r);
+          err = add_reg(s, e.get(), fd, *event);
         }
       } else if (op == EPOLL_CTL_MOD) {
         if (r == nullptr) {
-          err = ENOENT;
+          // Registered in the kernel's set before we knew the socket (or
+          // through a path we did not see): take the registration over.
+          if (real.epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nullptr) != 0) {
+            err = ENOENT;
+          } else {
+            err = add_reg(s, e.get(), fd, *event);
+          }
         } else if ((r->ev.events & EPOLLEXCLUSIVE) != 0) {
           err = EINVAL;  // an exclusive registration cannot be modified
         } else {
@@ -610,7 +636,7 @@ __attribute__((visibility("default"))) int epoll_ctl(int epfd, int op, int fd,
         }
       } else if (op == EPOLL_CTL_DEL) {
         if (r == nullptr) {
-          err = ENOENT;
+          err = -1;  // the kernel's, if anyone's
         } else {
           uninstall(r);
           unlink_reg(r);

@@ -3,6 +3,7 @@
 // fds take a striped lock to pin their entry with a reference.
 #include <algorithm>
 #include <cstdlib>
+#include <functional>
 
 #include "core/log.h"
 #include "preload/preload.h"
@@ -168,6 +169,25 @@ void fd_release_range(unsigned first, unsigned last) {
     for (unsigned fd = lo; fd <= hi; ++fd) {
       if (s[fd & (chunk_size - 1)].load(std::memory_order_acquire) != nullptr) {
         fd_release(static_cast<int>(fd));
+      }
+    }
+  }
+}
+
+void fd_for_each(const std::function<void(int, entry*)>& f) {
+  for (int c = 0; c < max_chunks; ++c) {
+    slot* s = g_chunks[c].load(std::memory_order_acquire);
+    if (s == nullptr) {
+      continue;
+    }
+    for (int i = 0; i < chunk_size; ++i) {
+      if (s[i].load(std::memory_order_acquire) == nullptr) {
+        continue;
+      }
+      const int fd = (c << chunk_bits) | i;
+      if (entry* e = fd_get(fd); e != nullptr) {
+        f(fd, e);
+        fd_put(e);
       }
     }
   }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <utility>
+#include <vector>
 
 #include "preload/preload.h"
 
@@ -164,10 +165,36 @@ __attribute__((visibility("default"))) ssize_t __recvfrom_chk(int fd, void* buf,
                   [&] { return real.recvfrom_chk(fd, buf, n, buflen, flags, addr, alen); });
 }
 
+}  // extern "C"
+
+namespace {
+
+// A message that brought fds (SCM_RIGHTS): its sockets are ours to know
+// before the application sees them.
+void after_recvmsg(ssize_t n, const msghdr* msg) {
+  if (n >= 0 && msg != nullptr && msg->msg_controllen > 0) {
+    int saved = errno;
+    try {
+      adopt_received(msg);
+    } catch (...) {
+    }
+    errno = saved;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
 __attribute__((visibility("default"))) ssize_t recvmsg(int fd, msghdr* msg, int flags) {
   ensure_init();
-  if (!g_enabled || !fd_maybe(fd) || msg == nullptr) {
+  if (!g_enabled) {
     return real.recvmsg(fd, msg, flags);
+  }
+  if (!fd_maybe(fd) || msg == nullptr) {
+    ssize_t n = real.recvmsg(fd, msg, flags);
+    after_recvmsg(n, msg);
+    return n;
   }
   ssize_t n = smc_read(fd, msg->msg_iov, static_cast<int>(msg->msg_iovlen), flags,
                        [&] { return real.recvmsg(fd, msg, flags); });
@@ -216,10 +243,44 @@ __attribute__((visibility("default"))) ssize_t sendto(int fd, const void* buf, s
   return smc_write(fd, &v, 1, flags, [&] { return real.sendto(fd, buf, n, flags, addr, alen); });
 }
 
+}  // extern "C"
+
+namespace {
+
+// Sends a message that may pass fds (SCM_RIGHTS): the SMC connections among
+// them are offered to the receiver first (core/handoff), and withdrawn if
+// the message does not leave.
+template <typename Send>
+auto send_passing(const msghdr* msg, Send&& send) {
+  std::vector<uint64_t> offers;
+  if (msg != nullptr && msg->msg_controllen > 0) {
+    int saved = errno;
+    try {
+      offer_passed(msg, offers);
+    } catch (...) {
+    }
+    errno = saved;
+  }
+  auto n = send();
+  if (n < 0 && !offers.empty()) {
+    int saved = errno;
+    withdraw_offers(offers);
+    errno = saved;
+  }
+  return n;
+}
+
+}  // namespace
+
+extern "C" {
+
 __attribute__((visibility("default"))) ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
   ensure_init();
-  if (!g_enabled || !fd_maybe(fd) || msg == nullptr) {
+  if (!g_enabled) {
     return real.sendmsg(fd, msg, flags);
+  }
+  if (!fd_maybe(fd) || msg == nullptr) {
+    return send_passing(msg, [&] { return real.sendmsg(fd, msg, flags); });
   }
   return smc_write(fd, msg->msg_iov, static_cast<int>(msg->msg_iovlen), flags,
                    [&] { return real.sendmsg(fd, msg, flags); });
@@ -267,8 +328,39 @@ __attribute__((visibility("default"))) ssize_t pwritev64v2(int fd, const iovec* 
 __attribute__((visibility("default"))) int sendmmsg(int fd, mmsghdr* vec, unsigned vlen,
                                                     int flags) {
   ensure_init();
-  if (!g_enabled || !fd_maybe(fd)) {
+  if (!g_enabled) {
     return real.sendmmsg(fd, vec, vlen, flags);
+  }
+  if (!fd_maybe(fd)) {
+    // Messages that pass fds: offered as sendmsg() does; offers for messages
+    // that did not leave are withdrawn.
+    std::vector<std::vector<uint64_t>> offers;
+    bool any = false;
+    for (unsigned i = 0; vec != nullptr && i < vlen && i < UIO_MAXIOV; ++i) {
+      if (vec[i].msg_hdr.msg_controllen > 0) {
+        offers.resize(vlen);
+        any = true;
+        break;
+      }
+    }
+    if (!any) {
+      return real.sendmmsg(fd, vec, vlen, flags);
+    }
+    int saved = errno;
+    for (unsigned i = 0; i < vlen && i < UIO_MAXIOV; ++i) {
+      try {
+        offer_passed(&vec[i].msg_hdr, offers[i]);
+      } catch (...) {
+      }
+    }
+    errno = saved;
+    int n = real.sendmmsg(fd, vec, vlen, flags);
+    saved = errno;
+    for (unsigned i = n < 0 ? 0 : static_cast<unsigned>(n); i < offers.size(); ++i) {
+      withdraw_offers(offers[i]);
+    }
+    errno = saved;
+    return n;
   }
   entry_ref e(fd);
   if (!e) {
@@ -332,8 +424,15 @@ __attribute__((visibility("default"))) int sendmmsg(int fd, mmsghdr* vec, unsign
 __attribute__((visibility("default"))) int recvmmsg(int fd, mmsghdr* vec, unsigned vlen,
                                                     int flags, timespec* timeout) {
   ensure_init();
-  if (!g_enabled || !fd_maybe(fd)) {
+  if (!g_enabled) {
     return real.recvmmsg(fd, vec, vlen, flags, timeout);
+  }
+  if (!fd_maybe(fd)) {
+    int n = real.recvmmsg(fd, vec, vlen, flags, timeout);
+    for (int i = 0; i < n; ++i) {
+      after_recvmsg(0, &vec[i].msg_hdr);
+    }
+    return n;
   }
   entry_ref e(fd);
   if (!e) {

@@ -34,6 +34,7 @@ struct slot_map {
   int rx = -1;   // index in the kernel set of the rx doorbell
   int tx = -1;   // ... of the tx doorbell
   int sock = -1; // ... of the TCP socket itself
+  int one = -1;  // ... of a confined connection's one fd (core::conn::confine)
   bool armed_rx = false;
   bool armed_tx = false;
   bool chan_seen = false;  // its channel is in the call's list (or none)
@@ -97,6 +98,7 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
     k.clear();
     int ready = 0;
     bool deciding = false;
+    bool sliced = false;
     for (nfds_t i = 0; i < n; ++i) {
       slot_map& m = map[i];
       m.rx = m.tx = m.sock = -1;
@@ -107,6 +109,7 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       }
       if (s == state::smc) {
         auto& c = *m.e->conn;
+        m.one = -1;
         if ((fds[i].events & in_mask) != 0) {
           if (!m.armed_rx) {
             c.path().arm_rx(1);
@@ -126,6 +129,20 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
         if (!c.finished()) {
           m.sock = static_cast<int>(k.size());
           k.push_back({fds[i].fd, POLLIN | POLLRDHUP, 0});
+        }
+        if (c.confined()) {
+          // One fd for the connection, as the application has one here (its
+          // limits may allow no more): the waiter, or a doorbell, with a
+          // look at the TCP socket every 100 ms.
+          const int first = m.rx >= 0 ? m.rx : (m.tx >= 0 ? m.tx : m.sock);
+          const bool whole = c.waiter_fd() >= 0 && !c.finished();
+          const pollfd one{whole ? c.waiter_fd() : k[first].fd, POLLIN, 0};
+          k.resize(static_cast<size_t>(first));
+          m.rx = m.tx = m.sock = -1;
+          m.one = static_cast<int>(k.size());
+          k.push_back(one);
+          sliced = sliced || !whole;
+          m.chan_seen = true;  // a confined wait serves no channel itself
         }
         if (!m.chan_seen && (m.armed_rx || m.armed_tx)) {
           m.chan_seen = true;
@@ -154,9 +171,10 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
     } else if (timeout_ns >= 0) {
       left_ns = std::max<int64_t>(0, deadline - mono_ns());
     }
-    if (deciding && (left_ns < 0 || left_ns > 100000000)) {
+    if ((deciding || sliced) && (left_ns < 0 || left_ns > 100000000)) {
       // Another thread may settle a deciding socket (and consume the bytes
-      // that made it readable): look again at least every 100 ms.
+      // that made it readable), a confined connection without a waiter has
+      // its TCP socket looked at: again at least every 100 ms.
       left_ns = 100000000;
     }
     int kn = 0;
@@ -203,10 +221,23 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       state s = m.e != nullptr ? m.e->st.load(std::memory_order_acquire) : state::tcp;
       if (s == state::smc) {
         auto& c = *m.e->conn;
-        if (m.sock >= 0 && k[m.sock].revents != 0) {
+        if ((m.sock >= 0 && k[m.sock].revents != 0) || m.one >= 0) {
           c.check_tcp();  // the peer's TCP end closed: it is gone
         }
         fds[i].revents = smc_revents(m.e, fds[i].events);
+        if (m.one >= 0 && k[m.one].revents != 0 && fds[i].revents == 0) {
+          // What rang is nothing the caller waits for: quiet the doorbells
+          // (one it waits on rings again if its condition holds, another if
+          // someone else waits on it).
+          for (bool rx : {true, false}) {
+            if (rx ? m.armed_rx : m.armed_tx) {
+              c.reset_doorbell(rx);
+            } else {
+              c.quiet_doorbell(rx);
+            }
+          }
+          fds[i].revents = smc_revents(m.e, fds[i].events);
+        }
         // A doorbell that fired for a state already gone again: reset it.
         if (m.rx >= 0 && k[m.rx].revents != 0 && (fds[i].revents & POLLIN) == 0) {
           c.reset_doorbell(true);

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -14,6 +15,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -76,6 +78,12 @@ struct real_fns {
   ssize_t (*preadv2)(int, const iovec*, int, off_t, int);
   ssize_t (*pwritev2)(int, const iovec*, int, off_t, int);
   int (*close_range)(unsigned, unsigned, int);
+  int (*prctl)(int, ...);
+  long (*syscall)(long, ...);
+  int (*setrlimit)(__rlimit_resource_t, const rlimit*);
+  int (*setrlimit64)(__rlimit_resource_t, const rlimit64*);
+  int (*prlimit)(pid_t, enum __rlimit_resource, const rlimit*, rlimit*);
+  int (*prlimit64)(pid_t, enum __rlimit_resource, const rlimit64*, rlimit64*);
 };
 extern real_fns real;
 
@@ -89,6 +97,9 @@ inline void ensure_init() {
   }
 }
 extern bool g_enabled;
+/// The process restricted itself (sandbox_api.cpp): its SMC connections
+/// carry on confined (core::conn::confine), new ones stay TCP.
+extern std::atomic<bool> g_confined;
 const config::config& cfg();
 core::hs_params hs_params();
 
@@ -117,17 +128,35 @@ struct entry {
   unsigned strip_mask = 0;        // state::strip: CLC types to strip
   int64_t partial_since_ms = 0;   // undecided: when a CLC prefix was first seen
   bool linger0 = false;           // SO_LINGER with l_linger 0: close resets
-  unsigned notsent_lowat = 0;     // state::smc: the application's TCP_NOTSENT_LOWAT
-  std::unique_ptr<core::conn> conn;
+  std::shared_ptr<core::conn> conn;  // state::smc (shared with an SCM_RIGHTS offer)
   ep_set* eps = nullptr;          // state::epoll
   std::vector<ep_reg*> regs;      // epoll registrations (under the epoll mutex)
 };
 
-/// An SMC connection's TCP socket carries this TCP_NOTSENT_LOWAT (inert on a
-/// socket that sends nothing; the application still sees its own value), so
-/// that a program image that inherits the socket across exec() knows the
-/// connection's buffers stayed behind.
-inline constexpr unsigned smc_socket_mark = 0x534d4321;
+/// An SMC connection's TCP socket carries a mark in TCP_NOTSENT_LOWAT
+/// (core::handoff::mark_base; inert on a socket that sends nothing; the
+/// application still sees its own value), so that a process that receives
+/// the socket (SCM_RIGHTS) or a program image that inherits it (exec)
+/// knows it for an SMC connection, and where to ask for it.
+
+/// A TCP socket this process got from elsewhere (inherited across exec,
+/// received with SCM_RIGHTS, pidfd_getfd): recorded as if this process had
+/// made it, so it negotiates or continues SMC like any other. A listener
+/// stays a listener; a connected socket nobody decided yet starts undecided,
+/// as an accepted one does; an SMC connection is taken over from the process
+/// that passed it (core::handoff), or reads as reset if it cannot be.
+/// `received`: it came in a message (the sender may have offered it).
+void adopt_socket(int fd, bool received);
+/// adopt_socket(fd, false) for each inherited fd; fds of one socket share
+/// one entry.
+void adopt_sockets(const std::vector<int>& fds);
+/// The fds of a received message's SCM_RIGHTS control data: adopted.
+void adopt_received(const msghdr* msg);
+/// Before a message with SCM_RIGHTS control data leaves: offers the SMC
+/// connections among its fds to the receiver (ids appended to `offers`).
+void offer_passed(const msghdr* msg, std::vector<uint64_t>& offers);
+/// The message did not leave: withdraws those offers.
+void withdraw_offers(const std::vector<uint64_t>& offers);
 
 // ---- fd table ----
 bool fd_maybe(int fd);                 // one atomic load: is anything recorded?
@@ -143,6 +172,8 @@ void fd_release(int fd);
 void fd_fresh(int fd);
 /// fd_release for every recorded fd in [first, last] (close_range).
 void fd_release_range(unsigned first, unsigned last);
+/// f(fd, entry) for every recorded fd (each entry referenced during its call).
+void fd_for_each(const std::function<void(int, entry*)>& f);
 /// Atfork hooks for the table's locks.
 void fd_table_lock_all();
 void fd_table_unlock_all();
@@ -186,6 +217,10 @@ void prepare_write(entry* e, int fd);
 int settle_io(entry* e, int fd, bool write, int flags, state& st);
 /// Drive any pending decision without blocking (poll/epoll saw activity).
 state drive(entry* e, int fd);
+/// The process is confining itself: a socket still deciding settles now,
+/// as far as what already arrived allows, and otherwise stays TCP (its
+/// decision would need calls the process may no longer make).
+void settle_before_confinement(entry* e, int fd);
 
 // ---- epoll (epoll_api.cpp) ----
 /// The socket changed state: move its epoll registrations accordingly.

@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <fcntl.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <pthread.h>
 #include <sys/sendfile.h>
 #include <unistd.h>
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "core/engine.h"
+#include "core/handoff.h"
 #include "core/smcr.h"
 #include "core/log.h"
 #include "core/stats.h"
@@ -126,6 +129,12 @@ void resolve_all() {
   if (real.close_range == nullptr) {
     real.close_range = enosys_close_range;  // glibc < 2.34
   }
+  SMC_RESOLVE(prctl, prctl);
+  SMC_RESOLVE(syscall, syscall);
+  SMC_RESOLVE(setrlimit, setrlimit);
+  SMC_RESOLVE(setrlimit64, setrlimit64);
+  SMC_RESOLVE(prlimit, prlimit);
+  SMC_RESOLVE(prlimit64, prlimit64);
 #undef SMC_RESOLVE
   resolve(real.fcntl64, "fcntl64", nullptr, true);
   if (real.fcntl64 == nullptr) {
@@ -166,8 +175,10 @@ core::log::level to_log_level(config::log_level l) {
 void atfork_prepare() {
   ep_lock();
   fd_table_lock_all();
+  core::conn_registry_lock();
 }
 void atfork_parent() {
+  core::conn_registry_unlock();
   fd_table_unlock_all();
   ep_unlock();
 }
@@ -188,85 +199,9 @@ core::hs_params hs_params() {
 
 namespace {
 
-// TCP sockets this process got across exec(), recorded as if this image had
-// made them, so that they negotiate SMC like any other:
-// - listeners (socket activation, a supervisor that binds for the server, a
-//   server re-executing itself): without this, a client that believes the
-//   server proposes, and the application reads the Proposal as its first
-//   request bytes;
-// - connected sockets nobody has read from yet (inetd style: the parent
-//   accepts, the child execs the handler on the socket) start undecided, as
-//   accepted ones do: a Proposal at the head of the stream is answered,
-//   anything else is plain TCP. An SMC connection already running in the
-//   parent cannot continue here (its buffers stay there): it reads as an
-//   idle TCP socket, as without the preload's help.
-void adopt_socket(int fd) {
-  struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || fd_maybe(fd)) {
-    return;
-  }
-  int domain = 0;
-  int type = 0;
-  int proto = 0;
-  int listening = 0;
-  socklen_t l = sizeof domain;
-  if (real.getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &l) != 0 ||
-      (domain != AF_INET && domain != AF_INET6)) {
-    return;
-  }
-  l = sizeof type;
-  if (real.getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) != 0 || type != SOCK_STREAM) {
-    return;
-  }
-  l = sizeof proto;
-  if (real.getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l) != 0 || proto != IPPROTO_TCP) {
-    return;
-  }
-  l = sizeof listening;
-  if (real.getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &l) != 0) {
-    return;
-  }
-  sockaddr_storage peer{};
-  socklen_t pl = sizeof peer;
-  if (listening == 0 && getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) {
-    return;  // neither listening nor connected: nothing to take over
-  }
-  auto* e = new (std::nothrow) entry();
-  if (e == nullptr) {
-    return;
-  }
-  e->family = domain;
-  unsigned mark = 0;
-  l = sizeof mark;
-  const bool was_smc = listening == 0 &&
-                       real.getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &mark, &l) == 0 &&
-                       mark == smc_socket_mark;
-  std::unique_ptr<rdma::data_path> foreign = was_smc ? core::make_foreign_path() : nullptr;
-  if (listening != 0) {
-    e->st.store(state::listener, std::memory_order_release);
-  } else if (foreign) {
-    // An SMC connection of the image before exec(): its buffers stayed
-    // there. It reads as reset here, rather than as a TCP socket on which
-    // nothing ever arrives.
-    e->conn = std::make_unique<core::conn>(std::move(foreign), fd, 0);
-    e->st.store(state::smc, std::memory_order_release);
-    SMC_LOG(warn, "fd %d: an SMC connection inherited across exec() cannot be used in this "
-                  "program image (its buffers stayed in the previous one): it reads as reset", fd);
-  } else {
-    // Not believed, whatever SMC_PEERS says: this side may well be the
-    // client of the connection, and a first write must not wait for a
-    // Proposal that only a client sends.
-    e->st.store(state::undecided, std::memory_order_release);
-  }
-  if (entry* old = fd_install(fd, e); old != nullptr) {
-    fd_put(old);
-  }
-  if (listening != 0 && g_cfg->transport != config::transport_mode::tcp) {
-    core::tcp_option::advertise(fd);
-  }
-  SMC_LOG(debug, "fd %d: inherited TCP %s, recorded", fd, listening != 0 ? "listener" : "connection");
-}
-
+// TCP sockets this process got across exec() (socket activation, a
+// supervisor that binds for the server, a server re-executing itself, inetd
+// style handlers): recorded as if this image had made them (adopt_socket).
 void adopt_inherited_sockets() {
   DIR* d = opendir("/proc/self/fd");
   if (d == nullptr) {
@@ -282,9 +217,7 @@ void adopt_inherited_sockets() {
     }
   }
   closedir(d);
-  for (int fd : fds) {
-    adopt_socket(fd);
-  }
+  adopt_sockets(fds);
 }
 
 }  // namespace
@@ -339,6 +272,7 @@ void atfork_child() {
   core::stats::reset();
   core::engine::forget_after_fork();
   core::smcr::forget_after_fork();
+  core::handoff::forget_after_fork();
   core::note_fork_child();
 }
 

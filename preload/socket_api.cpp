@@ -11,9 +11,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdarg>
 #include <cstring>
 
+#include "core/handoff.h"
 #include "core/log.h"
 #include "core/stats.h"
 #include "core/tcp_option.h"
@@ -52,8 +54,9 @@ void mark_smc_socket(entry* e, int fd) {
   unsigned v = 0;
   socklen_t l = sizeof v;
   if (real.getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, &l) == 0) {
-    e->notsent_lowat = v;
-    real.setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &smc_socket_mark, sizeof smc_socket_mark);
+    e->conn->set_app_notsent_lowat(v);
+    const uint32_t mark = core::handoff::mark_base;
+    real.setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &mark, sizeof mark);
   }
 }
 
@@ -61,7 +64,7 @@ void mark_smc_socket(entry* e, int fd) {
 void apply(entry* e, int fd, core::hs_outcome&& o) {
   if (o.path) {
     const bool rdma = o.path->transport() == rdma::kind::rdma;
-    e->conn = std::make_unique<core::conn>(std::move(o.path), fd, cfg().spin_us);
+    e->conn = std::make_shared<core::conn>(std::move(o.path), fd, cfg().spin_us);
     mark_smc_socket(e, fd);
     e->st.store(state::smc, std::memory_order_release);
     if (rdma) {
@@ -87,6 +90,14 @@ void apply(entry* e, int fd, core::hs_outcome&& o) {
     return;
   }
   become_tcp(e, fd, o.why);
+}
+
+// The socket changed state outside a decision: its epoll registrations
+// (made while it was fresh) follow.
+void regs_follow(entry* e) {
+  if (!e->regs.empty()) {
+    ep_state_changed(e);
+  }
 }
 
 }  // namespace
@@ -246,12 +257,48 @@ void prepare_write(entry* e, int fd) {
   }
 }
 
+void settle_before_confinement(entry* e, int fd) {
+  state s = drive(e, fd);
+  if (s == state::smc) {
+    e->conn->confine();
+    return;
+  }
+  if (s != state::undecided && s != state::strip && s != state::connecting) {
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lk(e->mu);
+    s = e->st.load();
+    if (s != state::undecided && s != state::strip && s != state::connecting) {
+      return;
+    }
+    become_tcp(e, fd, s == state::strip ? reason::none : reason::sandboxed);
+  }
+  regs_follow(e);
+}
+
 ssize_t finish_io(io_status s, int saved_errno) {
   errno = s.n < 0 ? s.err : saved_errno;
   return s.n;
 }
 
 }  // namespace smc::preload
+
+namespace {
+
+// A confined SMC connection no longer asks the kernel for its socket's
+// blocking mode and timeouts (core::conn::confine): it hears of changes here.
+template <class F>
+void tell_confined(int fd, F&& f) {
+  if (g_enabled && g_confined.load(std::memory_order_relaxed) && fd_maybe(fd)) {
+    entry_ref e(fd);
+    if (e && e->st.load() == state::smc && e->conn->confined()) {
+      f(*e->conn);
+    }
+  }
+}
+
+}  // namespace
 
 // ---------------------------------------------------------------------------
 // Exported symbols.
@@ -266,7 +313,8 @@ __attribute__((visibility("default"))) int socket(int domain, int type, int prot
   }
   int saved = errno;
   fd_fresh(fd);
-  if (is_stream_inet(domain, type) && (protocol == 0 || protocol == IPPROTO_TCP)) {
+  if (is_stream_inet(domain, type) && (protocol == 0 || protocol == IPPROTO_TCP) &&
+      !g_confined.load(std::memory_order_relaxed)) {
     auto* e = new (std::nothrow) entry();
     if (e != nullptr) {
       e->family = domain;
@@ -296,6 +344,8 @@ __attribute__((visibility("default"))) int connect(int fd, const sockaddr* addr,
     bool believed = false;
     if (c.transport == smc::config::transport_mode::tcp) {
       why = reason::transport_tcp;
+    } else if (g_confined.load(std::memory_order_relaxed)) {
+      why = reason::sandboxed;
     } else if (addr != nullptr && smc::config::peers_match(c.peers, addr, len)) {
       believed = true;
       smc::core::tcp_option::advertise(fd);
@@ -307,6 +357,7 @@ __attribute__((visibility("default"))) int connect(int fd, const sockaddr* addr,
         std::lock_guard<std::mutex> lk(e->mu);
         become_tcp(e.get(), fd, why);
       }
+      regs_follow(e.get());
       fd_forget_if(fd, e.get());
       errno = saved;
       return real.connect(fd, addr, len);
@@ -320,6 +371,8 @@ __attribute__((visibility("default"))) int connect(int fd, const sockaddr* addr,
     if (rc != 0) {
       if (errno == EINPROGRESS) {
         e->st.store(state::connecting, std::memory_order_release);
+        regs_follow(e.get());
+        errno = EINPROGRESS;
       }
       return rc;
     }
@@ -331,6 +384,7 @@ __attribute__((visibility("default"))) int connect(int fd, const sockaddr* addr,
         become_tcp(e.get(), fd, reason::peer_not_configured);
       }
     }
+    regs_follow(e.get());
     if (e->st.load() == state::tcp) {
       fd_forget_if(fd, e.get());
     }
@@ -352,14 +406,19 @@ __attribute__((visibility("default"))) int listen(int fd, int backlog) noexcept 
   }
   int rc = real.listen(fd, backlog);
   if (rc == 0 && e && e->st.load() == state::fresh) {
+    int saved = errno;
     e->st.store(state::listener, std::memory_order_release);
+    regs_follow(e.get());
+    errno = saved;
   }
   return rc;
 }
 
 static int accept_common(int fd, sockaddr* addr, socklen_t* len, int flags) {
   entry_ref e(fd);
-  if (!e || e->st.load() != state::listener) {
+  if (!e || e->st.load() != state::listener || g_confined.load(std::memory_order_relaxed)) {
+    // (Confined: the decision would peek at the stream, a call the process
+    // may no longer make; the connection is plain TCP.)
     return real.accept4(fd, addr, len, flags);
   }
   sockaddr_storage ss;
@@ -511,6 +570,9 @@ static int fcntl_common(int (*fn)(int, int, ...), int fd, int cmd, unsigned long
   if (g_enabled && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)) {
     return dup_common(fd, rc);
   }
+  if (rc == 0 && cmd == F_SETFL) {
+    tell_confined(fd, [&](smc::core::conn& c) { c.note_nonblock((arg & O_NONBLOCK) != 0); });
+  }
   return rc;
 }
 
@@ -546,7 +608,13 @@ __attribute__((visibility("default"))) int ioctl(int fd, unsigned long req, ...)
       return 0;
     }
   }
-  return real.ioctl(fd, req, arg);
+  int rc = real.ioctl(fd, req, arg);
+  if (rc == 0 && req == FIONBIO && arg != nullptr) {
+    int on = 0;
+    std::memcpy(&on, arg, sizeof(on));
+    tell_confined(fd, [&](smc::core::conn& c) { c.note_nonblock(on != 0); });
+  }
+  return rc;
 }
 
 __attribute__((visibility("default"))) int getsockopt(int fd, int level, int name, void* val,
@@ -556,7 +624,8 @@ __attribute__((visibility("default"))) int getsockopt(int fd, int level, int nam
       val != nullptr && len != nullptr && *len >= sizeof(unsigned)) {
     entry_ref e(fd);
     if (e && e->st.load() == state::smc) {  // ours is the mark: theirs is kept here
-      std::memcpy(val, &e->notsent_lowat, sizeof(unsigned));
+      const unsigned v = e->conn->app_notsent_lowat();
+      std::memcpy(val, &v, sizeof(unsigned));
       *len = sizeof(unsigned);
       return 0;
     }
@@ -583,11 +652,21 @@ __attribute__((visibility("default"))) int setsockopt(int fd, int level, int nam
       val != nullptr && len >= sizeof(unsigned)) {
     entry_ref e(fd);
     if (e && e->st.load() == state::smc) {  // nothing is sent on TCP: keep it, keep our mark
-      std::memcpy(&e->notsent_lowat, val, sizeof(unsigned));
+      unsigned v;
+      std::memcpy(&v, val, sizeof(unsigned));
+      e->conn->set_app_notsent_lowat(v);
       return 0;
     }
   }
   int rc = real.setsockopt(fd, level, name, val, len);
+  if (rc == 0 && level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) &&
+      val != nullptr && len >= sizeof(timeval)) {
+    timeval tv;
+    std::memcpy(&tv, val, sizeof(tv));
+    const int64_t ms = static_cast<int64_t>(tv.tv_sec) * 1000 + (tv.tv_usec + 999) / 1000;
+    const int v = ms <= 0 ? -1 : static_cast<int>(std::min<int64_t>(ms, INT_MAX));
+    tell_confined(fd, [&](smc::core::conn& c) { c.note_timeout(name == SO_RCVTIMEO, v); });
+  }
   if (rc == 0 && level == SOL_SOCKET && name == SO_LINGER && g_enabled && fd_maybe(fd) &&
       val != nullptr && len >= sizeof(linger)) {
     entry_ref e(fd);

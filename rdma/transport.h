@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 namespace smc::rdma {
 
@@ -122,11 +123,19 @@ class data_path {
   /// us on the transport up to now.
   virtual void sync_rx() {}
 
-  /// The process (pid) that last sent or received on the connection, kept
-  /// where every process that inherited it across fork() sees it (0: not
-  /// kept). Only that process tells the peer about a close.
-  virtual void note_user(int /*pid*/) {}
-  virtual int last_user() const { return 0; }
+  // ---- the connection's own state, shared by the processes holding it ----
+  /// Memory for core::conn_shared that every process holding this
+  /// connection maps (a forked child, a process the socket was passed to),
+  /// and the peer never does; nullptr when the transport has none (its
+  /// connections stay in their process: SMC-R's QP is the process's).
+  virtual void* shared_state() { return nullptr; }
+  virtual size_t shared_state_size() const { return 0; }
+  /// The fds another process needs to map this connection (core/handoff):
+  /// appended to `out`, with the ring sizes; false if it cannot move.
+  virtual bool export_fds(std::vector<int>& /*out*/, uint32_t& /*rx_size*/,
+                          uint32_t& /*tx_size*/) const {
+    return false;
+  }
 };
 
 }  // namespace smc::rdma

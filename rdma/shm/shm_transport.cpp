@@ -177,10 +177,10 @@ bool check_eventfd(int fd) {
 
 class shm_path final : public data_path {
  public:
-  shm_path(std::unique_ptr<segment> mine, std::unique_ptr<segment> theirs, int my_rx, int my_tx,
-           int peer_rx, int peer_tx)
-      : mine_(std::move(mine)), theirs_(std::move(theirs)), my_rx_(my_rx), my_tx_(my_tx),
-        peer_rx_(peer_rx), peer_tx_(peer_tx) {}
+  shm_path(std::unique_ptr<state_page> state, std::unique_ptr<segment> mine,
+           std::unique_ptr<segment> theirs, int my_rx, int my_tx, int peer_rx, int peer_tx)
+      : state_(std::move(state)), mine_(std::move(mine)), theirs_(std::move(theirs)),
+        my_rx_(my_rx), my_tx_(my_tx), peer_rx_(peer_rx), peer_tx_(peer_tx) {}
   ~shm_path() override {
     close_fd(my_rx_);
     close_fd(my_tx_);
@@ -189,15 +189,14 @@ class shm_path final : public data_path {
   }
 
   kind transport() const override { return kind::shm; }
-  // In our own segment: shared by every process that inherited the
-  // connection (MAP_SHARED), never read by the peer.
-  void note_user(int pid) override {
-    auto& u = mine_->ctl()->user;
-    if (u.load(std::memory_order_relaxed) != pid) {
-      u.store(pid, std::memory_order_relaxed);
-    }
+  void* shared_state() override { return state_->data(); }
+  size_t shared_state_size() const override { return state_page::bytes; }
+  bool export_fds(std::vector<int>& out, uint32_t& rx_size, uint32_t& tx_size) const override {
+    out.insert(out.end(), {state_->fd(), mine_->fd(), theirs_->fd(), my_rx_, my_tx_, peer_rx_, peer_tx_});
+    rx_size = mine_->size();
+    tx_size = theirs_->size();
+    return true;
   }
-  int last_user() const override { return mine_->ctl()->user.load(std::memory_order_relaxed); }
 
   uint32_t rx_size() const override { return mine_->size(); }
   const uint8_t* rx_data() const override { return mine_->data(); }
@@ -260,6 +259,7 @@ class shm_path final : public data_path {
   void kick_tx() override { doorbell_ring(my_tx_); }
 
  private:
+  std::unique_ptr<state_page> state_;
   std::unique_ptr<segment> mine_;
   std::unique_ptr<segment> theirs_;
   int my_rx_;
@@ -353,14 +353,64 @@ std::unique_ptr<segment> segment::attach(int fd, uint32_t size) {
   return s;
 }
 
+state_page::~state_page() {
+  if (map_ != nullptr) {
+    munmap(map_, bytes);
+  }
+  close_fd(fd_);
+}
+
+std::unique_ptr<state_page> state_page::create() {
+  std::unique_ptr<state_page> s(new (std::nothrow) state_page());
+  if (!s) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  s->fd_ = memfd_create("smc-conn", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (s->fd_ < 0 || ftruncate(s->fd_, static_cast<off_t>(bytes)) != 0 ||
+      sys().fcntl(s->fd_, F_ADD_SEALS, required_seals) != 0) {
+    return nullptr;
+  }
+  s->map_ = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd_, 0);
+  if (s->map_ == MAP_FAILED) {
+    s->map_ = nullptr;
+    return nullptr;
+  }
+  return s;
+}
+
+std::unique_ptr<state_page> state_page::attach(int fd) {
+  struct stat st{};
+  int seals = sys().fcntl(fd, F_GET_SEALS);
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || seals < 0 ||
+      (static_cast<unsigned>(seals) & required_seals) != required_seals ||
+      static_cast<uint64_t>(st.st_size) != bytes) {
+    errno = EPROTO;
+    return nullptr;
+  }
+  std::unique_ptr<state_page> s(new (std::nothrow) state_page());
+  if (!s) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  s->map_ = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (s->map_ == MAP_FAILED) {
+    s->map_ = nullptr;
+    return nullptr;
+  }
+  s->fd_ = fd;
+  return s;
+}
+
 local_side::~local_side() {
   close_fd(rx_efd);
   close_fd(tx_efd);
 }
 
 bool local_side::init(uint32_t rmb_size) {
+  state = state_page::create();
   rmb = segment::create(rmb_size);
-  if (!rmb) {
+  if (!state || !rmb) {
     return false;
   }
   rx_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -495,12 +545,64 @@ std::unique_ptr<data_path> make_path(local_side&& me, peer_side&& peer) {
   }
   peer.rmb_fd = -1;  // owned by the segment now
   auto p = std::unique_ptr<data_path>(new (std::nothrow) shm_path(
-      std::move(me.rmb), std::move(theirs), me.rx_efd, me.tx_efd, peer.rx_efd, peer.tx_efd));
+      std::move(me.state), std::move(me.rmb), std::move(theirs), me.rx_efd, me.tx_efd,
+      peer.rx_efd, peer.tx_efd));
   if (!p) {
     errno = ENOMEM;
     return nullptr;
   }
   me.rx_efd = me.tx_efd = peer.rx_efd = peer.tx_efd = -1;
+  return p;
+}
+
+std::unique_ptr<data_path> import_path(const int fds[export_fd_count], uint32_t rx_size,
+                                       uint32_t tx_size) {
+  int own[export_fd_count];
+  std::memcpy(own, fds, sizeof(own));
+  auto fail = [&](int err) -> std::unique_ptr<data_path> {
+    for (int& fd : own) {
+      close_fd(fd);
+    }
+    errno = err;
+    return nullptr;
+  };
+  // The ring sizes come from another process of ours, over a channel only
+  // holders of the TCP socket reach; still, nothing is mapped on its word
+  // alone: attach() checks each memfd's seals and size against them.
+  const auto ring_ok = [](uint32_t n) {
+    return n >= min_ring_bytes && n <= max_ring_bytes && (n & (n - 1)) == 0;
+  };
+  if (!ring_ok(rx_size) || !ring_ok(tx_size)) {
+    return fail(EPROTO);
+  }
+  for (size_t i = 3; i < export_fd_count; ++i) {
+    if (!check_eventfd(own[i])) {
+      return fail(EPROTO);
+    }
+  }
+  auto state = state_page::attach(own[0]);
+  if (!state) {
+    return fail(errno);
+  }
+  own[0] = -1;
+  auto mine = segment::attach(own[1], rx_size);
+  if (!mine) {
+    return fail(errno);
+  }
+  own[1] = -1;
+  auto theirs = segment::attach(own[2], tx_size);
+  if (!theirs) {
+    return fail(errno);
+  }
+  own[2] = -1;
+  if (mine->ctl()->magic != control_magic) {
+    return fail(EPROTO);
+  }
+  auto p = std::unique_ptr<data_path>(new (std::nothrow) shm_path(
+      std::move(state), std::move(mine), std::move(theirs), own[3], own[4], own[5], own[6]));
+  if (!p) {
+    return fail(ENOMEM);
+  }
   return p;
 }
 

@@ -3,6 +3,9 @@
 // the ring); the two memfds and the four doorbell eventfds are exchanged over
 // an abstract unix socket whose use is authorised by per-connection nonces
 // that travelled inside the TCP connection. Nothing is ever named in /dev/shm.
+// A third memfd per side, never given to the peer, holds the connection's
+// own state (core::conn_shared), which forked children and processes the
+// socket is passed to map as well (core/handoff).
 #pragma once
 
 #include <atomic>
@@ -27,13 +30,15 @@ struct control {
   std::atomic<uint32_t> rx_rung;                 // owner's rx doorbell rung, not drained
   alignas(64) std::atomic<uint32_t> tx_waiters;  // peer: waiters for space
   std::atomic<uint32_t> tx_rung;                 // peer's tx doorbell rung, not drained
-  alignas(64) std::atomic<int32_t> user;         // owner: the process that last used it (fork)
 };
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
 static_assert(sizeof(control) <= 4096);
 
 inline constexpr uint64_t control_magic = 0x534d432d53484d31ULL;  // "SMC-SHM1"
 inline constexpr size_t control_bytes = 4096;
+/// Ring sizes an RMB may have (CLC's 4-bit size code: 16 KiB << 0..15).
+inline constexpr uint32_t min_ring_bytes = 16 * 1024;
+inline constexpr uint32_t max_ring_bytes = 512u * 1024 * 1024;
 
 /// A memfd-backed RMB mapped into this process.
 class segment {
@@ -63,8 +68,31 @@ class segment {
   uint32_t size_ = 0;
 };
 
+/// A page of memory behind a sealed memfd: the connection's own state,
+/// mapped by every process that holds the connection, never by the peer.
+class state_page {
+ public:
+  ~state_page();
+  state_page(const state_page&) = delete;
+  state_page& operator=(const state_page&) = delete;
+  static constexpr size_t bytes = 4096;
+  /// A new zeroed page; nullptr + errno on failure.
+  static std::unique_ptr<state_page> create();
+  /// Maps a received page after checking its seals and size; owns fd on
+  /// success only. nullptr + errno (EPROTO for a bad page) on failure.
+  static std::unique_ptr<state_page> attach(int fd);
+  void* data() const { return map_; }
+  int fd() const { return fd_; }
+
+ private:
+  state_page() = default;
+  int fd_ = -1;
+  void* map_ = nullptr;
+};
+
 /// Our half of a connection before the exchange: our RMB and our doorbells.
 struct local_side {
+  std::unique_ptr<state_page> state;  // the connection's own state (not exchanged)
   std::unique_ptr<segment> rmb;
   int rx_efd = -1;  // rung by the peer when it produced into our RMB
   int tx_efd = -1;  // rung by the peer when it consumed from its RMB
@@ -111,6 +139,17 @@ bool rendezvous_connect(uint64_t host_id, uint32_t link_id, uint64_t server_toke
 
 /// The data path over two mapped RMBs (implements rdma::data_path).
 std::unique_ptr<data_path> make_path(local_side&& me, peer_side&& peer);
+
+/// How many fds data_path::export_fds() gives for an shm connection, in
+/// this order: state page, our RMB, the peer's RMB, our rx and tx
+/// doorbells, the peer's rx and tx doorbells.
+inline constexpr size_t export_fd_count = 7;
+/// The data path of a connection another process of ours exported (an
+/// SCM_RIGHTS handoff): the fds as export_fds() ordered them, and the ring
+/// sizes. Takes ownership of every fd (closed on failure: nullptr + errno,
+/// EPROTO for anything that is not such a connection).
+std::unique_ptr<data_path> import_path(const int fds[export_fd_count], uint32_t rx_size,
+                                       uint32_t tx_size);
 
 /// CLOCK_MONOTONIC in milliseconds.
 int64_t now_ms();

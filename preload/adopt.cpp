@@ -1,0 +1,199 @@
+// Sockets that come from elsewhere: inherited across exec(), received in an
+// SCM_RIGHTS message, taken with pidfd_getfd(); and the SMC connections a
+// message passes to another process (core/handoff).
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "core/handoff.h"
+#include "core/log.h"
+#include "core/tcp_option.h"
+#include "preload/preload.h"
+
+namespace smc::preload {
+
+namespace {
+
+// Calls f(fd) for each fd of the message's SCM_RIGHTS control data.
+template <class F>
+void for_each_passed_fd(const msghdr* msg, F&& f) {
+  if (msg == nullptr || msg->msg_control == nullptr || msg->msg_controllen < sizeof(cmsghdr)) {
+    return;
+  }
+  for (const cmsghdr* c = CMSG_FIRSTHDR(msg); c != nullptr;
+       c = CMSG_NXTHDR(const_cast<msghdr*>(msg), const_cast<cmsghdr*>(c))) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0)) {
+      continue;
+    }
+    const size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < n; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      f(fd);
+    }
+  }
+}
+
+void adopt_socket(int fd, bool received, const struct stat& st);
+
+}  // namespace
+
+void adopt_socket(int fd, bool received) {
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || fd_maybe(fd)) {
+    return;
+  }
+  adopt_socket(fd, received, st);
+}
+
+void adopt_sockets(const std::vector<int>& fds) {
+  // One socket may come on several fds (inetd style: the connection on 0
+  // and 1): they share one entry, as dup()s do.
+  std::vector<std::pair<struct stat, int>> seen;
+  for (int fd : fds) {
+    struct stat st {};
+    if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || fd_maybe(fd)) {
+      continue;
+    }
+    auto same = std::find_if(seen.begin(), seen.end(), [&](const auto& p) {
+      return p.first.st_dev == st.st_dev && p.first.st_ino == st.st_ino;
+    });
+    if (same == seen.end()) {
+      adopt_socket(fd, false, st);
+      if (fd_maybe(fd)) {
+        seen.emplace_back(st, fd);
+      }
+      continue;
+    }
+    if (entry* e = fd_get(same->second); e != nullptr) {
+      e->nfds.fetch_add(1);
+      if (entry* old = fd_install(fd, e); old != nullptr) {
+        fd_put(old);
+      }
+    }
+  }
+}
+
+namespace {
+
+void adopt_socket(int fd, bool received, const struct stat&) {
+  int domain = 0;
+  int type = 0;
+  int proto = 0;
+  int listening = 0;
+  socklen_t l = sizeof domain;
+  if (real.getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &l) != 0 ||
+      (domain != AF_INET && domain != AF_INET6)) {
+    return;
+  }
+  l = sizeof type;
+  if (real.getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) != 0 || type != SOCK_STREAM) {
+    return;
+  }
+  l = sizeof proto;
+  if (real.getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l) != 0 || proto != IPPROTO_TCP) {
+    return;
+  }
+  l = sizeof listening;
+  if (real.getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &l) != 0) {
+    return;
+  }
+  sockaddr_storage peer{};
+  socklen_t pl = sizeof peer;
+  if (listening == 0 && getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) {
+    return;  // neither listening nor connected: nothing to take over
+  }
+  auto* e = new (std::nothrow) entry();
+  if (e == nullptr) {
+    return;
+  }
+  e->family = domain;
+  uint32_t mark = 0;
+  l = sizeof mark;
+  const bool was_smc = listening == 0 &&
+                       real.getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &mark, &l) == 0 &&
+                       core::handoff::is_mark(mark);
+  if (listening != 0) {
+    e->st.store(state::listener, std::memory_order_release);
+  } else if (was_smc) {
+    linger lg{};
+    l = sizeof lg;
+    e->linger0 = real.getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &l) == 0 && lg.l_onoff != 0 &&
+                 lg.l_linger == 0;
+    try {
+      if (received) {
+        e->conn = core::handoff::take(fd, cfg().spin_us);
+      } else {
+        SMC_LOG(warn, "fd %d: an SMC connection inherited across exec() cannot be used in this "
+                      "program image (its buffers stayed in the previous one): it reads as reset",
+                fd);
+      }
+      if (!e->conn) {
+        // It reads as reset here, rather than as a TCP socket on which
+        // nothing ever arrives (or the peer's SMC bytes never meant for TCP).
+        if (auto foreign = core::make_foreign_path()) {
+          e->conn = std::make_shared<core::conn>(std::move(foreign), fd, 0);
+        }
+      }
+    } catch (...) {
+      e->conn.reset();
+    }
+    if (!e->conn) {
+      delete e;
+      return;
+    }
+    e->st.store(state::smc, std::memory_order_release);
+  } else {
+    // Not believed, whatever SMC_PEERS says: this side may well be the
+    // client of the connection, and a first write must not wait for a
+    // Proposal that only a client sends.
+    e->st.store(state::undecided, std::memory_order_release);
+  }
+  if (entry* old = fd_install(fd, e); old != nullptr) {
+    fd_put(old);
+  }
+  if (listening != 0 && cfg().transport != config::transport_mode::tcp) {
+    core::tcp_option::advertise(fd);
+  }
+  SMC_LOG(debug, "fd %d: %s TCP %s, recorded", fd, received ? "received" : "inherited",
+          listening != 0 ? "listener" : "connection");
+}
+
+}  // namespace
+
+void adopt_received(const msghdr* msg) {
+  for_each_passed_fd(msg, [](int fd) {
+    // A new fd number: whatever we recorded for it was closed behind our back.
+    fd_fresh(fd);
+    adopt_socket(fd, true);
+  });
+}
+
+void offer_passed(const msghdr* msg, std::vector<uint64_t>& offers) {
+  for_each_passed_fd(msg, [&](int fd) {
+    if (!fd_maybe(fd)) {
+      return;
+    }
+    entry_ref e(fd);
+    if (!e || e->st.load(std::memory_order_acquire) != state::smc || !e->conn) {
+      return;
+    }
+    if (uint64_t id = core::handoff::offer(e->conn, fd); id != 0) {
+      offers.push_back(id);
+    }
+  });
+}
+
+void withdraw_offers(const std::vector<uint64_t>& offers) {
+  for (uint64_t id : offers) {
+    core::handoff::withdraw(id);
+  }
+}
+
+}  // namespace smc::preload
