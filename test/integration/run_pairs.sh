@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # run_pairs.sh: the process-pair integration suite. Runs smc_pair,
-# smc_hostile, spdlog_app and smc_calls under scripts/smc_run (and plain) inside fresh
+# smc_hostile, spdlog_app, smc_calls, smc_fork, smc_handoff and smc_epoll_reg
+# under scripts/smc_run (and plain) inside fresh
 # network namespaces, verifies every byte, and checks the library's stats
 # files (SMC_STATS_FILE) and the loopback byte counter to prove the data went
 # through shared memory, or that a fallback happened where it must.
 #
 # usage (as root): run_pairs.sh BUILD_DIR SMC_RUN
-#   BUILD_DIR  has smc_pair, smc_hostile, spdlog_app, smc_calls
+#   BUILD_DIR  has smc_pair, smc_hostile, spdlog_app, smc_calls, smc_fork,
+#              smc_handoff, smc_epoll_reg
 #   SMC_RUN    path to scripts/smc_run; the environment variable SMC_RUN
 #              overrides it (e.g. a stub that just execs, for a dry run)
 #   SMCT_ONLY  optional regex: run only scenarios whose name matches
@@ -34,7 +36,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "run_pairs.sh: needs root (ip netns)" >&2
   exit 2
 fi
-for b in smc_pair smc_hostile spdlog_app smc_calls; do
+for b in smc_pair smc_hostile spdlog_app smc_calls smc_handoff smc_epoll_reg; do
   if [ ! -x "$BUILD/$b" ]; then
     echo "run_pairs.sh: $BUILD/$b not built" >&2
     exit 2
@@ -574,6 +576,112 @@ scenario_exec_inherited() {
   finish
 }
 
+# stats_sum ROLE KEY: the sum of KEY over all of ROLE's stats files (a
+# process and its forked or exec'd children each write one); empty if none.
+stats_sum() {
+  local f v sum=""
+  for f in "$DIR/$1".[0-9]*.json; do
+    [ -f "$f" ] || continue
+    v=$(json_get "$f" "$2") || v=0
+    sum=$((${sum:-0} + ${v:-0}))
+  done
+  echo "$sum"
+}
+
+# expect_stat_of FILE LABEL KEY OP VALUE: expect_stat for one given file.
+expect_stat_of() {
+  local f=$1 label=$2 key=$3 op=$4 want=$5 v
+  if [ ! -f "$f" ]; then
+    note "$label wrote no stats file ($(basename "$f"))"
+    return 0
+  fi
+  if ! v=$(json_get "$f" "$key") || [ -z "$v" ]; then
+    note "$label stats: no $key"
+    return 0
+  fi
+  if ! test "$v" "$op" "$want"; then
+    note "$label stats: $key=$v, expected $op $want"
+  fi
+  return 0
+}
+
+# m. accepted connections handed to one worker process over a unix socket
+# (SCM_RIGHTS), as Node.js cluster and prefork servers do. undecided: the
+# acceptor never reads, the worker's process decides the connection;
+# established: the acceptor reads the 64-byte first request (deciding it in
+# its own process), passes it along, closes its copy, and the connection
+# must carry on in the worker. The worker is a fork()ed child or a freshly
+# exec()d image; it echoes with a thread per connection or one edge-triggered
+# epoll loop. Every byte is verified by the client, the payload must go
+# through shared memory (lo carrying under 1% of it) and the worker, which
+# writes its own stats file, must have sent the echo over SMC.
+scenario_handoff() {
+  local mode worker reader lo0 lo1 wpid nfiles sum conns=4
+  local payload=$((2 * conns * 4 * MIB))
+  for mode in undecided established; do
+    for worker in fork exec; do
+      for reader in blocking epoll; do
+        begin "handoff_${mode}_${worker}_${reader}" || continue
+        lo0=$(lo_bytes "$NS")
+        start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_handoff" server \
+          --count "$conns" --mode "$mode" --worker "$worker" --reader "$reader"
+        if [ -n "$PORT" ]; then
+          launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- "$BUILD/smc_handoff" client \
+            --port "$PORT" --conns "$conns" --bytes 4M
+          expect_exit "$PID" "$DIR/client" client
+        fi
+        expect_server_exit "$SPID" "$DIR/server"
+        lo1=$(lo_bytes "$NS")
+        if [ -n "$lo0" ] && [ -n "$lo1" ]; then
+          if [ $((lo1 - lo0)) -ge $((payload / 100)) ]; then
+            note "lo carried $((lo1 - lo0)) bytes (>= 1% of the $((payload / MIB)) MiB payload: data went over TCP)"
+          fi
+        else
+          note "cannot read lo tx_bytes"
+        fi
+        expect_line "$DIR/client.out" "^ok conns=$conns " client
+        expect_line "$DIR/server.out" "^ok mode=$mode worker=$worker reader=$reader conns=$conns\$" server
+        expect_stat client connections.smc_shm -ge "$conns"
+        # Server side: the acceptor's stats file and the worker's.
+        wpid=$(sed -n 's/^worker pid=\([0-9][0-9]*\)$/\1/p' "$DIR/server.out")
+        nfiles=$(find "$DIR" -maxdepth 1 -name 'server.[0-9]*.json' | wc -l)
+        if [ "$nfiles" -ne 2 ]; then
+          note "server side wrote $nfiles stats files (expected 2: acceptor and worker)"
+        fi
+        if [ -z "$wpid" ]; then
+          note "server printed no worker pid"
+        else
+          if [ "$mode" = undecided ]; then
+            expect_stat_of "$DIR/server.$wpid.json" worker connections.smc_shm -ge "$conns"
+          fi
+          expect_stat_of "$DIR/server.$wpid.json" worker bytes.smc_tx -ge $((conns * 4 * MIB))
+        fi
+        sum=$(stats_sum server connections.smc_shm)
+        if [ -n "$sum" ] && [ "$sum" -lt "$conns" ]; then
+          note "server side (acceptor + worker) counted $sum shm SMC connections, expected >= $conns"
+        fi
+        finish
+      done
+    done
+  done
+}
+
+# n. epoll registrations made before or while a connection is decided and
+# changed afterwards (nginx and twemproxy ADD before connect(); servers ADD
+# an accepted socket before its first byte): epoll_ctl never fails on a
+# registered socket, due edges arrive, one-shot and DEL behave as the
+# kernel's; against a threaded echo server and a single-threaded epoll one
+# that DELs/re-ADDs and re-arms one-shot registrations on the server side.
+scenario_epoll_reg() {
+  local flavour flag
+  for flavour in threads epoll; do
+    flag=""
+    [ "$flavour" = epoll ] && flag=--epoll
+    calls_pair "epoll_reg_$flavour" "smc_epoll_reg server --count 6 $flag" "smc_epoll_reg client --case all" \
+      client '^ok case=et_first_edge rounds=100' -ge 6
+  done
+}
+
 # ---------------------------------------------------------------- main
 scenario_plain_baseline
 scenario_bulk
@@ -588,6 +696,8 @@ scenario_fork
 scenario_exec_listener
 scenario_exec_conn
 scenario_exec_inherited
+scenario_handoff
+scenario_epoll_reg
 
 smct_cleanup
 if summary; then
