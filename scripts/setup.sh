@@ -14,9 +14,13 @@ packages=(
   clang llvm libbpf-dev bpftool
   # real applications for test/apps/ (each runs its own instance in a namespace)
   redis-server redis-tools nginx-light memcached iperf3 sockperf curl socat python3
+  nodejs php-fpm nutcracker haproxy openssh-server openssh-client wrk libfcgi-bin
 )
-# Services those packages would start: the tests never use them.
-app_services=(redis-server nginx memcached iperf3)
+# Services those packages would start (service:package): the tests never use
+# them. Only a service whose package this run installed is stopped; one the
+# machine already had (its own sshd, say) is left as it is.
+app_services=(redis-server:redis-server nginx:nginx-light memcached:memcached iperf3:iperf3
+  php8.2-fpm:php-fpm haproxy:haproxy ssh:openssh-server)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -43,7 +47,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     rm -f /usr/sbin/policy-rc.d
   fi
   [ "$rc" -eq 0 ] || exit "$rc"
-  for s in "${app_services[@]}"; do
+  for sp in "${app_services[@]}"; do
+    s=${sp%%:*}
+    case " ${missing[*]} " in
+      *" ${sp#*:} "*) ;;
+      *) continue ;;
+    esac
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
       systemctl disable --now "$s" >/dev/null 2>&1 || true
     elif command -v service >/dev/null 2>&1; then

@@ -9,6 +9,7 @@
 #   app_check LOG ROLE cmd..  app_run; a non-zero exit is a failure
 #   wait_listen PORT [PID]    bounded wait until something listens on PORT in $NS
 #   payload BYTES             the bytes the application moved (for the lo check)
+#   wrk_check LOG ROLE SECS URL [opts]  wrk load; errors or non-2xx fail
 #   note "why"                records a failed expectation
 #   app_finish                checks stats + loopback, prints PASS/FAIL, exit status
 #
@@ -131,6 +132,48 @@ wait_listen() {
 }
 
 payload() { PAYLOAD=$((PAYLOAD + $1)); }
+
+# wrk_check LOG ROLE SECS URL [wrk options]: wrk (1 thread, 10 connections,
+# --timeout 5s) for SECS seconds. A failure unless wrk exits 0, completed
+# requests, and printed neither "Socket errors" (connect, read, write,
+# timeout) nor "Non-2xx or 3xx responses". Sets WRK_REQS, WRK_BYTES (the
+# bytes wrk read, headers included; to 1%: wrk prints 3 digits) and WRK_RPS;
+# the caller adds the payload (once per hop the bytes crossed).
+wrk_check() {
+  local log=$1 role=$2 secs=$3 url=$4 rc
+  shift 4
+  WRK_REQS=0 WRK_BYTES=0 WRK_RPS="?"
+  app_run "$log" "$role" wrk -t 1 -c 10 -d "${secs}s" --timeout 5s --latency "$@" "$url"
+  rc=$?
+  if [ "$rc" -ne 0 ]; then
+    note "$log: wrk exited $rc ($(grep -v '^$' "$DIR/$log.err" 2>/dev/null | tail -n 1 | cut -c1-200))"
+    return 1
+  fi
+  # "  12345 requests in 2.00s, 1.40GB read"
+  read -r WRK_REQS WRK_BYTES <<<"$(awk '/ requests in .* read$/ {
+      n = $1; v = $(NF - 1); u = v; sub(/^[0-9.]+/, "", u); sub(/B$/, "", u); v += 0
+      m = 1
+      if (u == "K") m = 1024; else if (u == "M") m = 1048576
+      else if (u == "G") m = 1073741824; else if (u == "T") m = 1099511627776
+      printf "%d %.0f\n", n, v * m }' "$DIR/$log.out")"
+  WRK_REQS=${WRK_REQS:-0} WRK_BYTES=${WRK_BYTES:-0}
+  # shellcheck disable=SC2034  # a result, read by the caller
+  WRK_RPS=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$DIR/$log.out")
+  local bad=0
+  if [ "$WRK_REQS" -le 0 ]; then
+    note "$log: wrk completed no request"
+    bad=1
+  fi
+  if grep -q 'Socket errors' "$DIR/$log.out"; then
+    note "$log: wrk $(grep -m1 'Socket errors' "$DIR/$log.out" | sed 's/^ *//')"
+    bad=1
+  fi
+  if grep -q 'Non-2xx or 3xx responses' "$DIR/$log.out"; then
+    note "$log: wrk $(grep -m1 'Non-2xx or 3xx responses' "$DIR/$log.out" | sed 's/^ *//') of $WRK_REQS"
+    bad=1
+  fi
+  return "$bad"
+}
 
 # sum_stat ROLE KEY: the sum of KEY over every stats file ROLE's processes wrote.
 sum_stat() {
