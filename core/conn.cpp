@@ -360,18 +360,24 @@ bool spin_until(rdma::data_path& path, uint32_t spin_us, Done done) {
 
 }  // namespace
 
+uint32_t conn::spin_budget_us() const {
+  // A confined connection does not spin: a longer spin yields the CPU
+  // (sched_yield), which a sandbox's filter may forbid (sshd's does).
+  return confined_.load(std::memory_order_relaxed) ? 0 : spin_us_;
+}
+
 bool conn::spin_rx(uint8_t pf) {
   // Against what we know (the producer cursor we last validated), so data
   // that arrived since is seen at once.
   const uint64_t before = sh_->rx_prod.load(std::memory_order_relaxed);
-  return spin_until(*path_, spin_us_, [&] {
+  return spin_until(*path_, spin_budget_us(), [&] {
     return path_->peer_prod() != before || path_->peer_conn_flags() != pf;
   });
 }
 
 bool conn::spin_tx() {
   const uint64_t before = sh_->tx_cons.load(std::memory_order_relaxed);
-  return spin_until(*path_, spin_us_, [&] { return path_->peer_cons() != before; });
+  return spin_until(*path_, spin_budget_us(), [&] { return path_->peer_cons() != before; });
 }
 
 template <class Ready>

@@ -229,6 +229,7 @@ class conn {
   // its consumer cursor (tx) to move; true if it did.
   bool spin_rx(uint8_t pf);
   bool spin_tx();
+  uint32_t spin_budget_us() const;
   // Sleeps until the doorbell (`rx`: data, else space) or the TCP socket
   // fires, or timeout. Returns 0, or an errno (EAGAIN on timeout, EINTR).
   // `need`: for a reader, how many readable bytes end the wait.

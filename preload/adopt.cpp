@@ -13,6 +13,7 @@
 
 #include "core/handoff.h"
 #include "core/log.h"
+#include "core/stats.h"
 #include "core/tcp_option.h"
 #include "preload/preload.h"
 
@@ -133,6 +134,7 @@ void adopt_socket(int fd, bool received, const struct stat&) {
         SMC_LOG(warn, "fd %d: an SMC connection inherited across exec() cannot be used in this "
                       "program image (its buffers stayed in the previous one): it reads as reset",
                 fd);
+        core::stats::count_handoff(core::stats::handoff::reset);
       }
       if (!e->conn) {
         // It reads as reset here, rather than as a TCP socket on which

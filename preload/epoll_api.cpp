@@ -429,7 +429,7 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
       // Look first; spin, then sleep (serving the channels) only while
       // nothing is ready.
       n = wait(0);
-      const uint32_t spin = cfg().spin_us;
+      const uint32_t spin = g_confined.load(std::memory_order_relaxed) ? 0 : cfg().spin_us;
       if (n == 0 && spin > 0) {
         const uint32_t us = left < 0 ? spin : static_cast<uint32_t>(std::min<int64_t>(spin, left * 1000));
         spin_channels(chans.begin(), chans.begin() + k, us, [&] {

@@ -179,7 +179,9 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
     }
     int kn = 0;
     const size_t base = k.size();
-    const uint32_t spin = cfg().spin_us;
+    // (A confined process does not spin: a spin yields the CPU, which its
+    // filter may forbid.)
+    const uint32_t spin = g_confined.load(std::memory_order_relaxed) ? 0 : cfg().spin_us;
     if (left_ns != 0 && spin > 0 && !chans.v.empty()) {
       // Busy-poll the receive channels first; the doorbells they ring are in
       // the kernel set.

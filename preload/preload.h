@@ -84,6 +84,7 @@ struct real_fns {
   int (*setrlimit64)(__rlimit_resource_t, const rlimit64*);
   int (*prlimit)(pid_t, enum __rlimit_resource, const rlimit*, rlimit*);
   int (*prlimit64)(pid_t, enum __rlimit_resource, const rlimit64*, rlimit64*);
+  int (*chroot)(const char*);
 };
 extern real_fns real;
 

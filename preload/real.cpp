@@ -135,6 +135,7 @@ void resolve_all() {
   SMC_RESOLVE(setrlimit64, setrlimit64);
   SMC_RESOLVE(prlimit, prlimit);
   SMC_RESOLVE(prlimit64, prlimit64);
+  SMC_RESOLVE(chroot, chroot);
 #undef SMC_RESOLVE
   resolve(real.fcntl64, "fcntl64", nullptr, true);
   if (real.fcntl64 == nullptr) {

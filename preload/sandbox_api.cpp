@@ -11,6 +11,7 @@
 //  - new connections stay TCP (fallback reason "sandboxed"): making one
 //    takes calls (memfd_create, eventfd, a unix socket, peeking at the
 //    stream) that such a process may no longer make.
+// chroot() needs no confinement, only the host identity read before it.
 // A filter installed before the program started (systemd's
 // SystemCallFilter=, a container runtime's profile) cannot be seen; the
 // library assumes it permits what networking needs.
@@ -25,6 +26,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "core/host_id.h"
 #include "core/log.h"
 #include "preload/preload.h"
 
@@ -194,6 +196,19 @@ __attribute__((visibility("default"), no_sanitize_address)) int prlimit64(
     before_limit64(res, rl);
   }
   return next_fn(real.prlimit64, "prlimit64")(pid, res, rl, old);
+}
+
+// After chroot() the host's identity (boot id, network namespace: read from
+// /proc) may be out of reach: read it before, so same-host peers still know
+// each other.
+__attribute__((visibility("default"))) int chroot(const char* path) {
+  ensure_init();
+  if (g_enabled) {
+    int saved = errno;
+    smc::core::host_id();
+    errno = saved;
+  }
+  return real.chroot(path);
 }
 
 }  // extern "C"
