@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # run_pairs.sh: the process-pair integration suite. Runs smc_pair,
-# smc_hostile, spdlog_app, smc_calls, smc_fork, smc_handoff and smc_epoll_reg
-# under scripts/smc_run (and plain) inside fresh
+# smc_hostile, spdlog_app, smc_calls, smc_fork, smc_handoff, smc_epoll_reg and
+# smc_sandbox under scripts/smc_run (and plain) inside fresh
 # network namespaces, verifies every byte, and checks the library's stats
 # files (SMC_STATS_FILE) and the loopback byte counter to prove the data went
 # through shared memory, or that a fallback happened where it must.
 #
 # usage (as root): run_pairs.sh BUILD_DIR SMC_RUN
 #   BUILD_DIR  has smc_pair, smc_hostile, spdlog_app, smc_calls, smc_fork,
-#              smc_handoff, smc_epoll_reg
+#              smc_handoff, smc_epoll_reg, smc_sandbox
 #   SMC_RUN    path to scripts/smc_run; the environment variable SMC_RUN
 #              overrides it (e.g. a stub that just execs, for a dry run)
 #   SMCT_ONLY  optional regex: run only scenarios whose name matches
@@ -36,7 +36,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "run_pairs.sh: needs root (ip netns)" >&2
   exit 2
 fi
-for b in smc_pair smc_hostile spdlog_app smc_calls smc_handoff smc_epoll_reg; do
+for b in smc_pair smc_hostile spdlog_app smc_calls smc_handoff smc_epoll_reg smc_sandbox; do
   if [ ! -x "$BUILD/$b" ]; then
     echo "run_pairs.sh: $BUILD/$b not built" >&2
     exit 2
@@ -652,7 +652,17 @@ scenario_handoff() {
           note "server printed no worker pid"
         else
           if [ "$mode" = undecided ]; then
+            # The worker decided each connection itself; nothing was offered.
             expect_stat_of "$DIR/server.$wpid.json" worker connections.smc_shm -ge "$conns"
+            expect_stat_of "$DIR/server.$wpid.json" worker handoffs.taken -eq 0
+          else
+            # Each connection was offered by the acceptor and taken over by
+            # the worker, none reset.
+            expect_stat_of "$DIR/server.$wpid.json" worker handoffs.taken -ge "$conns"
+            expect_stat_of "$DIR/server.$wpid.json" worker handoffs.reset -eq 0
+            if [ "$(stats_sum server handoffs.offered)" -lt "$conns" ]; then
+              note "the acceptor offered $(stats_sum server handoffs.offered) connections, expected >= $conns"
+            fi
           fi
           expect_stat_of "$DIR/server.$wpid.json" worker bytes.smc_tx -ge $((conns * 4 * MIB))
         fi
@@ -682,6 +692,65 @@ scenario_epoll_reg() {
   done
 }
 
+# o. a process that sandboxes itself as sshd's pre-auth child does
+# (RLIMIT_NOFILE 1, RLIMIT_FSIZE 0, a seccomp filter allowing little beyond
+# read/write/poll and killing on anything else). ppoll, blocking: an SMC
+# connection made before carries on inside the sandbox, every byte verified;
+# a call of the library's own that the filter forbids kills the client
+# (SIGSYS), which its parent reports. newconn: a connection made inside a
+# sandbox that permits plain sockets stays TCP (the server, never seeing a
+# Proposal, counts no_proposal). The sandboxed client cannot write its stats
+# file (open refused, RLIMIT_FSIZE 0): the evidence is the server's stats
+# and the loopback counter.
+scenario_sandbox() {
+  local mode name bytes lo0 lo1 conns spin
+  for name in ppoll blocking blocking_spin newconn; do
+    begin "sandbox_$name" || continue
+    mode=${name%_spin}
+    # blocking_spin: reads that busy-wait first (SMC_SPIN_US above the 20 us
+    # after which a spinner yields the CPU): no sched_yield() in a sandbox.
+    spin=""
+    [ "$name" = blocking_spin ] && spin=SMC_SPIN_US=200
+    bytes=$((8 * MIB))
+    conns=2  # a first connection opened and closed before the sandbox
+    if [ "$mode" = newconn ]; then
+      bytes=$MIB
+      conns=1
+    fi
+    lo0=$(lo_bytes "$NS")
+    start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_sandbox" server --count "$conns"
+    if [ -n "$PORT" ]; then
+      launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" $spin -- "$BUILD/smc_sandbox" client \
+        --port "$PORT" --mode "$mode" --bytes "$bytes"
+      expect_exit "$PID" "$DIR/client" client
+    fi
+    expect_server_exit "$SPID" "$DIR/server"
+    lo1=$(lo_bytes "$NS")
+    expect_line "$DIR/client.out" "^ok mode=$mode bytes=$bytes sandboxed\$" client
+    expect_line "$DIR/server.out" "^ok served $conns\$" server
+    if [ -z "$lo0" ] || [ -z "$lo1" ]; then
+      note "cannot read lo tx_bytes"
+    elif [ "$mode" = newconn ]; then
+      # Both directions over TCP: lo carried the payload twice, at least.
+      if [ $((lo1 - lo0)) -lt $((2 * bytes)) ]; then
+        note "lo carried only $((lo1 - lo0)) bytes (< the $((2 * bytes / MIB)) MiB payload: not TCP?)"
+      fi
+    elif [ $((lo1 - lo0)) -ge $((2 * bytes / 100)) ]; then
+      note "lo carried $((lo1 - lo0)) bytes (>= 1% of the $((2 * bytes / MIB)) MiB payload: data went over TCP)"
+    fi
+    if [ "$mode" = newconn ]; then
+      expect_stat server connections.smc_shm -eq 0
+      expect_stat server connections.fallback -ge 1
+      expect_stat server fallback_reasons.no_proposal -ge 1
+    else
+      expect_stat server connections.smc_shm -ge 1
+      expect_stat server bytes.smc_tx -ge "$bytes"
+      expect_stat server bytes.smc_rx -ge "$bytes"
+    fi
+    finish
+  done
+}
+
 # ---------------------------------------------------------------- main
 scenario_plain_baseline
 scenario_bulk
@@ -698,6 +767,7 @@ scenario_exec_conn
 scenario_exec_inherited
 scenario_handoff
 scenario_epoll_reg
+scenario_sandbox
 
 smct_cleanup
 if summary; then
