@@ -425,7 +425,10 @@ int conn::wait_confined(bool rx, int timeout_ms, Ready& ready) {
   // One fd: the waiter (both doorbells and the TCP socket), or, without
   // one (or once the TCP socket's end is known and it would stay readable),
   // the doorbell alone, with a look at the TCP socket every 100 ms.
-  const bool whole = waiter_ >= 0 && !finished() && sh_->fin_ms.load() == 0;
+  // Not the waiter while the other doorbell has a waiter of its own: its
+  // level must hold for that one, and it would keep the waiter readable.
+  const bool whole = waiter_ >= 0 && !finished() && sh_->fin_ms.load() == 0 &&
+                     (rx ? path_->tx_waiters() : path_->rx_waiters()) == 0;
   pollfd p{whole ? waiter_ : (rx ? path_->rx_fd() : path_->tx_fd()), POLLIN, 0};
   if (!whole && !finished() && (timeout_ms < 0 || timeout_ms > 100)) {
     timeout_ms = 100;
@@ -652,9 +655,15 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
     }
     return {-1, EPIPE};
   };
-  if (int e = sh_->err.load(); e != 0) {
-    sh_->err.store(EPIPE);  // the reset is reported once; afterwards the pipe is just broken
+  // Our own abort (a failed wait, a reset, a violation seen by a reader):
+  // reported once; afterwards the pipe is just broken.
+  auto aborted = [&]() -> io_result {
+    const int e = sh_->err.load();
+    sh_->err.store(EPIPE);
     return e == EPIPE ? epipe() : io_result{-1, e};
+  };
+  if (sh_->err.load() != 0) {
+    return aborted();
   }
   if ((sh_->my_flags.load() & (cdc::conn_done_writing | cdc::conn_closed)) != 0) {
     return epipe();
@@ -671,6 +680,9 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
   int64_t deadline = 0;
   bool looked = false;  // as in recv
   for (;;) {
+    if (sh_->err.load() != 0) {  // aborted while we waited
+      return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : aborted();
+    }
     uint8_t pf = path_->peer_conn_flags();
     if ((pf & cdc::conn_abnormal) != 0 || sh_->gone.load()) {
       if (sent > 0) {

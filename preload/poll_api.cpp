@@ -135,7 +135,12 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
           // limits may allow no more): the waiter, or a doorbell, with a
           // look at the TCP socket every 100 ms.
           const int first = m.rx >= 0 ? m.rx : (m.tx >= 0 ? m.tx : m.sock);
-          const bool whole = c.waiter_fd() >= 0 && !c.finished();
+          // Not the waiter while a doorbell the call does not watch has a
+          // waiter of its own (its level must hold for that one, and would
+          // keep the waiter readable).
+          const bool whole = c.waiter_fd() >= 0 && !c.finished() &&
+                             (m.armed_rx || c.path().rx_waiters() == 0) &&
+                             (m.armed_tx || c.path().tx_waiters() == 0);
           const pollfd one{whole ? c.waiter_fd() : k[first].fd, POLLIN, 0};
           k.resize(static_cast<size_t>(first));
           m.rx = m.tx = m.sock = -1;

@@ -595,7 +595,7 @@ std::unique_ptr<data_path> import_path(const int fds[export_fd_count], uint32_t 
     return fail(errno);
   }
   own[2] = -1;
-  if (mine->ctl()->magic != control_magic) {
+  if (mine->ctl()->magic != control_magic || theirs->ctl()->magic != control_magic) {
     return fail(EPROTO);
   }
   auto p = std::unique_ptr<data_path>(new (std::nothrow) shm_path(

@@ -21,14 +21,20 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <cstdarg>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -251,6 +257,8 @@ class conn_pair {
   int b_tcp() const { return b_tcp_.fd; }
   /// A's process "dies": its TCP socket closes without any SMC close.
   void drop_a_tcp() { a_tcp_.reset(); }
+  /// B's last TCP fd closes (every process holding B gone).
+  void drop_b_tcp() { b_tcp_.reset(); }
 
   std::unique_ptr<conn> a;
   std::unique_ptr<conn> b;
@@ -1691,4 +1699,1135 @@ TEST_CASE("readable_bytes and unsent_bytes follow the cursors, across the wrap",
   REQUIRE(recv_bytes(*p.b, buf.data(), buf.size()).n == 10100);
   CHECK(p.b->readable_bytes() == 0);
   CHECK(p.a->unsent_bytes() == 0);
+}
+
+// ---------------------------------------------------------------------------
+// 10. The state the processes holding a connection share: fork, handoff
+//     (export_fds / import_path / attach), holders and the last close
+// ---------------------------------------------------------------------------
+//
+// A connection's own state (cursors, flags, rx/tx locks, holders) lives in
+// the transport's state page (data_path::shared_state), so a forked child or
+// a process the socket was passed to reads and writes the same connection.
+// A child never returns into Catch: it runs a body that reports through its
+// exit status and _exits; the parent waits for it with a bound (a pipe that
+// reads EOF once the child is gone), and kills it past the bound.
+
+namespace {
+
+using smc::core::conn_shared;
+
+conn_shared* shared_of(conn& c) { return static_cast<conn_shared*>(c.path().shared_state()); }
+
+/// A forked child, started under the protocol the preload's atfork handlers
+/// follow: the registry lock before fork(), note_fork_child() in the child
+/// (it counts the child as a holder of every connection, and unlocks),
+/// conn_registry_unlock() in the parent.
+class child_proc {
+ public:
+  explicit child_proc(const std::function<int()>& body) {
+    int pfd[2];
+    REQUIRE(::pipe2(pfd, O_CLOEXEC) == 0);
+    smc::core::conn_registry_lock();
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      smc::core::note_fork_child();
+      int rc = 97;
+      try {
+        rc = body();
+      } catch (...) {
+        rc = 98;
+      }
+      ::_exit(rc);  // the pipe's write end closes with the process
+    }
+    smc::core::conn_registry_unlock();
+    ::close(pfd[1]);
+    gone_.fd = pfd[0];
+    REQUIRE(pid_ > 0);
+  }
+  ~child_proc() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  child_proc(const child_proc&) = delete;
+  child_proc& operator=(const child_proc&) = delete;
+
+  /// The child's exit status once it ended, 128 + signal if a signal ended
+  /// it, or -1 if it was still running after max_ms (then it is killed).
+  int wait(int max_ms = 15000) {
+    pollfd p{gone_.fd, POLLIN, 0};
+    const auto t0 = std::chrono::steady_clock::now();
+    int n = 0;
+    do {
+      const int left = max_ms - static_cast<int>(elapsed_ms(t0));
+      n = left > 0 ? ::poll(&p, 1, left) : 0;
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0) {
+      ::kill(pid_, SIGKILL);
+    }
+    int st = 0;
+    const pid_t r = ::waitpid(pid_, &st, 0);
+    pid_ = -1;
+    if (n <= 0 || r < 0) {
+      return -1;
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  }
+
+ private:
+  pid_t pid_ = -1;
+  fd_guard gone_;  // reads EOF once the child is gone
+};
+
+using fd7 = std::array<int, shm::export_fd_count>;
+
+/// Dups of the fds c's path exports (export_fds hands out the path's own;
+/// import_path takes ownership of what it is given).
+fd7 export_dups(conn& c, uint32_t& rx_size, uint32_t& tx_size) {
+  std::vector<int> out;
+  REQUIRE(c.path().export_fds(out, rx_size, tx_size));
+  REQUIRE(out.size() == shm::export_fd_count);
+  fd7 d{};
+  for (size_t i = 0; i < d.size(); ++i) {
+    d[i] = ::fcntl(out[i], F_DUPFD_CLOEXEC, 0);
+    REQUIRE(d[i] >= 0);
+  }
+  return d;
+}
+
+/// A memfd of `size` bytes (sealable if `sealable`), with `seals` added.
+int make_memfd(size_t size, bool sealable, unsigned seals) {
+  int fd = ::memfd_create("conn-test", MFD_CLOEXEC | (sealable ? MFD_ALLOW_SEALING : 0u));
+  REQUIRE(fd >= 0);
+  REQUIRE(::ftruncate(fd, static_cast<off_t>(size)) == 0);
+  if (seals != 0) {
+    REQUIRE(::fcntl(fd, F_ADD_SEALS, seals) == 0);
+  }
+  return fd;
+}
+
+constexpr unsigned all_seals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+
+/// import_path() on `fds` must fail with `want_err` and leave none of the
+/// fds it was given open. Looked at right after the call, before anything
+/// could reuse the numbers (nothing in between creates an fd).
+void expect_import_rejected(const fd7& fds, uint32_t rx_size, uint32_t tx_size,
+                            int want_err = EPROTO) {
+  errno = 0;
+  auto path = shm::import_path(fds.data(), rx_size, tx_size);
+  const int err = errno;
+  std::array<bool, shm::export_fd_count> open_after{};
+  for (size_t i = 0; i < fds.size(); ++i) {
+    errno = 0;
+    open_after[i] = !(::fcntl(fds[i], F_GETFD) == -1 && errno == EBADF);
+  }
+  INFO("rx_size " << rx_size << " tx_size " << tx_size << " errno " << err << " ("
+                  << std::strerror(err) << ")");
+  CHECK(path == nullptr);
+  CHECK(err == want_err);
+  for (size_t i = 0; i < fds.size(); ++i) {
+    INFO("fd #" << i << " (" << fds[i] << ") still open after a rejected import");
+    CHECK_FALSE(open_after[i]);
+    if (open_after[i] && path == nullptr) {
+      ::close(fds[i]);
+    }
+  }
+}
+
+size_t count_conns() {
+  size_t n = 0;
+  smc::core::for_each_conn([&](conn&) { ++n; });
+  return n;
+}
+
+// The rx lock is held around block_timeout_ms()'s fcntl(F_GETFL): a child
+// that installs this dies inside a call, holding the connection's lock.
+[[noreturn]] int die_in_fcntl(int, int, ...) { ::_exit(42); }
+
+/// Runs f in a detached thread and waits for it up to max_ms: a call that
+/// might never return (a lock a dead process left taken) fails the test
+/// instead of hanging it.
+template <class T>
+bool run_bounded(std::function<T()> f, T& out, int max_ms = 5000) {
+  auto pr = std::make_shared<std::promise<T>>();
+  auto fut = pr->get_future();
+  std::thread([pr, f = std::move(f)] { pr->set_value(f()); }).detach();
+  if (fut.wait_for(std::chrono::milliseconds(max_ms)) != std::future_status::ready) {
+    return false;
+  }
+  out = fut.get();
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("a forked child shares the connection: cursors move for both, replies go out",
+          "[conn][shared]") {
+  conn_pair p(0);
+  conn_shared* shb = shared_of(*p.b);
+  REQUIRE(shb != nullptr);
+  REQUIRE(shb->magic == conn_shared::magic_value);
+  CHECK(shared_of(*p.a) != shb);  // each end has its own
+  CHECK(shb->holders.load() == 1);
+  constexpr size_t total = 3000;
+  constexpr size_t parent_first = 100;
+  constexpr size_t child_part = 1000;
+  auto data = pattern_bytes(7, 0, total);
+  REQUIRE(send_bytes(*p.a, data.data(), total).n == static_cast<ssize_t>(total));
+  std::vector<uint8_t> buf(total);
+  REQUIRE(recv_bytes(*p.b, buf.data(), parent_first).n == static_cast<ssize_t>(parent_first));
+
+  child_proc child([&]() -> int {
+    int bad = 0;
+    if (shb->holders.load() != 2) {
+      bad |= 1;  // the child holds it too
+    }
+    std::vector<uint8_t> mine(child_part);
+    io_result r = recv_bytes(*p.b, mine.data(), child_part, MSG_DONTWAIT);
+    if (r.n != static_cast<ssize_t>(child_part) ||
+        first_mismatch(mine.data(), child_part, 7, parent_first) != -1) {
+      bad |= 2;  // not where the parent left off
+    }
+    if (send_str(*p.b, "from the child").n != 14) {
+      bad |= 4;
+    }
+    p.b->close(false);  // not the last holder: the peer is told nothing
+    if (shb->holders.load() != 1) {
+      bad |= 8;
+    }
+    if (p.a_ctl->prod_flags.load() != 0) {
+      bad |= 16;
+    }
+    return bad;
+  });
+  const int status = child.wait();
+  INFO("child status " << status
+                       << " (bits: 1 holders after fork, 2 its read, 4 its send, 8 holders after "
+                          "its close, 16 its close told the peer)");
+  CHECK(status == 0);
+
+  CHECK(shb->holders.load() == 1);
+  // The child's close told A nothing.
+  CHECK(p.a_ctl->prod_flags.load() == 0);
+  CHECK((p.a->events() & (POLLRDHUP | POLLHUP | POLLERR)) == 0);
+  // A has the child's reply, once.
+  CHECK(recv_str(*p.a, 100, MSG_DONTWAIT) == "from the child");
+  io_result r{};
+  recv_str(*p.a, 100, MSG_DONTWAIT, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == EAGAIN);
+  // B's cursors moved in the child: the parent reads exactly the rest.
+  const size_t rest = total - parent_first - child_part;
+  CHECK(p.b->readable_bytes() == rest);
+  io_result got = recv_bytes(*p.b, buf.data(), total, MSG_DONTWAIT);
+  REQUIRE(got.n == static_cast<ssize_t>(rest));
+  CHECK(first_mismatch(buf.data(), rest, 7, parent_first + child_part) == -1);
+  CHECK(p.a->unsent_bytes() == 0);
+  // B carries on both ways in the parent.
+  REQUIRE(send_str(*p.b, "from the parent").n == 15);
+  CHECK(recv_str(*p.a, 100) == "from the parent");
+  REQUIRE(send_str(*p.a, "to the parent").n == 13);
+  CHECK(recv_str(*p.b, 100) == "to the parent");
+  // The parent's close is the last one: A reads EOF.
+  p.b->close(false);
+  CHECK(shb->holders.load() == 0);
+  CHECK((p.a_ctl->prod_flags.load() & cdc::conn_closed) != 0);
+  recv_str(*p.a, 100, 0, &r);
+  CHECK(r.n == 0);
+}
+
+TEST_CASE("doorbells ring across processes: a forked child blocked in recv is woken",
+          "[conn][shared]") {
+  conn_pair p(0);
+  child_proc child([&]() -> int {
+    io_result r{};
+    const std::string s = recv_str(*p.b, 100, 0, &r);  // blocks: nothing sent yet
+    if (s != "to the child") {
+      return 1;
+    }
+    return send_str(*p.b, "ack").n == 3 ? 0 : 2;
+  });
+  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  REQUIRE(send_str(*p.a, "to the child").n == 12);
+  CHECK(recv_str(*p.a, 10) == "ack");  // blocking here: woken by the child's send
+  CHECK(child.wait() == 0);
+  CHECK(p.b_ctl->rx_waiters.load() == 0);
+  CHECK(shared_of(*p.b)->holders.load() == 2);  // the child exited without closing
+}
+
+TEST_CASE("a child that exits without closing still holds it: the peer learns from TCP",
+          "[conn][shared]") {
+  // A process that ends without closing is never subtracted: the parent's
+  // close is not the last, and the peer reads EOF once the last copy of the
+  // TCP socket is gone (the kernel's FIN), not from the SMC flags.
+  conn_pair p(0);
+  child_proc child([&] { return shared_of(*p.b)->holders.load() == 2 ? 0 : 1; });
+  CHECK(child.wait() == 0);
+  CHECK(shared_of(*p.b)->holders.load() == 2);
+  p.b->close(false);
+  CHECK(shared_of(*p.b)->holders.load() == 1);
+  CHECK(p.a_ctl->prod_flags.load() == 0);
+  io_result r{};
+  recv_str(*p.a, 10, MSG_DONTWAIT, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == EAGAIN);
+  p.drop_b_tcp();
+  recv_str(*p.a, 10, 0, &r);
+  CHECK(r.n == 0);
+}
+
+TEST_CASE("a holder killed inside a call leaves no lock behind (robust mutexes)",
+          "[conn][shared]") {
+  conn_pair p(0);
+  SECTION("the rx lock") {
+    child_proc child([&]() -> int {
+      smc::rdma::sys().fcntl = &die_in_fcntl;  // the child's own copy of the table
+      char c;
+      recv_bytes(*p.b, &c, 1);  // nothing there: asks the socket's mode, lock held, and dies
+      return 1;
+    });
+    REQUIRE(child.wait() == 42);
+    REQUIRE(send_str(*p.a, "after").n == 5);
+    std::string got;
+    REQUIRE(run_bounded<std::string>([b = p.b.get()] { return recv_str(*b, 100, MSG_DONTWAIT); },
+                                     got));
+    CHECK(got == "after");
+  }
+  SECTION("the tx lock") {
+    std::vector<uint8_t> fill(ring16k, 'f');
+    REQUIRE(send_bytes(*p.b, fill.data(), ring16k, MSG_DONTWAIT | MSG_NOSIGNAL).n == ring16k);
+    child_proc child([&]() -> int {
+      smc::rdma::sys().fcntl = &die_in_fcntl;
+      send_str(*p.b, "x");  // the peer's ring is full: asks the socket's mode, and dies
+      return 1;
+    });
+    REQUIRE(child.wait() == 42);
+    std::vector<uint8_t> sink(ring16k);
+    REQUIRE(recv_bytes(*p.a, sink.data(), ring16k).n == ring16k);
+    io_result r{};
+    REQUIRE(run_bounded<io_result>(
+        [b = p.b.get()] { return send_str(*b, "y", MSG_DONTWAIT | MSG_NOSIGNAL); }, r));
+    CHECK(r.n == 1);
+    CHECK(recv_str(*p.a, 10) == "y");
+  }
+}
+
+TEST_CASE("handoff in one process: an imported path attaches to the same connection",
+          "[conn][handoff]") {
+  conn_pair p(0, ring16k, 2 * ring16k);
+  // The export: the path's own fds, in the documented order.
+  std::vector<int> own;
+  uint32_t rx = 0;
+  uint32_t tx = 0;
+  REQUIRE(p.b->path().export_fds(own, rx, tx));
+  REQUIRE(own.size() == shm::export_fd_count);
+  CHECK(rx == 2 * ring16k);  // B's RMB
+  CHECK(tx == ring16k);      // A's RMB
+  CHECK(own[3] == p.b->path().rx_fd());
+  CHECK(own[4] == p.b->path().tx_fd());
+
+  fd7 fds = export_dups(*p.b, rx, tx);
+  auto path = shm::import_path(fds.data(), rx, tx);
+  REQUIRE(path);
+  CHECK(path->rx_size() == 2 * ring16k);
+  CHECK(path->tx_size() == ring16k);
+  CHECK(path->shared_state() != p.b->path().shared_state());  // its own mapping
+  fd_guard b2_tcp;
+  b2_tcp.fd = ::fcntl(p.b_tcp(), F_DUPFD_CLOEXEC, 0);
+  REQUIRE(b2_tcp.fd >= 0);
+  const size_t conns_before = count_conns();
+  auto b2 = std::make_unique<conn>(conn::attach_t{}, std::move(path), b2_tcp.fd, 0, true);
+  REQUIRE(b2->valid());
+  CHECK(count_conns() == conns_before + 1);
+  CHECK(shared_of(*b2)->holders.load() == 2);
+  CHECK(shared_of(*p.b)->holders.load() == 2);  // one state, two mappings
+
+  // One stream, read through both, in order, exactly once.
+  constexpr size_t total = 5000;
+  auto data = pattern_bytes(9, 0, total);
+  REQUIRE(send_bytes(*p.a, data.data(), total).n == static_cast<ssize_t>(total));
+  CHECK(b2->readable_bytes() == total);
+  std::vector<uint8_t> buf(total);
+  REQUIRE(recv_bytes(*b2, buf.data(), 1234).n == 1234);
+  CHECK(first_mismatch(buf.data(), 1234, 9, 0) == -1);
+  CHECK(p.b->readable_bytes() == total - 1234);
+  io_result r = recv_bytes(*p.b, buf.data(), total, MSG_DONTWAIT);
+  REQUIRE(r.n == static_cast<ssize_t>(total - 1234));
+  CHECK(first_mismatch(buf.data(), total - 1234, 9, 1234) == -1);
+  recv_str(*b2, 10, MSG_DONTWAIT, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == EAGAIN);
+  CHECK(p.a->unsent_bytes() == 0);
+
+  // Writes through B2 reach A; A's writes wake a reader blocked in B2.
+  REQUIRE(send_str(*b2, "via b2").n == 6);
+  CHECK(recv_str(*p.a, 10) == "via b2");
+  {
+    auto fut = std::async(std::launch::async, [&] { return recv_str(*b2, 100); });
+    REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+    REQUIRE(send_str(*p.a, "wake b2").n == 7);
+    CHECK(fut.get() == "wake b2");
+  }
+
+  SECTION("the original closes first: only the second close tells the peer") {
+    p.b->close(false);
+    CHECK(shared_of(*b2)->holders.load() == 1);
+    CHECK(p.a_ctl->prod_flags.load() == 0);
+    CHECK((p.a->events() & (POLLRDHUP | POLLHUP | POLLERR)) == 0);
+    REQUIRE(send_str(*b2, "still").n == 5);
+    CHECK(recv_str(*p.a, 10) == "still");
+    b2->close(false);
+    CHECK(shared_of(*b2)->holders.load() == 0);
+  }
+  SECTION("the imported one closes first, even abortively: nothing for the peer") {
+    b2->close(true);
+    CHECK(shared_of(*p.b)->holders.load() == 1);
+    CHECK(p.a_ctl->prod_flags.load() == 0);
+    REQUIRE(send_str(*p.b, "still").n == 5);
+    CHECK(recv_str(*p.a, 10) == "still");
+    p.b->close(false);
+  }
+  CHECK(p.a_ctl->prod_flags.load() == (cdc::conn_closed | cdc::conn_done_writing));
+  recv_str(*p.a, 10, 0, &r);
+  CHECK(r.n == 0);
+  b2.reset();
+  CHECK(count_conns() == conns_before);
+}
+
+TEST_CASE("an offer holds the connection: add_holder, release_holder, attach without join",
+          "[conn][handoff]") {
+  conn_pair p(0);
+  conn_shared* sh = shared_of(*p.b);
+  p.b->add_holder();  // offered to another process
+  CHECK(sh->holders.load() == 2);
+  SECTION("nobody takes it: releasing the offer tells the peer nothing, the last close does") {
+    p.b->release_holder();
+    CHECK(sh->holders.load() == 1);
+    CHECK(p.a_ctl->prod_flags.load() == 0);
+    p.b->close(false);
+    CHECK(sh->holders.load() == 0);
+  }
+  SECTION("the receiver attaches without joining: it takes over the offer's holder") {
+    uint32_t rx = 0;
+    uint32_t tx = 0;
+    fd7 fds = export_dups(*p.b, rx, tx);
+    auto path = shm::import_path(fds.data(), rx, tx);
+    REQUIRE(path);
+    fd_guard tcp2;
+    tcp2.fd = ::fcntl(p.b_tcp(), F_DUPFD_CLOEXEC, 0);
+    conn b2(conn::attach_t{}, std::move(path), tcp2.fd, 0, false);
+    REQUIRE(b2.valid());
+    CHECK(sh->holders.load() == 2);  // counted already
+    p.b->close(false);  // the sender closes its copy as the socket leaves
+    CHECK(p.a_ctl->prod_flags.load() == 0);
+    REQUIRE(send_str(*p.a, "for b2").n == 6);
+    CHECK(recv_str(b2, 10) == "for b2");
+    b2.close(false);
+    CHECK(sh->holders.load() == 0);
+  }
+  CHECK((p.a_ctl->prod_flags.load() & cdc::conn_closed) != 0);
+  io_result r{};
+  recv_str(*p.a, 10, 0, &r);
+  CHECK(r.n == 0);
+}
+
+TEST_CASE("import_path rejects what is not an exported shm connection and closes every fd",
+          "[conn][handoff]") {
+  // B's RMB (its rx ring) is 32 KiB, A's (B's tx ring) 16 KiB.
+  conn_pair p(0, ring16k, 2 * ring16k);
+  uint32_t rx = 0;
+  uint32_t tx = 0;
+  fd7 fds = export_dups(*p.b, rx, tx);
+  REQUIRE(rx == 2 * ring16k);
+  REQUIRE(tx == ring16k);
+  auto replace = [&](size_t i, int fd) {
+    ::close(fds[i]);
+    fds[i] = fd;
+  };
+
+  SECTION("control: the untouched fds import") {
+    auto path = shm::import_path(fds.data(), rx, tx);
+    CHECK(path != nullptr);
+  }
+  SECTION("an rx ring size that is not a power of two") {
+    expect_import_rejected(fds, rx + 4096, tx);
+  }
+  SECTION("a tx ring size that is not a power of two") {
+    expect_import_rejected(fds, rx, 3 * ring16k);
+  }
+  SECTION("a ring size below 16 KiB") { expect_import_rejected(fds, rx, ring16k / 2); }
+  SECTION("a ring size of 0") { expect_import_rejected(fds, 0, tx); }
+  SECTION("an rx ring size that is not its memfd's") { expect_import_rejected(fds, 2 * rx, tx); }
+  SECTION("a tx ring size that is not its memfd's") { expect_import_rejected(fds, rx, 2 * tx); }
+  SECTION("the ring sizes swapped") { expect_import_rejected(fds, tx, rx); }
+  SECTION("a pipe where a doorbell belongs") {
+    for (size_t i = 3; i < shm::export_fd_count; ++i) {
+      INFO("doorbell #" << i);
+      if (i > 3) {
+        fds = export_dups(*p.b, rx, tx);
+      }
+      int pp[2];
+      REQUIRE(::pipe2(pp, O_CLOEXEC) == 0);
+      fd_guard write_end;
+      write_end.fd = pp[1];
+      replace(i, pp[0]);
+      expect_import_rejected(fds, rx, tx);
+    }
+  }
+  SECTION("an unsealed memfd as the state page") {
+    replace(0, make_memfd(shm::state_page::bytes, false, 0));
+    expect_import_rejected(fds, rx, tx);
+  }
+  SECTION("a sealable memfd that was never sealed as the state page") {
+    replace(0, make_memfd(shm::state_page::bytes, true, 0));
+    expect_import_rejected(fds, rx, tx);
+  }
+  SECTION("a sealed memfd of the wrong size as the state page") {
+    replace(0, make_memfd(2 * shm::state_page::bytes, true, all_seals));
+    expect_import_rejected(fds, rx, tx);
+  }
+  SECTION("a socket as the state page") {
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    fd_guard other;
+    other.fd = sv[1];
+    replace(0, sv[0]);
+    expect_import_rejected(fds, rx, tx);
+  }
+  SECTION("an unsealed memfd as an RMB") {
+    replace(2, make_memfd(shm::control_bytes + tx, false, 0));
+    expect_import_rejected(fds, rx, tx);
+  }
+  SECTION("a sealed RMB of the right size without the control page's magic") {
+    replace(1, make_memfd(shm::control_bytes + rx, true, all_seals));
+    expect_import_rejected(fds, rx, tx);
+  }
+  // Whatever was rejected, B's own path is untouched.
+  REQUIRE(send_str(*p.a, "still here").n == 10);
+  CHECK(recv_str(*p.b, 20) == "still here");
+}
+
+TEST_CASE("attaching to a state page that holds no connection is not valid", "[conn][handoff]") {
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  fd_guard t0;
+  fd_guard t1;
+  t0.fd = sv[0];
+  t1.fd = sv[1];
+  const size_t conns_before = count_conns();
+
+  SECTION("a fresh page, never given to a connection") {
+    shm::local_side fresh;
+    shm::local_side other;
+    REQUIRE(fresh.init(ring16k));
+    REQUIRE(other.init(ring16k));
+    fd7 fds = {::dup(fresh.state->fd()),
+               ::dup(fresh.rmb->fd()),
+               ::dup(other.rmb->fd()),
+               ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
+               ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
+               ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
+               ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
+    for (int fd : fds) {
+      REQUIRE(fd >= 0);
+    }
+    auto path = shm::import_path(fds.data(), ring16k, ring16k);
+    REQUIRE(path);  // well-formed fds: only the page's content is wrong
+    {
+      conn c(conn::attach_t{}, std::move(path), t0.fd, 0, true);
+      CHECK_FALSE(c.valid());
+      CHECK(count_conns() == conns_before);
+    }
+    // Nothing was written into the page (no holder counted on it).
+    const auto* page = static_cast<const uint8_t*>(fresh.state->data());
+    CHECK(std::all_of(page, page + shm::state_page::bytes, [](uint8_t b) { return b == 0; }));
+  }
+  SECTION("a connection's page of another version") {
+    conn_pair p(0);
+    uint32_t rx = 0;
+    uint32_t tx = 0;
+    fd7 fds = export_dups(*p.b, rx, tx);
+    auto path = shm::import_path(fds.data(), rx, tx);
+    REQUIRE(path);
+    conn_shared* sh = shared_of(*p.b);
+    const size_t with_pair = count_conns();
+    sh->version = 2;
+    {
+      conn c(conn::attach_t{}, std::move(path), t0.fd, 0, true);
+      CHECK_FALSE(c.valid());
+      CHECK(count_conns() == with_pair);
+    }
+    sh->version = 1;
+    CHECK(sh->holders.load() == 1);
+  }
+  CHECK(count_conns() == conns_before);
+}
+
+// ---------------------------------------------------------------------------
+// 11. Confinement (conn::confine): one waiter fd, cached socket mode and
+//     timeouts, no system call but poll/read/write while waiting
+// ---------------------------------------------------------------------------
+
+namespace {
+
+using smc::rdma::sys_calls;
+
+/// Counts every call through the sys() table, per entry, while in scope (all
+/// threads). Installed and removed while no other thread uses the table.
+class sys_tally {
+ public:
+  sys_tally() {
+    real = smc::rdma::sys();
+    for (auto& c : counts) {
+      c.store(0);
+    }
+    auto& s = smc::rdma::sys();
+#define SMC_TEST_TALLY(name, idx) s.name = &counted<decltype(&sys_calls::name), &sys_calls::name, idx>::fn;
+    SMC_TEST_TALLY(socket, 0)
+    SMC_TEST_TALLY(connect, 1)
+    SMC_TEST_TALLY(bind, 2)
+    SMC_TEST_TALLY(listen, 3)
+    SMC_TEST_TALLY(accept4, 4)
+    SMC_TEST_TALLY(recv, 5)
+    SMC_TEST_TALLY(send, 6)
+    SMC_TEST_TALLY(recvmsg, 7)
+    SMC_TEST_TALLY(sendmsg, 8)
+    SMC_TEST_TALLY(read, 9)
+    SMC_TEST_TALLY(write, 10)
+    SMC_TEST_TALLY(close, 11)
+    SMC_TEST_TALLY(poll, 12)
+    SMC_TEST_TALLY(getsockopt, 14)
+    SMC_TEST_TALLY(setsockopt, 15)
+    SMC_TEST_TALLY(epoll_create1, 16)
+    SMC_TEST_TALLY(epoll_ctl, 17)
+    SMC_TEST_TALLY(epoll_wait, 18)
+#undef SMC_TEST_TALLY
+    s.fcntl = &fcntl_fn;
+  }
+  ~sys_tally() { smc::rdma::sys() = real; }
+  sys_tally(const sys_tally&) = delete;
+  sys_tally& operator=(const sys_tally&) = delete;
+
+  static constexpr size_t n_entries = 19;
+  static constexpr const char* names[n_entries] = {
+      "socket", "connect", "bind",  "listen",     "accept4",    "recv",          "send",
+      "recvmsg", "sendmsg", "read", "write",      "close",      "poll",          "fcntl",
+      "getsockopt", "setsockopt", "epoll_create1", "epoll_ctl", "epoll_wait"};
+  long of(const char* name) const {
+    for (size_t i = 0; i < n_entries; ++i) {
+      if (std::strcmp(names[i], name) == 0) {
+        return counts[i].load();
+      }
+    }
+    FAIL("no sys() entry " << name);
+    return -1;
+  }
+  /// "name count, ..." of every entry called but poll, read and write.
+  std::string others() const {
+    std::string s;
+    for (size_t i = 0; i < n_entries; ++i) {
+      const std::string n = names[i];
+      if (n != "poll" && n != "read" && n != "write" && counts[i].load() != 0) {
+        s += n + " " + std::to_string(counts[i].load()) + " ";
+      }
+    }
+    return s;
+  }
+
+ private:
+  template <class T, T M, size_t I>
+  struct counted;
+  template <class R, class... A, R (*sys_calls::*M)(A...), size_t I>
+  struct counted<R (*sys_calls::*)(A...), M, I> {
+    static R fn(A... a) {
+      counts[I].fetch_add(1);
+      return (real.*M)(a...);
+    }
+  };
+  static int fcntl_fn(int fd, int cmd, ...) {
+    counts[13].fetch_add(1);
+    va_list ap;
+    va_start(ap, cmd);
+    void* arg = va_arg(ap, void*);  // every command the engine uses takes at most one
+    va_end(ap);
+    return real.fcntl(fd, cmd, arg);
+  }
+  static inline sys_calls real{};
+  static inline std::atomic<long> counts[n_entries];
+};
+
+/// Makes the engine's poll fail with EINVAL (as RLIMIT_NOFILE below nfds
+/// does) for a wait whose first fd is `fd`, the connection's own wait. It
+/// gives up after 100 failures: an engine that retried forever would end at
+/// the socket's safety timeout instead of spinning on.
+class poll_fail_hook {
+ public:
+  explicit poll_fail_hook(int fd) {
+    fd_ = fd;
+    hits_.store(0);
+    real_ = smc::rdma::sys().poll;
+    smc::rdma::sys().poll = &hooked;
+  }
+  ~poll_fail_hook() { smc::rdma::sys().poll = real_; }
+  poll_fail_hook(const poll_fail_hook&) = delete;
+  poll_fail_hook& operator=(const poll_fail_hook&) = delete;
+  long hits() const { return hits_.load(); }
+
+ private:
+  static int hooked(pollfd* p, nfds_t n, int timeout) {
+    if (n >= 1 && p[0].fd == fd_ && hits_.fetch_add(1) < 100) {
+      errno = EINVAL;
+      return -1;
+    }
+    return real_(p, n, timeout);
+  }
+  static inline int fd_ = -1;
+  static inline std::atomic<long> hits_{0};
+  static inline int (*real_)(pollfd*, nfds_t, int) = nullptr;
+};
+
+}  // namespace
+
+TEST_CASE("confined: one waiter, and blocking calls still wake for data, space, the peer's end",
+          "[conn][confine]") {
+  conn_pair p(0);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
+  set_sock_timeout(p.b_tcp(), SO_SNDTIMEO, 5000);
+  CHECK_FALSE(p.b->confined());
+  CHECK(p.b->waiter_fd() == -1);
+  REQUIRE(p.a->confine());
+  REQUIRE(p.b->confine());
+  CHECK(p.b->confined());
+  const int w = p.b->waiter_fd();
+  REQUIRE(w >= 0);
+  CHECK(p.a->waiter_fd() >= 0);
+  CHECK(p.a->waiter_fd() != w);
+  CHECK(p.b->confine());  // once is enough: the same waiter
+  CHECK(p.b->waiter_fd() == w);
+  // The waiter watches both doorbells.
+  pollfd pw{w, POLLIN, 0};
+  CHECK(::poll(&pw, 1, 0) == 0);
+  p.b->path().kick_rx();
+  CHECK(::poll(&pw, 1, 0) == 1);
+  p.b->path().drain_rx();
+  CHECK(::poll(&pw, 1, 0) == 0);
+  p.b->path().kick_tx();
+  CHECK(::poll(&pw, 1, 0) == 1);
+  p.b->path().drain_tx();
+  CHECK(::poll(&pw, 1, 0) == 0);
+
+  for (int round = 0; round < 5; ++round) {
+    INFO("round " << round);
+    auto fut = std::async(std::launch::async, [&] {
+      const auto t0 = std::chrono::steady_clock::now();
+      std::string s = recv_str(*p.b, 100);
+      return std::make_pair(s, elapsed_ms(t0));
+    });
+    REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+    const std::string msg = "confined " + std::to_string(round);
+    REQUIRE(send_str(*p.a, msg).n == static_cast<ssize_t>(msg.size()));
+    auto [got, ms] = fut.get();
+    CHECK(got == msg);
+    CHECK(ms < 2500);  // the doorbell, not the 5 s timeout
+  }
+  {
+    // A writer on a full ring wakes when the peer reads.
+    std::vector<uint8_t> fill(ring16k, 'w');
+    REQUIRE(send_bytes(*p.b, fill.data(), ring16k, MSG_DONTWAIT | MSG_NOSIGNAL).n == ring16k);
+    auto fut = std::async(std::launch::async, [&] {
+      const auto t0 = std::chrono::steady_clock::now();
+      io_result r = send_str(*p.b, "more");
+      return std::make_pair(r, elapsed_ms(t0));
+    });
+    REQUIRE(spin_until([&] { return p.a_ctl->tx_waiters.load() != 0; }));
+    std::vector<uint8_t> sink(ring16k + 4);
+    REQUIRE(recv_bytes(*p.a, sink.data(), 100).n == 100);
+    auto [r, ms] = fut.get();
+    CHECK(r.n == 4);
+    CHECK(ms < 2500);
+    REQUIRE(recv_bytes(*p.a, sink.data(), sink.size()).n == static_cast<ssize_t>(ring16k - 100 + 4));
+  }
+  SECTION("the peer dies: a blocked recv reads EOF") {
+    auto fut = p.b_recv_blocked();
+    const auto t0 = std::chrono::steady_clock::now();
+    p.drop_a_tcp();
+    io_result r = fut.get();
+    CHECK(r.n == 0);
+    CHECK(elapsed_ms(t0) < 2500);
+  }
+  SECTION("the peer dies with our data unread: a blocked recv reads ECONNRESET") {
+    REQUIRE(send_str(*p.b, "never read").n == 10);
+    auto fut = p.b_recv_blocked();
+    const auto t0 = std::chrono::steady_clock::now();
+    p.drop_a_tcp();
+    io_result r = fut.get();
+    CHECK(r.n == -1);
+    CHECK(r.err == ECONNRESET);
+    CHECK(elapsed_ms(t0) < 2500);
+  }
+}
+
+TEST_CASE("confined: the socket's mode and timeouts stay as confine() found them until noted",
+          "[conn][confine]") {
+  conn_pair p(0);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
+  set_sock_timeout(p.b_tcp(), SO_SNDTIMEO, 5000);
+  REQUIRE(p.b->confine());
+  const int fl = ::fcntl(p.b_tcp(), F_GETFL);
+  REQUIRE(fl >= 0);
+
+  // O_NONBLOCK set behind the engine's back is not seen: recv still blocks
+  // (it declares a waiter) until data comes.
+  REQUIRE(::fcntl(p.b_tcp(), F_SETFL, fl | O_NONBLOCK) == 0);
+  {
+    auto fut = p.b_recv_blocked();
+    REQUIRE(send_str(*p.a, "late").n == 4);
+    io_result r = fut.get();
+    CHECK(r.n == 4);
+  }
+  // Told: EAGAIN at once, without declaring a waiter.
+  p.b->note_nonblock(true);
+  {
+    const auto t0 = std::chrono::steady_clock::now();
+    io_result r{};
+    recv_str(*p.b, 10, 0, &r);
+    CHECK(r.n == -1);
+    CHECK(r.err == EAGAIN);
+    CHECK(elapsed_ms(t0) < 1000);
+    CHECK(p.b_ctl->rx_waiters.load() == 0);
+  }
+  REQUIRE(::fcntl(p.b_tcp(), F_SETFL, fl) == 0);
+  p.b->note_nonblock(false);
+
+  // A receive timeout told through note_timeout bounds the wait...
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 60);
+  p.b->note_timeout(true, 60);
+  {
+    const auto t0 = std::chrono::steady_clock::now();
+    io_result r{};
+    recv_str(*p.b, 10, 0, &r);
+    const int64_t ms = elapsed_ms(t0);
+    CHECK(r.n == -1);
+    CHECK(r.err == EAGAIN);
+    CHECK(ms >= 50);
+    CHECK(ms < 2500);
+  }
+  // ...and one set behind its back is not seen (60 ms, not 5 s).
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
+  {
+    const auto t0 = std::chrono::steady_clock::now();
+    io_result r{};
+    recv_str(*p.b, 10, 0, &r);
+    const int64_t ms = elapsed_ms(t0);
+    CHECK(r.n == -1);
+    CHECK(r.err == EAGAIN);
+    CHECK(ms >= 50);
+    CHECK(ms < 2500);
+  }
+  // The send timeout likewise.
+  std::vector<uint8_t> fill(ring16k, 's');
+  REQUIRE(send_bytes(*p.b, fill.data(), ring16k, MSG_DONTWAIT | MSG_NOSIGNAL).n == ring16k);
+  p.b->note_timeout(false, 60);
+  {
+    const auto t0 = std::chrono::steady_clock::now();
+    io_result r = send_str(*p.b, "x");
+    const int64_t ms = elapsed_ms(t0);
+    CHECK(r.n == -1);
+    CHECK(r.err == EAGAIN);
+    CHECK(ms >= 50);
+    CHECK(ms < 2500);
+  }
+  p.b->note_nonblock(true);
+  {
+    io_result r = send_str(*p.b, "x");
+    CHECK(r.n == -1);
+    CHECK(r.err == EAGAIN);
+    CHECK(p.a_ctl->tx_waiters.load() == 0);
+  }
+}
+
+TEST_CASE("confined: a blocking wait makes no system call but poll, read and write",
+          "[conn][confine]") {
+  conn_pair p(0);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
+  set_sock_timeout(p.b_tcp(), SO_SNDTIMEO, 5000);
+  // B blocks in recv until A sends, then in send until A reads, then in recv
+  // until A's process dies.
+  auto scenario = [&] {
+    auto fut = p.b_recv_blocked();
+    REQUIRE(send_str(*p.a, "data").n == 4);
+    CHECK(fut.get().n == 4);
+    std::vector<uint8_t> fill(ring16k, 'n');
+    REQUIRE(send_bytes(*p.b, fill.data(), ring16k, MSG_DONTWAIT | MSG_NOSIGNAL).n == ring16k);
+    auto sent = std::async(std::launch::async, [&] { return send_str(*p.b, "more"); });
+    REQUIRE(spin_until([&] { return p.a_ctl->tx_waiters.load() != 0; }));
+    std::vector<uint8_t> sink(2 * ring16k);
+    REQUIRE(recv_bytes(*p.a, sink.data(), 100).n == 100);
+    CHECK(sent.get().n == 4);
+    REQUIRE(recv_bytes(*p.a, sink.data(), sink.size()).n == static_cast<ssize_t>(ring16k - 100 + 4));
+    auto last = p.b_recv_blocked();
+    p.drop_a_tcp();
+    CHECK(last.get().n == 0);
+  };
+  SECTION("not confined: the waits ask the socket (fcntl, getsockopt, recv)") {
+    // The control: the counter sees what confine() is there to avoid.
+    sys_tally tally;
+    scenario();
+    CHECK(tally.of("fcntl") > 0);
+    CHECK(tally.of("getsockopt") > 0);
+    CHECK(tally.of("recv") > 0);
+  }
+  SECTION("confined") {
+    REQUIRE(p.a->confine());
+    REQUIRE(p.b->confine());
+    sys_tally tally;
+    scenario();
+    INFO("calls other than poll/read/write: " << tally.others());
+    CHECK(tally.of("fcntl") == 0);
+    CHECK(tally.of("getsockopt") == 0);
+    CHECK(tally.of("recv") == 0);
+    CHECK(tally.others().empty());
+    CHECK(tally.of("poll") > 0);  // it did wait
+  }
+}
+
+namespace {
+
+/// B blocks in recv (or, `sending`, in send on A's full ring) while its
+/// wait's poll fails with EINVAL (confined: the waiter's poll; else the
+/// doorbell's). The call must end the connection as a reset at once: B's
+/// call and A read ECONNRESET.
+void check_failing_wait_resets(bool confined, bool sending) {
+  conn_pair p(0);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 300);
+  set_sock_timeout(p.b_tcp(), SO_SNDTIMEO, 300);
+  INFO((confined ? "confined " : "not confined ") << (sending ? "send" : "recv"));
+  if (confined) {
+    REQUIRE(p.b->confine());
+  }
+  if (sending) {
+    std::vector<uint8_t> fill(ring16k, 'r');
+    REQUIRE(send_bytes(*p.b, fill.data(), ring16k, MSG_DONTWAIT | MSG_NOSIGNAL).n == ring16k);
+  }
+  const int target = confined  ? p.b->waiter_fd()
+                     : sending ? p.b->path().tx_fd()
+                               : p.b->path().rx_fd();
+  REQUIRE(target >= 0);
+  io_result r{};
+  long hits = 0;
+  int64_t ms = 0;
+  {
+    poll_fail_hook hook(target);
+    const auto t0 = std::chrono::steady_clock::now();
+    if (sending) {
+      r = send_str(*p.b, "x");
+    } else {
+      recv_str(*p.b, 10, 0, &r);
+    }
+    ms = elapsed_ms(t0);
+    hits = hook.hits();
+  }
+  INFO("failed polls " << hits << "; the call returned " << r.n << " errno " << r.err << " ("
+                       << std::strerror(r.err) << ") after " << ms << " ms");
+  CHECK(hits >= 1);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);  // not the wait's EINVAL, nor a timeout
+  CHECK(ms < 250);
+  CHECK(p.b->take_error() == ECONNRESET);
+  // The peer sees the abnormal close.
+  CHECK((p.a_ctl->prod_flags.load() & cdc::conn_abnormal) != 0);
+  CHECK((p.a->events() & POLLERR) != 0);
+  if (sending) {
+    std::vector<uint8_t> sink(ring16k);
+    CHECK(recv_bytes(*p.a, sink.data(), sink.size()).n == ring16k);  // what came before the reset
+  }
+  recv_str(*p.a, 10, 0, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+}
+
+}  // namespace
+
+TEST_CASE("a wait that cannot be made ends the connection as a reset (recv)",
+          "[conn][confine]") {
+  SECTION("not confined") { check_failing_wait_resets(false, false); }
+  SECTION("confined") { check_failing_wait_resets(true, false); }
+}
+
+// conn::send() once looked at the connection's own error only on entry:
+// aborted while a send waited (its own wait failed, or reset_connection() /
+// an abort from another thread), wait() returned at once (ready() is true
+// on error) and the loop spun at full CPU until SO_SNDTIMEO (then EAGAIN),
+// or forever without one.
+TEST_CASE("a blocked send ends with ECONNRESET when the connection is aborted while it waits",
+          "[conn][confine]") {
+  SECTION("its own wait fails, not confined") { check_failing_wait_resets(false, true); }
+  SECTION("its own wait fails, confined") { check_failing_wait_resets(true, true); }
+  SECTION("another thread resets the connection") {
+    conn_pair p(0);
+    set_sock_timeout(p.b_tcp(), SO_SNDTIMEO, 300);
+    std::vector<uint8_t> fill(ring16k, 'r');
+    REQUIRE(send_bytes(*p.b, fill.data(), ring16k, MSG_DONTWAIT | MSG_NOSIGNAL).n == ring16k);
+    auto fut = std::async(std::launch::async, [&] {
+      const auto t0 = std::chrono::steady_clock::now();
+      io_result r = send_str(*p.b, "x");
+      return std::make_pair(r, elapsed_ms(t0));
+    });
+    REQUIRE(spin_until([&] { return p.a_ctl->tx_waiters.load() != 0; }));
+    const auto t0 = std::chrono::steady_clock::now();
+    p.b->reset_connection();
+    auto [r, ms] = fut.get();
+    const int64_t after_reset = elapsed_ms(t0);
+    INFO("send returned " << r.n << " errno " << r.err << " after " << ms << " ms, "
+                          << after_reset << " ms after the reset");
+    CHECK(r.n == -1);
+    CHECK(r.err == ECONNRESET);
+    CHECK(after_reset < 250);
+  }
+}
+
+// A confined wait polls one waiter for both doorbells. When the doorbell it
+// does not wait on is held readable for another declared waiter (a
+// level-triggered epoll registration: EPOLLOUT on a writable socket,
+// EPOLLIN with data left unread), polling the waiter would return at once
+// every time (it once did: tens of thousands of polls, reads and writes
+// per 100 ms); the wait must poll its own doorbell instead and sleep, as
+// the unconfined wait does.
+TEST_CASE("a confined wait sleeps while the other doorbell is held for another waiter",
+          "[conn][confine]") {
+  conn_pair p(0);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 100);
+  set_sock_timeout(p.b_tcp(), SO_SNDTIMEO, 100);
+  const bool confined = GENERATE(false, true);
+  INFO((confined ? "confined" : "not confined (the control)"));
+  if (confined) {
+    REQUIRE(p.b->confine());
+  }
+  SECTION("a recv, while an EPOLLOUT registration holds the tx doorbell") {
+    p.b->path().arm_tx(1);  // what the preload's epoll does for EPOLLOUT
+    p.b->path().kick_tx();
+    REQUIRE((p.b->reset_doorbell(false) & POLLOUT) != 0);  // space: it stays rung
+    io_result r{};
+    long polls = 0;
+    {
+      sys_tally tally;
+      recv_str(*p.b, 10, 0, &r);
+      polls = tally.of("poll");
+    }
+    INFO("polls during a 100 ms blocked recv: " << polls);
+    CHECK(r.err == EAGAIN);
+    CHECK(polls < 10);
+    p.b->path().arm_tx(-1);
+  }
+  SECTION("a send, while an EPOLLIN registration holds the rx doorbell over unread data") {
+    p.b->path().arm_rx(1);  // what the preload's epoll does for EPOLLIN
+    REQUIRE(send_str(*p.a, "unread").n == 6);  // rings B's rx doorbell
+    std::vector<uint8_t> fill(ring16k, 'r');
+    REQUIRE(send_bytes(*p.b, fill.data(), ring16k, MSG_DONTWAIT | MSG_NOSIGNAL).n == ring16k);
+    io_result r{};
+    long polls = 0;
+    {
+      sys_tally tally;
+      r = send_str(*p.b, "x");
+      polls = tally.of("poll");
+    }
+    INFO("polls during a 100 ms blocked send: " << polls);
+    CHECK(r.err == EAGAIN);
+    CHECK(polls < 10);
+    p.b->path().arm_rx(-1);
+  }
+}
+
+namespace {
+
+/// Makes epoll_create1 fail (EMFILE) while in scope: confine() gets no waiter.
+class no_epoll {
+ public:
+  no_epoll() {
+    real_ = smc::rdma::sys().epoll_create1;
+    smc::rdma::sys().epoll_create1 = [](int) -> int {
+      errno = EMFILE;
+      return -1;
+    };
+  }
+  ~no_epoll() { smc::rdma::sys().epoll_create1 = real_; }
+  no_epoll(const no_epoll&) = delete;
+  no_epoll& operator=(const no_epoll&) = delete;
+
+ private:
+  int (*real_)(int) = nullptr;
+};
+
+}  // namespace
+
+TEST_CASE("confined without a waiter: waits poll the doorbell and look at TCP every 100 ms",
+          "[conn][confine]") {
+  conn_pair p(0);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
+  {
+    no_epoll hook;
+    CHECK_FALSE(p.b->confine());  // no waiter...
+  }
+  CHECK(p.b->confined());  // ...but confined all the same
+  CHECK(p.b->waiter_fd() == -1);
+  auto fut = p.b_recv_blocked();
+  REQUIRE(send_str(*p.a, "woken").n == 5);
+  CHECK(fut.get().n == 5);
+  // The peer's death is seen by the periodic look.
+  auto last = p.b_recv_blocked();
+  const auto t0 = std::chrono::steady_clock::now();
+  p.drop_a_tcp();
+  CHECK(last.get().n == 0);
+  CHECK(elapsed_ms(t0) < 2500);
+}
+
+TEST_CASE("under RLIMIT_NOFILE 1 a confined connection still waits, an unconfined one resets",
+          "[conn][confine]") {
+  // The real thing behind the seam above: poll() with more fds than
+  // RLIMIT_NOFILE fails with EINVAL. A confined wait polls one fd.
+  conn_pair p(0);
+  auto lower_limit = [] {
+    rlimit rl{};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+      return false;
+    }
+    rl.rlim_cur = 1;
+    return ::setrlimit(RLIMIT_NOFILE, &rl) == 0;
+  };
+  SECTION("confined") {
+    REQUIRE(p.b->confine());
+    child_proc child([&]() -> int {
+      if (!lower_limit()) {
+        return 10;
+      }
+      io_result r{};
+      const std::string s = recv_str(*p.b, 100, 0, &r);
+      if (s != "under the limit") {
+        return r.n < 0 && r.err == ECONNRESET ? 2 : 1;
+      }
+      return 0;
+    });
+    REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+    REQUIRE(send_str(*p.a, "under the limit").n == 15);
+    CHECK(child.wait() == 0);
+    CHECK(p.a_ctl->prod_flags.load() == 0);
+  }
+  SECTION("not confined") {
+    child_proc child([&]() -> int {
+      if (!lower_limit()) {
+        return 10;
+      }
+      io_result r{};
+      recv_str(*p.b, 100, 0, &r);
+      return r.n == -1 && r.err == ECONNRESET ? 0 : 1;
+    });
+    CHECK(child.wait() == 0);
+    CHECK((p.a_ctl->prod_flags.load() & cdc::conn_abnormal) != 0);
+    io_result r{};
+    recv_str(*p.a, 10, 0, &r);
+    CHECK(r.n == -1);
+    CHECK(r.err == ECONNRESET);
+  }
 }
