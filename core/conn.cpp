@@ -788,7 +788,17 @@ void conn::close(bool abort) {
     return;
   }
   if (sh_->err.load() != 0) {
-    return;  // the peer already knows (abnormal flag published)
+    // Reset. If we never said so ourselves (the peer's reset, seen by a
+    // reader), say it now: this last message goes out signalled over
+    // SMC-R, and its completion is what tells the link group that the
+    // staging buffer is idle. Without it, the buffer was freed under RDMA
+    // WRITEs still queued unsignalled; the device failed the QP and took
+    // every other connection of the link group with it.
+    if ((sh_->my_flags.load() & cdc::conn_abnormal) == 0) {
+      const uint8_t f = sh_->my_flags.fetch_or(cdc::conn_abnormal) | cdc::conn_abnormal;
+      path_->publish_prod(sh_->tx_prod.load(), f);
+    }
+    return;
   }
   uint32_t unread = 0;
   rx_look(unread);

@@ -12,6 +12,20 @@ build=${SMC_BUILD:-$repo/build}
 smc_run=$repo/scripts/smc_run
 
 # json_int FILE KEY: the integer after "KEY": in a stats file.
+# rdma_guest_env: what a one-guest SMC-R script starts with: ip (the
+# guest's address), tmp (a scratch directory), res (the results directory,
+# or tmp), every client proposing to ip and every connection forced onto
+# SMC-R, no config file; and wait_port FILE, true once a server wrote its
+# port there.
+rdma_guest_env() {
+  ip=$SMC_VM_IP
+  tmp=$(mktemp -d)
+  res=${SMC_VM_RESULTS:-$tmp}
+  export SMC_PEERS=$ip SMC_TRANSPORT=rdma
+  unset SMC_CONFIG
+}
+wait_port() { [ -s "$1" ]; }
+
 json_int() { sed -n "s/.*\"$2\": \([0-9]*\).*/\1/p" "$1" | head -1; }
 
 # A program that crashes in the guest leaves its core in the results dir;

@@ -19,13 +19,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 
-ip=$SMC_VM_IP
-tmp=$(mktemp -d)
-res=${SMC_VM_RESULTS:-$tmp}
-export SMC_PEERS=$ip SMC_TRANSPORT=rdma
-unset SMC_LOG_LEVEL SMC_CONFIG
+rdma_guest_env
+unset SMC_LOG_LEVEL
 
-wait_port() { [ -s "$1" ]; }
 
 # pair NAME MODE BYTES: one verified transfer each way at once.
 pair() {

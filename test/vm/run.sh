@@ -20,6 +20,7 @@ TESTS=(
   "smoke_one|one|test/vm/smoke_one.sh"
   "smoke_two|two|test/vm/smoke_two.sh test/vm/smoke_two.sh"
   "rdma_one|one|test/vm/rdma_one.sh"
+  "handoff_rdma|one|test/vm/handoff_rdma.sh"
   "apps_rdma|one|test/vm/apps_rdma.sh"
   "rdma_two|two|test/vm/rdma_two.sh test/vm/rdma_two.sh"
   "kernel_interop|two|test/vm/kernel_interop.sh test/vm/kernel_interop.sh"
