@@ -853,12 +853,18 @@ poll_mask conn::events() {
   return ev;
 }
 
-poll_mask conn::reset_doorbell(bool rx, bool edge) {
-  if (rx) {
-    path_->drain_rx();
-  } else {
-    path_->drain_tx();
+void conn::drain_doorbell(bool rx) {
+  if (!(rx ? path_->drain_rx() : path_->drain_tx())) {
+    // Rung far more than the protocol lets a peer: it costs that peer its
+    // connection, and us nothing more than the drain.
+    SMC_LOG(warn, "fd %d: the peer floods the connection's %s doorbell", tcp_fd_,
+            rx ? "rx" : "tx");
+    abort_locally(ECONNRESET);
   }
+}
+
+poll_mask conn::reset_doorbell(bool rx, bool edge) {
+  drain_doorbell(rx);
   const poll_mask ev = events();
   const bool others = (rx ? path_->rx_waiters() : path_->tx_waiters()) > 1;
   if ((ev & (rx ? POLLIN : POLLOUT)) != 0 && (!edge || others)) {
@@ -872,11 +878,7 @@ poll_mask conn::reset_doorbell(bool rx, bool edge) {
 }
 
 void conn::quiet_doorbell(bool rx) {
-  if (rx) {
-    path_->drain_rx();
-  } else {
-    path_->drain_tx();
-  }
+  drain_doorbell(rx);
   const poll_mask ev = events();
   if ((ev & (rx ? POLLIN : POLLOUT)) != 0 && (rx ? path_->rx_waiters() : path_->tx_waiters()) > 0) {
     if (rx) {
@@ -974,6 +976,7 @@ bool conn::confine() {
     }
   }
   waiter_ = w;
+  path_->confine();
   confined_.store(true);
   return w >= 0;
 }

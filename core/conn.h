@@ -222,6 +222,8 @@ class conn {
   bool rx_look(uint32_t& avail);
   bool tx_look(uint32_t& space);
   void abort_locally(int err);
+  // Drains a doorbell; a peer that flooded it loses the connection.
+  void drain_doorbell(bool rx);
   int block_timeout_ms(bool rx, int flags);
   // Before a blocking wait: whether check_tcp() is worth its system call.
   bool tcp_needs_look();

@@ -47,8 +47,8 @@ class foreign_path final : public data_path {
   void arm_tx(int) override {}
   uint32_t rx_waiters() const override { return 0; }
   uint32_t tx_waiters() const override { return 0; }
-  void drain_rx() override {}
-  void drain_tx() override {}
+  bool drain_rx() override { return true; }
+  bool drain_tx() override { return true; }
   void kick_rx() override {}
   void kick_tx() override {}
 

@@ -1498,13 +1498,17 @@ class smcr_path final : public rdma::data_path {
   }
   uint32_t rx_waiters() const override { return s_->rx_waiters.load(std::memory_order_seq_cst); }
   uint32_t tx_waiters() const override { return s_->tx_waiters.load(std::memory_order_seq_cst); }
-  void drain_rx() override {
-    doorbell_drain(s_->rx_efd);  // read first, then clear (see the shm transport)
+  // Our own eventfds (the peer rings them only through the engine): read
+  // first, then clear (see the shm transport).
+  bool drain_rx() override {
+    doorbell_drain(s_->rx_efd);
     s_->rx_rung.store(0, std::memory_order_seq_cst);
+    return true;
   }
-  void drain_tx() override {
+  bool drain_tx() override {
     doorbell_drain(s_->tx_efd);
     s_->tx_rung.store(0, std::memory_order_seq_cst);
+    return true;
   }
   void kick_rx() override { doorbell_ring(s_->rx_efd); }
   void kick_tx() override { doorbell_ring(s_->tx_efd); }

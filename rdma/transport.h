@@ -7,9 +7,9 @@
 // Cursors are packed (wrap << 32 | count), see core/cursor.h. Everything that
 // comes from the peer is untrusted: the engine validates it before use.
 //
-// Doorbells: each side has two eventfds. rx_fd is readable while received data
-// (or a close) may be pending; tx_fd is readable while a blocked writer may
-// continue. A side rings the peer's doorbell only when the peer has declared a
+// Doorbells: each side has two, fds that are readable while received data
+// (or a close) may be pending (rx_fd), or while a blocked writer may continue
+// (tx_fd). A side rings the peer's doorbell only when the peer has declared a
 // waiter (arm), and each doorbell is written at most once until its owner
 // drains it, so a busy connection makes no doorbell syscalls at all.
 #pragma once
@@ -85,8 +85,10 @@ class data_path {
   virtual uint32_t rx_waiters() const = 0;
   virtual uint32_t tx_waiters() const = 0;
   /// Reset a doorbell that was rung; the caller re-checks its condition after.
-  virtual void drain_rx() = 0;
-  virtual void drain_tx() = 0;
+  /// False when the peer rang it far more than the protocol lets it (a
+  /// peer that floods it): the caller ends the connection.
+  virtual bool drain_rx() = 0;
+  virtual bool drain_tx() = 0;
   /// Make our own doorbell readable (local state change, e.g. peer gone).
   virtual void kick_rx() = 0;
   virtual void kick_tx() = 0;
@@ -122,6 +124,10 @@ class data_path {
   /// Before judging the TCP socket's end: take in everything the peer sent
   /// us on the transport up to now.
   virtual void sync_rx() {}
+
+  /// The process confined itself (core::conn::confine): from now on the
+  /// transport makes no system call but read, write and a one-fd poll.
+  virtual void confine() {}
 
   // ---- the connection's own state, shared by the processes holding it ----
   /// Memory for core::conn_shared that every process holding this

@@ -1,10 +1,9 @@
-// shm transport: sealed memfd RMBs, eventfd doorbells, nonce-checked exchange
+// shm transport: sealed memfd RMBs, socketpair doorbells, nonce-checked exchange
 // over an abstract unix socket. See shm_transport.h.
 #include "rdma/shm/shm_transport.h"
 
 #include <fcntl.h>
 #include <linux/memfd.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -146,53 +145,108 @@ bool recv_hello(int sock, int64_t deadline_ms, hello& h, int fds[3]) {
 // The peer's side, as its hello described it.
 void take_peer(const int fds[3], const hello& h, peer_side& out) {
   out.rmb_fd = fds[0];
-  out.rx_efd = fds[1];
-  out.tx_efd = fds[2];
+  out.rx_ring = fds[1];
+  out.tx_ring = fds[2];
   out.rmb_size = h.rmb_size;
   out.token = h.from_token;
 }
 
-bool check_eventfd(int fd) {
-  // An eventfd shows up in /proc as anon_inode:[eventfd]; fstat gives no type,
-  // so check what we rely on: an 8-byte-write capable, non-blocking descriptor.
-  int fl = sys().fcntl(fd, F_GETFL);
-  if (fl < 0) {
+// ---- doorbells (see shm_transport.h) ----
+
+bool bell_pair(int& bell, int& ring) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0) {
     return false;
   }
-  if ((fl & O_NONBLOCK) == 0) {
-    sys().fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+  bell = sv[0];
+  ring = sv[1];
+  return true;
+}
+
+// Rings through a ringing end. `confined`: the process may no longer make
+// the send() system call (sshd's sandbox allows write(), not sendto()):
+// write() after poll() says there is room, a narrower guarantee (a peer
+// that clears O_NONBLOCK on the description it shares and fills the queue
+// in between could still hold the write).
+void bell_ring(int ring, bool confined) {
+  const char one = 1;
+  ssize_t n;
+  if (confined) {
+    pollfd p{ring, POLLOUT, 0};
+    if (sys().poll(&p, 1, 0) != 1 || (p.revents & POLLOUT) == 0) {
+      return;  // full (so it rings already), or gone
+    }
+    do {
+      n = sys().write(ring, &one, 1);
+    } while (n < 0 && errno == EINTR);
+    return;
   }
-  char link[64];
-  char path[64];
-  std::snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-  ssize_t n = readlink(path, link, sizeof(link) - 1);
-  if (n <= 0) {
-    return true;  // no /proc: trust the nonce-authenticated peer
+  do {
+    n = sys().send(ring, &one, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  // EAGAIN: its queue is full, so it rings already. EPIPE: nobody waits
+  // there any more (the peer is gone; its TCP end says so).
+}
+
+// Empties a doorbell; false if it held more rings than a peer that follows
+// the protocol can have put there. (read(): the waiting end's description
+// is ours and our holders' alone, non-blocking from its creation.)
+bool bell_drain(int bell) {
+  char buf[8];
+  for (int i = 0; i < max_queued_rings; ++i) {
+    ssize_t n = sys().read(bell, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return true;  // empty (EAGAIN), or an error that leaves nothing to read
+    }
   }
-  link[n] = 0;
-  return std::strcmp(link, "anon_inode:[eventfd]") == 0;
+  return false;
+}
+
+// A ringing end from the peer must be what we ring: a unix seqpacket socket.
+// (Anything else would be written to, or would fail; never blocks either way.)
+bool check_ring(int fd) {
+  int domain = 0;
+  int type = 0;
+  socklen_t l = sizeof domain;
+  if (sys().getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &l) != 0 || domain != AF_UNIX) {
+    return false;
+  }
+  l = sizeof type;
+  return sys().getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) == 0 && type == SOCK_SEQPACKET;
 }
 
 
 
+// The fds of a connection's doorbells, in export_fds() order.
+struct bells {
+  int rx = -1;       // our rx doorbell (we wait on it)
+  int rx_ring = -1;  // and its ringing end
+  int tx = -1;
+  int tx_ring = -1;
+  int peer_rx = -1;  // the ringing end of the peer's rx doorbell
+  int peer_tx = -1;
+};
+
 class shm_path final : public data_path {
  public:
   shm_path(std::unique_ptr<state_page> state, std::unique_ptr<segment> mine,
-           std::unique_ptr<segment> theirs, int my_rx, int my_tx, int peer_rx, int peer_tx)
-      : state_(std::move(state)), mine_(std::move(mine)), theirs_(std::move(theirs)),
-        my_rx_(my_rx), my_tx_(my_tx), peer_rx_(peer_rx), peer_tx_(peer_tx) {}
+           std::unique_ptr<segment> theirs, const bells& b)
+      : state_(std::move(state)), mine_(std::move(mine)), theirs_(std::move(theirs)), b_(b) {}
   ~shm_path() override {
-    close_fd(my_rx_);
-    close_fd(my_tx_);
-    close_fd(peer_rx_);
-    close_fd(peer_tx_);
+    for (int* fd : {&b_.rx, &b_.rx_ring, &b_.tx, &b_.tx_ring, &b_.peer_rx, &b_.peer_tx}) {
+      close_fd(*fd);
+    }
   }
 
   kind transport() const override { return kind::shm; }
   void* shared_state() override { return state_->data(); }
   size_t shared_state_size() const override { return state_page::bytes; }
   bool export_fds(std::vector<int>& out, uint32_t& rx_size, uint32_t& tx_size) const override {
-    out.insert(out.end(), {state_->fd(), mine_->fd(), theirs_->fd(), my_rx_, my_tx_, peer_rx_, peer_tx_});
+    out.insert(out.end(), {state_->fd(), mine_->fd(), theirs_->fd(), b_.rx, b_.rx_ring, b_.tx,
+                           b_.tx_ring, b_.peer_rx, b_.peer_tx});
     rx_size = mine_->size();
     tx_size = theirs_->size();
     return true;
@@ -209,7 +263,7 @@ class shm_path final : public data_path {
     c->cons.store(cons, std::memory_order_seq_cst);
     if (c->tx_waiters.load(std::memory_order_seq_cst) != 0 &&
         c->tx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
-      doorbell_ring(peer_tx_);
+      bell_ring(b_.peer_tx, confined_.load(std::memory_order_relaxed));
     }
   }
 
@@ -226,12 +280,12 @@ class shm_path final : public data_path {
     c->prod.store(prod, std::memory_order_seq_cst);
     if (c->rx_waiters.load(std::memory_order_seq_cst) != 0 &&
         c->rx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
-      doorbell_ring(peer_rx_);
+      bell_ring(b_.peer_rx, confined_.load(std::memory_order_relaxed));
     }
   }
 
-  int rx_fd() const override { return my_rx_; }
-  int tx_fd() const override { return my_tx_; }
+  int rx_fd() const override { return b_.rx; }
+  int tx_fd() const override { return b_.tx; }
   void arm_rx(int delta) override {
     mine_->ctl()->rx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
   }
@@ -244,28 +298,43 @@ class shm_path final : public data_path {
   uint32_t tx_waiters() const override {
     return theirs_->ctl()->tx_waiters.load(std::memory_order_seq_cst);
   }
-  // Read the eventfd first, then clear the flag. The other order loses a
-  // ring that lands between the two: the read swallows it while the flag
+  // Drain the doorbell first, then clear the flag. The other order loses a
+  // ring that lands between the two: the drain swallows it while the flag
   // says "rung", and no further ring would ever come.
-  void drain_rx() override {
-    doorbell_drain(my_rx_);
+  bool drain_rx() override {
+    const bool ok = bell_drain(b_.rx);
     mine_->ctl()->rx_rung.store(0, std::memory_order_seq_cst);
+    return ok;
   }
-  void drain_tx() override {
-    doorbell_drain(my_tx_);
+  bool drain_tx() override {
+    const bool ok = bell_drain(b_.tx);
     theirs_->ctl()->tx_rung.store(0, std::memory_order_seq_cst);
+    return ok;
   }
-  void kick_rx() override { doorbell_ring(my_rx_); }
-  void kick_tx() override { doorbell_ring(my_tx_); }
+  // Our own rings go through the same rung flag as the peer's: at most one
+  // ring is queued at a time (more would pile up in the socket's queue:
+  // every epoll_ctl(MOD) of a writable connection rings its tx doorbell, and
+  // a level-triggered EPOLLOUT registration never drains it), so a drain
+  // that finds many can only be a peer's flood. A peer that holds the flag
+  // up keeps our own rings off its connection's doorbells: its loss.
+  void kick_rx() override {
+    if (mine_->ctl()->rx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
+      bell_ring(b_.rx_ring, confined_.load(std::memory_order_relaxed));
+    }
+  }
+  void kick_tx() override {
+    if (theirs_->ctl()->tx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
+      bell_ring(b_.tx_ring, confined_.load(std::memory_order_relaxed));
+    }
+  }
+  void confine() override { confined_.store(true); }
 
  private:
   std::unique_ptr<state_page> state_;
   std::unique_ptr<segment> mine_;
   std::unique_ptr<segment> theirs_;
-  int my_rx_;
-  int my_tx_;
-  int peer_rx_;
-  int peer_tx_;
+  bells b_;
+  std::atomic<bool> confined_{false};
 };
 
 }  // namespace
@@ -403,8 +472,10 @@ std::unique_ptr<state_page> state_page::attach(int fd) {
 }
 
 local_side::~local_side() {
-  close_fd(rx_efd);
-  close_fd(tx_efd);
+  close_fd(rx_bell);
+  close_fd(rx_bell_ring);
+  close_fd(tx_bell);
+  close_fd(tx_bell_ring);
 }
 
 bool local_side::init(uint32_t rmb_size) {
@@ -413,16 +484,14 @@ bool local_side::init(uint32_t rmb_size) {
   if (!state || !rmb) {
     return false;
   }
-  rx_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  tx_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   token = random64();
-  return rx_efd >= 0 && tx_efd >= 0;
+  return bell_pair(rx_bell, rx_bell_ring) && bell_pair(tx_bell, tx_bell_ring);
 }
 
 peer_side::~peer_side() {
   close_fd(rmb_fd);
-  close_fd(rx_efd);
-  close_fd(tx_efd);
+  close_fd(rx_ring);
+  close_fd(tx_ring);
 }
 
 rendezvous::~rendezvous() { close_fd(fd_); }
@@ -488,10 +557,10 @@ bool rendezvous::serve(const local_side& me, int64_t deadline_ms, int abort_fd, 
       continue;
     }
     hello reply{hello_magic, h.from_token, me.token, me.rmb->size(), 0};
-    int mine[3] = {me.rmb->fd(), me.rx_efd, me.tx_efd};
+    int mine[3] = {me.rmb->fd(), me.rx_bell_ring, me.tx_bell_ring};
     bool sent = send_hello(c, reply, mine);
     sys().close(c);
-    if (!sent || !check_eventfd(fds[1]) || !check_eventfd(fds[2])) {
+    if (!sent || !check_ring(fds[1]) || !check_ring(fds[2])) {
       for (int fd : fds) {
         sys().close(fd);
       }
@@ -517,7 +586,7 @@ bool rendezvous_connect(uint64_t host_id, uint32_t link_id, uint64_t server_toke
     rc = wait_fd(s, POLLOUT, deadline_ms, -1) == 1 ? 0 : -1;
   }
   hello h{hello_magic, server_token, me.token, me.rmb->size(), 0};
-  int mine[3] = {me.rmb->fd(), me.rx_efd, me.tx_efd};
+  int mine[3] = {me.rmb->fd(), me.rx_bell_ring, me.tx_bell_ring};
   int fds[3];
   if (rc != 0 || !send_hello(s, h, mine) || !recv_hello(s, deadline_ms, h, fds)) {
     int e = errno;
@@ -526,8 +595,8 @@ bool rendezvous_connect(uint64_t host_id, uint32_t link_id, uint64_t server_toke
     return false;
   }
   sys().close(s);
-  if (h.to_token != me.token || h.from_token != server_token || !check_eventfd(fds[1]) ||
-      !check_eventfd(fds[2])) {
+  if (h.to_token != me.token || h.from_token != server_token || !check_ring(fds[1]) ||
+      !check_ring(fds[2])) {
     for (int fd : fds) {
       sys().close(fd);
     }
@@ -544,14 +613,15 @@ std::unique_ptr<data_path> make_path(local_side&& me, peer_side&& peer) {
     return nullptr;
   }
   peer.rmb_fd = -1;  // owned by the segment now
-  auto p = std::unique_ptr<data_path>(new (std::nothrow) shm_path(
-      std::move(me.state), std::move(me.rmb), std::move(theirs), me.rx_efd, me.tx_efd,
-      peer.rx_efd, peer.tx_efd));
+  const bells b{me.rx_bell, me.rx_bell_ring, me.tx_bell, me.tx_bell_ring, peer.rx_ring, peer.tx_ring};
+  auto p = std::unique_ptr<data_path>(
+      new (std::nothrow) shm_path(std::move(me.state), std::move(me.rmb), std::move(theirs), b));
   if (!p) {
     errno = ENOMEM;
     return nullptr;
   }
-  me.rx_efd = me.tx_efd = peer.rx_efd = peer.tx_efd = -1;
+  me.rx_bell = me.rx_bell_ring = me.tx_bell = me.tx_bell_ring = -1;
+  peer.rx_ring = peer.tx_ring = -1;
   return p;
 }
 
@@ -576,7 +646,7 @@ std::unique_ptr<data_path> import_path(const int fds[export_fd_count], uint32_t 
     return fail(EPROTO);
   }
   for (size_t i = 3; i < export_fd_count; ++i) {
-    if (!check_eventfd(own[i])) {
+    if (!check_ring(own[i])) {
       return fail(EPROTO);
     }
   }
@@ -598,8 +668,9 @@ std::unique_ptr<data_path> import_path(const int fds[export_fd_count], uint32_t 
   if (mine->ctl()->magic != control_magic || theirs->ctl()->magic != control_magic) {
     return fail(EPROTO);
   }
-  auto p = std::unique_ptr<data_path>(new (std::nothrow) shm_path(
-      std::move(state), std::move(mine), std::move(theirs), own[3], own[4], own[5], own[6]));
+  const bells b{own[3], own[4], own[5], own[6], own[7], own[8]};
+  auto p = std::unique_ptr<data_path>(
+      new (std::nothrow) shm_path(std::move(state), std::move(mine), std::move(theirs), b));
   if (!p) {
     return fail(ENOMEM);
   }

@@ -1,8 +1,17 @@
 // The shm transport: same-host SMC in the style of the kernel's loopback ISM
 // device. Each side's RMB is a sealed memfd (a 4 KiB control page followed by
-// the ring); the two memfds and the four doorbell eventfds are exchanged over
-// an abstract unix socket whose use is authorised by per-connection nonces
-// that travelled inside the TCP connection. Nothing is ever named in /dev/shm.
+// the ring); the two memfds and the doorbells' ringing ends are exchanged
+// over an abstract unix socket whose use is authorised by per-connection
+// nonces that travelled inside the TCP connection. Nothing is ever named in
+// /dev/shm.
+//
+// A doorbell is a SOCK_SEQPACKET socketpair: its owner waits on one end
+// (readable while it is rung) and hands the other, the ringing end, to the
+// peer, keeping a copy to ring it itself. Every ring and every drain names
+// MSG_DONTWAIT, so a file description the peer shares cannot make us block
+// whatever flags it sets on it, and a full queue means only that the bell
+// rings already. (Eventfds, shared the same way, let a peer clear
+// O_NONBLOCK and saturate the counter: our next write blocked for ever.)
 // A third memfd per side, never given to the peer, holds the connection's
 // own state (core::conn_shared), which forked children and processes the
 // socket is passed to map as well (core/handoff).
@@ -94,8 +103,10 @@ class state_page {
 struct local_side {
   std::unique_ptr<state_page> state;  // the connection's own state (not exchanged)
   std::unique_ptr<segment> rmb;
-  int rx_efd = -1;  // rung by the peer when it produced into our RMB
-  int tx_efd = -1;  // rung by the peer when it consumed from its RMB
+  int rx_bell = -1;       // we wait here; rung by the peer when it produced into our RMB
+  int rx_bell_ring = -1;  // its ringing end (the peer gets it; we keep it for our own kicks)
+  int tx_bell = -1;       // rung by the peer when it consumed from its RMB
+  int tx_bell_ring = -1;
   uint64_t token = 0;  // our nonce (travels in our CLC Accept/Confirm)
   ~local_side();
   /// Creates RMB + doorbells; false + errno on failure.
@@ -105,12 +116,17 @@ struct local_side {
 /// What the exchange brought from the peer.
 struct peer_side {
   int rmb_fd = -1;
-  int rx_efd = -1;
-  int tx_efd = -1;
+  int rx_ring = -1;  // rings the peer's rx doorbell
+  int tx_ring = -1;  // rings the peer's tx doorbell
   uint32_t rmb_size = 0;
   uint64_t token = 0;  // the peer's nonce (must match its CLC Accept/Confirm)
   ~peer_side();
 };
+
+/// More rings than this queued on one doorbell between two drains mean a
+/// peer that rings without end (ours rings once until drained): the
+/// connection ends.
+inline constexpr int max_queued_rings = 64;
 
 /// Server end of the rendezvous: an abstract unix listener named after the
 /// host id and a random link id (both go into the CLC Accept).
@@ -141,9 +157,10 @@ bool rendezvous_connect(uint64_t host_id, uint32_t link_id, uint64_t server_toke
 std::unique_ptr<data_path> make_path(local_side&& me, peer_side&& peer);
 
 /// How many fds data_path::export_fds() gives for an shm connection, in
-/// this order: state page, our RMB, the peer's RMB, our rx and tx
-/// doorbells, the peer's rx and tx doorbells.
-inline constexpr size_t export_fd_count = 7;
+/// this order: state page, our RMB, the peer's RMB, our rx doorbell and its
+/// ringing end, our tx doorbell and its ringing end, the ringing ends of the
+/// peer's rx and tx doorbells.
+inline constexpr size_t export_fd_count = 9;
 /// The data path of a connection another process of ours exported (an
 /// SCM_RIGHTS handoff): the fds as export_fds() ordered them, and the ring
 /// sizes. Takes ownership of every fd (closed on failure: nullptr + errno,

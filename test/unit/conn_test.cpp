@@ -15,14 +15,13 @@
 // SO_RCVTIMEO/SO_SNDTIMEO, so a lost wake-up ends as a failed check, not a hang.
 // Races that no timing hits reliably are made deterministic through the
 // engine's own seams: the sys() call table (a hook inside the doorbell's
-// eventfd read) and the data_path interface (a wrapper that lets the peer act
+// doorbell read) and the data_path interface (a wrapper that lets the peer act
 // between two of the engine's reads of shared memory).
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -169,8 +168,8 @@ class hooked_path final : public smc::rdma::data_path {
   void arm_tx(int delta) override { in_->arm_tx(delta); }
   uint32_t rx_waiters() const override { return in_->rx_waiters(); }
   uint32_t tx_waiters() const override { return in_->tx_waiters(); }
-  void drain_rx() override { in_->drain_rx(); }
-  void drain_tx() override { in_->drain_tx(); }
+  bool drain_rx() override { return in_->drain_rx(); }
+  bool drain_tx() override { return in_->drain_tx(); }
   void kick_rx() override { in_->kick_rx(); }
   void kick_tx() override { in_->kick_tx(); }
   void settle_close() override {
@@ -212,14 +211,14 @@ class conn_pair {
 
     shm::peer_side to_b;  // what A learns about B
     to_b.rmb_fd = ::dup(lb.rmb->fd());
-    to_b.rx_efd = ::dup(lb.rx_efd);
-    to_b.tx_efd = ::dup(lb.tx_efd);
+    to_b.rx_ring = ::dup(lb.rx_bell_ring);
+    to_b.tx_ring = ::dup(lb.tx_bell_ring);
     to_b.rmb_size = lb.rmb->size();
     to_b.token = lb.token;
     shm::peer_side to_a;  // what B learns about A
     to_a.rmb_fd = ::dup(la.rmb->fd());
-    to_a.rx_efd = ::dup(la.rx_efd);
-    to_a.tx_efd = ::dup(la.tx_efd);
+    to_a.rx_ring = ::dup(la.rx_bell_ring);
+    to_a.tx_ring = ::dup(la.tx_bell_ring);
     to_a.rmb_size = la.rmb->size();
     to_a.token = la.token;
     REQUIRE(to_b.rmb_fd >= 0);
@@ -1463,7 +1462,7 @@ TEST_CASE("rx doorbell: a ring during the reset is not lost", "[conn][wake][race
   CHECK(f1.get().first == "1");
   CHECK(p.b_ctl->rx_rung.load() == 1);
   // 2. B's next wait wakes at once on the stale ring and resets the doorbell;
-  //    right then (inside its read of the eventfd) A sends and rings again.
+  //    right then (inside its read of the doorbell) A sends and rings again.
   {
     read_hook hook(p.b->path().rx_fd(), [&] { send_str(*p.a, "2", MSG_DONTWAIT | MSG_NOSIGNAL); });
     auto f2 = blocked_recv();
@@ -1477,6 +1476,104 @@ TEST_CASE("rx doorbell: a ring during the reset is not lost", "[conn][wake][race
   auto [got, ms] = f3.get();
   CHECK(got == "3");
   CHECK(ms < 2500);  // woken by the doorbell, not by the 5 s receive timeout
+}
+
+namespace {
+
+// The fds of a connection's doorbells, from its export (shm_transport.h:
+// [3] our rx doorbell, [4] its ringing end, [5] tx, [6] its ringing end,
+// [7] and [8] the ringing ends of the peer's rx and tx doorbells). Owned by
+// the path: not to be closed.
+std::vector<int> bell_fds(conn& c) {
+  std::vector<int> fds;
+  uint32_t rx = 0;
+  uint32_t tx = 0;
+  REQUIRE(c.path().export_fds(fds, rx, tx));
+  REQUIRE(fds.size() == shm::export_fd_count);
+  return fds;
+}
+
+// Fills a doorbell through one of its ringing ends until the kernel says
+// its queue is full; the count of rings queued.
+int fill_bell(int ring) {
+  const char one = 1;
+  int n = 0;
+  while (::send(ring, &one, 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1) {
+    ++n;
+  }
+  REQUIRE(errno == EAGAIN);
+  return n;
+}
+
+}  // namespace
+
+// The attack that froze a server for ever with eventfd doorbells: the peer
+// shares the file description it rings us through, so it clears
+// O_NONBLOCK on it, fills it, and makes us ring (its waiter flags live in
+// pages it writes). Our ring must not block: every ring says MSG_DONTWAIT.
+TEST_CASE("a peer that clears O_NONBLOCK on a doorbell it shares and fills it cannot block us",
+          "[conn][wake][hostile]") {
+  conn_pair p(0);
+  const std::vector<int> a = bell_fds(*p.a);
+  // A (the hostile peer) fills its own rx doorbell through its ringing end,
+  // whose description B rings it through too, and makes it blocking.
+  const int rings = fill_bell(a[4]);
+  CHECK(rings > 0);
+  const int fl = ::fcntl(a[4], F_GETFL);
+  REQUIRE(fl >= 0);
+  REQUIRE(::fcntl(a[4], F_SETFL, fl & ~O_NONBLOCK) == 0);
+  // A declares a waiter with the bell not rung: B's next send rings it.
+  p.a_ctl->rx_waiters.store(1);
+  p.a_ctl->rx_rung.store(0);
+  auto fut = std::async(std::launch::async, [&] { return send_str(*p.b, "hello"); });
+  REQUIRE(fut.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+  CHECK(fut.get().n == 5);
+  // And B's own kicks of its doorbells, through ends A shares too.
+  const std::vector<int> b = bell_fds(*p.b);
+  fill_bell(b[4]);
+  const int bfl = ::fcntl(b[4], F_GETFL);
+  REQUIRE(::fcntl(b[4], F_SETFL, bfl & ~O_NONBLOCK) == 0);
+  auto kick = std::async(std::launch::async, [&] { p.b->path().kick_rx(); });
+  REQUIRE(kick.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+  p.a_ctl->rx_waiters.store(0);
+}
+
+// Our own rings do not pile up: every epoll_ctl(MOD) of a writable
+// connection rings its tx doorbell, and a level-triggered EPOLLOUT
+// registration never drains it (redis-benchmark MODs a dozen times per
+// request). Had each ring queued a message, the next drain would have taken
+// them for a peer's flood and reset a healthy connection (it did, in 7 of 8
+// runs of redis-benchmark -c 1).
+TEST_CASE("our own rings between two drains never look like a flood", "[conn][wake]") {
+  conn_pair p(0);
+  for (int i = 0; i < 10 * shm::max_queued_rings; ++i) {
+    p.b->path().kick_tx();
+    p.b->path().kick_rx();
+  }
+  CHECK((p.b->reset_doorbell(false) & POLLOUT) != 0);
+  p.b->reset_doorbell(true);
+  REQUIRE(send_str(*p.b, "still up", MSG_DONTWAIT).n == 8);
+  CHECK(recv_str(*p.a, 20, MSG_DONTWAIT) == "still up");
+}
+
+// A peer that rings without end costs itself the connection; we only pay
+// the drain.
+TEST_CASE("a peer that floods a doorbell loses the connection", "[conn][wake][hostile]") {
+  conn_pair p(0);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
+  const std::vector<int> a = bell_fds(*p.a);
+  const int rings = fill_bell(a[7]);  // A rings B's rx doorbell, many times over
+  REQUIRE(rings > shm::max_queued_rings);
+  const auto t0 = std::chrono::steady_clock::now();
+  io_result r{};
+  recv_str(*p.b, 10, 0, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+  CHECK(elapsed_ms(t0) < 2500);  // at the first wake, not at the receive timeout
+  // A reads the reset.
+  recv_str(*p.a, 10, MSG_DONTWAIT, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
 }
 
 TEST_CASE("tx doorbell: a ring during the reset is not lost", "[conn][wake][race]") {
@@ -1781,15 +1878,15 @@ class child_proc {
   fd_guard gone_;  // reads EOF once the child is gone
 };
 
-using fd7 = std::array<int, shm::export_fd_count>;
+using export_set = std::array<int, shm::export_fd_count>;
 
 /// Dups of the fds c's path exports (export_fds hands out the path's own;
 /// import_path takes ownership of what it is given).
-fd7 export_dups(conn& c, uint32_t& rx_size, uint32_t& tx_size) {
+export_set export_dups(conn& c, uint32_t& rx_size, uint32_t& tx_size) {
   std::vector<int> out;
   REQUIRE(c.path().export_fds(out, rx_size, tx_size));
   REQUIRE(out.size() == shm::export_fd_count);
-  fd7 d{};
+  export_set d{};
   for (size_t i = 0; i < d.size(); ++i) {
     d[i] = ::fcntl(out[i], F_DUPFD_CLOEXEC, 0);
     REQUIRE(d[i] >= 0);
@@ -1813,7 +1910,7 @@ constexpr unsigned all_seals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
 /// import_path() on `fds` must fail with `want_err` and leave none of the
 /// fds it was given open. Looked at right after the call, before anything
 /// could reuse the numbers (nothing in between creates an fd).
-void expect_import_rejected(const fd7& fds, uint32_t rx_size, uint32_t tx_size,
+void expect_import_rejected(const export_set& fds, uint32_t rx_size, uint32_t tx_size,
                             int want_err = EPROTO) {
   errno = 0;
   auto path = shm::import_path(fds.data(), rx_size, tx_size);
@@ -2026,9 +2123,9 @@ TEST_CASE("handoff in one process: an imported path attaches to the same connect
   CHECK(rx == 2 * ring16k);  // B's RMB
   CHECK(tx == ring16k);      // A's RMB
   CHECK(own[3] == p.b->path().rx_fd());
-  CHECK(own[4] == p.b->path().tx_fd());
+  CHECK(own[5] == p.b->path().tx_fd());
 
-  fd7 fds = export_dups(*p.b, rx, tx);
+  export_set fds = export_dups(*p.b, rx, tx);
   auto path = shm::import_path(fds.data(), rx, tx);
   REQUIRE(path);
   CHECK(path->rx_size() == 2 * ring16k);
@@ -2112,7 +2209,7 @@ TEST_CASE("an offer holds the connection: add_holder, release_holder, attach wit
   SECTION("the receiver attaches without joining: it takes over the offer's holder") {
     uint32_t rx = 0;
     uint32_t tx = 0;
-    fd7 fds = export_dups(*p.b, rx, tx);
+    export_set fds = export_dups(*p.b, rx, tx);
     auto path = shm::import_path(fds.data(), rx, tx);
     REQUIRE(path);
     fd_guard tcp2;
@@ -2139,7 +2236,7 @@ TEST_CASE("import_path rejects what is not an exported shm connection and closes
   conn_pair p(0, ring16k, 2 * ring16k);
   uint32_t rx = 0;
   uint32_t tx = 0;
-  fd7 fds = export_dups(*p.b, rx, tx);
+  export_set fds = export_dups(*p.b, rx, tx);
   REQUIRE(rx == 2 * ring16k);
   REQUIRE(tx == ring16k);
   auto replace = [&](size_t i, int fd) {
@@ -2223,13 +2320,10 @@ TEST_CASE("attaching to a state page that holds no connection is not valid", "[c
     shm::local_side other;
     REQUIRE(fresh.init(ring16k));
     REQUIRE(other.init(ring16k));
-    fd7 fds = {::dup(fresh.state->fd()),
-               ::dup(fresh.rmb->fd()),
-               ::dup(other.rmb->fd()),
-               ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
-               ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
-               ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
-               ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
+    export_set fds = {::dup(fresh.state->fd()), ::dup(fresh.rmb->fd()), ::dup(other.rmb->fd()),
+                      ::dup(fresh.rx_bell), ::dup(fresh.rx_bell_ring), ::dup(fresh.tx_bell),
+                      ::dup(fresh.tx_bell_ring), ::dup(other.rx_bell_ring),
+                      ::dup(other.tx_bell_ring)};
     for (int fd : fds) {
       REQUIRE(fd >= 0);
     }
@@ -2248,7 +2342,7 @@ TEST_CASE("attaching to a state page that holds no connection is not valid", "[c
     conn_pair p(0);
     uint32_t rx = 0;
     uint32_t tx = 0;
-    fd7 fds = export_dups(*p.b, rx, tx);
+    export_set fds = export_dups(*p.b, rx, tx);
     auto path = shm::import_path(fds.data(), rx, tx);
     REQUIRE(path);
     conn_shared* sh = shared_of(*p.b);
