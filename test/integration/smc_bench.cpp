@@ -2,9 +2,9 @@
 // sockets with TCP_NODELAY, run side by side plain and under smc_run (it
 // knows nothing about SMC). Not a timed test: it reports numbers.
 //
-//   smc_bench server [--addr A] [--port P] [--portfile F] --test pingpong|stream
+//   smc_bench server [--addr A] [--port P] [--portfile F] --test pingpong|stream|connrr
 //                    [--size S] [--conns K] [--wait read|epoll|poll]
-//   smc_bench client --addr A --port P --test pingpong|stream [--size S]
+//   smc_bench client --addr A --port P --test pingpong|stream|connrr [--size S]
 //                    [--iters N] [--seconds T] [--bytes N] [--wait read|epoll|poll]
 //
 // --wait epoll|poll: each ping-pong message is awaited as an event loop
@@ -18,6 +18,11 @@
 //   (default 3) or --bytes N in total, then shuts down writing; the server
 //   counts until EOF and answers with the count (BE64), which the client
 //   checks; prints "stream size=S MBps=X bytes=N secs=T" (MB = 10^6 bytes).
+// connrr: N times (default 20000; no warm-up) in sequence, the client
+//   connects a new socket, sends S bytes (default 1), reads the server's echo
+//   and closes; the server (--conns N) echoes each connection until EOF, like
+//   pingpong; prints "connrr size=S conns=N per_sec=X avg_us=Y p50_us=Z
+//   p99_us=W" (connect to close, per connection).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -42,7 +47,7 @@
 
 namespace {
 
-enum class bench_test { pingpong, stream };
+enum class bench_test { pingpong, stream, connrr };
 
 struct options : smc_test::endpoint_options {
   bool server = false;
@@ -98,6 +103,9 @@ bool recv_full(int fd, uint8_t* p, size_t n) {
 uint64_t default_size(const options& o) {
   if (o.size > 0) {
     return o.size;
+  }
+  if (o.test == bench_test::connrr) {
+    return 1;
   }
   return o.test == bench_test::pingpong ? 64 : 64 * 1024;
 }
@@ -198,7 +206,7 @@ int run_server(const options& o) {
       fail_exit(errno_text("accept", errno));
     }
     set_nodelay(fd);
-    if (o.test == bench_test::pingpong) {
+    if (o.test != bench_test::stream) {
       serve_pingpong(fd, o);
     } else {
       serve_stream(fd, o);
@@ -309,7 +317,50 @@ void client_stream(int fd, const options& o) {
               secs > 0 ? static_cast<double>(sent) / secs / 1e6 : 0.0, static_cast<unsigned long long>(sent), secs);
 }
 
+void client_connrr(const options& o) {
+  const uint64_t size = default_size(o);
+  std::vector<uint8_t> out(size);
+  std::vector<uint8_t> in(size);
+  std::vector<double> lat_us;
+  lat_us.reserve(o.iters);
+  auto start = clock_type::now();
+  for (uint64_t i = 0; i < o.iters; ++i) {
+    for (size_t k = 0; k < out.size(); ++k) {
+      out[k] = static_cast<uint8_t>((i >> (8 * (k % 8))) + k);
+    }
+    auto t0 = clock_type::now();
+    int fd = connect_client(o);
+    send_all(fd, out.data(), out.size());
+    if (!recv_full(fd, in.data(), in.size())) {
+      fail_exit("server closed connection " + std::to_string(i) + " before answering");
+    }
+    if (in != out) {
+      fail_exit("echo mismatch on connection " + std::to_string(i));
+    }
+    ::close(fd);
+    lat_us.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
+  }
+  double secs = std::chrono::duration<double>(clock_type::now() - start).count();
+  double sum = 0;
+  for (double v : lat_us) {
+    sum += v;
+  }
+  std::sort(lat_us.begin(), lat_us.end());
+  size_t n = lat_us.size();
+  double avg = n > 0 ? sum / static_cast<double>(n) : 0;
+  double p50 = n > 0 ? lat_us[n / 2] : 0;
+  double p99 = n > 0 ? lat_us[std::min(n - 1, static_cast<size_t>(static_cast<double>(n) * 0.99))] : 0;
+  std::printf("connrr size=%llu conns=%llu per_sec=%.0f avg_us=%.2f p50_us=%.2f p99_us=%.2f\n",
+              static_cast<unsigned long long>(size), static_cast<unsigned long long>(n),
+              secs > 0 ? static_cast<double>(n) / secs : 0.0, avg, p50, p99);
+}
+
 int run_client(const options& o) {
+  if (o.test == bench_test::connrr) {
+    client_connrr(o);
+    std::fflush(stdout);
+    return 0;
+  }
   int fd = connect_client(o);
   if (o.test == bench_test::pingpong) {
     client_pingpong(fd, o);
@@ -324,7 +375,7 @@ int run_client(const options& o) {
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "smc_bench: %s\n"
-               "usage: smc_bench server|client --addr A --port P [--portfile F] --test pingpong|stream\n"
+               "usage: smc_bench server|client --addr A --port P [--portfile F] --test pingpong|stream|connrr\n"
                "                 [--size S] [--iters N] [--seconds T] [--bytes N] [--conns K]\n"
                "                 [--wait read|epoll|poll]\n",
                why.c_str());
@@ -346,6 +397,8 @@ options parse_options(int argc, char** argv) {
         o.test = bench_test::pingpong;
       } else if (t == "stream") {
         o.test = bench_test::stream;
+      } else if (t == "connrr") {
+        o.test = bench_test::connrr;
       } else {
         usage("bad --test " + t);
       }
