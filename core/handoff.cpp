@@ -43,6 +43,7 @@ constexpr int take_wait_ms = 2000;      // a receiver waits this long for the se
 constexpr int client_wait_ms = 2000;    // the sender keeps a silent client this long
 constexpr size_t max_clients = 32;      // requests the sender serves at once
 constexpr size_t max_fds = 1 + rdma::shm::export_fd_count;
+static_assert(max_fds <= rdma::max_passed_fds);
 
 enum status : uint32_t { st_ok = 0, st_no_offer = 1, st_bad_request = 2 };
 
@@ -78,56 +79,7 @@ void listener_name(sockaddr_un& sa, socklen_t& len, uint32_t id) {
 }
 
 bool send_msg(int sock, const hof_msg& m, const int* fds, size_t nfds) {
-  iovec iov{const_cast<hof_msg*>(&m), sizeof(m)};
-  alignas(cmsghdr) char buf[CMSG_SPACE(max_fds * sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (nfds > 0) {
-    msg.msg_control = buf;
-    msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-    std::memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
-  }
-  ssize_t n;
-  do {
-    n = sys().sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-  } while (n < 0 && errno == EINTR);
-  return n == static_cast<ssize_t>(sizeof(m));
-}
-
-// One message with up to max_fds fds (all received fds land in `fds`, the
-// caller closes them). Returns the byte count, or -1 (errno).
-ssize_t recv_msg(int sock, hof_msg& m, std::vector<int>& fds, bool& truncated) {
-  iovec iov{&m, sizeof(m)};
-  alignas(cmsghdr) char buf[CMSG_SPACE((max_fds + 1) * sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = buf;
-  msg.msg_controllen = sizeof(buf);
-  ssize_t n;
-  do {
-    n = sys().recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    return n;
-  }
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < k; ++i) {
-        int fd;
-        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-        fds.push_back(fd);
-      }
-    }
-  }
-  truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
-  return n;
+  return rdma::send_with_fds(sock, &m, sizeof(m), fds, nfds);
 }
 
 void close_all(std::vector<int>& fds) {
@@ -182,7 +134,7 @@ bool serve(int fd) {
   hof_msg req{};
   std::vector<int> got;
   bool truncated = false;
-  ssize_t n = recv_msg(fd, req, got, truncated);
+  ssize_t n = rdma::recv_with_fds(fd, &req, sizeof(req), got, truncated);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
     return false;
   }
@@ -425,7 +377,7 @@ std::shared_ptr<conn> take(int tcp_fd, uint32_t spin_us) {
   bool truncated = false;
   ssize_t n = -1;
   for (;;) {
-    n = recv_msg(s, rep, got, truncated);
+    n = rdma::recv_with_fds(s, &rep, sizeof(rep), got, truncated);
     if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
       break;
     }

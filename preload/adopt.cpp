@@ -16,30 +16,11 @@
 #include "core/stats.h"
 #include "core/tcp_option.h"
 #include "preload/preload.h"
+#include "rdma/sys.h"
 
 namespace smc::preload {
 
 namespace {
-
-// Calls f(fd) for each fd of the message's SCM_RIGHTS control data.
-template <class F>
-void for_each_passed_fd(const msghdr* msg, F&& f) {
-  if (msg == nullptr || msg->msg_control == nullptr || msg->msg_controllen < sizeof(cmsghdr)) {
-    return;
-  }
-  for (const cmsghdr* c = CMSG_FIRSTHDR(msg); c != nullptr;
-       c = CMSG_NXTHDR(const_cast<msghdr*>(msg), const_cast<cmsghdr*>(c))) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0)) {
-      continue;
-    }
-    const size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < n; ++i) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      f(fd);
-    }
-  }
-}
 
 void adopt_socket(int fd, bool received, const struct stat& st);
 
@@ -170,7 +151,7 @@ void adopt_socket(int fd, bool received, const struct stat&) {
 }  // namespace
 
 void adopt_received(const msghdr* msg) {
-  for_each_passed_fd(msg, [](int fd) {
+  rdma::for_each_passed_fd(msg, [](int fd) {
     // A new fd number: whatever we recorded for it was closed behind our back.
     fd_fresh(fd);
     adopt_socket(fd, true);
@@ -178,7 +159,7 @@ void adopt_received(const msghdr* msg) {
 }
 
 void offer_passed(const msghdr* msg, std::vector<uint64_t>& offers) {
-  for_each_passed_fd(msg, [&](int fd) {
+  rdma::for_each_passed_fd(msg, [&](int fd) {
     if (!fd_maybe(fd)) {
       return;
     }

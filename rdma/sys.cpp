@@ -2,10 +2,12 @@
 #include "rdma/sys.h"
 
 #include <fcntl.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
-#include <unistd.h>
+#include <cstring>
 
 namespace smc::rdma {
 
@@ -32,6 +34,52 @@ void doorbell_drain(int efd) {
   do {
     n = sys().read(efd, &v, sizeof(v));
   } while (n < 0 && errno == EINTR);
+}
+
+bool send_with_fds(int sock, const void* data, size_t len, const int* fds, size_t nfds) {
+  if (nfds > max_passed_fds) {
+    errno = EINVAL;
+    return false;
+  }
+  iovec iov{const_cast<void*>(data), len};
+  alignas(cmsghdr) char buf[CMSG_SPACE(max_passed_fds * sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (nfds > 0) {
+    msg.msg_control = buf;
+    msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+    std::memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
+  }
+  ssize_t n;
+  do {
+    n = sys().sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  return n == static_cast<ssize_t>(len);
+}
+
+ssize_t recv_with_fds(int sock, void* data, size_t len, std::vector<int>& fds, bool& truncated) {
+  iovec iov{data, len};
+  alignas(cmsghdr) char buf[CMSG_SPACE(max_passed_fds * sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = buf;
+  msg.msg_controllen = sizeof(buf);
+  ssize_t n;
+  do {
+    n = sys().recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    return n;
+  }
+  for_each_passed_fd(&msg, [&](int fd) { fds.push_back(fd); });
+  truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
+  return n;
 }
 
 }  // namespace smc::rdma

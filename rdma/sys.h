@@ -9,6 +9,9 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include <cstddef>
+#include <vector>
+
 namespace smc::rdma {
 
 struct sys_calls {
@@ -40,5 +43,40 @@ sys_calls& sys();
 /// Doorbells are non-blocking eventfds: ring adds one, drain empties it.
 void doorbell_ring(int efd);
 void doorbell_drain(int efd);
+
+// ---- fds passed over unix sockets (SCM_RIGHTS) ----
+
+/// Calls f(fd) for each fd of a message's SCM_RIGHTS control data.
+template <class F>
+void for_each_passed_fd(const msghdr* msg, F&& f) {
+  if (msg == nullptr || msg->msg_control == nullptr || msg->msg_controllen < sizeof(cmsghdr)) {
+    return;
+  }
+  for (const cmsghdr* c = CMSG_FIRSTHDR(msg); c != nullptr;
+       c = CMSG_NXTHDR(const_cast<msghdr*>(msg), const_cast<cmsghdr*>(c))) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0)) {
+      continue;
+    }
+    const size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < n; ++i) {
+      int fd;
+      __builtin_memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      f(fd);
+    }
+  }
+}
+
+/// The most fds send_with_fds / recv_with_fds carry in one message.
+inline constexpr size_t max_passed_fds = 16;
+
+/// Sends `len` bytes with `nfds` fds (at most max_passed_fds) as one
+/// message, without blocking or SIGPIPE. True if it left whole.
+bool send_with_fds(int sock, const void* data, size_t len, const int* fds, size_t nfds);
+
+/// Receives one message of up to `len` bytes without blocking; every fd it
+/// brought is appended to `fds` (close-on-exec; the caller owns them, also
+/// on failure). `truncated`: the message or its fds did not fit. Returns
+/// the byte count, or -1 with errno.
+ssize_t recv_with_fds(int sock, void* data, size_t len, std::vector<int>& fds, bool& truncated);
 
 }  // namespace smc::rdma

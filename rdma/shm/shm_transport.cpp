@@ -16,6 +16,7 @@
 #include <cstring>
 #include <ctime>
 #include <new>
+#include <vector>
 
 #include "rdma/sys.h"
 
@@ -80,23 +81,7 @@ int wait_fd(int fd, short events, int64_t deadline_ms, int abort_fd) {
 }
 
 bool send_hello(int sock, const hello& h, const int fds[3]) {
-  iovec iov{const_cast<hello*>(&h), sizeof(h)};
-  alignas(cmsghdr) char buf[CMSG_SPACE(3 * sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = buf;
-  msg.msg_controllen = sizeof(buf);
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(3 * sizeof(int));
-  std::memcpy(CMSG_DATA(c), fds, 3 * sizeof(int));
-  ssize_t n;
-  do {
-    n = sys().sendmsg(sock, &msg, MSG_NOSIGNAL);
-  } while (n < 0 && errno == EINTR);
-  return n == static_cast<ssize_t>(sizeof(h));
+  return send_with_fds(sock, &h, sizeof(h), fds, 3);
 }
 
 // Receives one hello with exactly three fds; any other shape is rejected and
@@ -108,37 +93,17 @@ bool recv_hello(int sock, int64_t deadline_ms, hello& h, int fds[3]) {
     }
     return false;
   }
-  iovec iov{&h, sizeof(h)};
-  alignas(cmsghdr) char buf[CMSG_SPACE(8 * sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = buf;
-  msg.msg_controllen = sizeof(buf);
-  ssize_t n;
-  do {
-    n = sys().recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-  } while (n < 0 && errno == EINTR);
-  int got[8];
-  int ngot = 0;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < k && ngot < 8; ++i) {
-        std::memcpy(&got[ngot++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      }
-    }
-  }
-  bool ok = n == static_cast<ssize_t>(sizeof(h)) && (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) == 0 &&
-            ngot == 3 && h.magic == hello_magic;
-  if (!ok) {
-    for (int i = 0; i < ngot; ++i) {
-      sys().close(got[i]);
+  std::vector<int> got;
+  bool truncated = false;
+  const ssize_t n = recv_with_fds(sock, &h, sizeof(h), got, truncated);
+  if (n != static_cast<ssize_t>(sizeof(h)) || truncated || got.size() != 3 || h.magic != hello_magic) {
+    for (int fd : got) {
+      sys().close(fd);
     }
     errno = EPROTO;
     return false;
   }
-  std::memcpy(fds, got, 3 * sizeof(int));
+  std::memcpy(fds, got.data(), 3 * sizeof(int));
   return true;
 }
 
