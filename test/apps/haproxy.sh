@@ -17,39 +17,14 @@ app_begin haproxy
 PORT=8000        # haproxy
 ORIGIN_PORT=8080 # nginx
 WRK_SECS=${HAPROXY_WRK_SECS:-2}
-mkdir -p "$DIR/www" "$DIR/dl" "$DIR/logs" "$DIR/tmp"
+mkdir -p "$DIR/www" "$DIR/dl"
 declare -A SIZES=([one.bin]=1 [small.bin]=1000 [page.bin]=16384 [wrk.bin]=65536 [medium.bin]=200000
   [big.bin]=3145728 [large.bin]=5242883)
-for f in "${!SIZES[@]}"; do
-  head -c "${SIZES[$f]}" /dev/urandom >"$DIR/www/$f"
-done
-cat >"$DIR/nginx.conf" <<EOF
-user root root;
-worker_processes 1;
-daemon off;
-master_process on;
-pid $DIR/nginx.pid;
-error_log $DIR/logs/error.log info;
-events { worker_connections 512; }
-http {
-  sendfile on;
-  tcp_nodelay on;
-  keepalive_timeout 30;
-  keepalive_requests 100000;
-  log_format conn '\$connection \$connection_requests \$status \$body_bytes_sent \$request';
-  access_log $DIR/logs/access.log conn;
-  default_type application/octet-stream;
-  client_body_temp_path $DIR/tmp/body;
-  proxy_temp_path $DIR/tmp/proxy;
-  fastcgi_temp_path $DIR/tmp/fastcgi;
-  uwsgi_temp_path $DIR/tmp/uwsgi;
-  scgi_temp_path $DIR/tmp/scgi;
-  server {
+make_files
+nginx_conf "$DIR" "  server {
     listen 127.0.0.1:$ORIGIN_PORT;
     root $DIR/www;
-  }
-}
-EOF
+  }"
 cat >"$DIR/haproxy.cfg" <<EOF
 global
   maxconn 1000
@@ -80,64 +55,10 @@ app_launch origin origin nginx -p "$DIR" -c "$DIR/nginx.conf"
 OPID=$PID
 app_launch haproxy proxy haproxy -db -f "$DIR/haproxy.cfg"
 HPID=$PID
-ok=0
-NREQ=$((2 * 2 * ${#SIZES[@]} + 10))
-bad_list=()
-# check NAME FILE: the download $DIR/dl/NAME has FILE's sha256.
-check() {
-  if [ "$(sha256sum <"$DIR/www/$2")" = "$({ sha256sum <"$DIR/dl/$1"; } 2>/dev/null)" ]; then
-    ok=$((ok + 1))
-  else
-    bad_list+=("$1")
-  fi
-}
 nclient=0
 if wait_listen "$ORIGIN_PORT" "$OPID" && wait_listen "$PORT" "$HPID"; then
-  # Two curl processes at once, each fetching every file twice over one
-  # keep-alive connection (stopping at the first failure: each may take
-  # --max-time).
-  pids=()
-  for c in 1 2; do
-    args=()
-    for r in 1 2; do
-      for f in "${!SIZES[@]}"; do
-        args+=(-o "$DIR/dl/ka$c.$r.$f" "http://127.0.0.1:$PORT/$f")
-        payload $((2 * ${SIZES[$f]}))  # origin -> haproxy -> client
-      done
-    done
-    app_launch "curl-ka$c" client curl -sS --fail --fail-early --max-time 15 "${args[@]}"
-    pids+=("$PID")
-  done
-  for c in 1 2; do
-    if ! wait "${pids[$((c - 1))]}"; then
-      note "keep-alive curl $c failed ($(tail -n 1 "$DIR/curl-ka$c.err" 2>/dev/null))"
-    fi
-    for r in 1 2; do
-      for f in "${!SIZES[@]}"; do
-        check "ka$c.$r.$f" "$f"
-      done
-    done
-  done
-  # 10 requests, each on its own client connection (after a failure the
-  # rest is skipped: each may take timeout server).
-  failed=0 i=0
-  for f in one.bin medium.bin big.bin small.bin large.bin page.bin one.bin medium.bin big.bin small.bin; do
-    [ "$failed" -lt 1 ] || break
-    i=$((i + 1))
-    payload $((2 * ${SIZES[$f]}))
-    if app_run "curl-cl$i" client curl -sS --fail --max-time 15 -H 'Connection: close' \
-      -o "$DIR/dl/cl$i.$f" "http://127.0.0.1:$PORT/$f"; then
-      check "cl$i.$f" "$f"
-    else
-      failed=$((failed + 1))
-      note "curl $i /$f (Connection: close) failed ($(tail -n 1 "$DIR/curl-cl$i.err" 2>/dev/null))"
-    fi
-  done
-  nclient=$((2 + i))
-  [ "$i" -eq 10 ] || note "$((10 - i)) of 10 Connection: close requests skipped"
-  if [ "${#bad_list[@]}" -ne 0 ]; then
-    note "${#bad_list[@]} downloads differ from the served files (${bad_list[*]:0:4})"
-  fi
+  fetch_through "$PORT"
+  nclient=$FETCH_CONNS
   # wrk: keep-alive, then a new client connection per request.
   ka="?" cl="?" cl_n=0
   if wrk_check wrk-ka client "$WRK_SECS" "http://127.0.0.1:$PORT/wrk.bin"; then
@@ -149,7 +70,7 @@ if wait_listen "$ORIGIN_PORT" "$OPID" && wait_listen "$PORT" "$HPID"; then
   fi
   payload $((2 * WRK_BYTES))
   nclient=$((nclient + 10 + cl_n))
-  APP_RESULT="$ok/$NREQ downloads through haproxy match by sha256; wrk (64 KiB) keep-alive $ka req/s, close $cl req/s"
+  APP_RESULT="$FETCH_OK/$FETCH_NREQ downloads through haproxy match by sha256; wrk (64 KiB) keep-alive $ka req/s, close $cl req/s"
 else
   note "not listening (nginx: $(tail -n 1 "$DIR/logs/error.log" 2>/dev/null); haproxy: $(tail -n 1 "$DIR/haproxy.err" 2>/dev/null))"
 fi

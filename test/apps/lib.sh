@@ -175,6 +175,109 @@ wrk_check() {
   return "$bad"
 }
 
+# ---- files served through a proxy (nginx_proxy.sh, haproxy.sh) ----
+# The caller declares SIZES (file name -> bytes) and makes $DIR/www and $DIR/dl.
+
+# make_files: random files of SIZES under $DIR/www.
+make_files() {
+  local f
+  for f in "${!SIZES[@]}"; do
+    head -c "${SIZES[$f]}" /dev/urandom >"$DIR/www/$f"
+  done
+}
+
+# nginx_conf PREFIX HTTP_EXTRA: PREFIX/nginx.conf for one nginx (1 worker,
+# not a daemon; logs and temporary files under PREFIX; one access log line
+# per request: connection, its request count, status, bytes, request), with
+# HTTP_EXTRA (its upstream and server blocks) inside http {}.
+nginx_conf() {
+  local p=$1
+  mkdir -p "$p/logs" "$p/tmp"
+  cat >"$p/nginx.conf" <<EOF
+user root root;
+worker_processes 1;
+daemon off;
+master_process on;
+pid $p/nginx.pid;
+error_log $p/logs/error.log info;
+events { worker_connections 512; }
+http {
+  sendfile on;
+  tcp_nodelay on;
+  keepalive_timeout 30;
+  keepalive_requests 100000;
+  log_format conn '\$connection \$connection_requests \$status \$body_bytes_sent \$request';
+  access_log $p/logs/access.log conn;
+  default_type application/octet-stream;
+  client_body_temp_path $p/tmp/body;
+  proxy_temp_path $p/tmp/proxy;
+  fastcgi_temp_path $p/tmp/fastcgi;
+  uwsgi_temp_path $p/tmp/uwsgi;
+  scgi_temp_path $p/tmp/scgi;
+$2
+}
+EOF
+}
+
+# fetch_through PORT: through the proxy on PORT, two curl processes at once,
+# each fetching every file twice over one keep-alive connection (stopping
+# at its first failure: each may take --max-time), then 10 requests each on
+# its own connection (Connection: close; after a failure the rest is
+# skipped, each may take the proxy's timeout). Every body's sha256 must be
+# its file's. Sets FETCH_OK (bodies right), FETCH_NREQ (requests meant) and
+# FETCH_CONNS (client connections made); counts the payload twice (origin
+# -> proxy -> client).
+fetch_through() {
+  local port=$1 c r f i=0 failed=0 pids=() args bad=()
+  FETCH_OK=0
+  FETCH_NREQ=$((2 * 2 * ${#SIZES[@]} + 10))
+  fetched() {  # fetched NAME FILE: the download $DIR/dl/NAME has FILE's sha256
+    if [ "$(sha256sum <"$DIR/www/$2")" = "$({ sha256sum <"$DIR/dl/$1"; } 2>/dev/null)" ]; then
+      FETCH_OK=$((FETCH_OK + 1))
+    else
+      bad+=("$1")
+    fi
+  }
+  for c in 1 2; do
+    args=()
+    for r in 1 2; do
+      for f in "${!SIZES[@]}"; do
+        args+=(-o "$DIR/dl/ka$c.$r.$f" "http://127.0.0.1:$port/$f")
+        payload $((2 * ${SIZES[$f]}))
+      done
+    done
+    app_launch "curl-ka$c" client curl -sS --fail --fail-early --max-time 15 "${args[@]}"
+    pids+=("$PID")
+  done
+  for c in 1 2; do
+    if ! wait "${pids[$((c - 1))]}"; then
+      note "keep-alive curl $c failed ($(tail -n 1 "$DIR/curl-ka$c.err" 2>/dev/null))"
+    fi
+    for r in 1 2; do
+      for f in "${!SIZES[@]}"; do
+        fetched "ka$c.$r.$f" "$f"
+      done
+    done
+  done
+  for f in one.bin medium.bin big.bin small.bin large.bin page.bin one.bin medium.bin big.bin small.bin; do
+    [ "$failed" -lt 1 ] || break
+    i=$((i + 1))
+    payload $((2 * ${SIZES[$f]}))
+    if app_run "curl-cl$i" client curl -sS --fail --max-time 15 -H 'Connection: close' \
+      -o "$DIR/dl/cl$i.$f" "http://127.0.0.1:$port/$f"; then
+      fetched "cl$i.$f" "$f"
+    else
+      failed=$((failed + 1))
+      note "curl $i /$f (Connection: close) failed ($(tail -n 1 "$DIR/curl-cl$i.err" 2>/dev/null))"
+    fi
+  done
+  FETCH_CONNS=$((2 + i))
+  [ "$i" -eq 10 ] || note "$((10 - i)) of 10 Connection: close requests skipped"
+  if [ "${#bad[@]}" -ne 0 ]; then
+    note "${#bad[@]} downloads differ from the served files (${bad[*]:0:4})"
+  fi
+}
+
 # sum_stat ROLE KEY: the sum of KEY over every stats file ROLE's processes wrote.
 sum_stat() {
   local role=$1 key=$2 f v total=0

@@ -16,47 +16,15 @@ need nginx curl sha256sum
 app_begin nginx_proxy
 PORT=8080        # the proxy
 ORIGIN_PORT=8081 # the origin
-mkdir -p "$DIR/www" "$DIR/dl" "$DIR/proxy/logs" "$DIR/proxy/tmp" "$DIR/origin/logs" "$DIR/origin/tmp"
+mkdir -p "$DIR/www" "$DIR/dl"
 declare -A SIZES=([one.bin]=1 [small.bin]=1000 [page.bin]=16384 [medium.bin]=200000 [big.bin]=3145728
   [large.bin]=5242883)
-for f in "${!SIZES[@]}"; do
-  head -c "${SIZES[$f]}" /dev/urandom >"$DIR/www/$f"
-done
-
-# nginx_conf PREFIX SERVER-BLOCK-AND-MORE: an nginx.conf (1 worker, no daemon)
-# for the instance under $DIR/PREFIX.
-nginx_conf() {
-  local p=$DIR/$1
-  cat >"$p/nginx.conf" <<EOF
-user root root;
-worker_processes 1;
-daemon off;
-master_process on;
-pid $p/nginx.pid;
-error_log $p/logs/error.log info;
-events { worker_connections 256; }
-http {
-  sendfile on;
-  tcp_nodelay on;
-  keepalive_timeout 30;
-  keepalive_requests 10000;
-  log_format conn '\$connection \$connection_requests \$status \$body_bytes_sent \$request';
-  access_log $p/logs/access.log conn;
-  default_type application/octet-stream;
-  client_body_temp_path $p/tmp/body;
-  proxy_temp_path $p/tmp/proxy;
-  fastcgi_temp_path $p/tmp/fastcgi;
-  uwsgi_temp_path $p/tmp/uwsgi;
-  scgi_temp_path $p/tmp/scgi;
-$2
-}
-EOF
-}
-nginx_conf origin "  server {
+make_files
+nginx_conf "$DIR/origin" "  server {
     listen 127.0.0.1:$ORIGIN_PORT;
     root $DIR/www;
   }"
-nginx_conf proxy "  upstream backend {
+nginx_conf "$DIR/proxy" "  upstream backend {
     server 127.0.0.1:$ORIGIN_PORT;
     keepalive 32;
   }
@@ -77,64 +45,11 @@ app_launch origin origin nginx -p "$DIR/origin" -c "$DIR/origin/nginx.conf"
 OPID=$PID
 app_launch proxy proxy nginx -p "$DIR/proxy" -c "$DIR/proxy/nginx.conf"
 PPID_=$PID
-ok=0
-NREQ=$((2 * 2 * ${#SIZES[@]} + 10))
-bad_list=()
-# check NAME FILE: the download $DIR/dl/NAME has FILE's sha256.
-check() {
-  if [ "$(sha256sum <"$DIR/www/$2")" = "$({ sha256sum <"$DIR/dl/$1"; } 2>/dev/null)" ]; then
-    ok=$((ok + 1))
-  else
-    bad_list+=("$1")
-  fi
-}
 if wait_listen "$ORIGIN_PORT" "$OPID" && wait_listen "$PORT" "$PPID_"; then
-  # Two curl processes at once, each fetching every file twice over one
-  # keep-alive connection (stopping at the first failure: each may take
-  # --max-time).
-  pids=()
-  for c in 1 2; do
-    args=()
-    for r in 1 2; do
-      for f in "${!SIZES[@]}"; do
-        args+=(-o "$DIR/dl/ka$c.$r.$f" "http://127.0.0.1:$PORT/$f")
-        payload $((2 * ${SIZES[$f]}))  # origin -> proxy -> client
-      done
-    done
-    app_launch "curl-ka$c" client curl -sS --fail --fail-early --max-time 15 "${args[@]}"
-    pids+=("$PID")
-  done
-  for c in 1 2; do
-    if ! wait "${pids[$((c - 1))]}"; then
-      note "keep-alive curl $c failed ($(tail -n 1 "$DIR/curl-ka$c.err" 2>/dev/null))"
-    fi
-    for r in 1 2; do
-      for f in "${!SIZES[@]}"; do
-        check "ka$c.$r.$f" "$f"
-      done
-    done
-  done
-  # 10 requests, each on its own client connection; the proxy serves them
-  # from the upstream connections it kept. After a failure the rest is
-  # skipped (each may take proxy_read_timeout).
-  failed=0 i=0
-  for f in one.bin medium.bin big.bin small.bin large.bin page.bin one.bin medium.bin big.bin small.bin; do
-    [ "$failed" -lt 1 ] || break
-    i=$((i + 1))
-    payload $((2 * ${SIZES[$f]}))
-    if app_run "curl-cl$i" client curl -sS --fail --max-time 15 -H 'Connection: close' \
-      -o "$DIR/dl/cl$i.$f" "http://127.0.0.1:$PORT/$f"; then
-      check "cl$i.$f" "$f"
-    else
-      failed=$((failed + 1))
-      note "curl $i /$f (Connection: close) failed ($(tail -n 1 "$DIR/curl-cl$i.err" 2>/dev/null))"
-    fi
-  done
-  [ "$i" -eq 10 ] || note "$((10 - i)) of 10 Connection: close requests skipped"
-  if [ "${#bad_list[@]}" -ne 0 ]; then
-    note "${#bad_list[@]} downloads differ from the served files (${bad_list[*]:0:4})"
-  fi
-  APP_RESULT="$ok/$NREQ downloads through the proxy (keep-alive upstream) match by sha256"
+  # The proxy serves the Connection: close requests from the upstream
+  # connections it kept.
+  fetch_through "$PORT"
+  APP_RESULT="$FETCH_OK/$FETCH_NREQ downloads through the proxy (keep-alive upstream) match by sha256"
 else
   note "nginx did not listen (origin: $(tail -n 1 "$DIR/origin/logs/error.log" 2>/dev/null); proxy: $(tail -n 1 "$DIR/proxy/logs/error.log" 2>/dev/null))"
 fi
@@ -150,7 +65,7 @@ done
 # connection that failed is closed, so only if every request succeeded).
 oreq=$(grep -c . "$DIR/origin/logs/access.log" 2>/dev/null)
 oconn=$(cut -d' ' -f1 "$DIR/origin/logs/access.log" 2>/dev/null | sort -u | wc -l)
-if [ "$ok" -eq "$NREQ" ] && [ $((2 * oconn)) -gt "$oreq" ]; then
+if [ "${FETCH_OK:-0}" -eq "${FETCH_NREQ:-1}" ] && [ $((2 * oconn)) -gt "$oreq" ]; then
   note "the origin served $oreq requests over $oconn connections: the proxy did not reuse them"
 fi
 APP_RESULT="${APP_RESULT:-}; the origin served ${oreq:-0} requests over $oconn connections"
