@@ -18,6 +18,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -113,6 +114,20 @@ engine::watch* g_listen_watch = nullptr;
 std::vector<client>* g_clients = nullptr;  // engine thread only
 uint64_t g_next_client = 1;                // engine thread only
 
+// Removes the first offer `match` accepts into `out`; false if none does.
+template <class Match>
+bool take_offer(Match&& match, offer_rec& out) {
+  std::lock_guard<std::mutex> lk(g_mu);
+  auto& v = *g_offers;
+  auto it = std::find_if(v.begin(), v.end(), match);
+  if (it == v.end()) {
+    return false;
+  }
+  out = std::move(*it);
+  v.erase(it);
+  return true;
+}
+
 void drop_client(uint64_t token) {
   if (g_clients == nullptr) {
     return;
@@ -148,20 +163,7 @@ bool serve(int fd) {
     return true;
   }
   offer_rec o{};
-  bool found = false;
-  {
-    std::lock_guard<std::mutex> lk(g_mu);
-    auto& v = *g_offers;
-    for (auto it = v.begin(); it != v.end(); ++it) {
-      if (it->sock == want) {
-        o = std::move(*it);
-        v.erase(it);
-        found = true;
-        break;
-      }
-    }
-  }
-  if (!found) {
+  if (!take_offer([&](const offer_rec& r) { return r.sock == want; }, o)) {
     // Not ours to give (a stale mark, or an offer that expired): say so,
     // without proof, which the receiver would not trust anyway.
     hof_msg no{hof_magic, hof_version, st_no_offer, 0, 0};
@@ -260,20 +262,7 @@ bool ensure_listener() {
 
 void expire(uint64_t id) {
   offer_rec o{};
-  bool found = false;
-  {
-    std::lock_guard<std::mutex> lk(g_mu);
-    auto& v = *g_offers;
-    for (auto it = v.begin(); it != v.end(); ++it) {
-      if (it->id == id) {
-        o = std::move(*it);
-        v.erase(it);
-        found = true;
-        break;
-      }
-    }
-  }
-  if (found) {
+  if (take_offer([&](const offer_rec& r) { return r.id == id; }, o)) {
     SMC_LOG(info, "handoff: nobody took the connection passed on socket inode %lu within %d ms",
             static_cast<unsigned long>(o.sock.ino), offer_ms);
     sys().close(o.proof_fd);
