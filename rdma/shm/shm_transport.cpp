@@ -323,6 +323,44 @@ uint64_t random64() {
   return v;
 }
 
+namespace {
+
+// A new memfd of `bytes`, sealed against shrinking and growing, mapped
+// shared into `map`. False + errno on failure (what was made is left in
+// fd and map for the owner to release).
+bool create_sealed(const char* name, size_t bytes, int& fd, void*& map) {
+  fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0 || ftruncate(fd, static_cast<off_t>(bytes)) != 0 ||
+      sys().fcntl(fd, F_ADD_SEALS, required_seals) != 0) {
+    return false;
+  }
+  map = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) {
+    map = nullptr;
+    return false;
+  }
+  return true;
+}
+
+// Maps a memfd another process gave us, after checking that it is sealed
+// and exactly `bytes` long: unsealed or wrongly sized memory could shrink
+// under us (SIGBUS) or lie about its ring. nullptr + errno (EPROTO for a
+// memfd that is not such) on failure.
+void* map_sealed(int fd, size_t bytes) {
+  struct stat st{};
+  int seals = sys().fcntl(fd, F_GET_SEALS);
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || seals < 0 ||
+      (static_cast<unsigned>(seals) & required_seals) != required_seals ||
+      static_cast<uint64_t>(st.st_size) != bytes) {
+    errno = EPROTO;
+    return nullptr;
+  }
+  void* map = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  return map == MAP_FAILED ? nullptr : map;
+}
+
+}  // namespace
+
 segment::~segment() {
   if (map_ != nullptr) {
     munmap(map_, map_len_);
@@ -336,18 +374,8 @@ std::unique_ptr<segment> segment::create(uint32_t size) {
     errno = ENOMEM;
     return nullptr;
   }
-  s->fd_ = memfd_create("smc-rmb", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (s->fd_ < 0) {
-    return nullptr;
-  }
   s->map_len_ = control_bytes + size;
-  if (ftruncate(s->fd_, static_cast<off_t>(s->map_len_)) != 0 ||
-      sys().fcntl(s->fd_, F_ADD_SEALS, required_seals) != 0) {
-    return nullptr;
-  }
-  s->map_ = mmap(nullptr, s->map_len_, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd_, 0);
-  if (s->map_ == MAP_FAILED) {
-    s->map_ = nullptr;
+  if (!create_sealed("smc-rmb", s->map_len_, s->fd_, s->map_)) {
     return nullptr;
   }
   s->ctl_ = new (s->map_) control{};
@@ -360,24 +388,14 @@ std::unique_ptr<segment> segment::create(uint32_t size) {
 }
 
 std::unique_ptr<segment> segment::attach(int fd, uint32_t size) {
-  struct stat st{};
-  int seals = sys().fcntl(fd, F_GET_SEALS);
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || seals < 0 ||
-      (static_cast<unsigned>(seals) & required_seals) != required_seals ||
-      static_cast<uint64_t>(st.st_size) != control_bytes + uint64_t{size}) {
-    // Unsealed or wrongly sized memory could shrink under us (SIGBUS) or lie about its ring.
-    errno = EPROTO;
-    return nullptr;
-  }
   std::unique_ptr<segment> s(new (std::nothrow) segment());
   if (!s) {
     errno = ENOMEM;
     return nullptr;
   }
   s->map_len_ = control_bytes + size;
-  s->map_ = mmap(nullptr, s->map_len_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (s->map_ == MAP_FAILED) {
-    s->map_ = nullptr;
+  s->map_ = map_sealed(fd, s->map_len_);
+  if (s->map_ == nullptr) {
     return nullptr;
   }
   s->fd_ = fd;
@@ -400,36 +418,20 @@ std::unique_ptr<state_page> state_page::create() {
     errno = ENOMEM;
     return nullptr;
   }
-  s->fd_ = memfd_create("smc-conn", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (s->fd_ < 0 || ftruncate(s->fd_, static_cast<off_t>(bytes)) != 0 ||
-      sys().fcntl(s->fd_, F_ADD_SEALS, required_seals) != 0) {
-    return nullptr;
-  }
-  s->map_ = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd_, 0);
-  if (s->map_ == MAP_FAILED) {
-    s->map_ = nullptr;
+  if (!create_sealed("smc-conn", bytes, s->fd_, s->map_)) {
     return nullptr;
   }
   return s;
 }
 
 std::unique_ptr<state_page> state_page::attach(int fd) {
-  struct stat st{};
-  int seals = sys().fcntl(fd, F_GET_SEALS);
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || seals < 0 ||
-      (static_cast<unsigned>(seals) & required_seals) != required_seals ||
-      static_cast<uint64_t>(st.st_size) != bytes) {
-    errno = EPROTO;
-    return nullptr;
-  }
   std::unique_ptr<state_page> s(new (std::nothrow) state_page());
   if (!s) {
     errno = ENOMEM;
     return nullptr;
   }
-  s->map_ = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (s->map_ == MAP_FAILED) {
-    s->map_ = nullptr;
+  s->map_ = map_sealed(fd, bytes);
+  if (s->map_ == nullptr) {
     return nullptr;
   }
   s->fd_ = fd;
