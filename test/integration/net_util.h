@@ -5,12 +5,16 @@
 #pragma once
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -324,5 +328,79 @@ class arg_reader {
   Usage usage_;
   std::string name_;
 };
+
+// ---------------------------------------------------------------- time, watchdog, modes
+
+// CLOCK_MONOTONIC in milliseconds.
+inline int64_t now_ms() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+// After `seconds`, whatever hangs, the process ends (exit 1) with
+// "<prog>: FAIL watchdog: still running at --timeout" on stderr.
+inline void arm_watchdog(const char* prog, unsigned seconds) {
+  static char msg[128];
+  std::snprintf(msg, sizeof msg, "%s: FAIL watchdog: still running at --timeout\n", prog);
+  struct sigaction sa {};
+  sa.sa_handler = [](int) {
+    ssize_t ignored = ::write(2, msg, std::strlen(msg));
+    (void)ignored;
+    _exit(1);
+  };
+  ::sigaction(SIGALRM, &sa, nullptr);
+  ::alarm(seconds);
+}
+
+// Sets O_NONBLOCK; false (errno) on failure.
+inline bool set_nonblocking(int fd) {
+  int fl = ::fcntl(fd, F_GETFL);
+  return fl >= 0 && ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0;
+}
+
+// ---------------------------------------------------------------- reproducible byte streams
+
+inline uint64_t splitmix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// Bytes [off, off + n) of the stream named by `key`.
+inline void pattern_fill(uint64_t key, uint64_t off, uint8_t* p, size_t n) {
+  while (n > 0) {
+    uint64_t w = splitmix(key ^ (off >> 3));
+    unsigned b = off & 7;
+    size_t k = std::min<size_t>(n, 8 - b);
+    for (size_t i = 0; i < k; ++i) {
+      p[i] = static_cast<uint8_t>(w >> ((b + i) * 8));
+    }
+    p += k;
+    off += k;
+    n -= k;
+  }
+}
+
+// The stream offset of the first byte of p[0..n) (which holds the stream
+// from offset `off`) that differs from what fill(off, buf, n) writes, or -1.
+template <class Fill>
+int64_t first_mismatch(const Fill& fill, uint64_t off, const uint8_t* p, size_t n) {
+  uint8_t tmp[4096];
+  for (size_t done = 0; done < n;) {
+    size_t k = std::min(n - done, sizeof tmp);
+    fill(off + done, tmp, k);
+    if (std::memcmp(tmp, p + done, k) != 0) {
+      for (size_t i = 0; i < k; ++i) {
+        if (tmp[i] != p[done + i]) {
+          return static_cast<int64_t>(off + done + i);
+        }
+      }
+    }
+    done += k;
+  }
+  return -1;
+}
 
 }  // namespace smc_test

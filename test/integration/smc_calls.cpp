@@ -81,46 +81,17 @@ std::string err_text(const char* what) { return std::string(what) + ": " + std::
 }
 
 // ---------------------------------------------------------------- the stream
-uint64_t splitmix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
+using smc_test::splitmix;
 
 // Stream `dir` (0: client -> server, 1: server -> client): byte at offset o.
 struct stream {
   uint64_t key;
   stream(uint64_t seed, int dir) : key(splitmix(seed * 2 + static_cast<uint64_t>(dir))) {}
-  void fill(uint64_t off, uint8_t* p, size_t n) const {
-    while (n > 0) {
-      uint64_t w = splitmix(key ^ (off >> 3));
-      unsigned b = off & 7;
-      size_t k = std::min<size_t>(n, 8 - b);
-      for (size_t i = 0; i < k; ++i) {
-        p[i] = static_cast<uint8_t>(w >> ((b + i) * 8));
-      }
-      p += k;
-      off += k;
-      n -= k;
-    }
-  }
+  void fill(uint64_t off, uint8_t* p, size_t n) const { smc_test::pattern_fill(key, off, p, n); }
   // Offset of the first mismatch in p[0..n) (at stream offset off), or -1.
   int64_t check(uint64_t off, const uint8_t* p, size_t n) const {
-    uint8_t tmp[4096];
-    for (size_t done = 0; done < n;) {
-      size_t k = std::min(n - done, sizeof tmp);
-      fill(off + done, tmp, k);
-      if (std::memcmp(tmp, p + done, k) != 0) {
-        for (size_t i = 0; i < k; ++i) {
-          if (tmp[i] != p[done + i]) {
-            return static_cast<int64_t>(off + done + i);
-          }
-        }
-      }
-      done += k;
-    }
-    return -1;
+    return smc_test::first_mismatch([this](uint64_t o, uint8_t* q, size_t k) { fill(o, q, k); }, off,
+                                    p, n);
   }
 };
 
@@ -553,8 +524,7 @@ uint64_t recv_iov(int fd, const stream& s, const options& o) {
 
 // ---------------------------------------------------------------- the run
 void set_nonblock(int fd) {
-  int fl = ::fcntl(fd, F_GETFL);
-  if (fl < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) {
+  if (!smc_test::set_nonblocking(fd)) {
     fail_exit(err_text("fcntl O_NONBLOCK"));
   }
 }

@@ -46,7 +46,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -90,29 +89,10 @@ std::string err_text(const std::string& what) { return what + ": " + std::strerr
   std::exit(2);
 }
 
-void on_alarm(int) {
-  static const char msg[] = "smc_epoll_reg: FAIL watchdog: still running at --timeout\n";
-  ssize_t ignored = ::write(2, msg, sizeof msg - 1);
-  (void)ignored;
-  _exit(1);
-}
-
-void arm_watchdog(unsigned seconds) {
-  struct sigaction sa {};
-  sa.sa_handler = on_alarm;
-  ::sigaction(SIGALRM, &sa, nullptr);
-  ::alarm(seconds);
-}
-
-int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+using smc_test::now_ms;
 
 void set_nonblock(int fd) {
-  int fl = ::fcntl(fd, F_GETFL);
-  if (fl < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) {
+  if (!smc_test::set_nonblocking(fd)) {
     die(err_text("fcntl O_NONBLOCK"));
   }
 }
@@ -801,7 +781,7 @@ int main(int argc, char** argv) {
       usage("unknown option " + n);
     }
   }
-  arm_watchdog(timeout);
+  smc_test::arm_watchdog("smc_epoll_reg", timeout);
   if (is_server) {
     if (!count_given) {
       usage("server needs --count");

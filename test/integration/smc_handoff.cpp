@@ -48,7 +48,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -99,26 +98,8 @@ std::string err_text(const std::string& what) { return what + ": " + std::strerr
   std::exit(2);
 }
 
-// The watchdog: whatever hangs, the process ends with a reason.
-void on_alarm(int) {
-  static const char msg[] = "smc_handoff: FAIL watchdog: still running at --timeout\n";
-  ssize_t ignored = ::write(2, msg, sizeof msg - 1);
-  (void)ignored;
-  _exit(1);
-}
-
-void arm_watchdog(unsigned seconds) {
-  struct sigaction sa {};
-  sa.sa_handler = on_alarm;
-  ::sigaction(SIGALRM, &sa, nullptr);
-  ::alarm(seconds);
-}
-
-int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+using smc_test::now_ms;
+using smc_test::splitmix;
 
 void set_io_timeouts(int fd) {
   timeval tv{io_timeout_s, 0};
@@ -127,19 +108,12 @@ void set_io_timeouts(int fd) {
 }
 
 void set_nonblock(int fd) {
-  int fl = ::fcntl(fd, F_GETFL);
-  if (fl < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) {
+  if (!smc_test::set_nonblocking(fd)) {
     die(err_text("fcntl O_NONBLOCK"));
   }
 }
 
 // ---------------------------------------------------------------- the stream
-uint64_t splitmix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 void put_le(unsigned char* p, uint64_t v, int n) {
   for (int i = 0; i < n; ++i) {
@@ -183,37 +157,14 @@ struct conn_stream {
       *p++ = hello[off++];
       --n;
     }
-    uint64_t d = off - hello_size;
-    while (n > 0) {
-      uint64_t w = splitmix(key ^ (d >> 3));
-      unsigned b = d & 7;
-      size_t k = std::min<size_t>(n, 8 - b);
-      for (size_t i = 0; i < k; ++i) {
-        p[i] = static_cast<unsigned char>(w >> ((b + i) * 8));
-      }
-      p += k;
-      d += k;
-      n -= k;
-    }
+    smc_test::pattern_fill(key, off - hello_size, p, n);
   }
 
   // Stream offset of the first byte of p[0..n) (at offset off) that
   // differs, or -1.
   int64_t check(uint64_t off, const unsigned char* p, size_t n) const {
-    unsigned char tmp[4096];
-    for (size_t done = 0; done < n;) {
-      size_t k = std::min(n - done, sizeof tmp);
-      fill(off + done, tmp, k);
-      if (std::memcmp(tmp, p + done, k) != 0) {
-        for (size_t i = 0; i < k; ++i) {
-          if (tmp[i] != p[done + i]) {
-            return static_cast<int64_t>(off + done + i);
-          }
-        }
-      }
-      done += k;
-    }
-    return -1;
+    return smc_test::first_mismatch([this](uint64_t o, uint8_t* q, size_t k) { fill(o, q, k); }, off,
+                                    p, n);
   }
 };
 
@@ -585,7 +536,7 @@ int worker_epoll(int sock) {
 
 int worker_main(int sock, const std::string& reader, unsigned timeout) {
   g_role = "worker";
-  arm_watchdog(timeout);
+  smc_test::arm_watchdog("smc_handoff", timeout);
   return reader == "epoll" ? worker_epoll(sock) : worker_blocking(sock);
 }
 
@@ -626,7 +577,7 @@ int wait_worker(pid_t pid) {
 
 int acceptor(const server_options& o, unsigned timeout) {
   g_role = "acceptor";
-  arm_watchdog(timeout);
+  smc_test::arm_watchdog("smc_handoff", timeout);
   int sp[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) != 0) {
     die(err_text("socketpair"));
@@ -819,7 +770,7 @@ void client_conn(const client_options& o, uint32_t index) {
 
 int client(const client_options& o, unsigned timeout) {
   g_role = "client";
-  arm_watchdog(timeout);
+  smc_test::arm_watchdog("smc_handoff", timeout);
   std::atomic<uint64_t> next{0};
   std::vector<std::thread> threads;
   for (uint64_t k = 0; k < std::max<uint64_t>(1, std::min(o.parallel, o.conns)); ++k) {
