@@ -232,6 +232,31 @@ int connect_client(const options& o) {
   return fd;
 }
 
+// Round-trip times in microseconds, summarised (sorts `us`).
+struct latency {
+  size_t n = 0;
+  double avg = 0;
+  double p50 = 0;
+  double p99 = 0;
+};
+
+latency summarize(std::vector<double>& us) {
+  latency l;
+  l.n = us.size();
+  if (l.n == 0) {
+    return l;
+  }
+  double sum = 0;
+  for (double v : us) {
+    sum += v;
+  }
+  std::sort(us.begin(), us.end());
+  l.avg = sum / static_cast<double>(l.n);
+  l.p50 = us[l.n / 2];
+  l.p99 = us[std::min(l.n - 1, static_cast<size_t>(static_cast<double>(l.n) * 0.99))];
+  return l;
+}
+
 void client_pingpong(int fd, const options& o) {
   const uint64_t size = default_size(o);
   std::vector<uint8_t> out(size);
@@ -263,17 +288,10 @@ void client_pingpong(int fd, const options& o) {
   if (ep >= 0 && ep != fd) {
     ::close(ep);
   }
-  double sum = 0;
-  for (double v : lat_us) {
-    sum += v;
-  }
-  std::sort(lat_us.begin(), lat_us.end());
-  size_t n = lat_us.size();
-  double avg = n > 0 ? sum / static_cast<double>(n) : 0;
-  double p50 = n > 0 ? lat_us[n / 2] : 0;
-  double p99 = n > 0 ? lat_us[std::min(n - 1, static_cast<size_t>(static_cast<double>(n) * 0.99))] : 0;
+  const latency lat = summarize(lat_us);
   std::printf("pingpong size=%llu iters=%llu avg_us=%.2f p50_us=%.2f p99_us=%.2f\n",
-              static_cast<unsigned long long>(size), static_cast<unsigned long long>(n), avg, p50, p99);
+              static_cast<unsigned long long>(size), static_cast<unsigned long long>(lat.n), lat.avg,
+              lat.p50, lat.p99);
 }
 
 void client_stream(int fd, const options& o) {
@@ -341,18 +359,10 @@ void client_connrr(const options& o) {
     lat_us.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
   }
   double secs = std::chrono::duration<double>(clock_type::now() - start).count();
-  double sum = 0;
-  for (double v : lat_us) {
-    sum += v;
-  }
-  std::sort(lat_us.begin(), lat_us.end());
-  size_t n = lat_us.size();
-  double avg = n > 0 ? sum / static_cast<double>(n) : 0;
-  double p50 = n > 0 ? lat_us[n / 2] : 0;
-  double p99 = n > 0 ? lat_us[std::min(n - 1, static_cast<size_t>(static_cast<double>(n) * 0.99))] : 0;
+  const latency lat = summarize(lat_us);
   std::printf("connrr size=%llu conns=%llu per_sec=%.0f avg_us=%.2f p50_us=%.2f p99_us=%.2f\n",
-              static_cast<unsigned long long>(size), static_cast<unsigned long long>(n),
-              secs > 0 ? static_cast<double>(n) / secs : 0.0, avg, p50, p99);
+              static_cast<unsigned long long>(size), static_cast<unsigned long long>(lat.n),
+              secs > 0 ? static_cast<double>(lat.n) / secs : 0.0, lat.avg, lat.p50, lat.p99);
 }
 
 int run_client(const options& o) {
