@@ -251,6 +251,8 @@ class conn_pair {
   /// B's recv of up to `max` bytes, run in another thread; returns once that
   /// recv is blocked waiting for A.
   std::future<io_result> b_recv_blocked(size_t max = 10);
+  /// The same, returning what B read and how long its recv took (ms).
+  std::future<std::pair<std::string, int64_t>> b_recv_timed(size_t max);
 
   int a_tcp() const { return a_tcp_.fd; }
   int b_tcp() const { return b_tcp_.fd; }
@@ -329,6 +331,16 @@ std::future<io_result> conn_pair::b_recv_blocked(size_t max) {
     io_result r{};
     recv_str(*b, max, 0, &r);
     return r;
+  });
+  REQUIRE(spin_until([&] { return b_ctl->rx_waiters.load() != 0; }));
+  return fut;
+}
+
+std::future<std::pair<std::string, int64_t>> conn_pair::b_recv_timed(size_t max) {
+  auto fut = std::async(std::launch::async, [this, max] {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string s = recv_str(*b, max);
+    return std::make_pair(s, elapsed_ms(t0));
   });
   REQUIRE(spin_until([&] { return b_ctl->rx_waiters.load() != 0; }));
   return fut;
@@ -1288,12 +1300,7 @@ TEST_CASE("a reader blocked in recv wakes when the peer sends", "[conn][wake]") 
   set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
   for (int round = 0; round < 20; ++round) {
     INFO("round " << round);
-    auto fut = std::async(std::launch::async, [&] {
-      const auto t0 = std::chrono::steady_clock::now();
-      std::string s = recv_str(*p.b, 100);
-      return std::make_pair(s, elapsed_ms(t0));
-    });
-    REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+    auto fut = p.b_recv_timed(100);
     const std::string msg = "wake " + std::to_string(round);
     REQUIRE(send_str(*p.a, msg).n == static_cast<ssize_t>(msg.size()));
     auto [got, ms] = fut.get();
@@ -2514,12 +2521,7 @@ TEST_CASE("confined: one waiter, and blocking calls still wake for data, space, 
 
   for (int round = 0; round < 5; ++round) {
     INFO("round " << round);
-    auto fut = std::async(std::launch::async, [&] {
-      const auto t0 = std::chrono::steady_clock::now();
-      std::string s = recv_str(*p.b, 100);
-      return std::make_pair(s, elapsed_ms(t0));
-    });
-    REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+    auto fut = p.b_recv_timed(100);
     const std::string msg = "confined " + std::to_string(round);
     REQUIRE(send_str(*p.a, msg).n == static_cast<ssize_t>(msg.size()));
     auto [got, ms] = fut.get();
