@@ -405,6 +405,40 @@ start_kind peek_clc(int fd, unsigned type_mask, size_t& msg_len) {
   return start_kind::match;
 }
 
+start_kind await_clc(int fd, unsigned type_mask, size_t& msg_len, int64_t deadline_ms) {
+  for (;;) {
+    start_kind k = peek_clc(fd, type_mask, msg_len);
+    if (k != start_kind::need_more) {
+      return k;
+    }
+    uint8_t probe;
+    const bool prefix = sys().recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+    if (now_ms() >= deadline_ms) {
+      return prefix ? start_kind::not_clc : start_kind::need_more;
+    }
+    if (prefix) {
+      // poll stays ready while the prefix sits unread: look again shortly.
+      pollfd none{-1, 0, 0};
+      sys().poll(&none, 0, 2);
+    } else {
+      wait_for(fd, POLLIN, deadline_ms);
+    }
+  }
+}
+
+hs_outcome server_decline(int fd, size_t msg_len, reason why) {
+  const int64_t deadline = now_ms() + 1000;
+  std::vector<uint8_t> msg(msg_len);
+  if (!recv_exact(fd, msg.data(), msg.size(), deadline)) {
+    hs_outcome o = fallback(reason::internal);
+    o.broken = true;  // cannot happen after peek_clc matched, but never guess
+    return o;
+  }
+  SMC_LOG(info, "fd %d: declining SMC (%s)", fd, to_name(why));
+  send_decline(fd, why, deadline);
+  return fallback(why);
+}
+
 bool discard_clc(int fd, size_t msg_len) {
   uint8_t buf[clc::max_msg_len];
   if (msg_len > sizeof(buf)) {

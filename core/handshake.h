@@ -66,6 +66,16 @@ inline constexpr unsigned mask_reply = (1u << 2) | (1u << 4);  // Accept or Decl
 /// the stream (peek_clc matched); consume it and answer.
 hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p);
 
+/// peek_clc until the answer is not need_more, or until `deadline_ms`
+/// (CLOCK_MONOTONIC ms) passes with only a prefix there (then not_clc:
+/// bytes that stay a fragment are application data). Waits on fd.
+start_kind await_clc(int fd, unsigned type_mask, size_t& msg_len, int64_t deadline_ms);
+
+/// Passive side, turning a complete Proposal away at once (too many
+/// handshakes in flight): consume it and answer with a Decline. Never waits
+/// for the peer.
+hs_outcome server_decline(int fd, size_t msg_len, reason why);
+
 /// Consume a complete CLC message known to be at the start of the stream.
 bool discard_clc(int fd, size_t msg_len);
 

@@ -21,6 +21,7 @@ const char* to_name(reason r) {
     case reason::sandboxed: return "sandboxed";
     case reason::out_of_memory: return "out_of_memory";
     case reason::internal: return "internal";
+    case reason::busy: return "busy";
     case reason::count_: break;
   }
   return "unknown";

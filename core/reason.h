@@ -24,6 +24,7 @@ enum class reason : uint8_t {
   sandboxed,            // the process restricted its own system calls (seccomp) or fds
   out_of_memory,        // buffers could not be created
   internal,             // anything else
+  busy,                 // server: too many handshakes in flight; declined at once
   count_,
 };
 

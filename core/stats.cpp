@@ -22,6 +22,7 @@ struct counters {
   std::atomic<uint64_t> cq_engine{0};
   std::atomic<uint64_t> cq_caller{0};
   std::array<std::atomic<uint64_t>, 3> handoffs{};
+  std::atomic<uint64_t> background{0};
 };
 
 counters& c() {
@@ -50,6 +51,8 @@ void count_handoff(handoff h) {
   c().handoffs[static_cast<size_t>(h)].fetch_add(1, std::memory_order_relaxed);
 }
 
+void count_background() { c().background.fetch_add(1, std::memory_order_relaxed); }
+
 void reset() {
   c().shm = 0;
   c().rdma = 0;
@@ -64,6 +67,7 @@ void reset() {
   for (auto& h : c().handoffs) {
     h = 0;
   }
+  c().background = 0;
 }
 
 std::string to_json(int pid) {
@@ -87,7 +91,8 @@ std::string to_json(int pid) {
        "}, \"rdma_cq_events\": {\"engine\": " + ull(c().cq_engine) +
        ", \"caller\": " + ull(c().cq_caller) + "}, \"handoffs\": {\"offered\": " +
        ull(c().handoffs[0]) + ", \"taken\": " + ull(c().handoffs[1]) + ", \"reset\": " +
-       ull(c().handoffs[2]) + "}}\n";
+       ull(c().handoffs[2]) + "}, \"handshakes\": {\"background\": " + ull(c().background) +
+       "}}\n";
   return s;
 }
 

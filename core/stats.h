@@ -25,6 +25,10 @@ void count_cq_event(bool by_engine);
 enum class handoff { offered, taken, reset };
 void count_handoff(handoff h);
 
+/// A handshake that ran on a background thread (core/background) because
+/// the call that found it ready to run must not wait for the peer.
+void count_background();
+
 /// The JSON document for the current counters.
 std::string to_json(int pid);
 /// Writes to_json() to `path_template` (%p -> pid) via a temporary file and

@@ -31,6 +31,7 @@
 #include "core/handshake.h"
 #include "core/host_id.h"
 #include "core/reason.h"
+#include "rdma/shm/shm_transport.h"
 
 namespace clc = smc::core::clc;
 using smc::core::conn;
@@ -822,4 +823,75 @@ TEST_CASE("client declining after the server's Accept: server stays TCP, stream 
   CHECK(std::string(app.begin(), app.end()) == "app bytes");
   CHECK(stream_empty(t.s));
   CHECK(stream_empty(t.c));
+}
+
+// ---------------------------------------------------------------------------
+// 9. what a background decision uses: await_clc, server_decline
+// ---------------------------------------------------------------------------
+
+TEST_CASE("await_clc: a Proposal completed while it waits matches", "[handshake][background]") {
+  tcp_pair t;
+  const bytes prop = clc::encode(our_proposal());
+  const size_t half = prop.size() / 2;
+  send_all(t.c, prop.data(), half);
+  std::thread rest([&] {
+    // Meant to arrive while await_clc waits; the outcome must be the same if
+    // it comes first (nothing here depends on the order).
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    send_all(t.c, prop.data() + half, prop.size() - half);
+  });
+  size_t len = 0;
+  const auto k = smc::core::await_clc(t.s, smc::core::mask_proposal, len,
+                                      smc::rdma::shm::now_ms() + 5000);
+  rest.join();
+  CHECK(kind_name(k) == std::string("match"));
+  CHECK(len == prop.size());
+  CHECK(read_available(t.s) == prop);  // nothing consumed
+}
+
+TEST_CASE("await_clc: a prefix that never completes is application data at the deadline",
+          "[handshake][background]") {
+  tcp_pair t;
+  const bytes prop = clc::encode(our_proposal());
+  send_all(t.c, prop.data(), 10);
+  size_t len = 0;
+  const int64_t start = smc::rdma::shm::now_ms();
+  CHECK(smc::core::await_clc(t.s, smc::core::mask_proposal, len, start + 100) ==
+        start_kind::not_clc);
+  CHECK(smc::rdma::shm::now_ms() >= start + 100);
+  CHECK(read_available(t.s) == bytes(prop.begin(), prop.begin() + 10));  // still all there
+}
+
+TEST_CASE("await_clc: nothing at all by the deadline still needs more; EOF is eof",
+          "[handshake][background]") {
+  tcp_pair t;
+  size_t len = 0;
+  CHECK(smc::core::await_clc(t.s, smc::core::mask_proposal, len, smc::rdma::shm::now_ms() + 50) ==
+        start_kind::need_more);
+  t.close_c();
+  CHECK(smc::core::await_clc(t.s, smc::core::mask_proposal, len, smc::rdma::shm::now_ms() + 5000) ==
+        start_kind::eof);
+}
+
+TEST_CASE("server_decline consumes exactly the Proposal and answers a Decline",
+          "[handshake][background]") {
+  tcp_pair t;
+  const bytes prop = clc::encode(our_proposal());
+  send_all(t.c, prop);
+  send_all(t.c, std::string("GET /"));
+  hs_outcome o = smc::core::server_decline(t.s, prop.size(), reason::busy);
+  CHECK_FALSE(o.path);
+  CHECK(o.why == reason::busy);
+  CHECK_FALSE(o.broken);
+  bytes rest = read_available(t.s);
+  CHECK(std::string(rest.begin(), rest.end()) == "GET /");
+  // The client reads one whole Decline, and nothing else.
+  bytes reply = read_available(t.c);
+  size_t len = 0;
+  REQUIRE(classify(reply, mask_decline, len) == start_kind::match);
+  CHECK(len == reply.size());
+  clc::decline d;
+  REQUIRE(clc::decode(reply, d) == clc::error::ok);
+  CHECK(d.diagnosis == smc::core::to_decline_code(reason::busy));
+  CHECK(std::string(smc::core::to_name(reason::busy)) == "busy");
 }
