@@ -164,6 +164,10 @@ void offer_passed(const msghdr* msg, std::vector<uint64_t>& offers) {
       return;
     }
     entry_ref e(fd);
+    if (e && e->st.load(std::memory_order_acquire) == state::deciding) {
+      // The receiver must find it decided: SMC (offered) or TCP.
+      await_decision(e.get(), -1);  // bounded by the handshake's own timeouts
+    }
     if (!e || e->st.load(std::memory_order_acquire) != state::smc || !e->conn) {
       return;
     }

@@ -18,7 +18,8 @@
 // become listeners) their registration moves into the application's set as
 // a normal kernel registration. So whatever the application did with the
 // socket before the decision (ADD, MOD, DEL, ONESHOT, ET) keeps its meaning
-// after it.
+// after it. While its handshake runs in the background (state::deciding) a
+// socket is not watched at all: the end of the decision re-installs it.
 //
 // A set also knows the receive channels of its SMC-R connections' link groups
 // (data_path::channel). A blocking epoll_wait that finds nothing ready sleeps
@@ -193,6 +194,10 @@ int install(ep_reg* r) {
       return 0;
     case state::connecting:
       shadow_add(r, tag_sock, r->fd, EPOLLOUT | EPOLLIN | et);
+      return 0;
+    case state::deciding:
+      // Nothing to report until the background decision ends; it then
+      // re-installs this registration for what the socket became.
       return 0;
     case state::fresh:
       // Not connected yet: the kernel's readiness is the answer (an
@@ -554,8 +559,7 @@ __attribute__((visibility("default"))) int epoll_ctl(int epfd, int op, int fd,
   }
   entry_ref e(fd);
   state st = e ? e->st.load() : state::tcp;
-  bool managed = st == state::smc || st == state::undecided || st == state::strip ||
-                 st == state::connecting || st == state::fresh;
+  bool managed = st == state::smc || still_deciding(st) || st == state::fresh;
   int saved = errno;
   try {
     entry* epe = fd_maybe(epfd) ? fd_get(epfd) : nullptr;

@@ -49,6 +49,15 @@ void last_close(entry* e) {
   if (!e->regs.empty()) {
     ep_forget_entry(e);
   }
+  if (e->st.load() == state::deciding) {
+    // Its background job sees no fd left when it publishes, and ends the
+    // connection then; unless it published just now.
+    std::lock_guard<std::mutex> lk(e->mu);
+    if (e->st.load() == state::smc) {
+      e->conn->close(e->linger0);
+    }
+    return;
+  }
   switch (e->st.load()) {
     case state::smc:
       e->conn->close(e->linger0);
@@ -62,6 +71,12 @@ void last_close(entry* e) {
 }
 
 }  // namespace
+
+entry::~entry() {
+  if (decided_fd >= 0) {
+    real.close(decided_fd);
+  }
+}
 
 bool fd_maybe(int fd) {
   if (fd < 0 || fd >= max_chunks * chunk_size) {

@@ -38,7 +38,16 @@ int settle_io(entry* e, int fd, bool write, int flags, state& st) {
     } else if (s == state::connecting) {
       finish_connect(e, fd);
     }
-  } else if (s == state::undecided || s == state::strip || s == state::connecting) {
+    if (e->st.load(std::memory_order_acquire) == state::deciding) {
+      // Where the bytes go (RMB or TCP) is not known yet.
+      if (nonblocking(fd, flags)) {
+        return EAGAIN;
+      }
+      if (int err = await_decision(e, timeout_deadline(fd, SO_SNDTIMEO)); err != 0) {
+        return err;
+      }
+    }
+  } else if (still_deciding(s)) {
     if (int err = prepare_read(e, fd, flags); err != 0) {
       return err;
     }

@@ -35,6 +35,7 @@ struct slot_map {
   int tx = -1;   // ... of the tx doorbell
   int sock = -1; // ... of the TCP socket itself
   int one = -1;  // ... of a confined connection's one fd (core::conn::confine)
+  int dec = -1;  // ... of a deciding socket's decided_fd
   bool armed_rx = false;
   bool armed_tx = false;
   bool chan_seen = false;  // its channel is in the call's list (or none)
@@ -99,9 +100,10 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
     int ready = 0;
     bool deciding = false;
     bool sliced = false;
+    bool again = false;
     for (nfds_t i = 0; i < n; ++i) {
       slot_map& m = map[i];
-      m.rx = m.tx = m.sock = -1;
+      m.rx = m.tx = m.sock = m.dec = -1;
       fds[i].revents = 0;
       state s = m.e != nullptr ? m.e->st.load(std::memory_order_acquire) : state::tcp;
       if (s == state::undecided || s == state::strip || s == state::connecting) {
@@ -156,6 +158,16 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
         // Checked after arming: a peer that moved before it saw our waiter
         // is seen here (the doorbell protocol's Dekker order).
         fds[i].revents = smc_revents(m.e, fds[i].events);
+      } else if (s == state::deciding) {
+        // Nothing to report until the background decision ends; then the
+        // next round looks at the socket as what it became.
+        const int wfd = decided_wait_fd(m.e);
+        m.dec = static_cast<int>(k.size());
+        k.push_back({wfd, POLLIN, 0});
+        if (wfd < 0) {
+          // Decided just now: look again at once; no eventfd: in a while.
+          (m.e->st.load() == state::deciding ? sliced : again) = true;
+        }
       } else if (s == state::undecided || s == state::strip || s == state::connecting) {
         // Readable TCP means the deciding bytes arrived; writes are plain TCP.
         deciding = true;
@@ -171,7 +183,7 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       }
     }
     int64_t left_ns = -1;
-    if (ready > 0) {
+    if (ready > 0 || again) {
       left_ns = 0;
     } else if (timeout_ns >= 0) {
       left_ns = std::max<int64_t>(0, deadline - mono_ns());
@@ -223,10 +235,13 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       break;
     }
     ready = 0;
+    bool decided = false;
     for (nfds_t i = 0; i < n; ++i) {
       slot_map& m = map[i];
       state s = m.e != nullptr ? m.e->st.load(std::memory_order_acquire) : state::tcp;
-      if (s == state::smc) {
+      if (m.dec >= 0) {
+        // Decided meanwhile or not: nothing to report for it this round.
+      } else if (s == state::smc) {
         auto& c = *m.e->conn;
         if ((m.sock >= 0 && k[m.sock].revents != 0) || m.one >= 0) {
           c.check_tcp();  // the peer's TCP end closed: it is gone
@@ -277,10 +292,18 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       if (fds[i].revents != 0) {
         ++ready;
       }
+      if (m.dec >= 0 && s != state::deciding) {
+        decided = true;
+      }
     }
     if (ready > 0) {
       result = ready;
       break;
+    }
+    if (decided) {
+      // A socket changed what it is: look again (its readiness is the new
+      // state's), within the caller's timeout.
+      continue;
     }
     if (timeout_ns >= 0 && mono_ns() >= deadline) {
       result = 0;

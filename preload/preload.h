@@ -110,6 +110,8 @@ enum class state : uint8_t {
   listener,    // accepted sockets start undecided
   undecided,   // accepted; the first bytes decide (Proposal or application data)
   strip,       // plain TCP, but a late CLC message may lead the stream: strip it
+  deciding,    // a handshake runs in the background (core::background): calls
+               // wait for its end (decided_fd) or fail with EAGAIN
   smc,         // data served by conn
   tcp,         // plain TCP for good: entry dropped lazily from the table
   epoll,       // an epoll instance that holds SMC sockets
@@ -132,6 +134,13 @@ struct entry {
   std::shared_ptr<core::conn> conn;  // state::smc (shared with an SCM_RIGHTS offer)
   ep_set* eps = nullptr;          // state::epoll
   std::vector<ep_reg*> regs;      // epoll registrations (under the epoll mutex)
+  int decided_fd = -1;            // deciding: an eventfd, readable once the decision ended
+                                  // (made for the first poll or blocking wait that needs it)
+
+  entry() = default;
+  entry(const entry&) = delete;
+  entry& operator=(const entry&) = delete;
+  ~entry();
 };
 
 /// An SMC connection's TCP socket carries a mark in TCP_NOTSENT_LOWAT
@@ -199,12 +208,29 @@ class entry_ref {
 };
 
 // ---- decisions (socket_api.cpp) ----
-/// Passive side: resolve an undecided/strip socket if its first bytes allow
-/// (never blocks longer than a handshake). Returns the state afterwards.
-state decide_passive(entry* e, int fd);
+/// Passive side: resolve an undecided/strip socket if its first bytes allow.
+/// `may_block` (a blocking call on the socket itself): the handshake runs
+/// here, bounded by its timeouts; otherwise it runs in the background and
+/// the socket is state::deciding meanwhile. Returns the state afterwards.
+state decide_passive(entry* e, int fd, bool may_block);
 /// Active side: complete a non-blocking connect's handshake if the TCP
 /// connection is up. Returns the state afterwards.
 state finish_connect(entry* e, int fd);
+/// What a poll or blocking wait sleeps on while the socket is
+/// state::deciding (readable once decided); -1 if it is not deciding (any
+/// more) or no eventfd could be made (then: poll again shortly).
+int decided_wait_fd(entry* e);
+/// Waits until a background decision has ended: 0, EAGAIN (deadline_ms, a
+/// CLOCK_MONOTONIC time in ms, passed; -1 = none) or EINTR.
+int await_decision(entry* e, int64_t deadline_ms);
+/// In a forked child: the parent's background decisions are the parent's;
+/// the child sees those sockets as plain TCP.
+void forget_decisions_after_fork();
+/// A call with recv/send `flags` on fd does not block (MSG_DONTWAIT, O_NONBLOCK).
+bool nonblocking(int fd, int flags);
+/// The socket's SO_RCVTIMEO or SO_SNDTIMEO (`name`) as a deadline from now
+/// (CLOCK_MONOTONIC ms), or -1 if it has none.
+int64_t timeout_deadline(int fd, int name);
 /// Before a read: decide as far as needed. 0, or an errno (EAGAIN ...).
 int prepare_read(entry* e, int fd, int flags);
 /// Before a write on an undecided socket (server writes first).
@@ -218,6 +244,11 @@ void prepare_write(entry* e, int fd);
 int settle_io(entry* e, int fd, bool write, int flags, state& st);
 /// Drive any pending decision without blocking (poll/epoll saw activity).
 state drive(entry* e, int fd);
+/// What a socket still deciding is in: undecided, strip, connecting, deciding.
+inline bool still_deciding(state s) {
+  return s == state::undecided || s == state::strip || s == state::connecting ||
+         s == state::deciding;
+}
 /// The process is confining itself: a socket still deciding settles now,
 /// as far as what already arrived allows, and otherwise stays TCP (its
 /// decision would need calls the process may no longer make).

@@ -21,6 +21,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/background.h"
 #include "core/engine.h"
 #include "core/handoff.h"
 #include "core/smcr.h"
@@ -174,6 +175,7 @@ core::log::level to_log_level(config::log_level l) {
 }
 
 void atfork_prepare() {
+  core::background::lock_for_fork();
   ep_lock();
   fd_table_lock_all();
   core::conn_registry_lock();
@@ -182,6 +184,7 @@ void atfork_parent() {
   core::conn_registry_unlock();
   fd_table_unlock_all();
   ep_unlock();
+  core::background::unlock_after_fork();
 }
 void atfork_child();
 
@@ -274,7 +277,12 @@ void atfork_child() {
   core::engine::forget_after_fork();
   core::smcr::forget_after_fork();
   core::handoff::forget_after_fork();
+  core::background::forget_after_fork();
   core::note_fork_child();
+  try {
+    forget_decisions_after_fork();
+  } catch (...) {
+  }
 }
 
 __attribute__((constructor)) void on_load() { ensure_init(); }

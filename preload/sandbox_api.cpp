@@ -61,7 +61,7 @@ void confine_process(const char* why) {
     size_t waiters = 0;
     for (auto& [fd, e] : list) {
       state s = e->st.load();
-      if (s == state::undecided || s == state::strip || s == state::connecting) {
+      if (still_deciding(s)) {
         settle_before_confinement(e, fd);
         s = e->st.load();
       }

@@ -7,14 +7,18 @@
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <climits>
 #include <cstdarg>
 #include <cstring>
+#include <optional>
 
+#include "core/background.h"
 #include "core/handoff.h"
 #include "core/log.h"
 #include "core/stats.h"
@@ -102,7 +106,100 @@ void regs_follow(entry* e) {
 
 }  // namespace
 
-state decide_passive(entry* e, int fd) {
+namespace {
+
+// Publishes a background decision's outcome (`o`, or `tcp_why` when no
+// handshake ran) and wakes whoever waits for it. `fd` is the application's
+// number for the socket, `dfd` the job's own duplicate of it.
+void publish_decision(entry* e, int fd, int dfd, std::optional<core::hs_outcome> o,
+                      reason tcp_why) {
+  int wake = -1;
+  {
+    auto pub = core::background::publishing();
+    std::lock_guard<std::mutex> lk(e->mu);
+    wake = e->decided_fd;
+    // Every fd of the socket closed meanwhile: the last close saw it
+    // deciding and left the end to us (fd_table.cpp).
+    const bool orphan = e->nfds.load() == 0;
+    if (o) {
+      apply(e, orphan ? dfd : fd, std::move(*o));
+    } else {
+      become_tcp(e, fd, tcp_why);
+    }
+    if (orphan && e->st.load() == state::smc) {
+      e->conn->close(e->linger0);
+    }
+  }
+  ep_state_changed(e);
+  if (wake >= 0) {
+    const uint64_t one = 1;
+    ssize_t w = real.write(wake, &one, sizeof one);
+    (void)w;
+  }
+}
+
+// The passive decision, on a background thread: the rest of the Proposal,
+// then the handshake.
+void passive_job(entry* e, int fd, int dfd, int64_t patience_until) {
+  size_t len = 0;
+  core::start_kind k = core::await_clc(dfd, core::mask_proposal, len, patience_until);
+  if (k == core::start_kind::match) {
+    publish_decision(e, fd, dfd, core::server_handshake(dfd, len, hs_params()), reason::none);
+  } else {
+    publish_decision(e, fd, dfd, std::nullopt, reason::no_proposal);
+  }
+}
+
+// Half the soft RLIMIT_NOFILE: where fds of our own go when we can choose.
+int high_fd_base() {
+  static const int base = [] {
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) {
+      return 512;
+    }
+    return static_cast<int>(std::min<rlim_t>(rl.rlim_cur / 2, 1 << 20));
+  }();
+  return base;
+}
+
+// Hands the socket's decision to a background thread (under e->mu, from
+// state undecided or connecting). false: none was free; nothing changed.
+template <class Job>
+bool start_background(entry* e, int fd, Job&& job) {
+  if (g_confined.load(std::memory_order_relaxed)) {
+    return false;
+  }
+  // The job's own fd: the application may close its number meanwhile.
+  // Numbered high, out of the way of the application's next sockets (event
+  // loops size their tables by the fd numbers they expect).
+  int dfd = real.fcntl(fd, F_DUPFD_CLOEXEC, high_fd_base());
+  if (dfd < 0) {
+    dfd = real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  }
+  if (dfd < 0) {
+    return false;
+  }
+  const state before = e->st.load();
+  e->refs.fetch_add(1);
+  e->st.store(state::deciding, std::memory_order_release);
+  const bool ok = core::background::run([e, fd, dfd, job = std::forward<Job>(job)] {
+    job(e, fd, dfd);
+    real.close(dfd);
+    fd_put(e);
+  });
+  if (!ok) {
+    e->st.store(before, std::memory_order_release);
+    real.close(dfd);
+    fd_put(e);
+    return false;
+  }
+  core::stats::count_background();
+  return true;
+}
+
+}  // namespace
+
+state decide_passive(entry* e, int fd, bool may_block) {
   std::lock_guard<std::mutex> lk(e->mu);
   state s = e->st.load();
   if (s != state::undecided && s != state::strip) {
@@ -111,16 +208,36 @@ state decide_passive(entry* e, int fd) {
   size_t len = 0;
   unsigned mask = s == state::undecided ? core::mask_proposal : e->strip_mask;
   core::start_kind k = core::peek_clc(fd, mask, len);
+  bool prefix = false;
   if (k == core::start_kind::need_more) {
     int probe;
     // need_more with bytes present means a CLC prefix: bounded patience.
     ssize_t n = real.recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n > 0) {
+      prefix = true;
       if (e->partial_since_ms == 0) {
         e->partial_since_ms = now_ms();
       } else if (now_ms() - e->partial_since_ms > partial_timeout_ms) {
         k = core::start_kind::not_clc;
       }
+    }
+  }
+  if (!may_block && s == state::undecided &&
+      (k == core::start_kind::match || (k == core::start_kind::need_more && prefix))) {
+    // The caller must not wait for the peer: the rest of the Proposal and
+    // the handshake run in the background.
+    const int64_t until = (e->partial_since_ms != 0 ? e->partial_since_ms : now_ms()) + partial_timeout_ms;
+    if (start_background(e, fd, [until](entry* be, int bfd, int dfd) {
+          passive_job(be, bfd, dfd, until);
+        })) {
+      ep_state_changed(e);
+      return state::deciding;
+    }
+    if (k == core::start_kind::match) {
+      // Too many handshakes in flight: turn this one away now.
+      apply(e, fd, core::server_decline(fd, len, reason::busy));
+      ep_state_changed(e);
+      return e->st.load();
     }
   }
   switch (k) {
@@ -176,7 +293,7 @@ state drive(entry* e, int fd) {
   switch (e->st.load(std::memory_order_acquire)) {
     case state::undecided:
     case state::strip:
-      return decide_passive(e, fd);
+      return decide_passive(e, fd, false);
     case state::connecting:
       return finish_connect(e, fd);
     default:
@@ -184,26 +301,92 @@ state drive(entry* e, int fd) {
   }
 }
 
+int decided_wait_fd(entry* e) {
+  std::lock_guard<std::mutex> lk(e->mu);
+  if (e->st.load() != state::deciding) {
+    return -1;
+  }
+  if (e->decided_fd < 0) {
+    e->decided_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  }
+  return e->decided_fd;
+}
+
+int await_decision(entry* e, int64_t deadline_ms) {
+  while (e->st.load(std::memory_order_acquire) == state::deciding) {
+    // -1: decided just now, or no eventfd to be had (then poll() on nothing
+    // is a short sleep and the state is looked at again).
+    const int wfd = decided_wait_fd(e);
+    int slice = wfd >= 0 ? 1000 : 10;
+    if (deadline_ms >= 0) {
+      const int64_t left = deadline_ms - now_ms();
+      if (left <= 0) {
+        return EAGAIN;
+      }
+      slice = static_cast<int>(std::min<int64_t>(slice, left));
+    }
+    pollfd p{wfd, POLLIN, 0};
+    if (real.poll(&p, 1, slice) < 0 && errno == EINTR &&
+        (deadline_ms >= 0 || !core::signals_restart())) {
+      return EINTR;
+    }
+  }
+  return 0;
+}
+
+void forget_decisions_after_fork() {
+  fd_for_each([](int fd, entry* e) {
+    if (e->st.load() == state::deciding) {
+      // Its handshake runs on a thread of the parent's.
+      SMC_LOG(debug, "fd %d: decided in the parent process; TCP here", fd);
+      e->st.store(state::tcp, std::memory_order_release);
+    }
+  });
+}
+
+int64_t timeout_deadline(int fd, int name) {
+  timeval tv{};
+  socklen_t tl = sizeof(tv);
+  if (real.getsockopt(fd, SOL_SOCKET, name, &tv, &tl) == 0 && (tv.tv_sec || tv.tv_usec)) {
+    return now_ms() + tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000;
+  }
+  return -1;
+}
+
+bool nonblocking(int fd, int flags) {
+  if ((flags & MSG_DONTWAIT) != 0) {
+    return true;
+  }
+  int fl = real.fcntl(fd, F_GETFL);
+  return fl >= 0 && (fl & O_NONBLOCK) != 0;
+}
+
 int prepare_read(entry* e, int fd, int flags) {
+  const bool nonblock = nonblocking(fd, flags);
   int64_t deadline = -1;  // from SO_RCVTIMEO, computed once
   bool computed = false;
   for (;;) {
-    state s = drive(e, fd);
-    if (s != state::undecided && s != state::strip) {
+    state s = e->st.load(std::memory_order_acquire);
+    if (s == state::undecided || s == state::strip) {
+      s = decide_passive(e, fd, !nonblock);
+    } else if (s == state::connecting) {
+      s = finish_connect(e, fd);
+    }
+    if (s != state::undecided && s != state::strip && s != state::deciding) {
       return 0;  // decided, or still connecting (the kernel answers that read)
     }
-    int fl = real.fcntl(fd, F_GETFL);
-    bool nonblock = (flags & MSG_DONTWAIT) != 0 || (fl >= 0 && (fl & O_NONBLOCK) != 0);
     if (nonblock) {
       return EAGAIN;
     }
     if (!computed) {
       computed = true;
-      timeval tv{};
-      socklen_t tl = sizeof(tv);
-      if (real.getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &tl) == 0 && (tv.tv_sec || tv.tv_usec)) {
-        deadline = now_ms() + tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000;
+      deadline = timeout_deadline(fd, SO_RCVTIMEO);
+    }
+    if (s == state::deciding) {
+      if (int err = await_decision(e, deadline); err != 0) {
+        return err;
       }
+      continue;
     }
     // Sleep until bytes arrive, then decide. In slices: another thread of the
     // application (a writer on the same socket) may run the handshake and
@@ -259,6 +442,10 @@ void prepare_write(entry* e, int fd) {
 
 void settle_before_confinement(entry* e, int fd) {
   state s = drive(e, fd);
+  if (s == state::deciding) {
+    await_decision(e, now_ms() + 30000);  // bounded by the handshake's own timeouts
+    s = e->st.load();
+  }
   if (s == state::smc) {
     e->conn->confine();
     return;
@@ -503,6 +690,12 @@ __attribute__((visibility("default"))) int shutdown(int fd, int how) noexcept {
   if (s == state::undecided || s == state::strip) {
     s = drive(e.get(), fd);
   }
+  if (s == state::deciding) {
+    const int saved = errno;
+    await_decision(e.get(), -1);  // bounded by the handshake's own timeouts
+    s = e->st.load();
+    errno = saved;
+  }
   if (s == state::smc) {
     if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR) {
       errno = EINVAL;
@@ -602,8 +795,10 @@ __attribute__((visibility("default"))) int ioctl(int fd, unsigned long req, ...)
   va_end(ap);
   if ((req == FIONREAD || req == SIOCOUTQ) && g_enabled && fd_maybe(fd)) {
     entry_ref e(fd);
-    if (e && drive(e.get(), fd) == state::smc && arg != nullptr) {
-      int v = static_cast<int>(req == FIONREAD ? e->conn->readable_bytes() : e->conn->unsent_bytes());
+    const state s = e ? drive(e.get(), fd) : state::tcp;
+    if ((s == state::smc || s == state::deciding) && arg != nullptr) {
+      int v = s == state::deciding ? 0  // nothing to read or in flight yet
+              : static_cast<int>(req == FIONREAD ? e->conn->readable_bytes() : e->conn->unsent_bytes());
       std::memcpy(arg, &v, sizeof(v));
       return 0;
     }
