@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # run_pairs.sh: the process-pair integration suite. Runs smc_pair,
-# smc_hostile, spdlog_app, smc_calls, smc_fork, smc_handoff, smc_epoll_reg and
-# smc_sandbox under scripts/smc_run (and plain) inside fresh
+# smc_hostile, spdlog_app, smc_calls, smc_fork, smc_handoff, smc_epoll_reg,
+# smc_sandbox and smc_stall under scripts/smc_run (and plain) inside fresh
 # network namespaces, verifies every byte, and checks the library's stats
 # files (SMC_STATS_FILE) and the loopback byte counter to prove the data went
 # through shared memory, or that a fallback happened where it must.
 #
 # usage (as root): run_pairs.sh BUILD_DIR SMC_RUN
 #   BUILD_DIR  has smc_pair, smc_hostile, spdlog_app, smc_calls, smc_fork,
-#              smc_handoff, smc_epoll_reg, smc_sandbox
+#              smc_handoff, smc_epoll_reg, smc_sandbox, smc_stall
 #   SMC_RUN    path to scripts/smc_run; the environment variable SMC_RUN
 #              overrides it (e.g. a stub that just execs, for a dry run)
 #   SMCT_ONLY  optional regex: run only scenarios whose name matches
@@ -36,7 +36,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "run_pairs.sh: needs root (ip netns)" >&2
   exit 2
 fi
-for b in smc_pair smc_hostile spdlog_app smc_calls smc_handoff smc_epoll_reg smc_sandbox; do
+for b in smc_pair smc_hostile spdlog_app smc_calls smc_handoff smc_epoll_reg smc_sandbox smc_stall; do
   if [ ! -x "$BUILD/$b" ]; then
     echo "run_pairs.sh: $BUILD/$b not built" >&2
     exit 2
@@ -751,6 +751,46 @@ scenario_sandbox() {
   done
 }
 
+# p. a client that stalls its CLC handshake must cost only its own
+# connection: while a raw client (no preload) holds a silent Proposal, half a
+# Proposal, a silent Confirm (Accept read, nothing more) or a rendezvous
+# connected and silent, an ordinary client of the same single-threaded
+# server (poll, level-triggered epoll) under the preload is answered within
+# 0.5 s each round, over SMC.
+scenario_stall() {
+  local loop kind apid hold=2000
+  for loop in poll epoll; do
+    for kind in silent_proposal partial_proposal silent_confirm slow_rendezvous; do
+      begin "stall_${loop}_${kind}" || continue
+      # 4 connections: the attack's and the probe's 3.
+      start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_stall" server \
+        --loop "$loop" --count 4
+      if [ -n "$PORT" ]; then
+        launch "$DIR/attack" plain -- "$BUILD/smc_stall" attack --port "$PORT" --kind "$kind" --hold-ms "$hold"
+        apid=$PID
+        if wait_line "$DIR/attack.out" "^attack $kind in place\$" "$apid" 10; then
+          launch "$DIR/probe" smc "$PEERS_OK" "$(stats_env probe)" -- "$BUILD/smc_stall" probe \
+            --port "$PORT" --count 3
+          expect_exit "$PID" "$DIR/probe" probe
+          expect_line "$DIR/probe.out" '^probe ok max_ms=[0-9]+$' probe
+          # A pass counts only if the attack was still in place throughout.
+          if grep -q '^probe ok' "$DIR/probe.out" 2>/dev/null && ! pid_alive "$apid"; then
+            note "the attack ended before the probe did (its --hold-ms $hold is too short here)"
+          fi
+          expect_stat probe connections.smc_shm -ge 3
+        else
+          note "attack never in place ($(grep -v '^$' "$DIR/attack.err" 2>/dev/null | tail -n 1))"
+        fi
+        expect_exit "$apid" "$DIR/attack" attack
+      fi
+      expect_server_exit "$SPID" "$DIR/server"
+      expect_line "$DIR/server.out" "^ok served 4 $loop\$" server
+      expect_stat server connections.smc_shm -ge 1
+      finish
+    done
+  done
+}
+
 # ---------------------------------------------------------------- main
 scenario_plain_baseline
 scenario_bulk
@@ -768,6 +808,7 @@ scenario_exec_inherited
 scenario_handoff
 scenario_epoll_reg
 scenario_sandbox
+scenario_stall
 
 smct_cleanup
 if summary; then
