@@ -27,15 +27,29 @@ std::atomic<int> g_level{static_cast<int>(level::off)};
 // behind our back (closefrom() and close_range() reach the kernel without
 // passing through us) and reuse the number for a socket or a file of its
 // own, which must never receive our lines. A file is reopened when that
-// happened (O_NOFOLLOW: never through a link planted in its place), stderr
-// falls silent.
+// happened (open_log_file: never through a link or into a FIFO planted in
+// its place), stderr falls silent.
+// Opens the log file for appending: never through a link (O_NOFOLLOW),
+// never blocking on a FIFO planted in its place (O_NONBLOCK), and only a
+// regular file. -1 otherwise.
+int open_log_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
+                  0600);
+  struct stat st {};
+  if (fd >= 0 && (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+    ::close(fd);
+    fd = -1;
+  }
+  return fd;
+}
+
 class checked_fd_sink final : public spdlog::sinks::base_sink<std::mutex> {
  public:
   explicit checked_fd_sink(std::string path) : path_(std::move(path)) {
     if (path_.empty()) {
       fd_ = 2;
     } else {
-      fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+      fd_ = open_log_file(path_);
       if (fd_ < 0) {
         throw spdlog::spdlog_ex("cannot open the log file");
       }
@@ -95,7 +109,7 @@ class checked_fd_sink final : public spdlog::sinks::base_sink<std::mutex> {
       ok_ = false;
       return false;
     }
-    fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    fd_ = open_log_file(path_);
     remember();
     return ok_;
   }

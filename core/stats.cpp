@@ -2,9 +2,12 @@
 #include "core/stats.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
+#include <cstdlib>
 #include <atomic>
 #include <cstdio>
 
@@ -106,12 +109,23 @@ bool write_file(const std::string& path_template, int pid) {
       path += path_template[i];
     }
   }
-  std::string tmp = path + ".tmp." + std::to_string(pid);
-  std::string body = to_json(pid);
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // The target, if there, must be a regular file: rename() would replace a
+  // link or a FIFO planted there, but a directory or device is not ours to
+  // touch, and anything else is a mistake worth failing on.
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    errno = EEXIST;
+    return false;
+  }
+  // A temporary name nobody can predict, created (O_EXCL) next to the
+  // target: never a link another user planted in a shared directory.
+  std::string tmp = path + ".XXXXXX";
+  int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
   if (fd < 0) {
     return false;
   }
+  ::fchmod(fd, 0644);
+  std::string body = to_json(pid);
   bool ok = ::write(fd, body.data(), body.size()) == static_cast<ssize_t>(body.size());
   ok = (::close(fd) == 0) && ok;
   if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {

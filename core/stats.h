@@ -32,7 +32,10 @@ void count_background();
 /// The JSON document for the current counters.
 std::string to_json(int pid);
 /// Writes to_json() to `path_template` (%p -> pid) via a temporary file and
-/// rename, so readers never see half a file. Returns false on I/O failure.
+/// rename, so readers never see half a file. The temporary is created with
+/// an unpredictable name (mkostemp) in the target's directory, and a target
+/// that exists but is not a regular file is left alone. Returns false on
+/// failure.
 bool write_file(const std::string& path_template, int pid);
 /// Zeroes every counter (a forked child starts its own account).
 void reset();
