@@ -157,6 +157,7 @@ void resolve_all() {
   s.recv = real.recv;
   s.send = real.send;
   s.recvmsg = real.recvmsg;
+  s.recvmmsg = real.recvmmsg;
   s.sendmsg = real.sendmsg;
   s.read = real.read;
   s.write = real.write;

@@ -15,7 +15,7 @@ sys_calls& sys() {
   static sys_calls table{
       ::socket, ::connect, ::bind, ::listen, ::accept4, ::recv, ::send, ::recvmsg, ::sendmsg,
       ::read, ::write, ::close, ::poll, ::fcntl, ::getsockopt, ::setsockopt,
-      ::epoll_create1, ::epoll_ctl, ::epoll_wait,
+      ::epoll_create1, ::epoll_ctl, ::epoll_wait, ::recvmmsg,
   };
   return table;
 }

@@ -34,6 +34,7 @@ struct sys_calls {
   int (*epoll_create1)(int);
   int (*epoll_ctl)(int, int, int, epoll_event*);
   int (*epoll_wait)(int, epoll_event*, int, int);
+  int (*recvmmsg)(int, mmsghdr*, unsigned, int, timespec*);
 };
 
 /// The table in use. Defaults to libc's functions; the preload replaces every

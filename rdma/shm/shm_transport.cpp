@@ -154,9 +154,27 @@ void bell_ring(int ring, bool confined) {
 }
 
 // Empties a doorbell; false if it held more rings than a peer that follows
-// the protocol can have put there. (read(): the waiting end's description
-// is ours and our holders' alone, non-blocking from its creation.)
-bool bell_drain(int bell) {
+// the protocol can have put there. (The waiting end's description is ours
+// and our holders' alone, non-blocking from its creation.) One recvmmsg
+// takes every queued ring at once; a confined process, which may be allowed
+// read() only, reads them one by one.
+bool bell_drain(int bell, bool confined) {
+  if (!confined) {
+    mmsghdr m[max_queued_rings + 1];
+    char buf[max_queued_rings + 1][1];
+    iovec v[max_queued_rings + 1];
+    std::memset(m, 0, sizeof m);
+    for (int i = 0; i <= max_queued_rings; ++i) {
+      v[i] = {buf[i], sizeof buf[i]};
+      m[i].msg_hdr.msg_iov = &v[i];
+      m[i].msg_hdr.msg_iovlen = 1;
+    }
+    int n;
+    do {
+      n = sys().recvmmsg(bell, m, max_queued_rings + 1, MSG_DONTWAIT, nullptr);
+    } while (n < 0 && errno == EINTR);
+    return n <= max_queued_rings;  // (-1: empty, or nothing left to read)
+  }
   char buf[8];
   for (int i = 0; i < max_queued_rings; ++i) {
     ssize_t n = sys().read(bell, buf, sizeof buf);
@@ -267,12 +285,12 @@ class shm_path final : public data_path {
   // ring that lands between the two: the drain swallows it while the flag
   // says "rung", and no further ring would ever come.
   bool drain_rx() override {
-    const bool ok = bell_drain(b_.rx);
+    const bool ok = bell_drain(b_.rx, confined_.load(std::memory_order_relaxed));
     mine_->ctl()->rx_rung.store(0, std::memory_order_seq_cst);
     return ok;
   }
   bool drain_tx() override {
-    const bool ok = bell_drain(b_.tx);
+    const bool ok = bell_drain(b_.tx, confined_.load(std::memory_order_relaxed));
     theirs_->ctl()->tx_rung.store(0, std::memory_order_seq_cst);
     return ok;
   }

@@ -487,7 +487,8 @@ void run_duplex(uint32_t spin_us, uint32_t a_ring, uint32_t b_ring, bool multi, 
 }
 
 /// Replaces one entry of the sys() table for the lifetime of the object.
-/// The hook runs `action` once, right before the real read() of `fd`.
+/// The hook runs `action` once, right before the real read() or recvmmsg()
+/// (a doorbell drain) of `fd`.
 class read_hook {
  public:
   read_hook(int fd, std::function<void()> action) {
@@ -495,10 +496,13 @@ class read_hook {
     action_ = std::move(action);
     fired_ = false;
     real_ = smc::rdma::sys().read;
+    real_mmsg_ = smc::rdma::sys().recvmmsg;
     smc::rdma::sys().read = &hooked;
+    smc::rdma::sys().recvmmsg = &hooked_mmsg;
   }
   ~read_hook() {
     smc::rdma::sys().read = real_;
+    smc::rdma::sys().recvmmsg = real_mmsg_;
     action_ = nullptr;
     fd_ = -1;
   }
@@ -513,6 +517,13 @@ class read_hook {
     }
     return real_(fd, buf, n);
   }
+  static int hooked_mmsg(int fd, mmsghdr* m, unsigned n, int flags, timespec* t) {
+    if (fd == fd_ && !fired_.exchange(true)) {
+      action_();
+    }
+    return real_mmsg_(fd, m, n, flags, t);
+  }
+  static inline int (*real_mmsg_)(int, mmsghdr*, unsigned, int, timespec*) = nullptr;
   static inline int fd_ = -1;
   static inline std::function<void()> action_;
   static inline std::atomic<bool> fired_{false};
