@@ -214,6 +214,55 @@ int install(ep_reg* r) {
   }
 }
 
+// EPOLL_CTL_MOD of a registration (under g_ep_mu): 0 or an errno. A
+// level-triggered SMC registration that stays level-triggered only adds or
+// drops the doorbell whose interest changed (event loops flip EPOLLOUT on
+// and off around every reply: two shadow changes per flip before, one now);
+// anything else is installed afresh.
+int modify(ep_reg* r, const epoll_event& nev) {
+  const bool lt = ((r->ev.events | nev.events) & EPOLLET) == 0;
+  if (r->disabled || !lt || r->e->st.load() != state::smc) {
+    uninstall(r);
+    r->ev = nev;
+    r->disabled = false;
+    return install(r);
+  }
+  r->ev = nev;
+  auto& c = *r->e->conn;
+  for (bool rx : {true, false}) {
+    bool& armed = rx ? r->armed_rx : r->armed_tx;
+    const bool want = (nev.events & (rx ? in_bits : out_bits)) != 0;
+    const int slot = rx ? tag_rx : tag_tx;
+    if (want && !armed) {
+      rx ? c.path().arm_rx(1) : c.path().arm_tx(1);
+      armed = true;
+      shadow_add(r, slot, rx ? c.path().rx_fd() : c.path().tx_fd(), EPOLLIN);
+    } else if (!want && armed) {
+      if (r->items[slot] >= 0) {
+        real.epoll_ctl(r->set->shadow, EPOLL_CTL_DEL, r->items[slot], nullptr);
+        r->items[slot] = -1;
+      }
+      rx ? c.path().arm_rx(-1) : c.path().arm_tx(-1);
+      armed = false;
+    }
+  }
+  if ((r->armed_rx || r->armed_tx) && r->chan_fd < 0) {
+    chan_hold(r, c.path().channel());
+  } else if (!r->armed_rx && !r->armed_tx) {
+    chan_release(r);
+  }
+  // Armed first, then looked (as install does): the doorbells' level is the
+  // state's truth (a kick is no system call while one is queued already).
+  const uint32_t ev = c.events();
+  if ((ev & EPOLLIN) != 0 && r->armed_rx) {
+    c.path().kick_rx();
+  }
+  if ((ev & EPOLLOUT) != 0 && r->armed_tx) {
+    c.path().kick_tx();
+  }
+  return 0;
+}
+
 // A new registration of a socket we watch (under g_ep_mu): 0 or an errno.
 int add_reg(ep_set* s, entry* e, int fd, const epoll_event& ev) {
   auto* r = new ep_reg();
@@ -633,10 +682,7 @@ __attribute__((visibility("default"))) int epoll_ctl(int epfd, int op, int fd,
         } else if ((r->ev.events & EPOLLEXCLUSIVE) != 0) {
           err = EINVAL;  // an exclusive registration cannot be modified
         } else {
-          uninstall(r);
-          r->ev = *event;
-          r->disabled = false;
-          err = install(r);
+          err = modify(r, *event);
         }
       } else if (op == EPOLL_CTL_DEL) {
         if (r == nullptr) {
