@@ -27,6 +27,13 @@
 namespace smc::core {
 
 namespace {
+// conn_shared::err besides an errno: a reset's EPIPE not reported yet (the
+// peer had closed when we wrote: TCP's CLOSE_WAIT reset). Plain EPIPE there
+// means "reported already": the connection is just broken now.
+constexpr int err_pending_epipe = -EPIPE;
+}  // namespace
+
+namespace {
 
 using rdma::sys;
 
@@ -512,21 +519,31 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
   int timeout = -2;  // not yet computed
   int64_t deadline = 0;
   bool looked = false;  // non-blocking: the transport's queue was looked at
+  // SO_RCVLOWAT: a read that may block waits until that much is there (at
+  // most what it asked for), its timeout passes or the stream ends, and
+  // then takes what there is; one that may not takes what there is.
+  const uint32_t lowat = static_cast<uint32_t>(
+      std::min<size_t>(std::max<uint32_t>(sh_->rcvlowat.load(std::memory_order_relaxed), 1), want));
+  uint32_t lowat_need = 0;  // waiting for `lowat` bytes
+  bool lowat_done = false;  // gave up waiting: take what is there
   for (;;) {
-    if (sh_->shut_rd.load()) {
-      return {static_cast<ssize_t>(got), 0};
-    }
     uint32_t avail = 0;
     if (!rx_available(avail, true)) {
       abort_locally(ECONNRESET);
     }
+    if (avail == 0 && sh_->shut_rd.load()) {
+      // After SHUT_RD what is there is still read (as TCP does), then EOF.
+      return {static_cast<ssize_t>(got), 0};
+    }
     if (int e = sh_->err.load(); e != 0 && avail == 0) {
-      // send() turns a reset it reported into EPIPE for later writes; recv(2)
-      // has no EPIPE: for a reader the connection still is reset.
-      if (e == EPIPE) {
-        e = ECONNRESET;
+      if (got > 0) {
+        return {static_cast<ssize_t>(got), 0};
       }
-      return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, e};
+      // EPIPE: the error was reported already (by send, recv or SO_ERROR);
+      // then a reset connection reads as EOF, as a TCP socket does once its
+      // error was taken. A pending EPIPE (our bytes to a peer that had
+      // closed) is a writer's error: the reader sees the peer's EOF.
+      return e == EPIPE || e == err_pending_epipe ? io_result{0, 0} : report_error();
     }
     const uint32_t size = path_->rx_size();
     cursor cons = curs_unpack(sh_->rx_cons.load(std::memory_order_relaxed));
@@ -542,6 +559,9 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
         return peek_now();
       }
       peek_need = avail + 1;
+    } else if (avail > 0 && got == 0 && avail < lowat && !lowat_done && !peer_done() &&
+               !sh_->gone.load() && sh_->err.load() == 0) {
+      lowat_need = lowat;  // wait below, as for nothing at all
     } else if (avail > 0) {
       size_t n = std::min<size_t>(avail, want - got);
       ring_to_iov(path_->rx_data(), size, cons.count, n, iov, iovcnt, got);
@@ -567,15 +587,16 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
         continue;
       }
     }
-    if ((pf & cdc::conn_abnormal) != 0) {
-      sh_->err.store(ECONNRESET);
-      return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, ECONNRESET};
+    if ((pf & cdc::conn_abnormal) != 0 || (sh_->gone.load() && sh_->gone_reset.load())) {
+      if (got > 0) {
+        return {static_cast<ssize_t>(got), 0};
+      }
+      int none = 0;
+      sh_->err.compare_exchange_strong(none, ECONNRESET);
+      continue;  // reported (once) above
     }
-    if ((pf & peer_eof_flags) != 0 || (sh_->gone.load() && !sh_->gone_reset.load())) {
+    if ((pf & peer_eof_flags) != 0 || sh_->gone.load()) {
       return {static_cast<ssize_t>(got), 0};
-    }
-    if (sh_->gone.load()) {
-      return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, ECONNRESET};
     }
     bool spun = false;
     if (timeout == -2) {
@@ -607,6 +628,10 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       if (peek_need > 1) {
         return peek_now();
       }
+      if (lowat_need > 0) {
+        lowat_done = true;
+        continue;
+      }
       return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, EAGAIN};
     }
     if (!spun && spin_rx(pf)) {
@@ -622,6 +647,10 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
         if (peek_need > 1) {
           return peek_now();
         }
+        if (lowat_need > 0) {
+          lowat_done = true;
+          continue;
+        }
         return got > 0 ? io_result{static_cast<ssize_t>(got), 0} : io_result{-1, EAGAIN};
       }
       left = static_cast<int>(l);
@@ -630,11 +659,18 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
     // another reader (in this process or another holding the connection)
     // is not held up behind us, and everything is looked at again after.
     lk.unlock();
-    int w = wait(true, left, peek_need);
+    int w = wait(true, left, std::max(peek_need, lowat_need));
     lk.lock();
     if (w == EINTR && got == 0 && timeout < 0 && signals_restart()) {
       // An SA_RESTART handler ran: the kernel restarts a recv that had
       // nothing yet (with bytes, it returns them).
+      continue;
+    }
+    if (w != 0 && w != EAGAIN && w != EINTR && sh_->err.load() != 0) {
+      continue;  // the wait ended the connection: reported (once) above
+    }
+    if (w == EINTR && lowat_need > 0) {
+      lowat_done = true;  // a signal: what is there is returned, as TCP does
       continue;
     }
     if (w == EINTR || (w != 0 && w != EAGAIN)) {
@@ -655,12 +691,14 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
     }
     return {-1, EPIPE};
   };
-  // Our own abort (a failed wait, a reset, a violation seen by a reader):
-  // reported once; afterwards the pipe is just broken.
+  // A reset (the peer's, or our own abort): reported once, by whichever
+  // call comes first; afterwards the pipe is just broken.
   auto aborted = [&]() -> io_result {
-    const int e = sh_->err.load();
-    sh_->err.store(EPIPE);
-    return e == EPIPE ? epipe() : io_result{-1, e};
+    if (sh_->err.load() == EPIPE) {
+      return epipe();
+    }
+    const io_result r = report_error();
+    return r.err == EPIPE ? epipe() : r;
   };
   if (sh_->err.load() != 0) {
     return aborted();
@@ -684,23 +722,32 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
       return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : aborted();
     }
     uint8_t pf = path_->peer_conn_flags();
-    if ((pf & cdc::conn_abnormal) != 0 || sh_->gone.load()) {
+    if ((pf & cdc::conn_abnormal) != 0 || (sh_->gone.load() && sh_->gone_reset.load())) {
       if (sent > 0) {
         return {static_cast<ssize_t>(sent), 0};
       }
-      if ((pf & cdc::conn_abnormal) != 0 || sh_->gone_reset.load()) {
-        sh_->err.store(EPIPE);
-        return {-1, ECONNRESET};
-      }
-      return epipe();
+      int none = 0;
+      sh_->err.compare_exchange_strong(none, ECONNRESET);
+      return aborted();
     }
-    if ((pf & cdc::conn_closed) != 0) {  // the peer closed: nobody will ever read this
-      return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : epipe();
+    if ((pf & cdc::conn_closed) != 0 || sh_->gone.load()) {
+      // The peer closed: nobody will ever read this. TCP takes the bytes and
+      // learns so from the peer's reset, which in CLOSE_WAIT is an EPIPE for
+      // the next write (or SO_ERROR) to report; the same here, without the
+      // round trip.
+      if (sent > 0) {
+        return {static_cast<ssize_t>(sent), 0};
+      }
+      int none = 0;
+      sh_->err.compare_exchange_strong(none, err_pending_epipe);
+      path_->kick_rx();
+      path_->kick_tx();
+      return {static_cast<ssize_t>(want), 0};
     }
     uint32_t space = 0;
     if (!tx_space(space, true)) {
       abort_locally(ECONNRESET);
-      return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : io_result{-1, ECONNRESET};
+      return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : aborted();
     }
     if (space > 0) {
       uint32_t n = static_cast<uint32_t>(std::min<size_t>({space, want - sent, piece}));
@@ -758,6 +805,9 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
     lk.lock();
     if (w == EINTR && sent == 0 && timeout < 0 && signals_restart()) {
       continue;  // as recv
+    }
+    if (w != 0 && w != EAGAIN && w != EINTR && sh_->err.load() != 0) {
+      return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : aborted();
     }
     if (w == EINTR || (w != 0 && w != EAGAIN)) {
       return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : io_result{-1, w};
@@ -829,8 +879,12 @@ poll_mask conn::events() {
   uint32_t space = 0;
   bool tx_ok = tx_look(space);
   uint8_t pf = path_->peer_conn_flags();
-  if (avail > 0 || !rx_ok || sh_->shut_rd.load()) {
+  // Readable once SO_RCVLOWAT bytes are there (tcp_epollin_ready()).
+  if (avail >= std::max<uint32_t>(sh_->rcvlowat.load(std::memory_order_relaxed), 1) || !rx_ok) {
     ev |= POLLIN;
+  }
+  if (sh_->shut_rd.load()) {
+    ev |= POLLIN | POLLRDHUP;  // as tcp_poll() for RCV_SHUTDOWN
   }
   if ((pf & (peer_eof_flags | cdc::conn_abnormal)) != 0 || sh_->gone.load()) {
     ev |= POLLIN | POLLRDHUP;
@@ -840,7 +894,12 @@ poll_mask conn::events() {
   }
   bool wr_shut = (sh_->my_flags.load() & cdc::conn_done_writing) != 0;
   bool peer_hup = (pf & (peer_eof_flags | cdc::conn_abnormal)) != 0 || sh_->gone.load();
-  if ((pf & cdc::conn_abnormal) != 0 || sh_->gone_reset.load() || sh_->err.load() != 0) {
+  const int err = sh_->err.load();
+  if (err == EPIPE) {
+    // Reset, and the error taken already: no POLLERR any more, as tcp_poll()
+    // once sk_err was read.
+    ev |= POLLHUP | POLLIN | POLLOUT | POLLRDHUP;
+  } else if ((pf & cdc::conn_abnormal) != 0 || sh_->gone_reset.load() || err != 0) {
     ev |= POLLERR | POLLHUP | POLLIN | POLLOUT;
   } else if (sh_->gone.load() || (pf & cdc::conn_closed) != 0 || wr_shut) {
     // A write would fail at once (EPIPE): not blocking. After our own
@@ -908,7 +967,32 @@ uint32_t conn::unsent_bytes() {
   return curs_diff(size, cons, prod);
 }
 
-int conn::take_error() { return sh_->so_error.exchange(0); }
+io_result conn::report_error() {
+  int e = sh_->err.load();
+  while (e != 0 && e != EPIPE && !sh_->err.compare_exchange_weak(e, EPIPE)) {
+  }
+  sh_->so_error.store(0);
+  if (e == err_pending_epipe) {
+    return {-1, EPIPE};
+  }
+  return e == 0 || e == EPIPE ? io_result{0, 0} : io_result{-1, e};
+}
+
+int conn::take_error() {
+  // A reset not reported yet is reported here, once (SO_ERROR takes the
+  // socket's error as the kernel's sock_error() does).
+  int e = sh_->err.load();
+  if (e == 0 && ((path_->peer_conn_flags() & cdc::conn_abnormal) != 0 ||
+                 (sh_->gone.load() && sh_->gone_reset.load()))) {
+    sh_->err.compare_exchange_strong(e, ECONNRESET);
+    e = sh_->err.load();
+  }
+  if (e != 0 && e != EPIPE) {
+    io_result r = report_error();
+    return r.n < 0 ? r.err : 0;
+  }
+  return sh_->so_error.exchange(0);
+}
 
 bool conn::tcp_needs_look() {
   // Before a blocking wait: the wait's poll watches the TCP socket (level-

@@ -111,6 +111,7 @@ struct conn_shared {
   std::atomic<int> err;            // sticky error (ECONNRESET, ...)
   std::atomic<int> so_error;       // reported once through SO_ERROR
   std::atomic<uint32_t> notsent_lowat;  // the application's TCP_NOTSENT_LOWAT
+  std::atomic<uint32_t> rcvlowat;       // the application's SO_RCVLOWAT (0, 1: none)
 };
 
 class conn {
@@ -175,6 +176,9 @@ class conn {
   /// The application's TCP_NOTSENT_LOWAT (the socket carries our mark).
   uint32_t app_notsent_lowat() const { return sh_->notsent_lowat.load(); }
   void set_app_notsent_lowat(uint32_t v) { sh_->notsent_lowat.store(v); }
+  /// SO_RCVLOWAT: readable (poll) once that many bytes are there; a blocking
+  /// recv waits for that many (at most what it asks for).
+  void set_rcvlowat(uint32_t v) { sh_->rcvlowat.store(v); }
 
   /// Current readiness (no waiting, no arming).
   poll_mask events();
@@ -182,7 +186,9 @@ class conn {
   uint32_t readable_bytes();
   /// Bytes written but not yet consumed by the peer (SIOCOUTQ).
   uint32_t unsent_bytes();
-  /// Pending error for SO_ERROR (cleared by reading), 0 if none.
+  /// Pending error for SO_ERROR (cleared by reading), 0 if none. A reset
+  /// is reported once, by SO_ERROR, recv or send, whichever comes first;
+  /// afterwards reads see EOF and writes EPIPE, as on a TCP socket.
   int take_error();
   /// Resets a doorbell (`rx`: data, else space) that fired, and returns the
   /// current readiness. If what the doorbell signals holds after the reset
@@ -221,6 +227,9 @@ class conn {
   bool tx_space(uint32_t& space, bool owner);
   bool rx_look(uint32_t& avail);
   bool tx_look(uint32_t& space);
+  /// Reports the pending error once (then err is EPIPE: taken) and clears
+  /// so_error; {0, 0} if none is pending.
+  io_result report_error();
   void abort_locally(int err);
   // Drains a doorbell; a peer that flooded it loses the connection.
   void drain_doorbell(bool rx);

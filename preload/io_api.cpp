@@ -158,8 +158,14 @@ __attribute__((visibility("default"))) ssize_t recvfrom(int fd, void* buf, size_
     return real.recvfrom(fd, buf, n, flags, addr, alen);
   }
   iovec v{buf, n};
-  // A connected TCP socket reports no source address; neither do we.
-  return smc_read(fd, &v, 1, flags, [&] { return real.recvfrom(fd, buf, n, flags, addr, alen); });
+  // A connected TCP socket reports no source address (the kernel sets the
+  // length to 0); neither do we.
+  const ssize_t r =
+      smc_read(fd, &v, 1, flags, [&] { return real.recvfrom(fd, buf, n, flags, addr, alen); });
+  if (r >= 0 && alen != nullptr) {
+    *alen = 0;
+  }
+  return r;
 }
 
 __attribute__((visibility("default"))) ssize_t __recvfrom_chk(int fd, void* buf, size_t n,
@@ -170,8 +176,12 @@ __attribute__((visibility("default"))) ssize_t __recvfrom_chk(int fd, void* buf,
     return real.recvfrom_chk(fd, buf, n, buflen, flags, addr, alen);
   }
   iovec v{buf, n};
-  return smc_read(fd, &v, 1, flags,
-                  [&] { return real.recvfrom_chk(fd, buf, n, buflen, flags, addr, alen); });
+  const ssize_t r = smc_read(
+      fd, &v, 1, flags, [&] { return real.recvfrom_chk(fd, buf, n, buflen, flags, addr, alen); });
+  if (r >= 0 && alen != nullptr) {
+    *alen = 0;  // as recvfrom
+  }
+  return r;
 }
 
 }  // extern "C"

@@ -69,6 +69,9 @@ void apply(entry* e, int fd, core::hs_outcome&& o) {
   if (o.path) {
     const bool rdma = o.path->transport() == rdma::kind::rdma;
     e->conn = std::make_shared<core::conn>(std::move(o.path), fd, cfg().spin_us);
+    if (e->rcvlowat > 1) {
+      e->conn->set_rcvlowat(e->rcvlowat);  // set before the switch
+    }
     mark_smc_socket(e, fd);
     e->st.store(state::smc, std::memory_order_release);
     if (rdma) {
@@ -861,6 +864,18 @@ __attribute__((visibility("default"))) int setsockopt(int fd, int level, int nam
     const int64_t ms = static_cast<int64_t>(tv.tv_sec) * 1000 + (tv.tv_usec + 999) / 1000;
     const int v = ms <= 0 ? -1 : static_cast<int>(std::min<int64_t>(ms, INT_MAX));
     tell_confined(fd, [&](smc::core::conn& c) { c.note_timeout(name == SO_RCVTIMEO, v); });
+  }
+  if (rc == 0 && level == SOL_SOCKET && name == SO_RCVLOWAT && g_enabled && fd_maybe(fd) &&
+      val != nullptr && len >= sizeof(int)) {
+    entry_ref e(fd);
+    if (e) {
+      int v;
+      std::memcpy(&v, val, sizeof(v));
+      e->rcvlowat = v > 0 ? static_cast<uint32_t>(v) : 0;
+      if (e->st.load() == state::smc) {
+        e->conn->set_rcvlowat(e->rcvlowat);
+      }
+    }
   }
   if (rc == 0 && level == SOL_SOCKET && name == SO_LINGER && g_enabled && fd_maybe(fd) &&
       val != nullptr && len >= sizeof(linger)) {
