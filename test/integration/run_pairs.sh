@@ -4,7 +4,9 @@
 # smc_sandbox and smc_stall under scripts/smc_run (and plain) inside fresh
 # network namespaces, verifies every byte, and checks the library's stats
 # files (SMC_STATS_FILE) and the loopback byte counter to prove the data went
-# through shared memory, or that a fallback happened where it must.
+# through shared memory, or that a fallback happened where it must. The diff
+# scenario runs smc_diff.py (python3) plainly and under smc_run and requires
+# the same output: socket semantics on SMC as on TCP.
 #
 # usage (as root): run_pairs.sh BUILD_DIR SMC_RUN
 #   BUILD_DIR  has smc_pair, smc_hostile, spdlog_app, smc_calls, smc_fork,
@@ -791,6 +793,47 @@ scenario_stall() {
   done
 }
 
+# q. differential: smc_diff.py, one script of small server/client cases
+# (non-blocking connect and SO_ERROR, MSG_PEEK, MSG_WAITALL, FIONREAD,
+# half-close both ways, close with unread data, SO_RCVTIMEO, readiness through
+# select/poll/epoll, ...) printing one fact per line, run on plain TCP and
+# under the preload, must print the same lines; the SMC run must have made
+# its connections over shm (the script's 44 connections, less the few whose
+# server never touches the accepted socket, which stay TCP by design).
+scenario_diff() {
+  begin diff || return 0
+  local py=/usr/bin/python3 script=$here/smc_diff.py
+  [ -x "$py" ] || py=$(command -v python3 2>/dev/null)
+  if [ -z "$py" ]; then
+    note "python3 not found"
+    finish
+    return 0
+  fi
+  launch "$DIR/plain" plain -- "$py" "$script"
+  expect_exit "$PID" "$DIR/plain" "smc_diff.py (plain)"
+  launch "$DIR/smc" smc "$PEERS_OK" "$(stats_env smc)" -- "$py" "$script"
+  expect_exit "$PID" "$DIR/smc" "smc_diff.py (smc_run)"
+  if grep -Eq ': (EXCEPTION|KILLED)' "$DIR/plain.out"; then
+    note "plain run: $(grep -E ': (EXCEPTION|KILLED)' "$DIR/plain.out" | head -n 3 | tr '\n' ';')"
+  fi
+  local cases
+  cases=$("$py" "$script" --list | wc -l)
+  if [ "$(cut -d' ' -f1 "$DIR/plain.out" | sort -u | wc -l)" -ne "$cases" ]; then
+    note "plain run printed facts for fewer than the script's $cases cases"
+  fi
+  # Known differences (smc_diff.known: each a limit in README.md) are left
+  # out of both sides; every other fact must be the same.
+  grep -v '^#' "$here/smc_diff.known" | cut -f1 | sed '/^$/d' >"$DIR/known.txt"
+  grep -v -F -f "$DIR/known.txt" "$DIR/plain.out" >"$DIR/plain.cmp"
+  grep -v -F -f "$DIR/known.txt" "$DIR/smc.out" >"$DIR/smc.cmp"
+  if ! diff "$DIR/plain.cmp" "$DIR/smc.cmp" >"$DIR/diff.txt"; then
+    note "output under smc_run differs from plain TCP ($(grep -c '^>' "$DIR/diff.txt") lines; < plain, > smc; $DIR/diff.txt):
+$(head -n 20 "$DIR/diff.txt")"
+  fi
+  expect_stat smc connections.smc_shm -ge 40
+  finish
+}
+
 # ---------------------------------------------------------------- main
 scenario_plain_baseline
 scenario_bulk
@@ -809,6 +852,7 @@ scenario_handoff
 scenario_epoll_reg
 scenario_sandbox
 scenario_stall
+scenario_diff
 
 smct_cleanup
 if summary; then
