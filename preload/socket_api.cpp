@@ -9,7 +9,6 @@
 #include <netinet/tcp.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,6 +24,7 @@
 #include "core/tcp_option.h"
 #include "preload/preload.h"
 #include "rdma/shm/shm_transport.h"
+#include "rdma/sys.h"
 
 using namespace smc::preload;
 using smc::core::reason;
@@ -153,18 +153,6 @@ void passive_job(entry* e, int fd, int dfd, int64_t patience_until) {
   }
 }
 
-// Half the soft RLIMIT_NOFILE: where fds of our own go when we can choose.
-int high_fd_base() {
-  static const int base = [] {
-    rlimit rl{};
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) {
-      return 512;
-    }
-    return static_cast<int>(std::min<rlim_t>(rl.rlim_cur / 2, 1 << 20));
-  }();
-  return base;
-}
-
 // Hands the socket's decision to a background thread (under e->mu, from
 // state undecided or connecting). false: none was free; nothing changed.
 template <class Job>
@@ -175,7 +163,7 @@ bool start_background(entry* e, int fd, Job&& job) {
   // The job's own fd: the application may close its number meanwhile.
   // Numbered high, out of the way of the application's next sockets (event
   // loops size their tables by the fd numbers they expect).
-  int dfd = real.fcntl(fd, F_DUPFD_CLOEXEC, high_fd_base());
+  int dfd = real.fcntl(fd, F_DUPFD_CLOEXEC, rdma::high_fd_base());
   if (dfd < 0) {
     dfd = real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
   }
@@ -186,6 +174,7 @@ bool start_background(entry* e, int fd, Job&& job) {
   e->refs.fetch_add(1);
   e->st.store(state::deciding, std::memory_order_release);
   const bool ok = core::background::run([e, fd, dfd, job = std::forward<Job>(job)] {
+    rdma::set_high_fds(true);  // (a thread of ours: what the handshake makes goes high)
     job(e, fd, dfd);
     real.close(dfd);
     fd_put(e);
@@ -283,6 +272,13 @@ state finish_connect(entry* e, int fd) {
     become_tcp(e, fd, reason::none);
   } else if (!e->believed && core::tcp_option::peer_said(fd) != core::tcp_option::peer::smc) {
     become_tcp(e, fd, reason::peer_not_configured);
+  } else if (start_background(e, fd, [](entry* be, int bfd, int dfd) {
+               publish_decision(be, bfd, dfd, core::client_handshake(dfd, hs_params()),
+                                reason::none);
+             })) {
+    // A non-blocking connect's caller must not wait for the server either.
+    ep_state_changed(e);
+    return state::deciding;
   } else {
     apply(e, fd, core::client_handshake(fd, hs_params()));
   }

@@ -2,9 +2,11 @@
 #include "rdma/sys.h"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -62,6 +64,38 @@ bool send_with_fds(int sock, const void* data, size_t len, const int* fds, size_
   return n == static_cast<ssize_t>(len);
 }
 
+namespace {
+thread_local bool t_high_fds = false;
+}  // namespace
+
+void set_high_fds(bool on) { t_high_fds = on; }
+
+int high_fd_base() {
+  static const int base = [] {
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) {
+      return 512;
+    }
+    return static_cast<int>(std::min<rlim_t>(rl.rlim_cur / 2, 1 << 20));
+  }();
+  return base;
+}
+
+int place_fd(int fd) {
+  if (!t_high_fds || fd < 0 || fd >= high_fd_base()) {
+    return fd;
+  }
+  const int saved = errno;
+  const int high = sys().fcntl(fd, F_DUPFD_CLOEXEC, high_fd_base());
+  if (high < 0) {
+    errno = saved;
+    return fd;
+  }
+  sys().close(fd);
+  errno = saved;
+  return high;
+}
+
 ssize_t recv_with_fds(int sock, void* data, size_t len, std::vector<int>& fds, bool& truncated) {
   iovec iov{data, len};
   alignas(cmsghdr) char buf[CMSG_SPACE(max_passed_fds * sizeof(int))] = {};
@@ -77,7 +111,7 @@ ssize_t recv_with_fds(int sock, void* data, size_t len, std::vector<int>& fds, b
   if (n < 0) {
     return n;
   }
-  for_each_passed_fd(&msg, [&](int fd) { fds.push_back(fd); });
+  for_each_passed_fd(&msg, [&](int fd) { fds.push_back(place_fd(fd)); });
   truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
   return n;
 }

@@ -41,6 +41,22 @@ struct sys_calls {
 /// entry before the first socket is handled.
 sys_calls& sys();
 
+// ---- where our own fds go ----
+
+/// On a thread that sets it (the background threads that run handshakes,
+/// core/background), fds the transports make or receive are renumbered to
+/// half the soft RLIMIT_NOFILE or above (high_fd_base()), so that fds made
+/// while the application makes its own never take the low numbers its
+/// next sockets would get (event loops size tables by the fd numbers they
+/// expect). The application's own threads keep the kernel's numbering: it
+/// costs two system calls per fd.
+void set_high_fds(bool on);
+/// Half the soft RLIMIT_NOFILE (512 if unlimited or unknown).
+int high_fd_base();
+/// fd renumbered as above on such a thread (close-on-exec), else fd itself;
+/// fd itself too when no number that high is free.
+int place_fd(int fd);
+
 /// Doorbells are non-blocking eventfds: ring adds one, drain empties it.
 void doorbell_ring(int efd);
 void doorbell_drain(int efd);

@@ -123,8 +123,8 @@ bool bell_pair(int& bell, int& ring) {
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0) {
     return false;
   }
-  bell = sv[0];
-  ring = sv[1];
+  bell = place_fd(sv[0]);
+  ring = place_fd(sv[1]);
   return true;
 }
 
@@ -347,7 +347,7 @@ namespace {
 // shared into `map`. False + errno on failure (what was made is left in
 // fd and map for the owner to release).
 bool create_sealed(const char* name, size_t bytes, int& fd, void*& map) {
-  fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  fd = place_fd(memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (fd < 0 || ftruncate(fd, static_cast<off_t>(bytes)) != 0 ||
       sys().fcntl(fd, F_ADD_SEALS, required_seals) != 0) {
     return false;
@@ -485,7 +485,7 @@ bool rendezvous::open(uint64_t host_id) {
   host_id_ = host_id;
   for (int attempt = 0; attempt < 8; ++attempt) {
     link_id_ = static_cast<uint32_t>(random64());
-    int fd = sys().socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int fd = place_fd(sys().socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     if (fd < 0) {
       return false;
     }
@@ -521,7 +521,7 @@ bool rendezvous::serve(const local_side& me, int64_t deadline_ms, int abort_fd, 
       }
       return false;
     }
-    int c = sys().accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    int c = place_fd(sys().accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (c < 0) {
       if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) {
         continue;
@@ -559,7 +559,7 @@ bool rendezvous::serve(const local_side& me, int64_t deadline_ms, int abort_fd, 
 
 bool rendezvous_connect(uint64_t host_id, uint32_t link_id, uint64_t server_token,
                         const local_side& me, int64_t deadline_ms, peer_side& out) {
-  int s = sys().socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  int s = place_fd(sys().socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (s < 0) {
     return false;
   }

@@ -487,6 +487,9 @@ def srv_client_shut_wr(S):
     c = S.accept()
     data = recv_to_eof(c)
     S.out("read to eof", show(data), "match", yn(data == rand(3000, 500)))
+    # Not before the client's second shutdown: once this side's reply and
+    # close reach it, TCP's shutdown says ENOTCONN (the socket is closed).
+    S.ctl.wait("shut twice")
     S.out("recv again", attempt(c.recv, 10))
     S.out("send reply", attempt(c.send, b"reply-after-eof"))
     c.close()
@@ -499,6 +502,7 @@ def cli_client_shut_wr(C):
     C.out("shutdown WR", attempt(s.shutdown, socket.SHUT_WR))
     C.out("send after SHUT_WR", attempt(s.send, b"x"))
     C.out("shutdown WR twice", attempt(s.shutdown, socket.SHUT_WR))
+    C.ctl.send("shut twice")
     C.out("reply", show(recv_to_eof(s)))
     C.ctl.wait("closed")
     C.out("recv after", attempt(s.recv, 10))
