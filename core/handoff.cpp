@@ -83,9 +83,11 @@ bool send_msg(int sock, const hof_msg& m, const int* fds, size_t nfds) {
   return rdma::send_with_fds(sock, &m, sizeof(m), fds, nfds);
 }
 
+// Closes fds another process passed us, that we did not take: whatever they
+// are, their close must not block this thread (rdma::close_untrusted).
 void close_all(std::vector<int>& fds) {
   for (int fd : fds) {
-    sys().close(fd);
+    rdma::close_untrusted(fd);
   }
   fds.clear();
 }
@@ -138,7 +140,7 @@ void drop_client(uint64_t token) {
       client c = std::move(*it);
       v.erase(it);
       c.w.reset();
-      sys().close(c.fd);
+      rdma::close_untrusted(c.fd);  // (the client could queue fds on it)
       return;
     }
   }
@@ -156,8 +158,8 @@ bool serve(int fd) {
   sock_id want;
   const bool good = n == static_cast<ssize_t>(sizeof(req)) && !truncated && got.size() == 1 &&
                     req.magic == hof_magic && req.version == hof_version && identify(got[0], want);
-  close_all(got);
   if (!good) {
+    close_all(got);
     hof_msg bad{hof_magic, hof_version, st_bad_request, 0, 0};
     send_msg(fd, bad, nullptr, 0);
     return true;
@@ -166,10 +168,15 @@ bool serve(int fd) {
   if (!take_offer([&](const offer_rec& r) { return r.sock == want; }, o)) {
     // Not ours to give (a stale mark, or an offer that expired): say so,
     // without proof, which the receiver would not trust anyway.
+    close_all(got);
     hof_msg no{hof_magic, hof_version, st_no_offer, 0, 0};
     send_msg(fd, no, nullptr, 0);
     return true;
   }
+  // A copy of the offered connection's own socket: closed as it is (no
+  // untrusted close: its lingering is the application's).
+  sys().close(got[0]);
+  got.clear();
   std::vector<int> fds{o.proof_fd};
   hof_msg ok{hof_magic, hof_version, st_ok, 0, 0};
   if (o.c->path().export_fds(fds, ok.rx_size, ok.tx_size) &&

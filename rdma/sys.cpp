@@ -3,6 +3,8 @@
 
 #include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -96,9 +98,89 @@ int place_fd(int fd) {
   return high;
 }
 
+namespace {
+
+// The most fds one message can carry (the kernel's SCM_MAX_FD): a control
+// buffer this large takes them all, so the kernel never releases the
+// excess on our thread.
+constexpr size_t scm_max_fd = 253;
+// How deep close_untrusted() follows unix sockets passed in unix sockets
+// (the kernel itself bounds such nesting).
+constexpr int untrusted_depth = 4;
+#ifndef SO_PASSRIGHTS
+constexpr int so_passrights = 83;  // <asm-generic/socket.h>, Linux 6.16
+#else
+constexpr int so_passrights = SO_PASSRIGHTS;
+#endif
+
+void close_untrusted_at(int fd, int depth);
+
+int drain_untrusted_at(int sock, int max, int depth) {
+  int taken = 0;
+  while (taken < max) {
+    char data[64];
+    iovec iov{data, sizeof data};
+    alignas(cmsghdr) char buf[CMSG_SPACE(scm_max_fd * sizeof(int))];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = buf;
+    msg.msg_controllen = sizeof(buf);
+    const ssize_t n = sys().recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      break;  // empty, closed, or not a socket to read
+    }
+    ++taken;
+    for_each_passed_fd(&msg, [&](int fd) { close_untrusted_at(fd, depth + 1); });
+  }
+  return taken;
+}
+
+void close_untrusted_at(int fd, int depth) {
+  if (fd < 0) {
+    return;
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) {
+    const linger off{1, 0};
+    sys().setsockopt(fd, SOL_SOCKET, SO_LINGER, &off, sizeof off);
+    int domain = 0;
+    socklen_t l = sizeof domain;
+    if (depth < untrusted_depth && sys().getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &l) == 0 &&
+        domain == AF_UNIX) {
+      ::shutdown(fd, SHUT_RD);  // nothing more can be queued on it
+      drain_untrusted_at(fd, 1 << 12, depth);
+    }
+  }
+  sys().close(fd);
+}
+
+}  // namespace
+
+bool refuse_passed_fds(int sock) {
+  const int off = 0;
+  return sys().setsockopt(sock, SOL_SOCKET, so_passrights, &off, sizeof off) == 0;
+}
+
+void close_untrusted(int fd) {
+  const int saved = errno;
+  close_untrusted_at(fd, 0);
+  errno = saved;
+}
+
+int drain_untrusted(int sock, int max) {
+  const int saved = errno;
+  const int n = drain_untrusted_at(sock, max, 0);
+  errno = saved;
+  return n;
+}
+
 ssize_t recv_with_fds(int sock, void* data, size_t len, std::vector<int>& fds, bool& truncated) {
   iovec iov{data, len};
-  alignas(cmsghdr) char buf[CMSG_SPACE(max_passed_fds * sizeof(int))] = {};
+  alignas(cmsghdr) char buf[CMSG_SPACE(scm_max_fd * sizeof(int))] = {};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;

@@ -57,6 +57,26 @@ int high_fd_base();
 /// fd itself too when no number that high is free.
 int place_fd(int fd);
 
+// ---- fds a peer can reach ----
+
+/// The unix socket refuses SCM_RIGHTS from now on (SO_PASSRIGHTS 0, Linux
+/// 6.16 and later): a sender's fds are turned away (EPERM) instead of being
+/// queued on a socket of ours, where their last reference would be released
+/// on whatever thread of ours empties or closes it. False where the kernel
+/// lacks the option (then only drain_untrusted() keeps that from blocking).
+bool refuse_passed_fds(int sock);
+/// Closes an fd a peer gave us (or a socket a peer could queue fds on)
+/// without letting the close block the caller: a socket's lingering is
+/// turned off first (a TCP socket with unsent data to a peer that does not
+/// read holds close() for its linger time), and a unix socket's queue is
+/// emptied first (drain_untrusted), to a bounded depth. Never for a socket
+/// the application may still use (SO_LINGER is the socket's, not the fd's).
+void close_untrusted(int fd);
+/// Empties a unix socket's receive queue without blocking; fds that came
+/// with the messages are closed with close_untrusted(). Returns how many
+/// messages it took (at most `max`).
+int drain_untrusted(int sock, int max);
+
 /// Doorbells are non-blocking eventfds: ring adds one, drain empties it.
 void doorbell_ring(int efd);
 void doorbell_drain(int efd);

@@ -11,6 +11,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -98,7 +99,7 @@ bool recv_hello(int sock, int64_t deadline_ms, hello& h, int fds[3]) {
   const ssize_t n = recv_with_fds(sock, &h, sizeof(h), got, truncated);
   if (n != static_cast<ssize_t>(sizeof(h)) || truncated || got.size() != 3 || h.magic != hello_magic) {
     for (int fd : got) {
-      sys().close(fd);
+      close_untrusted(fd);
     }
     errno = EPROTO;
     return false;
@@ -107,8 +108,16 @@ bool recv_hello(int sock, int64_t deadline_ms, hello& h, int fds[3]) {
   return true;
 }
 
-// The peer's side, as its hello described it.
+// The peer's side, as its hello described it. Its ringing ends are shut
+// for reading first: the peer holds their other ends and could otherwise
+// queue fds on them, released on our thread when we close them (a socket
+// whose close blocks, one that keeps the peer's connection alive). What it
+// queued already is taken and closed now.
 void take_peer(const int fds[3], const hello& h, peer_side& out) {
+  for (int i = 1; i < 3; ++i) {
+    ::shutdown(fds[i], SHUT_RD);
+    drain_untrusted(fds[i], 1 << 12);
+  }
   out.rmb_fd = fds[0];
   out.rx_ring = fds[1];
   out.tx_ring = fds[2];
@@ -118,6 +127,12 @@ void take_peer(const int fds[3], const hello& h, peer_side& out) {
 
 // ---- doorbells (see shm_transport.h) ----
 
+// Whether this kernel lets a doorbell refuse fds (SO_PASSRIGHTS). Without
+// it a peer can queue fds on our doorbells, and every drain and close of
+// one takes and closes them itself (drain_untrusted) rather than let the
+// kernel release them on our thread.
+std::atomic<bool> g_bells_take_fds{false};
+
 bool bell_pair(int& bell, int& ring) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0) {
@@ -125,7 +140,20 @@ bool bell_pair(int& bell, int& ring) {
   }
   bell = place_fd(sv[0]);
   ring = place_fd(sv[1]);
+  // The peer rings through `ring`: it must never park an fd on `bell`.
+  if (!refuse_passed_fds(bell)) {
+    g_bells_take_fds.store(true, std::memory_order_relaxed);
+  }
   return true;
+}
+
+// Closes one of our doorbells' waiting ends (see g_bells_take_fds).
+void close_bell(int& fd) {
+  if (fd >= 0 && g_bells_take_fds.load(std::memory_order_relaxed)) {
+    close_untrusted(fd);
+    fd = -1;
+  }
+  close_fd(fd);
 }
 
 // Rings through a ringing end. `confined`: the process may no longer make
@@ -159,6 +187,9 @@ void bell_ring(int ring, bool confined) {
 // takes every queued ring at once; a confined process, which may be allowed
 // read() only, reads them one by one.
 bool bell_drain(int bell, bool confined) {
+  if (g_bells_take_fds.load(std::memory_order_relaxed)) {
+    return drain_untrusted(bell, max_queued_rings + 1) <= max_queued_rings;
+  }
   if (!confined) {
     mmsghdr m[max_queued_rings + 1];
     char buf[max_queued_rings + 1][1];
@@ -219,7 +250,10 @@ class shm_path final : public data_path {
            std::unique_ptr<segment> theirs, const bells& b)
       : state_(std::move(state)), mine_(std::move(mine)), theirs_(std::move(theirs)), b_(b) {}
   ~shm_path() override {
-    for (int* fd : {&b_.rx, &b_.rx_ring, &b_.tx, &b_.tx_ring, &b_.peer_rx, &b_.peer_tx}) {
+    close_bell(b_.rx);
+    close_bell(b_.tx);
+    // (The peer's ringing ends were shut for reading when we got them.)
+    for (int* fd : {&b_.rx_ring, &b_.tx_ring, &b_.peer_rx, &b_.peer_tx}) {
       close_fd(*fd);
     }
   }
@@ -457,9 +491,9 @@ std::unique_ptr<state_page> state_page::attach(int fd) {
 }
 
 local_side::~local_side() {
-  close_fd(rx_bell);
+  close_bell(rx_bell);
   close_fd(rx_bell_ring);
-  close_fd(tx_bell);
+  close_bell(tx_bell);
   close_fd(tx_bell_ring);
 }
 
@@ -474,9 +508,12 @@ bool local_side::init(uint32_t rmb_size) {
 }
 
 peer_side::~peer_side() {
-  close_fd(rmb_fd);
-  close_fd(rx_ring);
-  close_fd(tx_ring);
+  // What the peer passed and we did not take (make_path failed): any kind
+  // of fd a peer chose, closed so that it cannot block us.
+  for (int* fd : {&rmb_fd, &rx_ring, &tx_ring}) {
+    close_untrusted(*fd);
+    *fd = -1;
+  }
 }
 
 rendezvous::~rendezvous() { close_fd(fd_); }
@@ -528,26 +565,28 @@ bool rendezvous::serve(const local_side& me, int64_t deadline_ms, int abort_fd, 
       }
       return false;
     }
+    // `c` is shared with whoever connected: fds it queued there after its
+    // hello must not be released on our thread (close_untrusted).
     hello h{};
     int fds[3];
     if (!recv_hello(c, deadline_ms, h, fds)) {
-      sys().close(c);
+      close_untrusted(c);
       continue;
     }
     if (h.to_token != me.token) {
       for (int fd : fds) {
-        sys().close(fd);
+        close_untrusted(fd);
       }
-      sys().close(c);
+      close_untrusted(c);
       continue;
     }
     hello reply{hello_magic, h.from_token, me.token, me.rmb->size(), 0};
     int mine[3] = {me.rmb->fd(), me.rx_bell_ring, me.tx_bell_ring};
     bool sent = send_hello(c, reply, mine);
-    sys().close(c);
+    close_untrusted(c);
     if (!sent || !check_ring(fds[1]) || !check_ring(fds[2])) {
       for (int fd : fds) {
-        sys().close(fd);
+        close_untrusted(fd);
       }
       errno = EPROTO;
       return false;
@@ -575,15 +614,15 @@ bool rendezvous_connect(uint64_t host_id, uint32_t link_id, uint64_t server_toke
   int fds[3];
   if (rc != 0 || !send_hello(s, h, mine) || !recv_hello(s, deadline_ms, h, fds)) {
     int e = errno;
-    sys().close(s);
+    close_untrusted(s);
     errno = e;
     return false;
   }
-  sys().close(s);
+  close_untrusted(s);
   if (h.to_token != me.token || h.from_token != server_token || !check_ring(fds[1]) ||
       !check_ring(fds[2])) {
     for (int fd : fds) {
-      sys().close(fd);
+      close_untrusted(fd);
     }
     errno = EPROTO;
     return false;
