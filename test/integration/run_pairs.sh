@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # run_pairs.sh: the process-pair integration suite. Runs smc_pair,
 # smc_hostile, spdlog_app, smc_calls, smc_fork, smc_handoff, smc_epoll_reg,
-# smc_sandbox and smc_stall under scripts/smc_run (and plain) inside fresh
-# network namespaces, verifies every byte, and checks the library's stats
+# smc_sandbox, smc_stall and smc_evil_peer under scripts/smc_run (and plain)
+# inside fresh network namespaces, verifies every byte, and checks the library's stats
 # files (SMC_STATS_FILE) and the loopback byte counter to prove the data went
 # through shared memory, or that a fallback happened where it must. The diff
 # scenario runs smc_diff.py (python3) plainly and under smc_run and requires
@@ -10,7 +10,7 @@
 #
 # usage (as root): run_pairs.sh BUILD_DIR SMC_RUN
 #   BUILD_DIR  has smc_pair, smc_hostile, spdlog_app, smc_calls, smc_fork,
-#              smc_handoff, smc_epoll_reg, smc_sandbox, smc_stall
+#              smc_handoff, smc_epoll_reg, smc_sandbox, smc_stall, smc_evil_peer
 #   SMC_RUN    path to scripts/smc_run; the environment variable SMC_RUN
 #              overrides it (e.g. a stub that just execs, for a dry run)
 #   SMCT_ONLY  optional regex: run only scenarios whose name matches
@@ -38,7 +38,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "run_pairs.sh: needs root (ip netns)" >&2
   exit 2
 fi
-for b in smc_pair smc_hostile spdlog_app smc_calls smc_handoff smc_epoll_reg smc_sandbox smc_stall; do
+for b in smc_pair smc_hostile spdlog_app smc_calls smc_handoff smc_epoll_reg smc_sandbox smc_stall smc_evil_peer; do
   if [ ! -x "$BUILD/$b" ]; then
     echo "run_pairs.sh: $BUILD/$b not built" >&2
     exit 2
@@ -793,6 +793,35 @@ scenario_stall() {
   done
 }
 
+# p2. the same for the client side: an event-loop client (poll, epoll)
+# whose non-blocking connect reaches a silent server (it reads the Proposal,
+# answers nothing) keeps serving its other connections: 3 echo rounds
+# against an ordinary server, each within 0.5 s, over SMC.
+scenario_stall_client() {
+  local loop qpid qport
+  for loop in poll epoll; do
+    begin "stall_client_${loop}" || continue
+    start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_stall" server \
+      --loop epoll --count 3
+    local sport=$PORT epid=$SPID
+    start_server "$DIR/silent" plain -- "$BUILD/smc_stall" silent --hold-ms 3000
+    qpid=$SPID qport=$PORT
+    if [ -n "$sport" ] && [ -n "$qport" ]; then
+      launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- "$BUILD/smc_stall" client \
+        --loop "$loop" --port "$sport" --silent-port "$qport"
+      expect_exit "$PID" "$DIR/client" client
+      expect_line "$DIR/client.out" '^client ok max_ms=[0-9]+$' client
+      expect_line "$DIR/silent.out" '^silent in place' silent
+      # Only the echo rounds are SMC; the silent server's connection never is.
+      expect_stat client connections.smc_shm -ge 3
+    fi
+    expect_exit "$qpid" "$DIR/silent" silent
+    expect_server_exit "$epid" "$DIR/server"
+    expect_line "$DIR/server.out" '^ok served 3 epoll$' server
+    finish
+  done
+}
+
 # q. differential: smc_diff.py, one script of small server/client cases
 # (non-blocking connect and SO_ERROR, MSG_PEEK, MSG_WAITALL, FIONREAD,
 # half-close both ways, close with unread data, SO_RCVTIMEO, readiness through
@@ -834,6 +863,68 @@ $(head -n 20 "$DIR/diff.txt")"
   finish
 }
 
+# r. a hostile same-host peer (smc_evil_peer evil, no preload: the real shm
+# handshake through the project's own code, then misbehaviour with
+# everything it holds: doorbells flooded or rung without end, garbage over
+# every shared page, waiter counts, rung flags, close flags and cursors
+# flipped, never consuming, closing in the middle of a write, wrong fds in
+# the rendezvous (also on as many connections as the server has handshake
+# threads) and fds sent through the doorbells) must cost only its own
+# connections: while it holds, an ordinary client of the same
+# single-threaded server (poll, level-triggered epoll) under the preload is
+# answered within 0.5 s in each of 3 rounds, over SMC; the server ends every
+# connection of the peer once the peer exited (within 5 s), never crashes,
+# and the ASan+UBSan preload finds nothing.
+scenario_evil() {
+  local loop kind epid conns hold=1500 bad
+  for loop in poll epoll; do
+    for kind in flood_doorbells ring_storm garbage_pages flip_flags never_consume close_mid_write bad_fds \
+      bad_fds_pool bad_fds_bell bad_fds_bell_tcp bad_fds_bell_linger bad_fds_ring_linger; do
+      begin "evil_${loop}_${kind}" || continue
+      case $kind in  # the evil peer's connections (smc_evil_peer.cpp, "Kinds")
+        flip_flags) conns=4 ;;
+        bad_fds) conns=12 ;;
+        bad_fds_pool) conns=32 ;;
+        *) conns=1 ;;
+      esac
+      start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_evil_peer" server \
+        --loop "$loop" --count $((conns + 3))
+      if [ -n "$PORT" ]; then
+        launch "$DIR/evil" plain -- "$BUILD/smc_evil_peer" evil --port "$PORT" --kind "$kind" --hold-ms "$hold"
+        epid=$PID
+        if wait_line "$DIR/evil.out" "^evil $kind in place\$" "$epid" 20; then
+          launch "$DIR/probe" smc "$PEERS_OK" "$(stats_env probe)" -- "$BUILD/smc_evil_peer" probe \
+            --port "$PORT" --count 3 --gap-ms 250
+          expect_exit "$PID" "$DIR/probe" probe
+          expect_line "$DIR/probe.out" '^probe ok max_ms=[0-9]+$' probe
+          # A pass counts only if the peer still misbehaved throughout.
+          if grep -q '^probe ok' "$DIR/probe.out" 2>/dev/null && ! pid_alive "$epid"; then
+            note "the evil peer ended before the probe did (its --hold-ms $hold is too short here)"
+          fi
+          expect_stat probe connections.smc_shm -ge 3
+        else
+          note "evil peer never in place ($(grep -v '^$' "$DIR/evil.err" 2>/dev/null | tail -n 1))"
+        fi
+        expect_exit "$epid" "$DIR/evil" "evil peer"
+        # Its connections end with its process: the server sees them end.
+        if ! wait_exit_within "$SPID" 5000; then
+          note "server still running 5 s after the evil peer exited ($(grep -c '^server ended' "$DIR/server.out" 2>/dev/null) of $((conns + 3)) connections ended)"
+          # shellcheck disable=SC2046
+          kill -TERM $(descendant_pids "$SPID") 2>/dev/null
+        fi
+      fi
+      expect_server_exit "$SPID" "$DIR/server"
+      expect_line "$DIR/server.out" "^ok served $((conns + 3)) $loop\$" server
+      expect_stat server connections.smc_shm -ge 3
+      bad=$(grep -hE 'AddressSanitizer|runtime error' "$DIR/server.err" "$DIR/probe.err" 2>/dev/null | head -n 1)
+      if [ -n "$bad" ]; then
+        note "sanitizer: $bad"
+      fi
+      finish
+    done
+  done
+}
+
 # ---------------------------------------------------------------- main
 scenario_plain_baseline
 scenario_bulk
@@ -852,7 +943,9 @@ scenario_handoff
 scenario_epoll_reg
 scenario_sandbox
 scenario_stall
+scenario_stall_client
 scenario_diff
+scenario_evil
 
 smct_cleanup
 if summary; then

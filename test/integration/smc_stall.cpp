@@ -23,6 +23,19 @@
 //                           server's shm rendezvous socket, sends nothing
 //       prints "attack KIND in place", holds everything open for T ms
 //       (default 3000) without sending or reading, and exits 0.
+//   smc_stall silent [--addr A] [--port P] [--portfile F] [--hold-ms T]
+//       run WITHOUT the preload: a server that accepts one connection,
+//       reads a whole CLC message from it (the client's Proposal), prints
+//       "silent in place", then answers nothing for T ms and exits 0.
+//   smc_stall client [--addr A] --port P --silent-port Q --loop poll|epoll [--count N]
+//       an event-loop client (run under the preload, with 127.0.0.1 in
+//       SMC_PEERS): one thread, non-blocking sockets; first a connect to
+//       the silent server Q (its handshake then waits for an Accept that
+//       never comes), then N rounds (default 3) of connect, 64 bytes out and
+//       back verified, close against the echo server P, all in one poll()
+//       or epoll set with the silent socket; each round must end within
+//       500 ms ("client ok max_ms=X"). The silent connection must not
+//       hold up the loop.
 //   smc_stall probe [--addr A] --port P [--count N]
 //       an ordinary client (run under the preload): N rounds (default 3) of
 //       connect, 64 bytes out, the 64 echoed bytes back and verified, close;
@@ -82,6 +95,8 @@ std::string err_text(const std::string& what) { return what + ": " + std::strerr
                "usage: smc_stall server [--addr A] [--port P] [--portfile F] --loop poll|epoll [--count N]\n"
                "       smc_stall attack [--addr A] --port P --kind KIND [--hold-ms T]\n"
                "       smc_stall probe [--addr A] --port P [--count N]\n"
+               "       smc_stall silent [--addr A] [--port P] [--portfile F] [--hold-ms T]\n"
+               "       smc_stall client [--addr A] --port P --silent-port Q --loop poll|epoll [--count N]\n"
                "       (all: [--timeout S], default 60)\n"
                "kinds: silent_proposal partial_proposal silent_confirm slow_rendezvous\n",
                why.c_str());
@@ -96,6 +111,7 @@ struct options : smc_test::endpoint_options {
   bool count_given = false;
   int hold_ms = 3000;
   unsigned timeout = 60;
+  uint16_t silent_port = 0;
 };
 
 // ---------------------------------------------------------------- server
@@ -527,16 +543,186 @@ int probe(const options& o) {
   return 0;
 }
 
+// ---------------------------------------------------------------- silent, client
+
+int silent(const options& o) {
+  std::string error;
+  int ls = smc_test::open_listener(o.addr, o.port, 4, o.portfile, error);
+  if (ls < 0) {
+    die("silent: " + error);
+  }
+  const int c = ::accept(ls, nullptr, nullptr);
+  if (c < 0) {
+    die(err_text("silent: accept"));
+  }
+  clc::header h;
+  read_clc(c, h);  // the client's Proposal, whole
+  std::printf("silent in place (got a CLC message of %u bytes)\n", static_cast<unsigned>(h.length));
+  std::fflush(stdout);
+  const int64_t until = now_ms() + o.hold_ms;
+  for (int64_t left; (left = until - now_ms()) > 0;) {
+    pollfd p{c, 0, 0};  // no events: just wait out the hold
+    ::poll(&p, 1, static_cast<int>(left));
+  }
+  ::close(c);
+  ::close(ls);
+  return 0;
+}
+
+// A non-blocking connect to addr:port (EINPROGRESS is fine).
+int connect_nb(const std::string& addr, uint16_t port, const std::string& what) {
+  sockaddr_storage ss;
+  socklen_t len = 0;
+  std::string error;
+  int fd = smc_test::open_tcp_socket(addr, port, ss, len, error);
+  if (fd < 0) {
+    die(what + ": " + error);
+  }
+  if (!smc_test::set_nonblocking(fd)) {
+    die(err_text(what + ": fcntl O_NONBLOCK"));
+  }
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 && errno != EINPROGRESS) {
+    die(err_text(what + ": connect"));
+  }
+  return fd;
+}
+
+// One echo round driven by readiness: connect, send 64 B, read them back.
+struct round_state {
+  int fd = -1;
+  enum { connecting, reading } step = connecting;
+  uint8_t out[probe_bytes];
+  uint8_t in[probe_bytes];
+  size_t got = 0;
+};
+
+// Advances the round on readiness `ev` (POLL* bits); true when it is done.
+bool advance(round_state& r, short ev, uint64_t round) {
+  const std::string at = "client round=" + std::to_string(round);
+  if (r.step == round_state::connecting) {
+    if ((ev & (POLLOUT | POLLERR | POLLHUP)) == 0) {
+      return false;
+    }
+    int err = 0;
+    socklen_t l = sizeof err;
+    if (::getsockopt(r.fd, SOL_SOCKET, SO_ERROR, &err, &l) != 0 || err != 0) {
+      errno = err;
+      die(err_text(at + ": connect"));
+    }
+    ssize_t n = ::send(r.fd, r.out, sizeof r.out, MSG_NOSIGNAL);
+    if (n != static_cast<ssize_t>(sizeof r.out)) {
+      if (n < 0 && errno == EAGAIN) {
+        return false;  // not decided yet: writable again once it is
+      }
+      die(err_text(at + ": send"));
+    }
+    r.step = round_state::reading;
+    return false;
+  }
+  if ((ev & (POLLIN | POLLERR | POLLHUP)) == 0) {
+    return false;
+  }
+  ssize_t n = ::recv(r.fd, r.in + r.got, sizeof r.in - r.got, 0);
+  if (n < 0 && errno == EAGAIN) {
+    return false;
+  }
+  if (n <= 0) {
+    die(n == 0 ? at + ": EOF" : err_text(at + ": recv"));
+  }
+  r.got += static_cast<size_t>(n);
+  if (r.got < sizeof r.in) {
+    return false;
+  }
+  if (std::memcmp(r.in, r.out, sizeof r.in) != 0) {
+    die(at + ": echo differs");
+  }
+  return true;
+}
+
+int client(const options& o) {
+  // The silent server's connection first: its handshake starts with the
+  // loop's first look at it and then waits for an Accept that never comes.
+  const int quiet = connect_nb(o.addr, o.silent_port, "client (silent)");
+  int ep = -1;
+  if (o.loop == "epoll") {
+    ep = ::epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0) {
+      die(err_text("client: epoll_create1"));
+    }
+    ep_ctl(ep, EPOLL_CTL_ADD, quiet, EPOLLIN | EPOLLOUT);
+  }
+  int64_t max_ms = 0;
+  std::vector<std::string> slow;
+  for (uint64_t round = 0; round < o.count; ++round) {
+    round_state r;
+    smc_test::pattern_fill(0xc11e47 + round, 0, r.out, sizeof r.out);
+    const int64_t t0 = now_ms();
+    r.fd = connect_nb(o.addr, o.port, "client round=" + std::to_string(round));
+    if (ep >= 0) {
+      ep_ctl(ep, EPOLL_CTL_ADD, r.fd, EPOLLIN | EPOLLOUT);
+    }
+    bool done = false;
+    while (!done) {
+      if (now_ms() - t0 > 20000) {
+        die("client round=" + std::to_string(round) + ": not done after 20 s");
+      }
+      short rev = 0;
+      if (ep < 0) {
+        pollfd p[2] = {{quiet, POLLIN | POLLOUT, 0}, {r.fd, POLLIN | POLLOUT, 0}};
+        if (::poll(p, 2, 1000) < 0 && errno != EINTR) {
+          die(err_text("client: poll"));
+        }
+        rev = p[1].revents;
+      } else {
+        epoll_event evs[4];
+        int n = ::epoll_wait(ep, evs, 4, 1000);
+        if (n < 0 && errno != EINTR) {
+          die(err_text("client: epoll_wait"));
+        }
+        for (int i = 0; i < n; ++i) {
+          if (evs[i].data.fd == r.fd) {
+            rev = static_cast<short>(evs[i].events);
+          }
+        }
+      }
+      done = advance(r, rev, round);
+    }
+    const int64_t ms = now_ms() - t0;
+    if (ep >= 0) {
+      ep_ctl(ep, EPOLL_CTL_DEL, r.fd, 0);
+    }
+    ::close(r.fd);
+    std::printf("client round=%llu ms=%lld\n", static_cast<unsigned long long>(round),
+                static_cast<long long>(ms));
+    std::fflush(stdout);
+    max_ms = std::max(max_ms, ms);
+    if (ms > probe_limit_ms) {
+      slow.push_back("round " + std::to_string(round) + " took " + std::to_string(ms) + " ms");
+    }
+  }
+  ::close(quiet);
+  if (!slow.empty()) {
+    std::string why;
+    for (const auto& x : slow) {
+      why += (why.empty() ? "" : ", ") + x;
+    }
+    die("client: not answered within " + std::to_string(probe_limit_ms) + " ms: " + why);
+  }
+  std::printf("client ok max_ms=%lld\n", static_cast<long long>(max_ms));
+  return 0;
+}
+
 int run(int argc, char** argv) {
   if (argc < 2) {
     usage("missing role");
   }
   options o;
   o.role = argv[1];
-  if (o.role != "server" && o.role != "attack" && o.role != "probe") {
-    usage("role must be server, attack or probe");
+  if (o.role != "server" && o.role != "attack" && o.role != "probe" && o.role != "silent" &&
+      o.role != "client") {
+    usage("role must be server, attack, probe, silent or client");
   }
-  if (o.role == "probe") {
+  if (o.role == "probe" || o.role == "client") {
     o.count = 3;
   }
   smc_test::arg_reader args(argc, argv, 2, usage);
@@ -547,12 +733,14 @@ int run(int argc, char** argv) {
     const std::string& n = args.name();
     if (n == "--timeout") {
       o.timeout = static_cast<unsigned>(std::max<uint64_t>(1, args.size_value("bad value for ")));
-    } else if (n == "--loop" && o.role == "server") {
+    } else if (n == "--silent-port" && o.role == "client") {
+      o.silent_port = static_cast<uint16_t>(std::min<uint64_t>(args.size_value("bad value for "), 65535));
+    } else if (n == "--loop" && (o.role == "server" || o.role == "client")) {
       o.loop = args.value();
       if (o.loop != "poll" && o.loop != "epoll") {
         usage("--loop must be poll or epoll");
       }
-    } else if (n == "--count" && o.role != "attack") {
+    } else if (n == "--count" && (o.role == "server" || o.role == "probe" || o.role == "client")) {
       o.count = args.size_value("bad value for ");
       o.count_given = true;
     } else if (n == "--kind" && o.role == "attack") {
@@ -561,16 +749,19 @@ int run(int argc, char** argv) {
           o.kind != "slow_rendezvous") {
         usage("unknown --kind " + o.kind);
       }
-    } else if (n == "--hold-ms" && o.role == "attack") {
+    } else if (n == "--hold-ms" && (o.role == "attack" || o.role == "silent")) {
       o.hold_ms = static_cast<int>(std::min<uint64_t>(args.size_value("bad value for "), 3600 * 1000));
     } else {
       usage("unknown option " + n + " for " + o.role);
     }
   }
-  if (o.role == "server" && o.loop.empty()) {
-    usage("server needs --loop poll|epoll");
+  if ((o.role == "server" || o.role == "client") && o.loop.empty()) {
+    usage(o.role + " needs --loop poll|epoll");
   }
-  if (o.role != "server" && !o.port_given) {
+  if (o.role == "client" && o.silent_port == 0) {
+    usage("client needs --silent-port");
+  }
+  if (o.role != "server" && o.role != "silent" && !o.port_given) {
     usage(o.role + " needs --port");
   }
   if (o.role == "attack" && o.kind.empty()) {
@@ -579,7 +770,7 @@ int run(int argc, char** argv) {
   if (o.role == "probe" && o.count == 0) {
     usage("probe needs --count >= 1");
   }
-  if (o.role == "attack") {
+  if (o.role == "attack" || o.role == "silent") {
     // The watchdog must not fire while the attack holds on purpose.
     o.timeout = std::max<unsigned>(o.timeout, static_cast<unsigned>(o.hold_ms / 1000) + attack_io_ms / 1000 + 10);
   }
@@ -589,6 +780,12 @@ int run(int argc, char** argv) {
   }
   if (o.role == "attack") {
     return attack(o);
+  }
+  if (o.role == "silent") {
+    return silent(o);
+  }
+  if (o.role == "client") {
+    return client(o);
   }
   return probe(o);
 }
