@@ -85,7 +85,6 @@
 #include <linux/falloc.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -97,15 +96,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <cstdarg>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <exception>
 #include <functional>
-#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -118,6 +114,7 @@
 #include "core/host_id.h"
 #include "rdma/shm/shm_transport.h"
 #include "rdma/sys.h"
+#include "test/integration/echo_loop.h"
 #include "test/integration/net_util.h"
 
 namespace {
@@ -131,11 +128,14 @@ using smc::core::curs_ahead_within;
 using smc::core::curs_diff;
 using smc::core::curs_pack;
 using smc::core::curs_unpack;
+using smc_test::err_text;
 using smc_test::now_ms;
+using smc_test::say;
+using smc_test::sleep_ms;
 
-constexpr int64_t probe_limit_ms = 500;  // the acceptance criterion
-constexpr size_t probe_bytes = 64;
-constexpr int evil_io_ms = 5000;         // bound on the evil role's own waits
+constexpr const char* prog = "smc_evil_peer";
+constexpr int evil_io_ms = 5000;  // bound on the evil role's own waits
+constexpr smc_test::raw_role evil_role{prog, "evil", evil_io_ms};
 constexpr size_t server_out_cap = 1u << 20;
 constexpr uint32_t evil_rmb_size = 64 * 1024;
 constexpr int linger_s = 30;
@@ -145,291 +145,23 @@ const char* const kinds[] = {"flood_doorbells",  "ring_storm",          "garbage
                              "bad_fds",          "bad_fds_pool",        "bad_fds_bell",
                              "bad_fds_bell_tcp", "bad_fds_bell_linger", "bad_fds_ring_linger"};
 
-[[noreturn]] void die(const std::string& why) {
-  std::fflush(stdout);
-  std::fprintf(stderr, "smc_evil_peer: FAIL %s\n", why.c_str());
-  std::fflush(stderr);
-  // exit, not _exit: under the preload the process still writes its stats
-  // file; should the exit itself hang, the alarm() watchdog ends it.
-  std::exit(1);
-}
+[[noreturn]] void die(const std::string& why) { smc_test::fail(prog, why); }
 
-std::string err_text(const std::string& what) { return what + ": " + std::strerror(errno); }
+constexpr const char* usage_text =
+    "usage: smc_evil_peer server [--addr A] [--port P] [--portfile F] --loop poll|epoll [--count N]\n"
+    "       smc_evil_peer evil [--addr A] --port P --kind KIND [--hold-ms T]\n"
+    "       smc_evil_peer probe [--addr A] --port P [--count N] [--gap-ms G]\n";
 
-[[noreturn]] void usage(const std::string& why) {
-  std::fprintf(stderr,
-               "smc_evil_peer: %s\n"
-               "usage: smc_evil_peer server [--addr A] [--port P] [--portfile F] --loop poll|epoll [--count N]\n"
-               "       smc_evil_peer evil [--addr A] --port P --kind KIND [--hold-ms T]\n"
-               "       smc_evil_peer probe [--addr A] --port P [--count N] [--gap-ms G]\n"
-               "       (all: [--timeout S], default 60)\n"
-               "kinds:",
-               why.c_str());
-  for (const char* k : kinds) {
-    std::fprintf(stderr, " %s", k);
-  }
-  std::fprintf(stderr, "\n");
-  std::exit(2);
-}
+[[noreturn]] void usage(const std::string& why) { smc_test::usage_exit(prog, why, usage_text, kinds); }
 
-struct options : smc_test::endpoint_options {
-  std::string role;
-  std::string loop;
-  std::string kind;
-  uint64_t count = 0;
-  int hold_ms = 3000;
+struct options : smc_test::loop_options {
   int gap_ms = 0;
-  unsigned timeout = 60;
 };
-
-void say(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-void say(const char* fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  std::vprintf(fmt, ap);
-  va_end(ap);
-  std::fputc('\n', stdout);
-  std::fflush(stdout);
-}
-
-void sleep_ms(int ms) { ::poll(nullptr, 0, ms); }
 
 // ---------------------------------------------------------------- server
 
-struct echo_conn {
-  int fd = -1;
-  std::string out;
-  uint64_t echoed = 0;
-  int64_t since_ms = 0;
-};
-
-// Sends what is pending until EAGAIN; false when the connection failed.
-bool flush(echo_conn& c) {
-  while (!c.out.empty()) {
-    ssize_t n = ::send(c.fd, c.out.data(), c.out.size(), MSG_NOSIGNAL);
-    if (n > 0) {
-      c.out.erase(0, static_cast<size_t>(n));
-      c.echoed += static_cast<uint64_t>(n);
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      return true;
-    } else {
-      return false;
-    }
-  }
-  return true;
-}
-
-// Reads (while less than server_out_cap waits to go out) and echoes; false
-// when the connection ended (EOF or an error, `how` says which).
-bool serve_readable(echo_conn& c, std::string& how) {
-  char buf[65536];
-  while (c.out.size() < server_out_cap) {
-    ssize_t n = ::recv(c.fd, buf, sizeof buf, 0);
-    if (n > 0) {
-      c.out.append(buf, static_cast<size_t>(n));
-      if (!flush(c)) {
-        how = err_text("send");
-        return false;
-      }
-      continue;
-    }
-    if (n == 0) {
-      how = "eof";
-      return false;
-    }
-    if (errno == EINTR) {
-      continue;
-    }
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      return true;
-    }
-    how = err_text("recv");
-    return false;
-  }
-  return true;  // the peer does not take what we send: stop reading until it does
-}
-
-std::vector<int> accept_all(int ls) {
-  std::vector<int> fds;
-  for (;;) {
-    int fd = ::accept4(ls, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd >= 0) {
-      fds.push_back(fd);
-      continue;
-    }
-    if (errno == EINTR || errno == ECONNABORTED) {
-      continue;
-    }
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      return fds;
-    }
-    die(err_text("server: accept4"));
-  }
-}
-
-void report_end(const echo_conn& c, const std::string& how) {
-  std::printf("server ended fd=%d echoed=%llu after_ms=%lld (%s)\n", c.fd,
-              static_cast<unsigned long long>(c.echoed), static_cast<long long>(now_ms() - c.since_ms),
-              how.c_str());
-  std::fflush(stdout);
-}
-
-// One pass over a connection that the loop found ready; false when it ended.
-bool serve_ready(echo_conn& c, bool out_ready, bool in_ready, std::string& how) {
-  if (out_ready && !flush(c)) {
-    how = err_text("send");
-    return false;
-  }
-  if (in_ready && c.out.size() < server_out_cap) {
-    return serve_readable(c, how);
-  }
-  return true;
-}
-
-int serve_poll(int ls, uint64_t count) {
-  std::map<int, echo_conn> conns;
-  uint64_t ended = 0;
-  while (count == 0 || ended < count) {
-    std::vector<pollfd> pfds;
-    pfds.push_back({ls, POLLIN, 0});
-    for (const auto& [fd, c] : conns) {
-      short ev = static_cast<short>((c.out.size() < server_out_cap ? POLLIN | POLLRDHUP : 0) |
-                                    (c.out.empty() ? 0 : POLLOUT));
-      pfds.push_back({fd, ev, 0});
-    }
-    int n = ::poll(pfds.data(), pfds.size(), 1000);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      die(err_text("server --loop poll: poll"));
-    }
-    for (const pollfd& p : pfds) {
-      if (p.revents == 0) {
-        continue;
-      }
-      if (p.fd == ls) {
-        for (int fd : accept_all(ls)) {
-          conns[fd] = echo_conn{fd, {}, 0, now_ms()};
-        }
-        continue;
-      }
-      if ((p.revents & POLLNVAL) != 0) {
-        die("server --loop poll: POLLNVAL on fd " + std::to_string(p.fd));
-      }
-      echo_conn& c = conns[p.fd];
-      std::string how;
-      const bool err = (p.revents & (POLLHUP | POLLERR)) != 0;
-      bool open = serve_ready(c, (p.revents & POLLOUT) != 0 || err,
-                              (p.revents & (POLLIN | POLLRDHUP)) != 0 || err, how);
-      if (open && err && c.out.size() >= server_out_cap) {
-        // Hung up or failed while we wait to send: one more try says which.
-        open = flush(c);
-        how = open ? how : err_text("send");
-      }
-      if (!open) {
-        report_end(c, how);
-        ::close(c.fd);
-        conns.erase(p.fd);
-        ++ended;
-      }
-    }
-  }
-  std::printf("ok served %llu poll\n", static_cast<unsigned long long>(ended));
-  return 0;
-}
-
-void ep_ctl(int ep, int op, int fd, uint32_t events) {
-  epoll_event ev{};
-  ev.events = events;
-  ev.data.fd = fd;
-  if (::epoll_ctl(ep, op, fd, op == EPOLL_CTL_DEL ? nullptr : &ev) != 0) {
-    die(err_text("server --loop epoll: epoll_ctl op " + std::to_string(op) + " fd " + std::to_string(fd)));
-  }
-}
-
-uint32_t wanted(const echo_conn& c) {
-  return (c.out.size() < server_out_cap ? static_cast<uint32_t>(EPOLLIN | EPOLLRDHUP) : 0u) |
-         (c.out.empty() ? 0u : static_cast<uint32_t>(EPOLLOUT));
-}
-
-// Level-triggered: EPOLLIN while we read, EPOLLOUT while an echo is pending.
-int serve_epoll(int ls, uint64_t count) {
-  int ep = ::epoll_create1(EPOLL_CLOEXEC);
-  if (ep < 0) {
-    die(err_text("server --loop epoll: epoll_create1"));
-  }
-  ep_ctl(ep, EPOLL_CTL_ADD, ls, EPOLLIN);
-  std::map<int, echo_conn> conns;
-  std::map<int, uint32_t> armed;
-  uint64_t ended = 0;
-  while (count == 0 || ended < count) {
-    epoll_event evs[64];
-    int n = ::epoll_wait(ep, evs, 64, 1000);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      die(err_text("server --loop epoll: epoll_wait"));
-    }
-    for (int i = 0; i < n; ++i) {
-      int fd = evs[i].data.fd;
-      uint32_t ev = evs[i].events;
-      if (fd == ls) {
-        for (int cfd : accept_all(ls)) {
-          conns[cfd] = echo_conn{cfd, {}, 0, now_ms()};
-          armed[cfd] = EPOLLIN | EPOLLRDHUP;
-          ep_ctl(ep, EPOLL_CTL_ADD, cfd, armed[cfd]);
-        }
-        continue;
-      }
-      auto it = conns.find(fd);
-      if (it == conns.end()) {
-        continue;  // closed earlier in this batch
-      }
-      echo_conn& c = it->second;
-      std::string how;
-      const bool err = (ev & (EPOLLHUP | EPOLLERR)) != 0;
-      bool open = serve_ready(c, (ev & EPOLLOUT) != 0 || err, (ev & (EPOLLIN | EPOLLRDHUP)) != 0 || err, how);
-      if (open && err && c.out.size() >= server_out_cap) {
-        open = flush(c);
-        how = open ? how : err_text("send");
-      }
-      if (!open) {
-        report_end(c, how);
-        ep_ctl(ep, EPOLL_CTL_DEL, fd, 0);
-        ::close(fd);
-        conns.erase(it);
-        armed.erase(fd);
-        ++ended;
-        continue;
-      }
-      const uint32_t want = wanted(c);
-      if (want != armed[fd]) {
-        ep_ctl(ep, EPOLL_CTL_MOD, fd, want);
-        armed[fd] = want;
-      }
-    }
-  }
-  ::close(ep);
-  std::printf("ok served %llu epoll\n", static_cast<unsigned long long>(ended));
-  return 0;
-}
-
-int server(const options& o) {
-  std::string error;
-  int ls = smc_test::open_listener(o.addr, o.port, 64, o.portfile, error);
-  if (ls < 0) {
-    die("server: " + error);
-  }
-  if (!smc_test::set_nonblocking(ls)) {
-    die(err_text("server: fcntl O_NONBLOCK"));
-  }
-  say("server listening port=%d loop=%s", smc_test::bound_port(ls), o.loop.c_str());
-  return o.loop == "epoll" ? serve_epoll(ls, o.count) : serve_poll(ls, o.count);
-}
+// Echoes all, reading only while less than server_out_cap waits to go out.
+int server(const options& o) { return smc_test::echo_server(o, {prog, o.loop, o.count, server_out_cap, true}); }
 
 // ---------------------------------------------------------------- evil: plumbing
 
@@ -441,73 +173,18 @@ struct keep_list {
 };
 keep_list g_keep;
 
-int tcp_connect(const options& o) {
-  sockaddr_storage ss;
-  socklen_t len = 0;
-  if (!smc_test::parse_addr(o.addr, o.port, ss, len)) {
-    usage("bad --addr " + o.addr);
-  }
-  // A raw TCP socket: this role runs without the preload and speaks CLC itself.
-  int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    die(err_text("evil: socket"));
-  }
-  int rc;
-  do {
-    rc = ::connect(fd, reinterpret_cast<sockaddr*>(&ss), len);
-  } while (rc != 0 && errno == EINTR);
-  if (rc != 0) {
-    die(err_text("evil: connect"));
-  }
-  return fd;
-}
-
-// Reads one whole CLC message within evil_io_ms.
-std::vector<uint8_t> read_clc(int fd, clc::header& h) {
-  timeval tv{evil_io_ms / 1000, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  std::vector<uint8_t> msg(clc::header_len);
-  ssize_t n = smc_test::recv_full(fd, msg.data(), msg.size());
-  if (n < 0) {
-    die(err_text("evil: reading the server's CLC header (after the Proposal)"));
-  }
-  if (static_cast<size_t>(n) < msg.size()) {
-    die("evil: the server closed after " + std::to_string(n) + " bytes instead of answering the Proposal");
-  }
-  if (clc::error e = clc::peek_header(msg, h); e != clc::error::ok) {
-    die(std::string("evil: the server's answer is no CLC header: ") + clc::to_string(e));
-  }
-  msg.resize(h.length);
-  n = smc_test::recv_full(fd, msg.data() + clc::header_len, msg.size() - clc::header_len);
-  if (n < 0 || static_cast<size_t>(n) != msg.size() - clc::header_len) {
-    die(n < 0 ? err_text("evil: reading the rest of the server's CLC message")
-              : std::string("evil: the server closed inside its CLC message"));
-  }
-  return msg;
-}
+// A raw TCP socket: this role runs without the preload and speaks CLC itself.
+int tcp_connect(const options& o) { return smc_test::raw_dial(evil_role, o, usage); }
 
 // The Proposal exactly as client_handshake() builds it for shm, then the
 // server's Accept (a Decline or anything else fails the evil role).
 clc::accept_confirm_d clc_start(int fd) {
-  clc::proposal prop;
-  prop.version = 2;
-  prop.typev1 = clc::type_n;
-  prop.typev2 = clc::type_d;
-  prop.ueids.push_back(clc::make_eid(smc::core::default_ueid()));
-  prop.ism_v2.push_back({smc::core::host_id(), clc::loopback_chid});
-  const std::vector<uint8_t> m = clc::encode(prop);
+  const std::vector<uint8_t> m = smc_test::shm_proposal();
   if (!smc_test::send_all(fd, m.data(), m.size())) {
     die(err_text("evil: send of the Proposal"));
   }
   clc::header h;
-  std::vector<uint8_t> msg = read_clc(fd, h);
-  if (h.type == clc::msg_type::decline) {
-    clc::decline d;
-    unsigned diag = clc::decode(msg, d) == clc::error::ok ? d.diagnosis : 0;
-    char text[96];
-    std::snprintf(text, sizeof text, "evil: the server declined the Proposal (diagnosis 0x%08x)", diag);
-    die(text);
-  }
+  std::vector<uint8_t> msg = smc_test::read_answer(evil_role, fd, h);
   clc::accept_confirm_d acc;
   if (h.type != clc::msg_type::accept || clc::decode(msg, acc) != clc::error::ok) {
     die("evil: the server's answer is no SMC-D Accept");
@@ -1025,22 +702,6 @@ struct rdv_hello {  // rdma/shm/shm_transport.cpp, struct hello
 };
 constexpr uint64_t rdv_magic = 0x534d432d52445631ULL;  // "SMC-RDV1"
 
-int rendezvous_socket(const clc::accept_confirm_d& acc) {
-  int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  if (s < 0) {
-    die(err_text("evil: socket(AF_UNIX)"));
-  }
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  int n = std::snprintf(sa.sun_path + 1, sizeof(sa.sun_path) - 1, "smc-preload/%016llx/%08x",
-                        static_cast<unsigned long long>(acc.gid), static_cast<unsigned>(acc.link_id));
-  auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + n);
-  if (::connect(s, reinterpret_cast<sockaddr*>(&sa), len) != 0) {
-    die(err_text("evil: connect to the rendezvous @" + std::string(sa.sun_path + 1)));
-  }
-  return s;
-}
-
 // The server's hello, if it answers within `ms` (fds it brought go to `fds`).
 bool recv_reply(int s, int ms, rdv_hello& h, std::vector<int>& fds) {
   pollfd p{s, POLLIN, 0};
@@ -1143,7 +804,7 @@ void bad_rendezvous(const options& o, const std::string& variant, const std::str
   } else {  // linger_rings
     fds = {me->rmb->fd(), lingering_socket(), lingering_socket()};
   }
-  const int s = rendezvous_socket(acc);
+  const int s = smc_test::rendezvous_socket(evil_role, acc);
   rdv_hello h{rdv_magic, acc.token, me->token, claimed, 0};
   if (send_fds(s, &h, sizeof h, fds) != static_cast<ssize_t>(sizeof h)) {
     die(err_text("evil: bad_fds " + variant + ": sending the hello"));
@@ -1394,10 +1055,7 @@ int evil(const options& o) {
     kind_ring_linger(c, kind);
   }
   say("evil %s in place", kind.c_str());
-  const int64_t until = now_ms() + o.hold_ms;
-  for (int64_t left = o.hold_ms; left > 0; left = until - now_ms()) {
-    sleep_ms(static_cast<int>(left));
-  }
+  smc_test::hold_for(o.hold_ms);
   bg.finish();
   say("evil %s done after hold_ms=%d", kind.c_str(), o.hold_ms);
   std::fflush(stdout);
@@ -1405,117 +1063,29 @@ int evil(const options& o) {
   _exit(0);
 }
 
-// ---------------------------------------------------------------- probe
-
-int probe(const options& o) {
-  uint8_t out[probe_bytes];
-  uint8_t in[probe_bytes];
-  int64_t max_ms = 0;
-  std::vector<std::string> slow;
-  for (uint64_t round = 0; round < o.count; ++round) {
-    if (round > 0 && o.gap_ms > 0) {
-      sleep_ms(o.gap_ms);
-    }
-    smc_test::pattern_fill(0xe7117 + round, 0, out, sizeof out);
-    std::memset(in, 0, sizeof in);
-    sockaddr_storage ss;
-    socklen_t len = 0;
-    std::string error;
-    int fd = smc_test::open_tcp_socket(o.addr, o.port, ss, len, error);
-    if (fd < 0) {
-      die("probe: " + error);
-    }
-    timeval tv{20, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    const int64_t t0 = now_ms();
-    int rc;
-    do {
-      rc = ::connect(fd, reinterpret_cast<sockaddr*>(&ss), len);
-    } while (rc != 0 && errno == EINTR);
-    if (rc != 0) {
-      die(err_text("probe round=" + std::to_string(round) + ": connect"));
-    }
-    if (!smc_test::send_all(fd, out, sizeof out)) {
-      die(err_text("probe round=" + std::to_string(round) + ": send"));
-    }
-    ssize_t got = smc_test::recv_full(fd, in, sizeof in);
-    const int64_t ms = now_ms() - t0;
-    if (got < 0) {
-      die(err_text("probe round=" + std::to_string(round) + ": recv after " + std::to_string(ms) + " ms"));
-    }
-    if (static_cast<size_t>(got) != sizeof in) {
-      die("probe round=" + std::to_string(round) + ": EOF after " + std::to_string(got) + " of " +
-          std::to_string(sizeof in) + " echoed bytes");
-    }
-    if (std::memcmp(in, out, sizeof in) != 0) {
-      size_t i = 0;
-      while (i < sizeof in && in[i] == out[i]) {
-        ++i;
-      }
-      die("probe round=" + std::to_string(round) + ": echo differs at byte " + std::to_string(i));
-    }
-    ::close(fd);
-    say("probe round=%llu ms=%lld", static_cast<unsigned long long>(round), static_cast<long long>(ms));
-    max_ms = std::max(max_ms, ms);
-    if (ms > probe_limit_ms) {
-      slow.push_back("round " + std::to_string(round) + " took " + std::to_string(ms) + " ms");
-    }
-  }
-  // All rounds run even after a slow one, so the server sees every
-  // connection it counts on and can end normally.
-  if (!slow.empty()) {
-    std::string why;
-    for (const auto& s : slow) {
-      why += (why.empty() ? "" : ", ") + s;
-    }
-    die("probe: not answered within " + std::to_string(probe_limit_ms) + " ms: " + why);
-  }
-  say("probe ok max_ms=%lld", static_cast<long long>(max_ms));
-  return 0;
-}
-
 int run(int argc, char** argv) {
-  if (argc < 2) {
-    usage("missing role");
-  }
   options o;
-  o.role = argv[1];
-  if (o.role != "server" && o.role != "evil" && o.role != "probe") {
-    usage("role must be server, evil or probe");
-  }
+  o.role = smc_test::loop_role(argc, argv, {"server", "evil", "probe"}, usage);
   if (o.role == "probe") {
     o.count = 3;
   }
-  smc_test::arg_reader args(argc, argv, 2, usage);
-  while (args.next()) {
-    if (args.endpoint_option(o, "bad value for ")) {
-      continue;
+  auto takes = [&o](const std::string& n) {  // which role has which shared option
+    if (n == "--loop") {
+      return o.role == "server";
     }
-    const std::string& n = args.name();
-    if (n == "--timeout") {
-      o.timeout = static_cast<unsigned>(std::max<uint64_t>(1, args.size_value("bad value for ")));
-    } else if (n == "--loop" && o.role == "server") {
-      o.loop = args.value();
-      if (o.loop != "poll" && o.loop != "epoll") {
-        usage("--loop must be poll or epoll");
-      }
-    } else if (n == "--count" && o.role != "evil") {
-      o.count = args.size_value("bad value for ");
-    } else if (n == "--gap-ms" && o.role == "probe") {
-      o.gap_ms = static_cast<int>(std::min<uint64_t>(args.size_value("bad value for "), 10000));
-    } else if (n == "--kind" && o.role == "evil") {
-      o.kind = args.value();
-      if (std::find_if(std::begin(kinds), std::end(kinds), [&](const char* k) { return o.kind == k; }) ==
-          std::end(kinds)) {
-        usage("unknown --kind " + o.kind);
-      }
-    } else if (n == "--hold-ms" && o.role == "evil") {
-      o.hold_ms = static_cast<int>(std::min<uint64_t>(args.size_value("bad value for "), 3600 * 1000));
-    } else {
-      usage("unknown option " + n + " for " + o.role);
+    if (n == "--count") {
+      return o.role != "evil";
     }
-  }
+    return o.role == "evil";  // --kind, --hold-ms
+  };
+  auto own = [&o](auto& args) {
+    if (args.name() != "--gap-ms" || o.role != "probe") {
+      return false;
+    }
+    o.gap_ms = static_cast<int>(std::min<uint64_t>(args.size_value("bad value for "), 10000));
+    return true;
+  };
+  smc_test::read_loop_options(argc, argv, o, kinds, takes, own, usage);
   if (o.role == "server" && o.loop.empty()) {
     usage("server needs --loop poll|epoll");
   }
@@ -1539,19 +1109,9 @@ int run(int argc, char** argv) {
   if (o.role == "evil") {
     return evil(o);
   }
-  return probe(o);
+  return smc_test::probe(prog, o, o.count, o.gap_ms, 0xe7117);
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    ::signal(SIGPIPE, SIG_IGN);
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "smc_evil_peer: FAIL exception: %s\n", e.what());
-  } catch (...) {
-    std::fprintf(stderr, "smc_evil_peer: FAIL unknown exception\n");
-  }
-  return 1;
-}
+int main(int argc, char** argv) { return smc_test::guarded_main(prog, argc, argv, run); }
