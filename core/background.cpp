@@ -18,6 +18,8 @@ namespace {
 
 // An idle thread ends after this long without a job.
 constexpr auto idle_linger = std::chrono::seconds(30);
+// Each thread's stack (virtual: what a handshake touches is a few pages).
+constexpr size_t thread_stack_bytes = 512 * 1024;
 
 struct pool {
   std::mutex mu;
@@ -56,6 +58,11 @@ void worker(pool* p) {
   }
 }
 
+void* worker_main(void* arg) {
+  worker(static_cast<pool*>(arg));
+  return nullptr;
+}
+
 }  // namespace
 
 bool run(std::function<void()> job) {
@@ -70,18 +77,23 @@ bool run(std::function<void()> job) {
     if (p->threads >= max_threads) {
       return false;  // (threads that just ended a job and are about to wait)
     }
-    try {
-      // The application's signal handlers never run on our threads.
-      sigset_t all, old;
-      sigfillset(&all);
-      pthread_sigmask(SIG_SETMASK, &all, &old);
-      std::thread t(worker, p);
-      pthread_sigmask(SIG_SETMASK, &old, nullptr);
-      t.detach();
-      ++p->threads;
-    } catch (...) {
+    // The application's signal handlers never run on our threads; a small
+    // stack each (a handshake needs little), detached.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, thread_stack_bytes);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    const int rc = pthread_create(&t, &attr, worker_main, p);
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    if (rc != 0) {
       return false;
     }
+    ++p->threads;
   }
   try {
     p->jobs.push_back(std::move(job));

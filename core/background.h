@@ -16,7 +16,7 @@
 
 namespace smc::core::background {
 
-inline constexpr int max_threads = 32;
+inline constexpr int max_threads = 128;
 
 /// Runs job on a background thread. false: all max_threads are busy (or no
 /// thread can be started); the job was not taken.

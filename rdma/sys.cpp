@@ -171,6 +171,17 @@ void close_untrusted(int fd) {
   errno = saved;
 }
 
+void close_shared_unix(int sock) {
+  if (sock < 0) {
+    return;
+  }
+  const int saved = errno;
+  ::shutdown(sock, SHUT_RD);  // nothing more can be queued on it
+  drain_untrusted_at(sock, 1 << 12, 0);
+  sys().close(sock);
+  errno = saved;
+}
+
 int drain_untrusted(int sock, int max) {
   const int saved = errno;
   const int n = drain_untrusted_at(sock, max, 0);

@@ -72,6 +72,9 @@ bool refuse_passed_fds(int sock);
 /// emptied first (drain_untrusted), to a bounded depth. Never for a socket
 /// the application may still use (SO_LINGER is the socket's, not the fd's).
 void close_untrusted(int fd);
+/// Closes a unix socket of our own that a peer was connected to (the
+/// rendezvous): shut for reading, emptied (drain_untrusted), closed.
+void close_shared_unix(int sock);
 /// Empties a unix socket's receive queue without blocking; fds that came
 /// with the messages are closed with close_untrusted(). Returns how many
 /// messages it took (at most `max`).

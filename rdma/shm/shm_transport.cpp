@@ -566,24 +566,24 @@ bool rendezvous::serve(const local_side& me, int64_t deadline_ms, int abort_fd, 
       return false;
     }
     // `c` is shared with whoever connected: fds it queued there after its
-    // hello must not be released on our thread (close_untrusted).
+    // hello must not be released on our thread (close_shared_unix).
     hello h{};
     int fds[3];
     if (!recv_hello(c, deadline_ms, h, fds)) {
-      close_untrusted(c);
+      close_shared_unix(c);
       continue;
     }
     if (h.to_token != me.token) {
       for (int fd : fds) {
         close_untrusted(fd);
       }
-      close_untrusted(c);
+      close_shared_unix(c);
       continue;
     }
     hello reply{hello_magic, h.from_token, me.token, me.rmb->size(), 0};
     int mine[3] = {me.rmb->fd(), me.rx_bell_ring, me.tx_bell_ring};
     bool sent = send_hello(c, reply, mine);
-    close_untrusted(c);
+    close_shared_unix(c);
     if (!sent || !check_ring(fds[1]) || !check_ring(fds[2])) {
       for (int fd : fds) {
         close_untrusted(fd);
@@ -614,11 +614,11 @@ bool rendezvous_connect(uint64_t host_id, uint32_t link_id, uint64_t server_toke
   int fds[3];
   if (rc != 0 || !send_hello(s, h, mine) || !recv_hello(s, deadline_ms, h, fds)) {
     int e = errno;
-    close_untrusted(s);
+    close_shared_unix(s);
     errno = e;
     return false;
   }
-  close_untrusted(s);
+  close_shared_unix(s);
   if (h.to_token != me.token || h.from_token != server_token || !check_ring(fds[1]) ||
       !check_ring(fds[2])) {
     for (int fd : fds) {
