@@ -52,8 +52,10 @@ void last_close(entry* e) {
   if (e->st.load() == state::deciding) {
     // Its background job sees no fd left when it publishes, and ends the
     // connection then; unless it published just now.
+    // (Once: a job that saw no fd left either way may have ended it.)
     std::lock_guard<std::mutex> lk(e->mu);
-    if (e->st.load() == state::smc) {
+    if (e->st.load() == state::smc && !e->ended) {
+      e->ended = true;
       e->conn->close(e->linger0);
     }
     return;

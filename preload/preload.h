@@ -135,6 +135,7 @@ struct entry {
   std::shared_ptr<core::conn> conn;  // state::smc (shared with an SCM_RIGHTS offer)
   ep_set* eps = nullptr;          // state::epoll
   std::vector<ep_reg*> regs;      // epoll registrations (under the epoll mutex)
+  bool ended = false;             // (under mu) the SMC connection's last-close protocol ran
   int decided_fd = -1;            // deciding: an eventfd, readable once the decision ended
                                   // (made for the first poll or blocking wait that needs it)
 

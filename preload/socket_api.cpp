@@ -129,7 +129,8 @@ void publish_decision(entry* e, int fd, int dfd, std::optional<core::hs_outcome>
     } else {
       become_tcp(e, fd, tcp_why);
     }
-    if (orphan && e->st.load() == state::smc) {
+    if (orphan && e->st.load() == state::smc && !e->ended) {
+      e->ended = true;
       e->conn->close(e->linger0);
     }
   }
