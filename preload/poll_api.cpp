@@ -280,7 +280,9 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
           } else if (s == state::undecided || s == state::strip) {
             // Still waiting for the rest of a CLC message: only writability counts.
             fds[i].revents = static_cast<short>(kr & (fds[i].events & out_mask));
-          } else if (s == state::connecting) {
+          } else if (s == state::connecting || s == state::deciding) {
+            // (Deciding now: the next round waits for the decision; the
+            // kernel's readiness is the handshake's bytes, not the caller's.)
             fds[i].revents = 0;
           } else {
             fds[i].revents = static_cast<short>(kr & (fds[i].events | POLLERR | POLLHUP | POLLNVAL));
