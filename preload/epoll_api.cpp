@@ -150,6 +150,21 @@ void unlink_reg(ep_reg* r) {
   delete r;
 }
 
+// After arming an SMC registration's doorbells, looks at the state (the
+// doorbell protocol's Dekker order) and sets their level to its truth: a
+// doorbell the state says is ready is rung (no system call while one is
+// queued already).
+void level_to_truth(ep_reg* r) {
+  auto& c = *r->e->conn;
+  const uint32_t ev = c.events();
+  if ((ev & EPOLLIN) != 0 && r->armed_rx) {
+    c.path().kick_rx();
+  }
+  if ((ev & EPOLLOUT) != 0 && r->armed_tx) {
+    c.path().kick_tx();
+  }
+}
+
 // Puts the registration's watches in place for the socket's current state.
 // Returns 0, or an errno. A socket that is plain TCP now leaves our
 // bookkeeping: it becomes a normal registration in the application's set.
@@ -178,14 +193,7 @@ int install(ep_reg* r) {
       if (r->armed_rx || r->armed_tx) {
         chan_hold(r, c.path().channel());
       }
-      // Armed first, then looked: set the doorbells' level to the truth.
-      uint32_t ev = c.events();
-      if ((ev & EPOLLIN) != 0 && r->armed_rx) {
-        c.path().kick_rx();
-      }
-      if ((ev & EPOLLOUT) != 0 && r->armed_tx) {
-        c.path().kick_tx();
-      }
+      level_to_truth(r);
       return 0;
     }
     case state::undecided:
@@ -251,15 +259,7 @@ int modify(ep_reg* r, const epoll_event& nev) {
   } else if (!r->armed_rx && !r->armed_tx) {
     chan_release(r);
   }
-  // Armed first, then looked (as install does): the doorbells' level is the
-  // state's truth (a kick is no system call while one is queued already).
-  const uint32_t ev = c.events();
-  if ((ev & EPOLLIN) != 0 && r->armed_rx) {
-    c.path().kick_rx();
-  }
-  if ((ev & EPOLLOUT) != 0 && r->armed_tx) {
-    c.path().kick_tx();
-  }
+  level_to_truth(r);
   return 0;
 }
 

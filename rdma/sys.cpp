@@ -114,6 +114,14 @@ constexpr int so_passrights = SO_PASSRIGHTS;
 #endif
 
 void close_untrusted_at(int fd, int depth);
+int drain_untrusted_at(int sock, int max, int depth);
+
+// A unix socket a peer can queue on: shut for reading (nothing more can be
+// queued), then emptied, its passed fds closed untrusted.
+void shut_and_drain(int sock, int depth) {
+  ::shutdown(sock, SHUT_RD);
+  drain_untrusted_at(sock, 1 << 12, depth);
+}
 
 int drain_untrusted_at(int sock, int max, int depth) {
   int taken = 0;
@@ -151,8 +159,7 @@ void close_untrusted_at(int fd, int depth) {
     socklen_t l = sizeof domain;
     if (depth < untrusted_depth && sys().getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &l) == 0 &&
         domain == AF_UNIX) {
-      ::shutdown(fd, SHUT_RD);  // nothing more can be queued on it
-      drain_untrusted_at(fd, 1 << 12, depth);
+      shut_and_drain(fd, depth);
     }
   }
   sys().close(fd);
@@ -176,8 +183,7 @@ void close_shared_unix(int sock) {
     return;
   }
   const int saved = errno;
-  ::shutdown(sock, SHUT_RD);  // nothing more can be queued on it
-  drain_untrusted_at(sock, 1 << 12, 0);
+  shut_and_drain(sock, 0);
   sys().close(sock);
   errno = saved;
 }
