@@ -1033,16 +1033,22 @@ def cli_selector(C):
 
 
 # 32. edge-triggered epoll.
-def srv_two_sends(S):
-    c = S.accept()
-    S.out("hi", show(recv_exact(c, 2)))
-    c.sendall(b"one..")
-    S.ctl.send("sent1")
-    S.ctl.wait("go2")
-    c.sendall(b"two..")
-    S.ctl.send("sent2")
-    wait_eof(S, c)
-    c.close()
+def two_sends(first, second):
+    # A server that sends `first`, then `second` when the client says go2.
+    def srv(S):
+        c = S.accept()
+        S.out("hi", show(recv_exact(c, 2)))
+        c.sendall(first)
+        S.ctl.send("sent1")
+        S.ctl.wait("go2")
+        c.sendall(second)
+        S.ctl.send("sent2")
+        wait_eof(S, c)
+        c.close()
+    return srv
+
+
+srv_two_sends = two_sends(b"one..", b"two..")
 
 
 def cli_epoll_et(C):
@@ -1286,16 +1292,7 @@ def cli_fionread_eof(C):
 
 
 # 44. SO_RCVLOWAT: readiness waits for the low-water mark.
-def srv_rcvlowat(S):
-    c = S.accept()
-    S.out("hi", show(recv_exact(c, 2)))
-    c.sendall(b"12345")
-    S.ctl.send("sent1")
-    S.ctl.wait("go2")
-    c.sendall(b"67890")
-    S.ctl.send("sent2")
-    wait_eof(S, c)
-    c.close()
+srv_rcvlowat = two_sends(b"12345", b"67890")
 
 
 def cli_rcvlowat(C):

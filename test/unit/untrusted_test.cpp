@@ -52,20 +52,8 @@ int lingering_socket(int& peer, int& listener, int secs) {
 }
 
 bool send_fd(int sock, int fd) {
-  char one = 1;
-  iovec iov{&one, 1};
-  alignas(cmsghdr) char buf[CMSG_SPACE(sizeof(int))] = {};
-  msghdr m{};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  m.msg_control = buf;
-  m.msg_controllen = sizeof buf;
-  cmsghdr* c = CMSG_FIRSTHDR(&m);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  __builtin_memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  return ::sendmsg(sock, &m, MSG_NOSIGNAL) == 1;
+  const char one = 1;
+  return smc::rdma::send_with_fds(sock, &one, 1, &fd, 1);
 }
 
 // What the peer of a reset TCP connection reads.
