@@ -591,8 +591,7 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       if (got > 0) {
         return {static_cast<ssize_t>(got), 0};
       }
-      int none = 0;
-      sh_->err.compare_exchange_strong(none, ECONNRESET);
+      note_error(ECONNRESET);
       continue;  // reported (once) above
     }
     if ((pf & peer_eof_flags) != 0 || sh_->gone.load()) {
@@ -726,8 +725,7 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
       if (sent > 0) {
         return {static_cast<ssize_t>(sent), 0};
       }
-      int none = 0;
-      sh_->err.compare_exchange_strong(none, ECONNRESET);
+      note_error(ECONNRESET);
       return aborted();
     }
     if ((pf & cdc::conn_closed) != 0 || sh_->gone.load()) {
@@ -738,8 +736,7 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
       if (sent > 0) {
         return {static_cast<ssize_t>(sent), 0};
       }
-      int none = 0;
-      sh_->err.compare_exchange_strong(none, err_pending_epipe);
+      note_error(err_pending_epipe);
       path_->kick_rx();
       path_->kick_tx();
       return {static_cast<ssize_t>(want), 0};
@@ -967,6 +964,11 @@ uint32_t conn::unsent_bytes() {
   return curs_diff(size, cons, prod);
 }
 
+void conn::note_error(int e) {
+  int none = 0;
+  sh_->err.compare_exchange_strong(none, e);
+}
+
 io_result conn::report_error() {
   int e = sh_->err.load();
   while (e != 0 && e != EPIPE && !sh_->err.compare_exchange_weak(e, EPIPE)) {
@@ -984,7 +986,7 @@ int conn::take_error() {
   int e = sh_->err.load();
   if (e == 0 && ((path_->peer_conn_flags() & cdc::conn_abnormal) != 0 ||
                  (sh_->gone.load() && sh_->gone_reset.load()))) {
-    sh_->err.compare_exchange_strong(e, ECONNRESET);
+    note_error(ECONNRESET);
     e = sh_->err.load();
   }
   if (e != 0 && e != EPIPE) {

@@ -227,6 +227,8 @@ class conn {
   bool tx_space(uint32_t& space, bool owner);
   bool rx_look(uint32_t& avail);
   bool tx_look(uint32_t& space);
+  /// Records `e` as the pending error unless one is there already.
+  void note_error(int e);
   /// Reports the pending error once (then err is EPIPE: taken) and clears
   /// so_error; {0, 0} if none is pending.
   io_result report_error();
