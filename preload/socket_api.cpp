@@ -362,20 +362,29 @@ bool nonblocking(int fd, int flags) {
 }
 
 int prepare_read(entry* e, int fd, int flags) {
-  const bool nonblock = nonblocking(fd, flags);
+  // Asked of the kernel (F_GETFL) only when it matters, once.
+  int nb = -1;
+  auto nonblock = [&] {
+    if (nb < 0) {
+      nb = nonblocking(fd, flags) ? 1 : 0;
+    }
+    return nb == 1;
+  };
   int64_t deadline = -1;  // from SO_RCVTIMEO, computed once
   bool computed = false;
   for (;;) {
     state s = e->st.load(std::memory_order_acquire);
-    if (s == state::undecided || s == state::strip) {
-      s = decide_passive(e, fd, !nonblock);
+    if (s == state::undecided) {
+      s = decide_passive(e, fd, !nonblock());
+    } else if (s == state::strip) {
+      s = decide_passive(e, fd, false);  // (stripping never waits for the peer)
     } else if (s == state::connecting) {
       s = finish_connect(e, fd);
     }
     if (s != state::undecided && s != state::strip && s != state::deciding) {
       return 0;  // decided, or still connecting (the kernel answers that read)
     }
-    if (nonblock) {
+    if (nonblock()) {
       return EAGAIN;
     }
     if (!computed) {
