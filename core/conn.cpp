@@ -911,11 +911,24 @@ poll_mask conn::events() {
 
 void conn::drain_doorbell(bool rx) {
   if (!(rx ? path_->drain_rx() : path_->drain_tx())) {
-    // Rung far more than the protocol lets a peer: it costs that peer its
-    // connection, and us nothing more than the drain.
-    SMC_LOG(warn, "fd %d: the peer floods the connection's %s doorbell", tcp_fd_,
-            rx ? "rx" : "tx");
-    abort_locally(ECONNRESET);
+    flooded(rx);
+  }
+}
+
+void conn::flooded(bool rx) {
+  // Rung far more than the protocol lets a peer: it costs that peer its
+  // connection, and us nothing more than the drain.
+  SMC_LOG(warn, "fd %d: the peer floods the connection's %s doorbell", tcp_fd_, rx ? "rx" : "tx");
+  abort_locally(ECONNRESET);
+}
+
+void conn::rearm_doorbell(bool rx) {
+  if (level_watchers_.load(std::memory_order_relaxed) > 0) {
+    reset_doorbell(rx, true);  // its level must hold for a watcher that reads it
+    return;
+  }
+  if (!(rx ? path_->rearm_rx() : path_->rearm_tx())) {
+    flooded(rx);
   }
 }
 

@@ -203,6 +203,14 @@ class conn {
   /// both through one waiter): rung again only if what it signals holds
   /// and someone declared a waiter for it.
   void quiet_doorbell(bool rx);
+  /// A doorbell whose ring an edge-triggered watch delivered: lets the peer
+  /// ring it again (data_path::rearm_rx), without a system call most times.
+  /// The caller looks at the state afterwards.
+  void rearm_doorbell(bool rx);
+  /// A watcher in this process that needs the doorbells' levels true (a
+  /// level-triggered watch of them that others read: a nested epoll set)
+  /// comes (+1) or goes (-1); while there is one, rearm_doorbell drains.
+  void watch_level(int delta) { level_watchers_.fetch_add(delta, std::memory_order_relaxed); }
 
   // ---- waiting, for poll/select/epoll ----
   rdma::data_path& path() { return *path_; }
@@ -235,6 +243,7 @@ class conn {
   void abort_locally(int err);
   // Drains a doorbell; a peer that flooded it loses the connection.
   void drain_doorbell(bool rx);
+  void flooded(bool rx);
   int block_timeout_ms(bool rx, int flags);
   // Before a blocking wait: whether check_tcp() is worth its system call.
   bool tcp_needs_look();
@@ -269,6 +278,7 @@ class conn {
   // The TCP socket showed something (readable, hung up, error) to a wait's
   // poll since check_tcp() last looked; true at first. (Per process: a hint.)
   std::atomic<bool> tcp_stirred_{true};
+  std::atomic<int> level_watchers_{0};
   // Confined (see confine()): what the socket's blocking mode and timeouts
   // are, as this process last knew them, and the waiter.
   std::atomic<bool> confined_{false};

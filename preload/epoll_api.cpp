@@ -1,24 +1,42 @@
 // epoll over sets that hold SMC sockets.
 //
-// An SMC socket is never put into the application's epoll set directly (its
-// kernel readiness is that of an idle TCP socket). Instead each such set gets
-// a private "shadow" epoll instance, itself a member of the application's set
-// under a marker value (the address of our bookkeeping object, which no
-// application data can equal). The shadow watches the sockets' doorbells and
-// TCP sockets; when epoll_wait() on the application's set reports the marker,
-// the shadow is harvested and each ready registration is reported with the
-// application's own epoll_data, and events computed from the connection
-// state. Nested epoll, poll() on an epoll fd and multiple waiters keep
-// working, because the shadow is an ordinary member of the set.
+// An SMC socket's own kernel readiness is that of an idle TCP socket, so
+// what the application registered is not what the kernel watches. For each
+// registration we put the connection's doorbells (and its TCP socket, for
+// the peer's death) into the application's set ourselves, under data
+// values of our own: the address of the registration (no application data
+// can equal the address of an object of ours) with a tag in its low bits.
+// epoll_wait() turns those events into the application's, with its own
+// epoll_data and events computed from the connection state, and passes the
+// kernel's other events through as they are, in the same call.
+//
+// A set learns readiness in one of two ways:
+//
+// - From memory (the default). The doorbells are watched edge-triggered;
+//   a ring wakes the set once, the connection's state says what is ready,
+//   and the doorbell is re-armed by clearing its rung flag (drained only
+//   every few rings). Registrations that were reported level-triggered, or
+//   just added or modified, stay on the set's check list and are looked at
+//   in memory at the start of the next epoll_wait(), before the kernel; so
+//   a level that holds, or an EPOLL_CTL_MOD, costs no system call (event
+//   loops flip EPOLLOUT around every reply). A wait that finds something
+//   there still collects the kernel's events with a zero timeout, so kernel
+//   fds in the set are never starved.
+// - Truthful kernel levels ("classic"), for a set whose kernel readiness
+//   somebody else reads: one nested in another epoll set, one given to
+//   poll()/select(), and a set a forked child waits on. The doorbells are
+//   watched with the application's own triggering and kept readable exactly
+//   while their condition holds (drained when it is gone, rung when it holds
+//   at registration).
 //
 // Sockets that may still become SMC (fresh, not yet connected: nginx and
 // twemproxy register their upstream sockets before connect(); connecting;
 // accepted and undecided) are watched through their TCP socket, with the
 // kernel's readiness reported as it is; when they settle on plain TCP (or
-// become listeners) their registration moves into the application's set as
-// a normal kernel registration. So whatever the application did with the
-// socket before the decision (ADD, MOD, DEL, ONESHOT, ET) keeps its meaning
-// after it. While its handshake runs in the background (state::deciding) a
+// become listeners) their registration becomes a normal kernel registration
+// of the application's. So whatever the application did with the socket
+// before the decision (ADD, MOD, DEL, ONESHOT, ET) keeps its meaning after
+// it. While its handshake runs in the background (state::deciding) a
 // socket is not watched at all: the end of the decision re-installs it.
 //
 // A set also knows the receive channels of its SMC-R connections' link groups
@@ -33,6 +51,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <unordered_set>
 #include <vector>
@@ -54,9 +73,15 @@ struct ep_chan {
 
 struct ep_set {
   int epfd = -1;
-  int shadow = -1;
+  bool classic = false;     // kernel levels kept true (see the top of the file)
+  unsigned fork_gen = 0;    // the process generation that made it
+  bool closing = false;     // the application's set is being closed: no DELs
+  int sleepers = 0;         // threads in a kernel wait that may block
+  unsigned streak = 0;      // waits answered from memory alone in a row
+  uint64_t gen = 0;         // numbers each wait (one report per registration)
   std::vector<ep_reg*> regs;
-  std::unordered_set<ep_reg*> live;  // harvested pointers are checked against this
+  std::unordered_set<ep_reg*> live;  // pointers from the kernel are checked against this
+  std::vector<ep_reg*> check;        // looked at in memory first (from memory only)
   std::vector<ep_chan> chans;
 };
 
@@ -65,10 +90,15 @@ struct ep_reg {
   entry* e = nullptr;  // holds a reference
   int fd = -1;
   epoll_event ev{};    // the application's events and data
-  int items[3] = {-1, -1, -1};  // fds added to the shadow: tcp socket, rx doorbell, tx doorbell
+  int items[3] = {-1, -1, -1};  // fds added to the set: tcp socket, rx doorbell, tx doorbell
   bool armed_rx = false;
   bool armed_tx = false;
   bool disabled = false;  // EPOLLONESHOT fired, until EPOLL_CTL_MOD
+  bool in_check = false;  // on set->check
+  bool parked = false;    // deleted by the application, watches kept for its next ADD
+  bool level_watch = false;  // counted in its conn's watch_level (a classic set's)
+  uint8_t idle_rings = 0; // rings in a row that found nothing ready (from memory)
+  uint64_t seen_gen = 0;  // the last wait that reported it
   int chan_fd = -1;       // the set's ep_chan this registration uses
 };
 
@@ -78,20 +108,57 @@ std::mutex g_ep_mu;
 constexpr uint32_t tag_sock = 0;
 constexpr uint32_t tag_rx = 1;
 constexpr uint32_t tag_tx = 2;
+constexpr uintptr_t tag_mask = 3;
 constexpr uint32_t in_bits = EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLPRI;
 constexpr uint32_t out_bits = EPOLLOUT | EPOLLWRNORM;
+// Waits answered from the check list alone before the kernel gets a turn
+// (only when the list fills the caller's whole buffer).
+constexpr unsigned max_streak = 8;
 
-uint64_t marker(const ep_set* s) { return reinterpret_cast<uintptr_t>(s); }
+// Which fds are epoll instances, and which of those were put into another
+// epoll set (a set made before it held SMC sockets is nested before we know
+// it). Fds beyond the bitmaps' range are taken for not nested.
+constexpr int bit_fds = 1 << 20;
+std::atomic<uint64_t> g_is_epoll[bit_fds / 64];
+std::atomic<uint64_t> g_nested[bit_fds / 64];
+// Bumped in every forked child: a set made before the fork is shared with
+// the parent, whose waits take the kernel's edges too.
+std::atomic<unsigned> g_fork_gen{0};
 
-bool shadow_add(ep_reg* r, int slot, int fd, uint32_t events) {
+void set_bit(std::atomic<uint64_t>* map, int fd, bool on) {
+  if (fd >= 0 && fd < bit_fds) {
+    const uint64_t m = uint64_t{1} << (fd % 64);
+    if (on) {
+      map[fd / 64].fetch_or(m, std::memory_order_relaxed);
+    } else {
+      map[fd / 64].fetch_and(~m, std::memory_order_relaxed);
+    }
+  }
+}
+
+bool get_bit(const std::atomic<uint64_t>* map, int fd) {
+  return fd >= 0 && fd < bit_fds &&
+         (map[fd / 64].load(std::memory_order_relaxed) & (uint64_t{1} << (fd % 64))) != 0;
+}
+
+bool add_item(ep_reg* r, int slot, int fd, uint32_t events) {
   epoll_event ev{};
   ev.events = events;
   ev.data.u64 = reinterpret_cast<uintptr_t>(r) | static_cast<uintptr_t>(slot);
-  if (real.epoll_ctl(r->set->shadow, EPOLL_CTL_ADD, fd, &ev) != 0) {
+  if (real.epoll_ctl(r->set->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
     return false;
   }
   r->items[slot] = fd;
   return true;
+}
+
+void del_item(ep_reg* r, int slot) {
+  if (r->items[slot] >= 0) {
+    if (!r->set->closing) {
+      real.epoll_ctl(r->set->epfd, EPOLL_CTL_DEL, r->items[slot], nullptr);
+    }
+    r->items[slot] = -1;
+  }
 }
 
 void chan_hold(ep_reg* r, std::shared_ptr<rdma::direct_channel> ch) {
@@ -121,22 +188,57 @@ void chan_release(ep_reg* r) {
   r->chan_fd = -1;
 }
 
+void check_add(ep_reg* r) {
+  if (!r->in_check) {
+    r->in_check = true;
+    r->set->check.push_back(r);
+  }
+}
+
+void check_drop(ep_reg* r) {
+  if (r->in_check) {
+    auto& v = r->set->check;
+    v.erase(std::remove(v.begin(), v.end(), r), v.end());
+    r->in_check = false;
+  }
+}
+
+// Declares (or withdraws) the registration's waiters to match its interest.
+void arm_to_interest(ep_reg* r) {
+  auto& p = r->e->conn->path();
+  const bool rx = !r->disabled && (r->ev.events & in_bits) != 0;
+  const bool tx = !r->disabled && (r->ev.events & out_bits) != 0;
+  if (rx != r->armed_rx) {
+    p.arm_rx(rx ? 1 : -1);
+    r->armed_rx = rx;
+  }
+  if (tx != r->armed_tx) {
+    p.arm_tx(tx ? 1 : -1);
+    r->armed_tx = tx;
+  }
+  if ((r->armed_rx || r->armed_tx) && r->chan_fd < 0) {
+    chan_hold(r, p.channel());
+  } else if (!r->armed_rx && !r->armed_tx) {
+    chan_release(r);
+  }
+}
+
 void uninstall(ep_reg* r) {
-  chan_release(r);
-  for (int& fd : r->items) {
-    if (fd >= 0) {
-      real.epoll_ctl(r->set->shadow, EPOLL_CTL_DEL, fd, nullptr);
-      fd = -1;
-    }
+  for (int slot = 0; slot < 3; ++slot) {
+    del_item(r, slot);
+  }
+  check_drop(r);
+  if (r->level_watch) {
+    r->e->conn->watch_level(-1);
+    r->level_watch = false;
   }
   if (r->e->st.load() == state::smc) {
-    if (r->armed_rx) {
-      r->e->conn->path().arm_rx(-1);
-    }
-    if (r->armed_tx) {
-      r->e->conn->path().arm_tx(-1);
-    }
+    const bool was = r->disabled;
+    r->disabled = true;
+    arm_to_interest(r);
+    r->disabled = was;
   }
+  chan_release(r);
   r->armed_rx = r->armed_tx = false;
 }
 
@@ -165,6 +267,20 @@ void level_to_truth(ep_reg* r) {
   }
 }
 
+// A registration whose readiness may have changed without a ring (added,
+// modified, re-enabled): looked at in memory by the next wait; a thread
+// asleep in the kernel on the set meanwhile is woken by its doorbell.
+void note_changed(ep_reg* r) {
+  if (r->set->classic) {
+    level_to_truth(r);
+    return;
+  }
+  check_add(r);
+  if (r->set->sleepers > 0) {
+    level_to_truth(r);
+  }
+}
+
 // Puts the registration's watches in place for the socket's current state.
 // Returns 0, or an errno. A socket that is plain TCP now leaves our
 // bookkeeping: it becomes a normal registration in the application's set.
@@ -177,31 +293,33 @@ int install(ep_reg* r) {
   switch (s) {
     case state::smc: {
       auto& c = *r->e->conn;
-      if ((r->ev.events & in_bits) != 0) {
-        c.path().arm_rx(1);
-        r->armed_rx = true;
-        shadow_add(r, tag_rx, c.path().rx_fd(), EPOLLIN | et);
-      }
-      if ((r->ev.events & out_bits) != 0) {
-        c.path().arm_tx(1);
-        r->armed_tx = true;
-        shadow_add(r, tag_tx, c.path().tx_fd(), EPOLLIN | et);
+      arm_to_interest(r);
+      if (r->set->classic) {
+        c.watch_level(1);
+        r->level_watch = true;
+        if (r->armed_rx) {
+          add_item(r, tag_rx, c.path().rx_fd(), EPOLLIN | et);
+        }
+        if (r->armed_tx) {
+          add_item(r, tag_tx, c.path().tx_fd(), EPOLLIN | et);
+        }
+      } else {
+        // Both, whatever the interest: a later MOD then changes only memory.
+        add_item(r, tag_rx, c.path().rx_fd(), EPOLLIN | EPOLLET);
+        add_item(r, tag_tx, c.path().tx_fd(), EPOLLIN | EPOLLET);
       }
       if (!c.finished()) {
-        shadow_add(r, tag_sock, r->fd, EPOLLIN | EPOLLRDHUP);
+        add_item(r, tag_sock, r->fd, EPOLLIN | EPOLLRDHUP);
       }
-      if (r->armed_rx || r->armed_tx) {
-        chan_hold(r, c.path().channel());
-      }
-      level_to_truth(r);
+      note_changed(r);
       return 0;
     }
     case state::undecided:
     case state::strip:
-      shadow_add(r, tag_sock, r->fd, EPOLLIN | EPOLLRDHUP | (r->ev.events & out_bits) | et);
+      add_item(r, tag_sock, r->fd, EPOLLIN | EPOLLRDHUP | (r->ev.events & out_bits) | et);
       return 0;
     case state::connecting:
-      shadow_add(r, tag_sock, r->fd, EPOLLOUT | EPOLLIN | et);
+      add_item(r, tag_sock, r->fd, EPOLLOUT | EPOLLIN | et);
       return 0;
     case state::deciding:
       // Nothing to report until the background decision ends; it then
@@ -210,7 +328,7 @@ int install(ep_reg* r) {
     case state::fresh:
       // Not connected yet: the kernel's readiness is the answer (an
       // unconnected TCP socket reports EPOLLOUT | EPOLLHUP).
-      shadow_add(r, tag_sock, r->fd, (r->ev.events & (in_bits | out_bits)) | et);
+      add_item(r, tag_sock, r->fd, (r->ev.events & (in_bits | out_bits)) | et);
       return 0;
     default: {
       epoll_event ev = r->ev;
@@ -222,45 +340,101 @@ int install(ep_reg* r) {
   }
 }
 
-// EPOLL_CTL_MOD of a registration (under g_ep_mu): 0 or an errno. A
-// level-triggered SMC registration that stays level-triggered only adds or
-// drops the doorbell whose interest changed (event loops flip EPOLLOUT on
-// and off around every reply: two shadow changes per flip before, one now);
-// anything else is installed afresh.
+// Puts a registration's watches in place afresh (its socket's state, or
+// its set's way of learning readiness, changed); a parked one goes.
+void reinstall(ep_reg* r) {
+  uninstall(r);
+  if (r->parked) {
+    unlink_reg(r);
+  } else {
+    install(r);
+  }
+}
+
+// Switches a set to truthful kernel levels (see the top of the file).
+void make_classic(ep_set* s) {
+  if (s->classic) {
+    return;
+  }
+  s->classic = true;
+  std::vector<ep_reg*> regs = s->regs;
+  for (ep_reg* r : regs) {
+    reinstall(r);
+  }
+}
+
+// A set made before this process was forked: the parent may wait on it too.
+void check_forked(ep_set* s) {
+  if (s->fork_gen != g_fork_gen.load(std::memory_order_relaxed)) {
+    s->fork_gen = g_fork_gen.load(std::memory_order_relaxed);
+    make_classic(s);
+  }
+}
+
+// EPOLL_CTL_MOD of a registration (under g_ep_mu): 0 or an errno. From
+// memory, an SMC registration's MOD changes only memory; in a classic set a
+// level-triggered one that stays level-triggered only adds or drops the
+// doorbell whose interest changed. Anything else is installed afresh.
 int modify(ep_reg* r, const epoll_event& nev) {
+  const bool smc = r->e->st.load() == state::smc;
+  if (smc && !r->set->classic && r->items[tag_rx] >= 0) {
+    r->ev = nev;
+    r->disabled = false;
+    r->idle_rings = 0;
+    arm_to_interest(r);
+    note_changed(r);
+    return 0;
+  }
   const bool lt = ((r->ev.events | nev.events) & EPOLLET) == 0;
-  if (r->disabled || !lt || r->e->st.load() != state::smc) {
+  if (r->disabled || !lt || !smc) {
     uninstall(r);
     r->ev = nev;
     r->disabled = false;
     return install(r);
   }
   r->ev = nev;
+  arm_to_interest(r);
   auto& c = *r->e->conn;
   for (bool rx : {true, false}) {
-    bool& armed = rx ? r->armed_rx : r->armed_tx;
-    const bool want = (nev.events & (rx ? in_bits : out_bits)) != 0;
+    const bool armed = rx ? r->armed_rx : r->armed_tx;
     const int slot = rx ? tag_rx : tag_tx;
-    if (want && !armed) {
-      rx ? c.path().arm_rx(1) : c.path().arm_tx(1);
-      armed = true;
-      shadow_add(r, slot, rx ? c.path().rx_fd() : c.path().tx_fd(), EPOLLIN);
-    } else if (!want && armed) {
-      if (r->items[slot] >= 0) {
-        real.epoll_ctl(r->set->shadow, EPOLL_CTL_DEL, r->items[slot], nullptr);
-        r->items[slot] = -1;
-      }
-      rx ? c.path().arm_rx(-1) : c.path().arm_tx(-1);
-      armed = false;
+    if (armed && r->items[slot] < 0) {
+      add_item(r, slot, rx ? c.path().rx_fd() : c.path().tx_fd(), EPOLLIN);
+    } else if (!armed) {
+      del_item(r, slot);
     }
-  }
-  if ((r->armed_rx || r->armed_tx) && r->chan_fd < 0) {
-    chan_hold(r, c.path().channel());
-  } else if (!r->armed_rx && !r->armed_tx) {
-    chan_release(r);
   }
   level_to_truth(r);
   return 0;
+}
+
+// EPOLL_CTL_DEL of an SMC registration in a set that learns readiness from
+// memory: the registration is parked rather than dropped, its waiters
+// withdrawn and its watches left in the kernel's set (their rings are
+// ignored), because event loops delete and re-add a socket around every
+// reply (redis's ae: DEL, ADD(OUT), write, DEL, ADD(IN)). The next ADD of
+// the same socket takes it up again without a system call. Parked, it is
+// not registered as far as the application can tell. False if it cannot be.
+bool park(ep_reg* r) {
+  if (r->set->classic || r->e->st.load() != state::smc || r->items[tag_rx] < 0) {
+    return false;
+  }
+  r->parked = true;
+  r->disabled = true;
+  check_drop(r);
+  arm_to_interest(r);
+  return true;
+}
+
+int unpark(ep_reg* r, const epoll_event& ev) {
+  r->parked = false;
+  if (r->set->classic || r->e->st.load() != state::smc) {
+    uninstall(r);
+    r->ev = ev;
+    r->disabled = false;
+    return install(r);
+  }
+  return modify(r, ev);
 }
 
 // A new registration of a socket we watch (under g_ep_mu): 0 or an errno.
@@ -283,19 +457,8 @@ ep_set* set_for(entry* epe, int epfd) {
   }
   auto* s = new ep_set();
   s->epfd = epfd;
-  s->shadow = real.epoll_create1(EPOLL_CLOEXEC);
-  if (s->shadow < 0) {
-    delete s;
-    return nullptr;
-  }
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = marker(s);
-  if (real.epoll_ctl(epfd, EPOLL_CTL_ADD, s->shadow, &ev) != 0) {
-    real.close(s->shadow);
-    delete s;
-    return nullptr;
-  }
+  s->classic = get_bit(g_nested, epfd);
+  s->fork_gen = g_fork_gen.load(std::memory_order_relaxed);
   epe->eps = s;
   epe->st.store(state::epoll, std::memory_order_release);
   return s;
@@ -310,115 +473,217 @@ ep_reg* find_reg(ep_set* s, int fd) {
   return nullptr;
 }
 
+// The application's events for an SMC registration: `ev` from the state,
+// narrowed to what it asked for (and always errors and hangups).
+uint32_t app_events(ep_reg* r, uint32_t ev) {
+  ev &= r->ev.events | EPOLLERR | EPOLLHUP;
+  if ((ev & EPOLLIN) != 0 && (r->ev.events & EPOLLRDNORM) != 0) {
+    ev |= EPOLLRDNORM;
+  }
+  if ((ev & EPOLLOUT) != 0 && (r->ev.events & EPOLLWRNORM) != 0) {
+    ev |= EPOLLWRNORM;
+  }
+  return ev;
+}
+
+// Records one report of `r` in `out[n]` (unless this wait reported it
+// already, or there is no room); false if it was not reported.
+bool report(ep_reg* r, uint32_t ev, uint64_t gen, epoll_event* out, int& n, int cap) {
+  if (ev == 0 || r->seen_gen == gen || n >= cap) {
+    return false;
+  }
+  r->seen_gen = gen;
+  out[n].events = ev;
+  out[n].data = r->ev.data;
+  ++n;
+  if ((r->ev.events & EPOLLONESHOT) != 0) {
+    r->disabled = true;
+    check_drop(r);
+    if (r->set->classic) {
+      uninstall(r);
+    } else {
+      arm_to_interest(r);  // withdraws its waiters; the watches stay for the MOD
+    }
+  } else if ((r->ev.events & EPOLLET) == 0 && !r->set->classic) {
+    check_add(r);  // level-triggered: looked at again by the next wait
+  }
+  return true;
+}
+
+// From memory (under g_ep_mu): reports the registrations on the check
+// list that are ready (at most `cap`) and keeps the level-triggered ones
+// among them there; the others leave it, their doorbells re-armed so that
+// the next change rings.
+int look_memory(ep_set* s, epoll_event* out, int cap, uint64_t gen) {
+  int n = 0;
+  std::vector<ep_reg*> list;
+  list.swap(s->check);
+  std::vector<ep_reg*> kept;  // not reported for want of room: keep their place
+  for (ep_reg* r : list) {
+    r->in_check = false;
+  }
+  for (ep_reg* r : list) {
+    if (r->disabled || r->e->st.load() != state::smc) {
+      continue;
+    }
+    if (n >= cap) {
+      kept.push_back(r);
+      continue;
+    }
+    auto& c = *r->e->conn;
+    uint32_t ev = app_events(r, c.events());
+    if (ev == 0) {
+      // Not ready: from here on only a ring tells.
+      if (r->armed_rx) {
+        c.rearm_doorbell(true);
+      }
+      if (r->armed_tx) {
+        c.rearm_doorbell(false);
+      }
+      ev = app_events(r, c.events());
+    }
+    if (!report(r, ev, gen, out, n, cap) && ev != 0 && r->seen_gen != gen) {
+      kept.push_back(r);
+    }
+  }
+  // Those not reached first, then the level-triggered ones just reported
+  // (report() put them back): each gets its turn when the buffer is small.
+  for (ep_reg* r : kept) {
+    r->in_check = true;
+  }
+  kept.insert(kept.end(), s->check.begin(), s->check.end());
+  s->check.swap(kept);
+  return n;
+}
+
 struct fired {
   ep_reg* r;
   uint32_t tags;
 };
 
-// Turns the shadow's ready list into application events (at most `cap`).
-int harvest(ep_set* s, epoll_event* out, int cap) {
-  if (cap <= 0) {
-    return 0;
+// An SMC registration whose watches fired (under g_ep_mu): reports what
+// its state says.
+void smc_fired(ep_reg* r, uint32_t tags, uint64_t gen, epoll_event* out, int& n, int cap) {
+  ep_set* s = r->set;
+  auto& c = *r->e->conn;
+  if ((tags & (1u << tag_sock)) != 0 && c.check_tcp() && c.finished()) {
+    del_item(r, tag_sock);
   }
-  epoll_event buf[64];
-  int m = real.epoll_wait(s->shadow, buf, std::min(cap, 64), 0);
-  if (m <= 0) {
-    return 0;
+  const bool rx = (tags & (1u << tag_rx)) != 0;
+  const bool tx = (tags & (1u << tag_tx)) != 0;
+  if (!s->classic) {
+    if (r->disabled) {
+      return;  // its MOD looks at the state afresh
+    }
+    // From memory: re-arm what rang. A watch that keeps firing with nothing
+    // ready (a level-triggered one another process of ours put in a set it
+    // shares with us) is drained instead, so that it goes quiet.
+    uint32_t ev = app_events(r, c.events());
+    const bool idle = ev == 0 && ++r->idle_rings >= 2;
+    if (ev != 0) {
+      r->idle_rings = 0;
+    }
+    if (rx) {
+      idle ? static_cast<void>(c.reset_doorbell(true, true)) : c.rearm_doorbell(true);
+    }
+    if (tx) {
+      idle ? static_cast<void>(c.reset_doorbell(false, true)) : c.rearm_doorbell(false);
+    }
+    report(r, app_events(r, c.events()), gen, out, n, cap);
+    return;
   }
+  if (r->disabled) {
+    return;
+  }
+  const bool et = (r->ev.events & EPOLLET) != 0;
+  if (rx && et) {
+    c.reset_doorbell(true, true);  // edge-triggered: the next produce rings again
+  }
+  if (tx && et) {
+    c.reset_doorbell(false, true);
+  }
+  uint32_t ev = c.events();
+  if (!et) {
+    // Level-triggered: a doorbell that fired for a state gone again is reset
+    // so it does not keep the set ready; armed waiters re-ring it. If the
+    // state came back meanwhile, the reset rings it again: the doorbell
+    // must stay readable for as long as the application has not taken
+    // all of it (it may read part and come back for the rest).
+    if (rx && (app_events(r, ev) & EPOLLIN) == 0) {
+      ev = c.reset_doorbell(true);
+    }
+    if (tx && (app_events(r, ev) & EPOLLOUT) == 0) {
+      ev = c.reset_doorbell(false);
+    }
+  }
+  report(r, app_events(r, ev), gen, out, n, cap);
+}
+
+// Turns the kernel's m events in `ev` into the application's: its own stay
+// as they are, in front; ours become the events of the registrations they
+// belong to. Returns how many there are now.
+int translate(ep_set* s, epoll_event* ev, int m, uint64_t gen) {
   std::vector<fired> list;
   std::vector<std::pair<entry*, int>> to_drive;
+  int n = 0;
   {
     std::lock_guard<std::mutex> lk(g_ep_mu);
     for (int i = 0; i < m; ++i) {
-      auto* r = reinterpret_cast<ep_reg*>(buf[i].data.u64 & ~uintptr_t{3});
-      uint32_t tag = static_cast<uint32_t>(buf[i].data.u64 & 3);
-      if (s->live.count(r) == 0) {
-        continue;  // deleted meanwhile
+      const uint64_t u = ev[i].data.u64;
+      auto* r = reinterpret_cast<ep_reg*>(static_cast<uintptr_t>(u) & ~tag_mask);
+      const uint32_t tag = static_cast<uint32_t>(u & tag_mask);
+      if (tag > tag_tx || s->live.count(r) == 0) {
+        ev[n++] = ev[i];  // the application's
+        continue;
       }
       auto it = std::find_if(list.begin(), list.end(), [&](const fired& f) { return f.r == r; });
-      if (it == list.end()) {
-        list.push_back({r, 1u << tag});
-        state st = r->e->st.load();
-        if (st == state::undecided || st == state::strip || st == state::connecting) {
-          r->e->refs.fetch_add(1);
-          to_drive.push_back({r->e, r->fd});
-        }
-      } else {
+      if (it != list.end()) {
         it->tags |= 1u << tag;
+        continue;
+      }
+      list.push_back({r, 1u << tag});
+      state st = r->e->st.load();
+      if (st == state::undecided || st == state::strip || st == state::connecting) {
+        r->e->refs.fetch_add(1);
+        to_drive.push_back({r->e, r->fd});
       }
     }
+  }
+  if (list.empty()) {
+    return n;
   }
   // Decisions may run a handshake and re-install registrations: not under the lock.
   for (auto& [e, fd] : to_drive) {
     drive(e, fd);
     fd_put(e);
   }
-  int n = 0;
   std::lock_guard<std::mutex> lk(g_ep_mu);
   for (const fired& f : list) {
     ep_reg* r = f.r;
-    if (s->live.count(r) == 0 || r->disabled || n >= cap) {
+    if (s->live.count(r) == 0 || r->disabled) {
       continue;
     }
     state st = r->e->st.load();
-    uint32_t ev = 0;
     if (st == state::smc) {
-      auto& c = *r->e->conn;
-      if ((f.tags & (1u << tag_sock)) != 0 && c.check_tcp() && c.finished() &&
-          r->items[tag_sock] >= 0) {
-        real.epoll_ctl(s->shadow, EPOLL_CTL_DEL, r->items[tag_sock], nullptr);
-        r->items[tag_sock] = -1;
-      }
-      bool et = (r->ev.events & EPOLLET) != 0;
-      if ((f.tags & (1u << tag_rx)) != 0 && et) {
-        c.reset_doorbell(true, true);  // edge-triggered: the next produce rings again
-      }
-      if ((f.tags & (1u << tag_tx)) != 0 && et) {
-        c.reset_doorbell(false, true);
-      }
-      ev = c.events() & (r->ev.events | EPOLLERR | EPOLLHUP);
-      if (!et) {
-        // Level-triggered: a doorbell that fired for a state gone again is reset
-        // so it does not keep the set ready; armed waiters re-ring it. If the
-        // state came back meanwhile, the reset rings it again: the doorbell
-        // must stay readable for as long as the application has not taken
-        // all of it (it may read part and come back for the rest).
-        if ((f.tags & (1u << tag_rx)) != 0 && (ev & EPOLLIN) == 0) {
-          ev = c.reset_doorbell(true) & (r->ev.events | EPOLLERR | EPOLLHUP);
-        }
-        if ((f.tags & (1u << tag_tx)) != 0 && (ev & EPOLLOUT) == 0) {
-          ev = c.reset_doorbell(false) & (r->ev.events | EPOLLERR | EPOLLHUP);
-        }
-      }
-      if ((ev & EPOLLIN) != 0 && (r->ev.events & EPOLLRDNORM) != 0) {
-        ev |= EPOLLRDNORM;
-      }
-      if ((ev & EPOLLOUT) != 0 && (r->ev.events & EPOLLWRNORM) != 0) {
-        ev |= EPOLLWRNORM;
-      }
-    } else if (st == state::undecided || st == state::strip) {
+      smc_fired(r, f.tags, gen, ev, n, m);
+      continue;
+    }
+    uint32_t out = 0;
+    if (st == state::undecided || st == state::strip) {
       // Still deciding: nothing to read yet; writability is the kernel's.
       if ((r->ev.events & out_bits) != 0) {
         pollfd p{r->fd, POLLOUT, 0};
         if (real.poll(&p, 1, 0) > 0) {
-          ev = p.revents & (EPOLLOUT | EPOLLERR | EPOLLHUP);
+          out = p.revents & (EPOLLOUT | EPOLLERR | EPOLLHUP);
         }
       }
     } else if (st == state::fresh) {
       pollfd p{r->fd, static_cast<short>(r->ev.events & (in_bits | out_bits)), 0};
       if (real.poll(&p, 1, 0) > 0) {
-        ev = static_cast<uint32_t>(p.revents) & (r->ev.events | EPOLLERR | EPOLLHUP);
+        out = static_cast<uint32_t>(p.revents) & (r->ev.events | EPOLLERR | EPOLLHUP);
       }
     }
-    if (ev != 0) {
-      out[n].events = ev;
-      out[n].data = r->ev.data;
-      ++n;
-      if ((r->ev.events & EPOLLONESHOT) != 0) {
-        uninstall(r);
-        r->disabled = true;
-      }
-    }
+    report(r, out, gen, ev, n, m);
   }
   return n;
 }
@@ -444,84 +709,114 @@ int sleep_direct(int epfd, chan_list& chans, size_t k, int64_t timeout_ms, const
   return rc;
 }
 
-// The shared body of epoll_wait/epoll_pwait/epoll_pwait2: `wait(ms)` is the
-// real call, `sigmask` the one it applies.
+// The kernel's part of a wait: `wait(out, cap, ms)` is the real call. With
+// channels to serve, looks first, spins, then sleeps on the set and the
+// channels together. Returns the real call's result (-1 with errno).
+template <typename Wait>
+int kernel_wait(ep_set* s, epoll_event* out, int cap, int64_t left, const sigset_t* sigmask,
+                Wait& wait) {
+  chan_list chans;
+  size_t k = 0;
+  std::vector<std::shared_ptr<rdma::direct_channel>> many;  // too many to watch
+  if (left != 0) {
+    std::lock_guard<std::mutex> lk(g_ep_mu);
+    if (s->chans.size() <= max_direct) {
+      for (const ep_chan& c : s->chans) {
+        chans[k++] = c.ch;
+      }
+    } else {
+      for (const ep_chan& c : s->chans) {
+        many.push_back(c.ch);
+      }
+    }
+  }
+  if (k == 0) {
+    for (const auto& ch : many) {
+      ch->arm();  // the engine rings the doorbells
+    }
+    return wait(out, cap, left);
+  }
+  // Look first; spin, then sleep (serving the channels) only while
+  // nothing is ready.
+  int n = wait(out, cap, 0);
+  const uint32_t spin = g_confined.load(std::memory_order_relaxed) ? 0 : cfg().spin_us;
+  if (n == 0 && spin > 0) {
+    const int64_t t0 = mono_ms();
+    const uint32_t us = left < 0 ? spin : static_cast<uint32_t>(std::min<int64_t>(spin, left * 1000));
+    spin_channels(chans.begin(), chans.begin() + k, us, [&] {
+      n = wait(out, cap, 0);
+      return n != 0;
+    });
+    if (n == 0 && left >= 0) {
+      left = std::max<int64_t>(0, left - (mono_ms() - t0));  // what the spin left of it
+    }
+  }
+  if (n != 0) {
+    return n;
+  }
+  if (sleep_direct(s->epfd, chans, k, left, sigmask) < 0) {
+    return -1;
+  }
+  return wait(out, cap, 0);
+}
+
+// The shared body of epoll_wait/epoll_pwait/epoll_pwait2: `wait(out, cap,
+// ms)` is the real call, `sigmask` the one it applies.
 template <typename Wait>
 int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms,
                 const sigset_t* sigmask, Wait&& wait) {
   entry_ref epe(epfd);
   ep_set* s = epe ? epe->eps : nullptr;
   if (s == nullptr || maxevents <= 0) {
-    return wait(timeout_ms);
+    return wait(events, maxevents, timeout_ms);
   }
   int saved = errno;
   const int64_t deadline = timeout_ms < 0 ? 0 : mono_ms() + timeout_ms;
   for (;;) {
     int64_t left = timeout_ms < 0 ? -1 : std::max<int64_t>(0, deadline - mono_ms());
-    chan_list chans;
-    size_t k = 0;
-    std::vector<std::shared_ptr<rdma::direct_channel>> many;  // too many to watch
-    if (left != 0) {
-      std::lock_guard<std::mutex> lk(g_ep_mu);
-      if (s->chans.size() <= max_direct) {
-        for (const ep_chan& c : s->chans) {
-          chans[k++] = c.ch;
-        }
-      } else {
-        for (const ep_chan& c : s->chans) {
-          many.push_back(c.ch);
-        }
-      }
-    }
-    int n;
-    if (k == 0) {
-      for (const auto& ch : many) {
-        ch->arm();  // the engine rings the doorbells
-      }
-      n = wait(left);
-    } else {
-      // Look first; spin, then sleep (serving the channels) only while
-      // nothing is ready.
-      n = wait(0);
-      const uint32_t spin = g_confined.load(std::memory_order_relaxed) ? 0 : cfg().spin_us;
-      if (n == 0 && spin > 0) {
-        const uint32_t us = left < 0 ? spin : static_cast<uint32_t>(std::min<int64_t>(spin, left * 1000));
-        spin_channels(chans.begin(), chans.begin() + k, us, [&] {
-          n = wait(0);
-          return n != 0;
-        });
-        if (n == 0 && timeout_ms >= 0) {
-          left = std::max<int64_t>(0, deadline - mono_ms());  // what the spin left of it
-        }
-      }
-      if (n == 0) {
-        int woke = sleep_direct(epfd, chans, k, left, sigmask);
-        if (woke < 0) {
-          return -1;
-        }
-        n = wait(0);
-        if (n == 0 && woke > 0) {
-          continue;  // a channel's news was for connections outside this set
-        }
-      }
-    }
-    if (n <= 0) {
-      return n;
-    }
-    int mark = -1;
-    for (int i = 0; i < n; ++i) {
-      if (events[i].data.u64 == marker(s)) {
-        mark = i;
-        break;
-      }
-    }
-    if (mark < 0) {
-      return n;
-    }
-    events[mark] = events[n - 1];
-    --n;
+    int n = 0;
+    uint64_t gen = 0;
+    bool sleeper = false;
     try {
-      n += harvest(s, events + n, maxevents - n);
+      std::lock_guard<std::mutex> lk(g_ep_mu);
+      check_forked(s);
+      gen = ++s->gen;
+      if (!s->check.empty()) {
+        // The kernel gets a turn at least every max_streak waits.
+        const int cap = s->streak >= max_streak ? maxevents - 1 : maxevents;
+        n = cap > 0 ? look_memory(s, events, cap, gen) : 0;
+        if (n == maxevents) {
+          ++s->streak;
+          errno = saved;
+          return n;
+        }
+        s->streak = 0;
+        if (n > 0 || !s->check.empty()) {
+          left = 0;  // something is ready (or kept for want of room)
+        }
+      }
+      if (left != 0) {
+        ++s->sleepers;  // under the lock that note_changed() takes too
+        sleeper = true;
+      }
+    } catch (...) {
+    }
+    int m = kernel_wait(s, events + n, maxevents - n, left, sigmask, wait);
+    const int err = errno;
+    if (sleeper) {
+      std::lock_guard<std::mutex> lk(g_ep_mu);
+      --s->sleepers;
+    }
+    if (m < 0) {
+      if (n > 0) {
+        errno = saved;
+        return n;
+      }
+      errno = err;
+      return -1;
+    }
+    try {
+      n += translate(s, events + n, m, gen);
     } catch (...) {
     }
     if (n > 0) {
@@ -541,8 +836,7 @@ void ep_state_changed(entry* e) {
   std::lock_guard<std::mutex> lk(g_ep_mu);
   std::vector<ep_reg*> regs = e->regs;
   for (ep_reg* r : regs) {
-    uninstall(r);
-    install(r);
+    reinstall(r);
   }
 }
 
@@ -561,14 +855,41 @@ void ep_destroy_set(entry* epe) {
   if (s == nullptr) {
     return;
   }
+  // The kernel drops the set's watches with it (or keeps them for a forked
+  // child that shares the set, and that has its own copy of this).
+  s->closing = true;
   std::vector<ep_reg*> regs = s->regs;
   for (ep_reg* r : regs) {
     uninstall(r);
     unlink_reg(r);
   }
-  real.close(s->shadow);
   delete s;
   epe->eps = nullptr;
+}
+
+void ep_expose(entry* epe) {
+  std::lock_guard<std::mutex> lk(g_ep_mu);
+  if (epe->eps != nullptr) {
+    make_classic(epe->eps);
+  }
+}
+
+void ep_note_fork_child() { g_fork_gen.fetch_add(1, std::memory_order_relaxed); }
+
+void ep_note_added(int fd) {
+  if (!get_bit(g_is_epoll, fd)) {
+    return;
+  }
+  set_bit(g_nested, fd, true);
+  entry_ref e(fd);
+  if (e && e->st.load() == state::epoll) {
+    ep_expose(e.get());
+  }
+}
+
+void ep_note_created(int epfd) {
+  set_bit(g_is_epoll, epfd, true);
+  set_bit(g_nested, epfd, false);
 }
 
 void ep_lock() { g_ep_mu.lock(); }
@@ -584,6 +905,7 @@ __attribute__((visibility("default"))) int epoll_create(int size) {
   if (fd >= 0 && g_enabled) {
     int saved = errno;
     fd_fresh(fd);
+    ep_note_created(fd);
     errno = saved;
   }
   return fd;
@@ -595,6 +917,7 @@ __attribute__((visibility("default"))) int epoll_create1(int flags) {
   if (fd >= 0 && g_enabled) {
     int saved = errno;
     fd_fresh(fd);
+    ep_note_created(fd);
     errno = saved;
   }
   return fd;
@@ -603,6 +926,9 @@ __attribute__((visibility("default"))) int epoll_create1(int flags) {
 __attribute__((visibility("default"))) int epoll_ctl(int epfd, int op, int fd,
                                                      epoll_event* event) noexcept {
   ensure_init();
+  if (g_enabled && op == EPOLL_CTL_ADD) {
+    ep_note_added(fd);  // an epoll set put into another one: see ep_set::classic
+  }
   if (!g_enabled || !fd_maybe(fd)) {
     return real.epoll_ctl(epfd, op, fd, event);
   }
@@ -661,15 +987,24 @@ __attribute__((visibility("default"))) int epoll_ctl(int epfd, int op, int fd,
     int err = 0;
     {
       std::lock_guard<std::mutex> lk(g_ep_mu);
+      check_forked(s);
       ep_reg* r = find_reg(s, fd);
       if (r == nullptr && !managed) {
         err = -1;  // a plain socket in a set we also use: the kernel decides
       } else if (op == EPOLL_CTL_ADD) {
-        if (r != nullptr) {
+        if (r != nullptr && r->parked && r->e == e.get()) {
+          err = unpark(r, *event);
+        } else if (r != nullptr && r->parked) {
+          uninstall(r);
+          unlink_reg(r);
+          err = add_reg(s, e.get(), fd, *event);
+        } else if (r != nullptr) {
           err = EEXIST;
         } else {
           err = add_reg(s, e.get(), fd, *event);
         }
+      } else if (r != nullptr && r->parked) {
+        err = op == EPOLL_CTL_MOD || op == EPOLL_CTL_DEL ? ENOENT : EINVAL;  // not registered
       } else if (op == EPOLL_CTL_MOD) {
         if (r == nullptr) {
           // Registered in the kernel's set before we knew the socket (or
@@ -687,7 +1022,7 @@ __attribute__((visibility("default"))) int epoll_ctl(int epfd, int op, int fd,
       } else if (op == EPOLL_CTL_DEL) {
         if (r == nullptr) {
           err = -1;  // the kernel's, if anyone's
-        } else {
+        } else if (!park(r)) {
           uninstall(r);
           unlink_reg(r);
         }
@@ -717,9 +1052,10 @@ __attribute__((visibility("default"))) int epoll_wait(int epfd, epoll_event* eve
   if (!g_enabled || !fd_maybe(epfd)) {
     return real.epoll_wait(epfd, events, maxevents, timeout);
   }
-  return wait_common(epfd, events, maxevents, timeout, nullptr, [&](int64_t t) {
-    return real.epoll_wait(epfd, events, maxevents, static_cast<int>(t));
-  });
+  return wait_common(epfd, events, maxevents, timeout, nullptr,
+                     [&](epoll_event* out, int cap, int64_t t) {
+                       return real.epoll_wait(epfd, out, cap, static_cast<int>(t));
+                     });
 }
 
 __attribute__((visibility("default"))) int epoll_pwait(int epfd, epoll_event* events,
@@ -729,9 +1065,10 @@ __attribute__((visibility("default"))) int epoll_pwait(int epfd, epoll_event* ev
   if (!g_enabled || !fd_maybe(epfd)) {
     return real.epoll_pwait(epfd, events, maxevents, timeout, sigmask);
   }
-  return wait_common(epfd, events, maxevents, timeout, sigmask, [&](int64_t t) {
-    return real.epoll_pwait(epfd, events, maxevents, static_cast<int>(t), sigmask);
-  });
+  return wait_common(epfd, events, maxevents, timeout, sigmask,
+                     [&](epoll_event* out, int cap, int64_t t) {
+                       return real.epoll_pwait(epfd, out, cap, static_cast<int>(t), sigmask);
+                     });
 }
 
 __attribute__((visibility("default"))) int epoll_pwait2(int epfd, epoll_event* events,
@@ -742,10 +1079,12 @@ __attribute__((visibility("default"))) int epoll_pwait2(int epfd, epoll_event* e
     return real.epoll_pwait2(epfd, events, maxevents, ts, sigmask);
   }
   int64_t ms = ts == nullptr ? -1 : ts->tv_sec * 1000 + (ts->tv_nsec + 999999) / 1000000;
-  return wait_common(epfd, events, maxevents, ms, sigmask, [&](int64_t t) {
-    timespec left{static_cast<time_t>(t / 1000), static_cast<long>((t % 1000) * 1000000)};
-    return real.epoll_pwait2(epfd, events, maxevents, t < 0 ? nullptr : &left, sigmask);
-  });
+  return wait_common(epfd, events, maxevents, ms, sigmask,
+                     [&](epoll_event* out, int cap, int64_t t) {
+                       timespec left{static_cast<time_t>(t / 1000),
+                                     static_cast<long>((t % 1000) * 1000000)};
+                       return real.epoll_pwait2(epfd, out, cap, t < 0 ? nullptr : &left, sigmask);
+                     });
 }
 
 }  // extern "C"

@@ -91,6 +91,9 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
   for (nfds_t i = 0; i < n; ++i) {
     if (fd_maybe(fds[i].fd)) {
       map[i].e = fd_get(fds[i].fd);
+      if (map[i].e != nullptr && map[i].e->st.load() == state::epoll) {
+        ep_expose(map[i].e);  // its kernel readiness is read here: keep it true
+      }
     }
   }
   const int64_t deadline = timeout_ns < 0 ? 0 : mono_ns() + timeout_ns;

@@ -263,6 +263,14 @@ void ep_state_changed(entry* e);
 void ep_forget_entry(entry* e);
 /// An epoll instance's last fd is gone.
 void ep_destroy_set(entry* e);
+/// An epoll set whose kernel readiness another waiter reads (poll() on it):
+/// from now on its readiness is kept true in the kernel (epoll_api.cpp).
+void ep_expose(entry* epe);
+/// epoll bookkeeping: an epoll fd was made; `fd` is being added to a set
+/// (EPOLL_CTL_ADD); this process is a forked child.
+void ep_note_created(int epfd);
+void ep_note_added(int fd);
+void ep_note_fork_child();
 void ep_lock();
 void ep_unlock();
 

@@ -280,6 +280,7 @@ void atfork_child() {
   core::handoff::forget_after_fork();
   core::background::forget_after_fork();
   core::note_fork_child();
+  ep_note_fork_child();
   try {
     forget_decisions_after_fork();
   } catch (...) {

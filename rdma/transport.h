@@ -89,6 +89,13 @@ class data_path {
   /// peer that floods it): the caller ends the connection.
   virtual bool drain_rx() = 0;
   virtual bool drain_tx() = 0;
+  /// For a waiter that learns readiness from the connection's state and
+  /// only needs the next ring to wake it (an edge-triggered watch of the
+  /// doorbell): lets the peer ring again without emptying the doorbell,
+  /// which is drained only every so often. False as drain_rx(). The
+  /// doorbell stays readable meanwhile: level watchers must drain instead.
+  virtual bool rearm_rx() { return drain_rx(); }
+  virtual bool rearm_tx() { return drain_tx(); }
   /// Make our own doorbell readable (local state change, e.g. peer gone).
   virtual void kick_rx() = 0;
   virtual void kick_tx() = 0;

@@ -328,6 +328,12 @@ class shm_path final : public data_path {
     theirs_->ctl()->tx_rung.store(0, std::memory_order_seq_cst);
     return ok;
   }
+  // Clearing the rung flag lets the next ring through; the ring that set it
+  // stays queued. Between two drains at most rearm_drain_every rings queue
+  // that way (one per flag cleared; each holder process counts its own),
+  // far below what counts as a flood.
+  bool rearm_rx() override { return rearm(mine_->ctl()->rx_rung, undrained_rx_, true); }
+  bool rearm_tx() override { return rearm(theirs_->ctl()->tx_rung, undrained_tx_, false); }
   // Our own rings go through the same rung flag as the peer's: at most one
   // ring is queued at a time (more would pile up in the socket's queue:
   // every epoll_ctl(MOD) of a writable connection rings its tx doorbell, and
@@ -347,6 +353,17 @@ class shm_path final : public data_path {
   void confine() override { confined_.store(true); }
 
  private:
+  static constexpr uint32_t rearm_drain_every = 8;
+  bool rearm(std::atomic<uint32_t>& rung, std::atomic<uint32_t>& undrained, bool rx) {
+    if (rung.exchange(0, std::memory_order_seq_cst) == 0 ||
+        undrained.fetch_add(1, std::memory_order_relaxed) + 1 < rearm_drain_every) {
+      return true;
+    }
+    undrained.store(0, std::memory_order_relaxed);
+    return rx ? drain_rx() : drain_tx();
+  }
+  std::atomic<uint32_t> undrained_rx_{0};
+  std::atomic<uint32_t> undrained_tx_{0};
   std::unique_ptr<state_page> state_;
   std::unique_ptr<segment> mine_;
   std::unique_ptr<segment> theirs_;
