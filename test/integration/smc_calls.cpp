@@ -12,7 +12,10 @@
 // data, without SA_RESTART or with SO_RCVTIMEO set it fails with EINTR, as
 // the kernel does for TCP. Mode epoll_sets: the client's socket is in three
 // epoll sets at once (level-triggered, edge-triggered, and a set nested in a
-// third), each must report what the socket's state says. Mode threads
+// third), each must report what the socket's state says; then, with data
+// left unread in a level-triggered set that also holds an eventfd,
+// epoll_wait with room for one event must still report the eventfd (a
+// kernel fd is never starved by a socket that stays ready). Mode threads
 // (client only, against an echo server such as smc_fork's): 16 threads each
 // create and connect a socket at once, then one thread writes 1 MiB while
 // another reads the echo back on the same fd. Plain POSIX, nothing about SMC: the same binary runs plain or
@@ -34,6 +37,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -797,6 +801,60 @@ int run_epoll_sets_client(int fd, const options& o) {
       fail_exit("round " + std::to_string(r) + ": level-triggered set ready with nothing to read");
     }
     ep_events(et, 0);  // an edge-triggered set may repeat an edge: not asserted
+  }
+  // A socket that stays readable (nothing is read) and an eventfd in one
+  // level-triggered set, waited on with room for one event: both come.
+  {
+    int mix = ep_with(fd, EPOLLIN, 0x1212);
+    int efd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    epoll_event eev{};
+    eev.events = EPOLLIN;
+    eev.data.u64 = 0x3434;
+    if (efd < 0 || ::epoll_ctl(mix, EPOLL_CTL_ADD, efd, &eev) != 0) {
+      fail_exit(err_text("eventfd in the mixed set"));
+    }
+    if (!smc_test::send_all(fd, "n", 1)) {
+      fail_exit(err_text("send ask"));
+    }
+    if ((ep_events(lt, 10000) & EPOLLIN) == 0) {
+      fail_exit("mixed set: the data did not come");
+    }
+    const uint64_t one = 1;
+    if (::write(efd, &one, sizeof one) != static_cast<ssize_t>(sizeof one)) {
+      fail_exit(err_text("eventfd write"));
+    }
+    int seen_sock = 0;
+    int seen_efd = 0;
+    for (int i = 0; i < 32; ++i) {
+      epoll_event ev;
+      int n = ::epoll_wait(mix, &ev, 1, 10000);
+      if (n != 1) {
+        fail_exit(err_text("mixed set: epoll_wait"));
+      }
+      seen_sock += ev.data.u64 == 0x1212 ? 1 : 0;
+      seen_efd += ev.data.u64 == 0x3434 ? 1 : 0;
+    }
+    if (seen_sock == 0 || seen_efd == 0) {
+      fail_exit("mixed set with room for one event: socket reported " + std::to_string(seen_sock) +
+                " times, eventfd " + std::to_string(seen_efd) + " times in 32 waits");
+    }
+    const uint64_t end = got + 3000;
+    while (got < end) {
+      ssize_t n = ::recv(fd, buf.data(), std::min<uint64_t>(buf.size(), end - got), 0);
+      if (n < 0 && errno == EAGAIN) {
+        ep_events(lt, 10000);
+        continue;
+      }
+      if (n <= 0) {
+        fail_exit(err_text("recv mixed"));
+      }
+      if (int64_t bad = in.check(got, buf.data(), static_cast<size_t>(n)); bad >= 0) {
+        fail_exit("wrong byte at offset " + std::to_string(bad));
+      }
+      got += static_cast<uint64_t>(n);
+    }
+    ::close(efd);
+    ::close(mix);
   }
   ::shutdown(fd, SHUT_WR);
   // The server's EOF: every set reports it.
