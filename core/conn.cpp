@@ -922,13 +922,23 @@ void conn::flooded(bool rx) {
   abort_locally(ECONNRESET);
 }
 
-void conn::rearm_doorbell(bool rx) {
+void conn::rearm_doorbell(bool rx, bool armed) {
   if (level_watchers_.load(std::memory_order_relaxed) > 0) {
     reset_doorbell(rx, true);  // its level must hold for a watcher that reads it
     return;
   }
-  if (!(rx ? path_->rearm_rx() : path_->rearm_tx())) {
+  const int r = rx ? path_->rearm_rx() : path_->rearm_tx();
+  if (r < 0) {
     flooded(rx);
+    return;
+  }
+  const uint32_t w = rx ? path_->rx_waiters() : path_->tx_waiters();
+  if (r > 0 && w > (armed ? 1u : 0u) && (events() & (rx ? POLLIN : POLLOUT)) != 0) {
+    if (rx) {
+      path_->kick_rx();
+    } else {
+      path_->kick_tx();
+    }
   }
 }
 

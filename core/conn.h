@@ -205,8 +205,12 @@ class conn {
   void quiet_doorbell(bool rx);
   /// A doorbell whose ring an edge-triggered watch delivered: lets the peer
   /// ring it again (data_path::rearm_rx), without a system call most times.
-  /// The caller looks at the state afterwards.
-  void rearm_doorbell(bool rx);
+  /// The caller looks at the state afterwards. `armed`: the caller counts
+  /// among the doorbell's declared waiters. When the doorbell had to be
+  /// drained and others watch it too (another epoll set, a poll, a blocked
+  /// call, another process), it is rung again if what it signals holds,
+  /// so that the edge they had pending is not lost to them.
+  void rearm_doorbell(bool rx, bool armed);
   /// A watcher in this process that needs the doorbells' levels true (a
   /// level-triggered watch of them that others read: a nested epoll set)
   /// comes (+1) or goes (-1); while there is one, rearm_doorbell drains.

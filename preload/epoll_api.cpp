@@ -82,6 +82,8 @@ struct ep_set {
   std::vector<ep_reg*> regs;
   std::unordered_set<ep_reg*> live;  // pointers from the kernel are checked against this
   std::vector<ep_reg*> check;        // looked at in memory first (from memory only)
+  std::vector<ep_reg*> hot;          // level-triggered and busy: looked at by every wait
+  bool hot_armed = false;            // their waiters are declared (a thread sleeps)
   std::vector<ep_chan> chans;
 };
 
@@ -96,6 +98,8 @@ struct ep_reg {
   bool disabled = false;  // EPOLLONESHOT fired, until EPOLL_CTL_MOD
   bool in_check = false;  // on set->check
   bool parked = false;    // deleted by the application, watches kept for its next ADD
+  bool hot = false;       // on set->hot
+  uint16_t cold_looks = 0;  // looks in a row that found it not ready (while hot)
   bool level_watch = false;  // counted in its conn's watch_level (a classic set's)
   uint8_t idle_rings = 0; // rings in a row that found nothing ready (from memory)
   uint64_t seen_gen = 0;  // the last wait that reported it
@@ -114,6 +118,8 @@ constexpr uint32_t out_bits = EPOLLOUT | EPOLLWRNORM;
 // Waits answered from the check list alone before the kernel gets a turn
 // (only when the list fills the caller's whole buffer).
 constexpr unsigned max_streak = 8;
+// Looks that find a hot registration not ready before it cools down.
+constexpr uint16_t max_cold_looks = 64;
 
 // Which fds are epoll instances, and which of those were put into another
 // epoll set (a set made before it held SMC sockets is nested before we know
@@ -203,11 +209,23 @@ void check_drop(ep_reg* r) {
   }
 }
 
+void hot_drop(ep_reg* r) {
+  if (r->hot) {
+    auto& v = r->set->hot;
+    v.erase(std::remove(v.begin(), v.end(), r), v.end());
+    r->hot = false;
+  }
+}
+
 // Declares (or withdraws) the registration's waiters to match its interest.
+// A hot registration declares them only while a thread sleeps on the set:
+// awake, the set looks at it in every wait anyway, and the peer's rings
+// would be system calls for nothing.
 void arm_to_interest(ep_reg* r) {
   auto& p = r->e->conn->path();
-  const bool rx = !r->disabled && (r->ev.events & in_bits) != 0;
-  const bool tx = !r->disabled && (r->ev.events & out_bits) != 0;
+  const bool on = !r->disabled && (!r->hot || r->set->hot_armed);
+  const bool rx = on && (r->ev.events & in_bits) != 0;
+  const bool tx = on && (r->ev.events & out_bits) != 0;
   if (rx != r->armed_rx) {
     p.arm_rx(rx ? 1 : -1);
     r->armed_rx = rx;
@@ -228,6 +246,7 @@ void uninstall(ep_reg* r) {
     del_item(r, slot);
   }
   check_drop(r);
+  hot_drop(r);
   if (r->level_watch) {
     r->e->conn->watch_level(-1);
     r->level_watch = false;
@@ -422,6 +441,7 @@ bool park(ep_reg* r) {
   r->parked = true;
   r->disabled = true;
   check_drop(r);
+  hot_drop(r);
   arm_to_interest(r);
   return true;
 }
@@ -499,15 +519,76 @@ bool report(ep_reg* r, uint32_t ev, uint64_t gen, epoll_event* out, int& n, int 
   if ((r->ev.events & EPOLLONESHOT) != 0) {
     r->disabled = true;
     check_drop(r);
+    hot_drop(r);
     if (r->set->classic) {
       uninstall(r);
     } else {
       arm_to_interest(r);  // withdraws its waiters; the watches stay for the MOD
     }
-  } else if ((r->ev.events & EPOLLET) == 0 && !r->set->classic) {
-    check_add(r);  // level-triggered: looked at again by the next wait
+  } else if ((r->ev.events & EPOLLET) == 0 && !r->set->classic &&
+             r->e->st.load() == state::smc) {
+    // Level-triggered: looked at again by every wait while it is busy.
+    r->cold_looks = 0;
+    if (!r->hot) {
+      r->hot = true;
+      r->set->hot.push_back(r);
+      arm_to_interest(r);
+    }
   }
   return true;
+}
+
+// Looks at the hot registrations (see arm_to_interest), reporting the
+// ready ones; one found not ready max_cold_looks times in a row cools
+// down: its waiters are declared again and only a ring tells from then on.
+// The list turns so that each gets its turn when the buffer is small.
+void look_hot(ep_set* s, epoll_event* out, int& n, int cap, uint64_t gen) {
+  std::vector<ep_reg*> cool;
+  const size_t count = s->hot.size();
+  size_t next = 0;
+  for (size_t i = 0; i < count && n < cap; ++i) {
+    ep_reg* r = s->hot[i];
+    next = i + 1;
+    const uint32_t ev = app_events(r, r->e->conn->events());
+    if (ev != 0) {
+      report(r, ev, gen, out, n, cap);
+    } else if (++r->cold_looks >= max_cold_looks) {
+      cool.push_back(r);
+    }
+  }
+  if (n >= cap && next < s->hot.size()) {
+    std::rotate(s->hot.begin(), s->hot.begin() + static_cast<long>(next), s->hot.end());
+  }
+  for (ep_reg* r : cool) {
+    hot_drop(r);
+    arm_to_interest(r);
+    auto& c = *r->e->conn;
+    c.rearm_doorbell(true, r->armed_rx);
+    c.rearm_doorbell(false, r->armed_tx);
+    report(r, app_events(r, c.events()), gen, out, n, cap);
+  }
+}
+
+// A thread is about to sleep on the set (first) or the last one woke:
+// the hot registrations declare their waiters, or withdraw them. On the
+// way in, true if one of them is ready (looked at after declaring: the
+// doorbell protocol's Dekker order), and the thread must not sleep.
+bool hot_sleep(ep_set* s, bool sleeping) {
+  if (s->hot.empty() || s->hot_armed == sleeping) {
+    return false;
+  }
+  s->hot_armed = sleeping;
+  bool ready = false;
+  for (ep_reg* r : s->hot) {
+    arm_to_interest(r);
+    if (sleeping) {
+      auto& c = *r->e->conn;
+      c.rearm_doorbell(true, r->armed_rx);  // (a rung flag left up would keep the next ring back)
+      c.rearm_doorbell(false, r->armed_tx);
+      ready = ready || app_events(r, c.events()) != 0;
+    }
+  }
+  return ready;
 }
 
 // From memory (under g_ep_mu): reports the registrations on the check
@@ -535,10 +616,10 @@ int look_memory(ep_set* s, epoll_event* out, int cap, uint64_t gen) {
     if (ev == 0) {
       // Not ready: from here on only a ring tells.
       if (r->armed_rx) {
-        c.rearm_doorbell(true);
+        c.rearm_doorbell(true, true);
       }
       if (r->armed_tx) {
-        c.rearm_doorbell(false);
+        c.rearm_doorbell(false, true);
       }
       ev = app_events(r, c.events());
     }
@@ -553,6 +634,7 @@ int look_memory(ep_set* s, epoll_event* out, int cap, uint64_t gen) {
   }
   kept.insert(kept.end(), s->check.begin(), s->check.end());
   s->check.swap(kept);
+  look_hot(s, out, n, cap, gen);
   return n;
 }
 
@@ -584,10 +666,10 @@ void smc_fired(ep_reg* r, uint32_t tags, uint64_t gen, epoll_event* out, int& n,
       r->idle_rings = 0;
     }
     if (rx) {
-      idle ? static_cast<void>(c.reset_doorbell(true, true)) : c.rearm_doorbell(true);
+      idle ? static_cast<void>(c.reset_doorbell(true, true)) : c.rearm_doorbell(true, r->armed_rx);
     }
     if (tx) {
-      idle ? static_cast<void>(c.reset_doorbell(false, true)) : c.rearm_doorbell(false);
+      idle ? static_cast<void>(c.reset_doorbell(false, true)) : c.rearm_doorbell(false, r->armed_tx);
     }
     report(r, app_events(r, c.events()), gen, out, n, cap);
     return;
@@ -781,7 +863,7 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
       std::lock_guard<std::mutex> lk(g_ep_mu);
       check_forked(s);
       gen = ++s->gen;
-      if (!s->check.empty()) {
+      if (!s->check.empty() || !s->hot.empty()) {
         // The kernel gets a turn at least every max_streak waits.
         const int cap = s->streak >= max_streak ? maxevents - 1 : maxevents;
         n = cap > 0 ? look_memory(s, events, cap, gen) : 0;
@@ -796,8 +878,10 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
         }
       }
       if (left != 0) {
-        ++s->sleepers;  // under the lock that note_changed() takes too
         sleeper = true;
+        if (s->sleepers++ == 0 && hot_sleep(s, true)) {
+          left = 0;  // one of them is ready: the next look reports it
+        }
       }
     } catch (...) {
     }
@@ -805,7 +889,9 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
     const int err = errno;
     if (sleeper) {
       std::lock_guard<std::mutex> lk(g_ep_mu);
-      --s->sleepers;
+      if (--s->sleepers == 0) {
+        hot_sleep(s, false);
+      }
     }
     if (m < 0) {
       if (n > 0) {

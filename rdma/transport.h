@@ -92,10 +92,12 @@ class data_path {
   /// For a waiter that learns readiness from the connection's state and
   /// only needs the next ring to wake it (an edge-triggered watch of the
   /// doorbell): lets the peer ring again without emptying the doorbell,
-  /// which is drained only every so often. False as drain_rx(). The
-  /// doorbell stays readable meanwhile: level watchers must drain instead.
-  virtual bool rearm_rx() { return drain_rx(); }
-  virtual bool rearm_tx() { return drain_tx(); }
+  /// which is drained only every so often. Returns 0 (not drained), 1
+  /// (drained: an edge other watchers had pending is gone), -1 (drained,
+  /// and flooded: as drain_rx() returning false). The doorbell stays
+  /// readable meanwhile: level watchers must drain instead.
+  virtual int rearm_rx() { return drain_rx() ? 1 : -1; }
+  virtual int rearm_tx() { return drain_tx() ? 1 : -1; }
   /// Make our own doorbell readable (local state change, e.g. peer gone).
   virtual void kick_rx() = 0;
   virtual void kick_tx() = 0;

@@ -332,8 +332,8 @@ class shm_path final : public data_path {
   // stays queued. Between two drains at most rearm_drain_every rings queue
   // that way (one per flag cleared; each holder process counts its own),
   // far below what counts as a flood.
-  bool rearm_rx() override { return rearm(mine_->ctl()->rx_rung, undrained_rx_, true); }
-  bool rearm_tx() override { return rearm(theirs_->ctl()->tx_rung, undrained_tx_, false); }
+  int rearm_rx() override { return rearm(mine_->ctl()->rx_rung, undrained_rx_, true); }
+  int rearm_tx() override { return rearm(theirs_->ctl()->tx_rung, undrained_tx_, false); }
   // Our own rings go through the same rung flag as the peer's: at most one
   // ring is queued at a time (more would pile up in the socket's queue:
   // every epoll_ctl(MOD) of a writable connection rings its tx doorbell, and
@@ -354,13 +354,13 @@ class shm_path final : public data_path {
 
  private:
   static constexpr uint32_t rearm_drain_every = 8;
-  bool rearm(std::atomic<uint32_t>& rung, std::atomic<uint32_t>& undrained, bool rx) {
+  int rearm(std::atomic<uint32_t>& rung, std::atomic<uint32_t>& undrained, bool rx) {
     if (rung.exchange(0, std::memory_order_seq_cst) == 0 ||
         undrained.fetch_add(1, std::memory_order_relaxed) + 1 < rearm_drain_every) {
-      return true;
+      return 0;
     }
     undrained.store(0, std::memory_order_relaxed);
-    return rx ? drain_rx() : drain_tx();
+    return (rx ? drain_rx() : drain_tx()) ? 1 : -1;
   }
   std::atomic<uint32_t> undrained_rx_{0};
   std::atomic<uint32_t> undrained_tx_{0};

@@ -501,9 +501,10 @@ scenario_calls() {
     server '^ok mode=linger0 .* reset' -ge 1
   # One socket in several epoll sets at once: level-triggered, edge-triggered,
   # nested and exclusive; each reports what the connection's state says; a
-  # kernel fd in a set with a socket that stays readable is not starved.
+  # kernel fd in a set with a socket that stays readable is not starved;
+  # two edge-triggered sets both see every edge.
   calls_pair calls_epoll_sets "smc_calls server --mode epoll_sets" \
-    "smc_calls client --mode epoll_sets" client '^ok mode=epoll_sets client rounds=50 bytes=153000' -ge 1
+    "smc_calls client --mode epoll_sets" client '^ok mode=epoll_sets client rounds=50 bytes=213000' -ge 1
   # Sockets created and connected by 16 threads at once; on each, one thread
   # writes while another reads the echo (smc_fork's echo server).
   calls_pair calls_threads "smc_fork server --count 17" "smc_calls client --mode threads --bytes 1M" \

@@ -15,7 +15,8 @@
 // third), each must report what the socket's state says; then, with data
 // left unread in a level-triggered set that also holds an eventfd,
 // epoll_wait with room for one event must still report the eventfd (a
-// kernel fd is never starved by a socket that stays ready). Mode threads
+// kernel fd is never starved by a socket that stays ready); then two
+// edge-triggered sets must each report every round's data. Mode threads
 // (client only, against an echo server such as smc_fork's): 16 threads each
 // create and connect a socket at once, then one thread writes 1 MiB while
 // another reads the echo back on the same fd. Plain POSIX, nothing about SMC: the same binary runs plain or
@@ -856,6 +857,38 @@ int run_epoll_sets_client(int fd, const options& o) {
     ::close(efd);
     ::close(mix);
   }
+  // Two edge-triggered sets and no other watcher: each reports each
+  // round's data, however the other takes its edges.
+  ::close(outer);
+  ::close(inner);
+  {
+    int et2 = ep_with(fd, EPOLLIN | EPOLLET, 0x5656);
+    for (int r = 0; r < 20; ++r) {
+      if (!smc_test::send_all(fd, "n", 1)) {
+        fail_exit(err_text("send ask"));
+      }
+      if ((ep_events(et, 10000) & EPOLLIN) == 0 || (ep_events(et2, 10000) & EPOLLIN) == 0) {
+        fail_exit("two edge-triggered sets, round " + std::to_string(r) +
+                  ": one did not report the data");
+      }
+      const uint64_t end = got + 3000;
+      while (got < end) {
+        ssize_t n = ::recv(fd, buf.data(), std::min<uint64_t>(buf.size(), end - got), 0);
+        if (n < 0 && errno == EAGAIN) {
+          ep_events(lt, 10000);
+          continue;
+        }
+        if (n <= 0) {
+          fail_exit(err_text("recv two sets"));
+        }
+        if (int64_t bad = in.check(got, buf.data(), static_cast<size_t>(n)); bad >= 0) {
+          fail_exit("wrong byte at offset " + std::to_string(bad));
+        }
+        got += static_cast<uint64_t>(n);
+      }
+    }
+    ::close(et2);
+  }
   ::shutdown(fd, SHUT_WR);
   // The server's EOF: every set reports it.
   if ((ep_events(lt, 10000) & (EPOLLIN | EPOLLRDHUP)) != (EPOLLIN | EPOLLRDHUP)) {
@@ -865,8 +898,6 @@ int run_epoll_sets_client(int fd, const options& o) {
     fail_exit("expected EOF");
   }
   ::close(excl);
-  ::close(outer);
-  ::close(inner);
   ::close(et);
   ::close(lt);
   ::close(fd);
