@@ -441,8 +441,7 @@ bool park(ep_reg* r) {
   r->parked = true;
   r->disabled = true;
   check_drop(r);
-  hot_drop(r);
-  arm_to_interest(r);
+  arm_to_interest(r);  // (a hot one stays hot: it is back with the next ADD)
   return true;
 }
 
@@ -549,6 +548,9 @@ void look_hot(ep_set* s, epoll_event* out, int& n, int cap, uint64_t gen) {
   for (size_t i = 0; i < count && n < cap; ++i) {
     ep_reg* r = s->hot[i];
     next = i + 1;
+    if (r->disabled) {
+      continue;  // parked: looked at again once it is back
+    }
     const uint32_t ev = app_events(r, r->e->conn->events());
     if (ev != 0) {
       report(r, ev, gen, out, n, cap);
@@ -581,7 +583,7 @@ bool hot_sleep(ep_set* s, bool sleeping) {
   bool ready = false;
   for (ep_reg* r : s->hot) {
     arm_to_interest(r);
-    if (sleeping) {
+    if (sleeping && !r->disabled) {
       auto& c = *r->e->conn;
       c.rearm_doorbell(true, r->armed_rx);  // (a rung flag left up would keep the next ring back)
       c.rearm_doorbell(false, r->armed_tx);
