@@ -15,13 +15,16 @@
 // - From memory (the default). The doorbells are watched edge-triggered;
 //   a ring wakes the set once, the connection's state says what is ready,
 //   and the doorbell is re-armed by clearing its rung flag (drained only
-//   every few rings). Registrations that were reported level-triggered, or
-//   just added or modified, stay on the set's check list and are looked at
-//   in memory at the start of the next epoll_wait(), before the kernel; so
-//   a level that holds, or an EPOLL_CTL_MOD, costs no system call (event
-//   loops flip EPOLLOUT around every reply). A wait that finds something
-//   there still collects the kernel's events with a zero timeout, so kernel
-//   fds in the set are never starved.
+//   every few rings). Registrations just added or modified are on the
+//   set's check list, level-triggered ones that were reported are "hot":
+//   both are looked at in memory at the start of every epoll_wait(), before
+//   the kernel; so a level that holds, an EPOLL_CTL_MOD, or the DEL and ADD
+//   an event loop makes around every reply cost no system call. A hot
+//   registration declares its waiters only while a thread sleeps on the
+//   set (the peer rings nobody awake), and a wait busy-polls the hot ones
+//   for SMC_SPIN_US before it sleeps. What memory finds is reported
+//   without the kernel 8 times in a row at most; then the kernel's events
+//   get their turn, so kernel fds in the set are never starved.
 // - Truthful kernel levels ("classic"), for a set whose kernel readiness
 //   somebody else reads: one nested in another epoll set, one given to
 //   poll()/select(), and a set a forked child waits on. The doorbells are
@@ -56,6 +59,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "core/busy_wait.h"
 #include "core/log.h"
 #include "preload/preload.h"
 #include "rdma/transport.h"
@@ -571,6 +575,18 @@ void look_hot(ep_set* s, epoll_event* out, int& n, int cap, uint64_t gen) {
   }
 }
 
+// Whether a hot registration is not parked (worth spinning for), and
+// whether one is ready.
+bool hot_live(const ep_set* s) {
+  return std::any_of(s->hot.begin(), s->hot.end(), [](const ep_reg* r) { return !r->disabled; });
+}
+
+bool hot_ready(const ep_set* s) {
+  return std::any_of(s->hot.begin(), s->hot.end(), [](ep_reg* r) {
+    return !r->disabled && app_events(r, r->e->conn->events()) != 0;
+  });
+}
+
 // A thread is about to sleep on the set (first) or the last one woke:
 // the hot registrations declare their waiters, or withdraw them. On the
 // way in, true if one of them is ready (looked at after declaring: the
@@ -856,36 +872,56 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
   }
   int saved = errno;
   const int64_t deadline = timeout_ms < 0 ? 0 : mono_ms() + timeout_ms;
+  const uint32_t spin_us = g_confined.load(std::memory_order_relaxed) ? 0 : cfg().spin_us;
+  bool spun = false;
   for (;;) {
     int64_t left = timeout_ms < 0 ? -1 : std::max<int64_t>(0, deadline - mono_ms());
     int n = 0;
     uint64_t gen = 0;
     bool sleeper = false;
+    bool spin = false;
     try {
       std::lock_guard<std::mutex> lk(g_ep_mu);
       check_forked(s);
       gen = ++s->gen;
       if (!s->check.empty() || !s->hot.empty()) {
-        // The kernel gets a turn at least every max_streak waits.
-        const int cap = s->streak >= max_streak ? maxevents - 1 : maxevents;
+        // What memory has is reported without the kernel, max_streak
+        // times in a row at most: then the kernel gets its turn (room is
+        // kept for it), so that its fds in the set are never starved.
+        const bool kernel_turn = s->streak >= max_streak;
+        const int cap = kernel_turn ? maxevents - 1 : maxevents;
         n = cap > 0 ? look_memory(s, events, cap, gen) : 0;
-        if (n == maxevents) {
+        if (n > 0 && !kernel_turn) {
           ++s->streak;
           errno = saved;
           return n;
         }
         s->streak = 0;
-        if (n > 0 || !s->check.empty()) {
-          left = 0;  // something is ready (or kept for want of room)
+        if (n > 0 || cap == 0 || !s->check.empty()) {
+          left = 0;  // something is ready (or may be, or was kept for want of room)
         }
       }
-      if (left != 0) {
+      if (left != 0 && !spun && spin_us > 0 && hot_live(s)) {
+        spin = true;  // busy: the next request may be a few microseconds away
+      } else if (left != 0) {
         sleeper = true;
         if (s->sleepers++ == 0 && hot_sleep(s, true)) {
           left = 0;  // one of them is ready: the next look reports it
         }
       }
     } catch (...) {
+    }
+    if (spin) {
+      // Before declaring waiters (which makes the peer ring) and sleeping:
+      // look at the hot registrations in memory for up to SMC_SPIN_US. A
+      // reply that comes meanwhile costs neither side a system call.
+      spun = true;
+      const int64_t us = left < 0 ? spin_us : std::min<int64_t>(spin_us, left * 1000);
+      core::busy_wait(static_cast<uint32_t>(us), [] { return false; }, [&] {
+        std::lock_guard<std::mutex> lk(g_ep_mu);
+        return !s->check.empty() || hot_ready(s);
+      });
+      continue;  // the next round reports what came, or sleeps
     }
     int m = kernel_wait(s, events + n, maxevents - n, left, sigmask, wait);
     const int err = errno;

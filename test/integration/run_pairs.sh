@@ -502,7 +502,8 @@ scenario_calls() {
   # One socket in several epoll sets at once: level-triggered, edge-triggered,
   # nested and exclusive; each reports what the connection's state says; a
   # kernel fd in a set with a socket that stays readable is not starved;
-  # two edge-triggered sets both see every edge.
+  # two edge-triggered sets both see every edge; an EPOLL_CTL_MOD wakes a
+  # thread asleep on the set.
   calls_pair calls_epoll_sets "smc_calls server --mode epoll_sets" \
     "smc_calls client --mode epoll_sets" client '^ok mode=epoll_sets client rounds=50 bytes=213000' -ge 1
   # Sockets created and connected by 16 threads at once; on each, one thread

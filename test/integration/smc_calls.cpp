@@ -16,7 +16,9 @@
 // left unread in a level-triggered set that also holds an eventfd,
 // epoll_wait with room for one event must still report the eventfd (a
 // kernel fd is never starved by a socket that stays ready); then two
-// edge-triggered sets must each report every round's data. Mode threads
+// edge-triggered sets must each report every round's data, and a thread
+// asleep in epoll_wait must wake when another one's EPOLL_CTL_MOD makes the
+// socket's registration ready. Mode threads
 // (client only, against an echo server such as smc_fork's): 16 threads each
 // create and connect a socket at once, then one thread writes 1 MiB while
 // another reads the echo back on the same fd. Plain POSIX, nothing about SMC: the same binary runs plain or
@@ -42,6 +44,7 @@
 #include <sys/ioctl.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -888,6 +891,53 @@ int run_epoll_sets_client(int fd, const options& o) {
       }
     }
     ::close(et2);
+  }
+  // One thread asleep in epoll_wait on a set where the socket waits for
+  // input only; another adds EPOLLOUT (the socket is writable): the
+  // sleeper wakes with it, as the kernel wakes waiters on EPOLL_CTL_MOD.
+  {
+    int ws = ep_with(fd, EPOLLIN, 0x7878);
+    std::atomic<pid_t> tid{0};
+    std::atomic<uint32_t> woke{0};
+    std::thread sleeper([&] {
+      tid.store(static_cast<pid_t>(::syscall(SYS_gettid)));
+      woke.store(ep_events(ws, 10000) | 0x80000000u);
+    });
+    // Until the sleeper is in the system call (epoll_wait, epoll_pwait).
+    bool asleep = false;
+    for (int i = 0; i < 100000 && !asleep && woke.load() == 0; ++i) {
+      const pid_t t = tid.load();
+      if (t == 0) {
+        std::this_thread::yield();
+        continue;
+      }
+      char path[64];
+      std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", static_cast<int>(t));
+      FILE* f = std::fopen(path, "r");
+      long nr = -1;
+      if (f != nullptr) {
+        if (std::fscanf(f, "%ld", &nr) != 1) {
+          nr = -1;
+        }
+        std::fclose(f);
+      }
+      asleep = nr == SYS_epoll_wait || nr == SYS_epoll_pwait;
+      if (!asleep) {
+        std::this_thread::yield();
+      }
+    }
+    epoll_event mev{};
+    mev.events = EPOLLIN | EPOLLOUT;
+    mev.data.u64 = 0x7878;
+    if (::epoll_ctl(ws, EPOLL_CTL_MOD, fd, &mev) != 0) {
+      fail_exit(err_text("EPOLL_CTL_MOD for the sleeper"));
+    }
+    sleeper.join();
+    if ((woke.load() & EPOLLOUT) == 0) {
+      fail_exit(std::string("a thread asleep in epoll_wait was not woken by EPOLL_CTL_MOD to a ready "
+                            "state") + (asleep ? "" : " (it was never seen asleep)"));
+    }
+    ::close(ws);
   }
   ::shutdown(fd, SHUT_WR);
   // The server's EOF: every set reports it.
