@@ -918,8 +918,10 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
       spun = true;
       const int64_t us = left < 0 ? spin_us : std::min<int64_t>(spin_us, left * 1000);
       core::busy_wait(static_cast<uint32_t>(us), [] { return false; }, [&] {
-        std::lock_guard<std::mutex> lk(g_ep_mu);
-        return !s->check.empty() || hot_ready(s);
+        // (Not in the way of other threads' epoll calls: a round that
+        // finds the lock taken only looks again.)
+        std::unique_lock<std::mutex> lk(g_ep_mu, std::try_to_lock);
+        return lk.owns_lock() && (!s->check.empty() || hot_ready(s));
       });
       continue;  // the next round reports what came, or sleeps
     }
