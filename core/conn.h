@@ -182,6 +182,16 @@ class conn {
 
   /// Current readiness (no waiting, no arming).
   poll_mask events();
+  /// A value that changes whenever the peer moves a cursor or its flags, or
+  /// this side its own error or shutdown state: a watcher that saw it
+  /// before knows whether an edge is due (edge-triggered epoll from memory).
+  uint64_t activity() const {
+    return path_->peer_prod() + 3 * path_->peer_cons() + (uint64_t{path_->peer_conn_flags()} << 56) +
+           (static_cast<uint64_t>(sh_->err.load(std::memory_order_relaxed)) << 40) +
+           (uint64_t{sh_->shut_rd.load(std::memory_order_relaxed)} << 62) +
+           (uint64_t{sh_->gone.load(std::memory_order_relaxed)} << 63) +
+           (uint64_t{sh_->my_flags.load(std::memory_order_relaxed)} << 48);
+  }
   /// Bytes readable now (FIONREAD).
   uint32_t readable_bytes();
   /// Bytes written but not yet consumed by the peer (SIOCOUTQ).

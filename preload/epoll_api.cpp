@@ -104,6 +104,7 @@ struct ep_reg {
   bool parked = false;    // deleted by the application, watches kept for its next ADD
   bool hot = false;       // on set->hot
   uint16_t cold_looks = 0;  // looks in a row that found it not ready (while hot)
+  uint64_t last_act = 0;    // the connection's activity() when last reported
   bool level_watch = false;  // counted in its conn's watch_level (a classic set's)
   uint8_t idle_rings = 0; // rings in a row that found nothing ready (from memory)
   uint64_t seen_gen = 0;  // the last wait that reported it
@@ -516,6 +517,16 @@ bool report(ep_reg* r, uint32_t ev, uint64_t gen, epoll_event* out, int& n, int 
     return false;
   }
   r->seen_gen = gen;
+  const bool smc = r->e->st.load() == state::smc;
+  if (smc) {
+    // What moved up to here is what this report covers: the state is read
+    // again after the snapshot, so nothing that moved before it goes
+    // unreported (an edge-triggered hot registration reports again only
+    // when the connection moves past it).
+    auto& c = *r->e->conn;
+    r->last_act = c.activity();
+    ev |= app_events(r, c.events());
+  }
   out[n].events = ev;
   out[n].data = r->ev.data;
   ++n;
@@ -528,9 +539,9 @@ bool report(ep_reg* r, uint32_t ev, uint64_t gen, epoll_event* out, int& n, int 
     } else {
       arm_to_interest(r);  // withdraws its waiters; the watches stay for the MOD
     }
-  } else if ((r->ev.events & EPOLLET) == 0 && !r->set->classic &&
-             r->e->st.load() == state::smc) {
-    // Level-triggered: looked at again by every wait while it is busy.
+  } else if (!r->set->classic && smc) {
+    // Busy: looked at by every wait (level-triggered: reported while
+    // ready; edge-triggered: when the connection moved since).
     r->cold_looks = 0;
     if (!r->hot) {
       r->hot = true;
@@ -539,6 +550,19 @@ bool report(ep_reg* r, uint32_t ev, uint64_t gen, epoll_event* out, int& n, int 
     }
   }
   return true;
+}
+
+// What a hot registration has to report now: level-triggered, what is
+// ready; edge-triggered, the same, but only if the connection moved since
+// its last report (the kernel reports an edge per arrival; an event loop
+// that did not drain a socket is not woken again until something comes).
+uint32_t hot_due(ep_reg* r) {
+  auto& c = *r->e->conn;
+  const uint32_t ev = app_events(r, c.events());
+  if (ev == 0 || ((r->ev.events & EPOLLET) != 0 && c.activity() == r->last_act)) {
+    return 0;
+  }
+  return ev;
 }
 
 // Looks at the hot registrations (see arm_to_interest), reporting the
@@ -555,7 +579,7 @@ void look_hot(ep_set* s, epoll_event* out, int& n, int cap, uint64_t gen) {
     if (r->disabled) {
       continue;  // parked: looked at again once it is back
     }
-    const uint32_t ev = app_events(r, r->e->conn->events());
+    const uint32_t ev = hot_due(r);
     if (ev != 0) {
       report(r, ev, gen, out, n, cap);
     } else if (++r->cold_looks >= max_cold_looks) {
@@ -582,9 +606,8 @@ bool hot_live(const ep_set* s) {
 }
 
 bool hot_ready(const ep_set* s) {
-  return std::any_of(s->hot.begin(), s->hot.end(), [](ep_reg* r) {
-    return !r->disabled && app_events(r, r->e->conn->events()) != 0;
-  });
+  return std::any_of(s->hot.begin(), s->hot.end(),
+                     [](ep_reg* r) { return !r->disabled && hot_due(r) != 0; });
 }
 
 // A thread is about to sleep on the set (first) or the last one woke:
@@ -603,7 +626,7 @@ bool hot_sleep(ep_set* s, bool sleeping) {
       auto& c = *r->e->conn;
       c.rearm_doorbell(true, r->armed_rx);  // (a rung flag left up would keep the next ring back)
       c.rearm_doorbell(false, r->armed_tx);
-      ready = ready || app_events(r, c.events()) != 0;
+      ready = ready || hot_due(r) != 0;
     }
   }
   return ready;
