@@ -182,11 +182,15 @@ class conn {
 
   /// Current readiness (no waiting, no arming).
   poll_mask events();
-  /// A value that changes whenever the peer moves a cursor or its flags, or
-  /// this side its own error or shutdown state: a watcher that saw it
-  /// before knows whether an edge is due (edge-triggered epoll from memory).
-  uint64_t activity() const {
-    return path_->peer_prod() + 3 * path_->peer_cons() + (uint64_t{path_->peer_conn_flags()} << 56) +
+  /// A value that changes whenever the peer moves its producer cursor
+  /// (`rx`: data came) or its consumer cursor (`tx`: space came), or its
+  /// flags, or this side its own error or shutdown state: a watcher that
+  /// saw it before knows whether an edge is due (edge-triggered epoll from
+  /// memory). The kernel's edges are per direction too: room freed by the
+  /// peer's reading is no edge for a registration that waits for input.
+  uint64_t activity(bool rx, bool tx) const {
+    return (rx ? path_->peer_prod() : 0) + (tx ? 3 * path_->peer_cons() : 0) +
+           (uint64_t{path_->peer_conn_flags()} << 56) +
            (static_cast<uint64_t>(sh_->err.load(std::memory_order_relaxed)) << 40) +
            (uint64_t{sh_->shut_rd.load(std::memory_order_relaxed)} << 62) +
            (uint64_t{sh_->gone.load(std::memory_order_relaxed)} << 63) +

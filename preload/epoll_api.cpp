@@ -86,7 +86,7 @@ struct ep_set {
   std::vector<ep_reg*> regs;
   std::unordered_set<ep_reg*> live;  // pointers from the kernel are checked against this
   std::vector<ep_reg*> check;        // looked at in memory first (from memory only)
-  std::vector<ep_reg*> hot;          // level-triggered and busy: looked at by every wait
+  std::vector<ep_reg*> hot;          // busy: looked at by every wait (from memory only)
   bool hot_armed = false;            // their waiters are declared (a thread sleeps)
   std::vector<ep_chan> chans;
 };
@@ -99,12 +99,12 @@ struct ep_reg {
   int items[3] = {-1, -1, -1};  // fds added to the set: tcp socket, rx doorbell, tx doorbell
   bool armed_rx = false;
   bool armed_tx = false;
-  bool disabled = false;  // EPOLLONESHOT fired, until EPOLL_CTL_MOD
+  bool disabled = false;  // EPOLLONESHOT fired (until EPOLL_CTL_MOD), or parked
   bool in_check = false;  // on set->check
   bool parked = false;    // deleted by the application, watches kept for its next ADD
   bool hot = false;       // on set->hot
   uint16_t cold_looks = 0;  // looks in a row that found it not ready (while hot)
-  uint64_t last_act = 0;    // the connection's activity() when last reported
+  uint64_t last_act = ~uint64_t{0};  // the connection's activity() when last reported
   bool level_watch = false;  // counted in its conn's watch_level (a classic set's)
   uint8_t idle_rings = 0; // rings in a row that found nothing ready (from memory)
   uint64_t seen_gen = 0;  // the last wait that reported it
@@ -239,9 +239,12 @@ void arm_to_interest(ep_reg* r) {
     p.arm_tx(tx ? 1 : -1);
     r->armed_tx = tx;
   }
-  if ((r->armed_rx || r->armed_tx) && r->chan_fd < 0) {
+  // The receive channel (SMC-R) follows the interest, not the waiters: a
+  // hot registration's wait busy-polls and dispatches it while awake too.
+  const bool chan = !r->disabled && (r->ev.events & (in_bits | out_bits)) != 0;
+  if (chan && r->chan_fd < 0) {
     chan_hold(r, p.channel());
-  } else if (!r->armed_rx && !r->armed_tx) {
+  } else if (!chan) {
     chan_release(r);
   }
 }
@@ -510,6 +513,11 @@ uint32_t app_events(ep_reg* r, uint32_t ev) {
   return ev;
 }
 
+// The connection's activity() in the directions the registration watches.
+uint64_t activity(const ep_reg* r) {
+  return r->e->conn->activity((r->ev.events & in_bits) != 0, (r->ev.events & out_bits) != 0);
+}
+
 // Records one report of `r` in `out[n]` (unless this wait reported it
 // already, or there is no room); false if it was not reported.
 bool report(ep_reg* r, uint32_t ev, uint64_t gen, epoll_event* out, int& n, int cap) {
@@ -524,7 +532,7 @@ bool report(ep_reg* r, uint32_t ev, uint64_t gen, epoll_event* out, int& n, int 
     // unreported (an edge-triggered hot registration reports again only
     // when the connection moves past it).
     auto& c = *r->e->conn;
-    r->last_act = c.activity();
+    r->last_act = activity(r);
     ev |= app_events(r, c.events());
   }
   out[n].events = ev;
@@ -559,7 +567,7 @@ bool report(ep_reg* r, uint32_t ev, uint64_t gen, epoll_event* out, int& n, int 
 uint32_t hot_due(ep_reg* r) {
   auto& c = *r->e->conn;
   const uint32_t ev = app_events(r, c.events());
-  if (ev == 0 || ((r->ev.events & EPOLLET) != 0 && c.activity() == r->last_act)) {
+  if (ev == 0 || ((r->ev.events & EPOLLET) != 0 && activity(r) == r->last_act)) {
     return 0;
   }
   return ev;
@@ -712,7 +720,12 @@ void smc_fired(ep_reg* r, uint32_t tags, uint64_t gen, epoll_event* out, int& n,
     if (tx) {
       idle ? static_cast<void>(c.reset_doorbell(false, true)) : c.rearm_doorbell(false, r->armed_tx);
     }
-    report(r, app_events(r, c.events()), gen, out, n, cap);
+    // An edge-triggered registration reports a ring only for what its last
+    // report did not cover: the ring of data a look in memory reported
+    // already is no second edge (the kernel reports one per arrival).
+    if ((r->ev.events & EPOLLET) == 0 || activity(r) != r->last_act) {
+      report(r, app_events(r, c.events()), gen, out, n, cap);
+    }
     return;
   }
   if (r->disabled) {
@@ -924,8 +937,11 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
           left = 0;  // something is ready (or may be, or was kept for want of room)
         }
       }
-      if (left != 0 && !spun && spin_us > 0 && hot_live(s)) {
-        spin = true;  // busy: the next request may be a few microseconds away
+      if (left != 0 && !spun && spin_us > 0 && s->chans.empty() && hot_live(s)) {
+        // Busy: the next request may be a few microseconds away. (A set
+        // with SMC-R channels spins on those instead, dispatching what
+        // they bring itself: kernel_wait.)
+        spin = true;
       } else if (left != 0) {
         sleeper = true;
         if (s->sleepers++ == 0 && hot_sleep(s, true)) {
