@@ -16,7 +16,8 @@
 //   a ring wakes the set once, the connection's state says what is ready,
 //   and the doorbell is re-armed by clearing its rung flag (drained only
 //   every few rings). Registrations just added or modified are on the
-//   set's check list, level-triggered ones that were reported are "hot":
+//   set's check list, ones that were reported are "hot" (edge-triggered
+//   ones report again only when the connection moved since):
 //   both are looked at in memory at the start of every epoll_wait(), before
 //   the kernel; so a level that holds, an EPOLL_CTL_MOD, or the DEL and ADD
 //   an event loop makes around every reply cost no system call. A hot
