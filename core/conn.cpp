@@ -932,40 +932,33 @@ void conn::rearm_doorbell(bool rx, bool armed) {
     flooded(rx);
     return;
   }
-  const uint32_t w = rx ? path_->rx_waiters() : path_->tx_waiters();
-  if (r > 0 && w > (armed ? 1u : 0u) && (events() & (rx ? POLLIN : POLLOUT)) != 0) {
-    if (rx) {
-      path_->kick_rx();
-    } else {
-      path_->kick_tx();
-    }
+  if (r > 0) {
+    ring_if_due(rx, events(), armed ? 1 : 0);
+  }
+}
+
+void conn::ring_if_due(bool rx, poll_mask ev, int above) {
+  if ((ev & (rx ? POLLIN : POLLOUT)) == 0 ||
+      static_cast<int64_t>(rx ? path_->rx_waiters() : path_->tx_waiters()) <= above) {
+    return;
+  }
+  if (rx) {
+    path_->kick_rx();
+  } else {
+    path_->kick_tx();
   }
 }
 
 poll_mask conn::reset_doorbell(bool rx, bool edge) {
   drain_doorbell(rx);
   const poll_mask ev = events();
-  const bool others = (rx ? path_->rx_waiters() : path_->tx_waiters()) > 1;
-  if ((ev & (rx ? POLLIN : POLLOUT)) != 0 && (!edge || others)) {
-    if (rx) {
-      path_->kick_rx();
-    } else {
-      path_->kick_tx();
-    }
-  }
+  ring_if_due(rx, ev, edge ? 1 : -1);
   return ev;
 }
 
 void conn::quiet_doorbell(bool rx) {
   drain_doorbell(rx);
-  const poll_mask ev = events();
-  if ((ev & (rx ? POLLIN : POLLOUT)) != 0 && (rx ? path_->rx_waiters() : path_->tx_waiters()) > 0) {
-    if (rx) {
-      path_->kick_rx();
-    } else {
-      path_->kick_tx();
-    }
-  }
+  ring_if_due(rx, events(), 0);
 }
 
 uint32_t conn::readable_bytes() {

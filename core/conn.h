@@ -262,6 +262,9 @@ class conn {
   // Drains a doorbell; a peer that flooded it loses the connection.
   void drain_doorbell(bool rx);
   void flooded(bool rx);
+  /// Rings our own doorbell (`rx`, else the tx one) if what it signals
+  /// holds in `ev` and more than `above` waiters are declared on it.
+  void ring_if_due(bool rx, poll_mask ev, int above);
   int block_timeout_ms(bool rx, int flags);
   // Before a blocking wait: whether check_tcp() is worth its system call.
   bool tcp_needs_look();
