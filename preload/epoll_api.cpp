@@ -456,13 +456,7 @@ bool park(ep_reg* r) {
 
 int unpark(ep_reg* r, const epoll_event& ev) {
   r->parked = false;
-  if (r->set->classic || r->e->st.load() != state::smc) {
-    uninstall(r);
-    r->ev = ev;
-    r->disabled = false;
-    return install(r);
-  }
-  return modify(r, ev);
+  return modify(r, ev);  // (disabled while parked: anything but the memory path reinstalls)
 }
 
 // A new registration of a socket we watch (under g_ep_mu): 0 or an errno.
@@ -574,6 +568,13 @@ uint32_t hot_due(ep_reg* r) {
   return ev;
 }
 
+// Re-arms both of a registration's doorbells (conn::rearm_doorbell); the
+// caller looks at the state afterwards.
+void rearm_both(ep_reg* r) {
+  r->e->conn->rearm_doorbell(true, r->armed_rx);
+  r->e->conn->rearm_doorbell(false, r->armed_tx);
+}
+
 // Looks at the hot registrations (see arm_to_interest), reporting the
 // ready ones; one found not ready max_cold_looks times in a row cools
 // down: its waiters are declared again and only a ring tells from then on.
@@ -601,10 +602,8 @@ void look_hot(ep_set* s, epoll_event* out, int& n, int cap, uint64_t gen) {
   for (ep_reg* r : cool) {
     hot_drop(r);
     arm_to_interest(r);
-    auto& c = *r->e->conn;
-    c.rearm_doorbell(true, r->armed_rx);
-    c.rearm_doorbell(false, r->armed_tx);
-    report(r, app_events(r, c.events()), gen, out, n, cap);
+    rearm_both(r);
+    report(r, app_events(r, r->e->conn->events()), gen, out, n, cap);
   }
 }
 
@@ -632,9 +631,7 @@ bool hot_sleep(ep_set* s, bool sleeping) {
   for (ep_reg* r : s->hot) {
     arm_to_interest(r);
     if (sleeping && !r->disabled) {
-      auto& c = *r->e->conn;
-      c.rearm_doorbell(true, r->armed_rx);  // (a rung flag left up would keep the next ring back)
-      c.rearm_doorbell(false, r->armed_tx);
+      rearm_both(r);  // (a rung flag left up would keep the next ring back)
       ready = ready || hot_due(r) != 0;
     }
   }
@@ -847,11 +844,11 @@ int sleep_direct(int epfd, chan_list& chans, size_t k, int64_t timeout_ms, const
 }
 
 // The kernel's part of a wait: `wait(out, cap, ms)` is the real call. With
-// channels to serve, looks first, spins, then sleeps on the set and the
-// channels together. Returns the real call's result (-1 with errno).
+// channels to serve, looks first, spins (`spin` us), then sleeps on the set
+// and the channels together. Returns the real call's result (-1 with errno).
 template <typename Wait>
-int kernel_wait(ep_set* s, epoll_event* out, int cap, int64_t left, const sigset_t* sigmask,
-                Wait& wait) {
+int kernel_wait(ep_set* s, epoll_event* out, int cap, int64_t left, uint32_t spin,
+                const sigset_t* sigmask, Wait& wait) {
   chan_list chans;
   size_t k = 0;
   std::vector<std::shared_ptr<rdma::direct_channel>> many;  // too many to watch
@@ -876,7 +873,6 @@ int kernel_wait(ep_set* s, epoll_event* out, int cap, int64_t left, const sigset
   // Look first; spin, then sleep (serving the channels) only while
   // nothing is ready.
   int n = wait(out, cap, 0);
-  const uint32_t spin = g_confined.load(std::memory_order_relaxed) ? 0 : cfg().spin_us;
   if (n == 0 && spin > 0) {
     const int64_t t0 = mono_ms();
     const uint32_t us = left < 0 ? spin : static_cast<uint32_t>(std::min<int64_t>(spin, left * 1000));
@@ -965,7 +961,7 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
       });
       continue;  // the next round reports what came, or sleeps
     }
-    int m = kernel_wait(s, events + n, maxevents - n, left, sigmask, wait);
+    int m = kernel_wait(s, events + n, maxevents - n, left, spin_us, sigmask, wait);
     const int err = errno;
     if (sleeper) {
       std::lock_guard<std::mutex> lk(g_ep_mu);
