@@ -806,6 +806,25 @@ int run_epoll_sets_client(int fd, const options& o) {
     }
     ep_events(et, 0);  // an edge-triggered set may repeat an edge: not asserted
   }
+  // The server's next 3000 bytes, checked (waiting on the level-triggered
+  // set whenever there is nothing to read yet).
+  auto read_chunk = [&](const char* what) {
+    const uint64_t end = got + 3000;
+    while (got < end) {
+      ssize_t n = ::recv(fd, buf.data(), std::min<uint64_t>(buf.size(), end - got), 0);
+      if (n < 0 && errno == EAGAIN) {
+        ep_events(lt, 10000);
+        continue;
+      }
+      if (n <= 0) {
+        fail_exit(err_text(what));
+      }
+      if (int64_t bad = in.check(got, buf.data(), static_cast<size_t>(n)); bad >= 0) {
+        fail_exit("wrong byte at offset " + std::to_string(bad));
+      }
+      got += static_cast<uint64_t>(n);
+    }
+  };
   // A socket that stays readable (nothing is read) and an eventfd in one
   // level-triggered set, waited on with room for one event: both come.
   {
@@ -842,21 +861,7 @@ int run_epoll_sets_client(int fd, const options& o) {
       fail_exit("mixed set with room for one event: socket reported " + std::to_string(seen_sock) +
                 " times, eventfd " + std::to_string(seen_efd) + " times in 32 waits");
     }
-    const uint64_t end = got + 3000;
-    while (got < end) {
-      ssize_t n = ::recv(fd, buf.data(), std::min<uint64_t>(buf.size(), end - got), 0);
-      if (n < 0 && errno == EAGAIN) {
-        ep_events(lt, 10000);
-        continue;
-      }
-      if (n <= 0) {
-        fail_exit(err_text("recv mixed"));
-      }
-      if (int64_t bad = in.check(got, buf.data(), static_cast<size_t>(n)); bad >= 0) {
-        fail_exit("wrong byte at offset " + std::to_string(bad));
-      }
-      got += static_cast<uint64_t>(n);
-    }
+    read_chunk("recv mixed");
     ::close(efd);
     ::close(mix);
   }
@@ -874,21 +879,7 @@ int run_epoll_sets_client(int fd, const options& o) {
         fail_exit("two edge-triggered sets, round " + std::to_string(r) +
                   ": one did not report the data");
       }
-      const uint64_t end = got + 3000;
-      while (got < end) {
-        ssize_t n = ::recv(fd, buf.data(), std::min<uint64_t>(buf.size(), end - got), 0);
-        if (n < 0 && errno == EAGAIN) {
-          ep_events(lt, 10000);
-          continue;
-        }
-        if (n <= 0) {
-          fail_exit(err_text("recv two sets"));
-        }
-        if (int64_t bad = in.check(got, buf.data(), static_cast<size_t>(n)); bad >= 0) {
-          fail_exit("wrong byte at offset " + std::to_string(bad));
-        }
-        got += static_cast<uint64_t>(n);
-      }
+      read_chunk("recv two sets");
     }
     ::close(et2);
   }
