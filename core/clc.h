@@ -36,6 +36,9 @@ inline constexpr size_t max_msg_len = 1024;
 
 /// Reserved CHID of the loopback ISM device (kernel smc_loopback: 0xFFFF).
 inline constexpr uint16_t loopback_chid = 0xFFFF;
+/// CHID of the Proposal's extra ISM entry that carries a same-host client's
+/// link key (this project's, rdma/shm/shm_link.h; no ISM device has it).
+inline constexpr uint16_t link_key_chid = 0xFFFE;
 
 using eid_t = std::array<uint8_t, 32>;    // EBCDIC-free ASCII, blank padded
 using gid_t = std::array<uint8_t, 16>;

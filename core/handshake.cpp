@@ -8,6 +8,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <new>
+#include <utility>
 #include <vector>
 
 #include "core/clc.h"
@@ -15,6 +17,8 @@
 #include "core/host_id.h"
 #include "core/log.h"
 #include "core/smcr.h"
+#include "core/stats.h"
+#include "rdma/shm/shm_link.h"
 #include "rdma/shm/shm_transport.h"
 #include "rdma/sys.h"
 
@@ -123,6 +127,19 @@ hs_outcome fallback(reason r, uint32_t diag = 0) {
   return o;
 }
 
+// The stream is in an unknown state: the connection must be reset.
+hs_outcome broken(reason r) {
+  hs_outcome o = fallback(r);
+  o.broken = true;
+  return o;
+}
+
+hs_outcome smc(std::unique_ptr<rdma::data_path> path) {
+  hs_outcome o;
+  o.path = std::move(path);
+  return o;
+}
+
 // Reads one whole CLC message (header first, then the rest) with a deadline.
 // Returns false on timeout, EOF or a header that is not CLC.
 bool read_message(int fd, std::vector<uint8_t>& out, clc::header& h, int64_t deadline) {
@@ -145,6 +162,9 @@ bool eid_in(const std::vector<clc::eid_t>& list, const clc::eid_t& e) {
 }
 
 std::optional<rdma::verbs::gid_choice> local_gid_of(int fd, const std::vector<std::string>& devs) {
+  if (!smcr::any_gid(devs)) {
+    return std::nullopt;  // no RoCE GID at all: no need for our address
+  }
   sockaddr_storage ss{};
   socklen_t sl = sizeof(ss);
   if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sl) != 0) {
@@ -209,6 +229,156 @@ hs_outcome client_rdma(int fd, const std::vector<uint8_t>& msg,
   return o;
 }
 
+
+// An shm Accept or Confirm: ours, with our token, ring size and slot (0 on
+// first contact), naming the server's rendezvous (first contact) or link.
+clc::accept_confirm_d shm_message(clc::msg_type type, bool first_contact, uint64_t me_id,
+                                  uint64_t token, uint32_t rmb_size, uint32_t link_id,
+                                  uint32_t slot, const hs_params& p) {
+  clc::accept_confirm_d m;
+  m.type = type;
+  m.version = 2;
+  m.first_contact = first_contact;
+  m.gid = me_id;
+  m.token = token;
+  m.dmbe_idx = 1;
+  m.dmbe_size_code = rmb_size_to_code(rmb_size);
+  m.link_id = link_id;
+  m.chid = clc::loopback_chid;
+  m.eid = our_eid(p);
+  m.gid_ext = slot;
+  return m;
+}
+
+using rdma::shm::link_end;
+
+// A socket a first-contact exchange kept for a link, closed unless taken.
+struct kept_socket {
+  int fd = -1;
+  ~kept_socket() {
+    if (fd >= 0) {
+      rdma::close_shared_unix(fd);
+    }
+  }
+  int take() { return std::exchange(fd, -1); }
+};
+
+// The path over halves a first-contact exchange made: lent by a new link
+// when the exchange's socket was kept (and the peer keeps its end), else
+// owned by the path alone.
+std::unique_ptr<rdma::data_path> first_contact_path(rdma::shm::local_side&& me,
+                                                     rdma::shm::peer_side&& peer,
+                                                     kept_socket& kept, link_end end,
+                                                     uint64_t key) {
+  if (kept.fd < 0 || key == 0) {
+    return rdma::shm::make_path(std::move(me), std::move(peer));
+  }
+  auto theirs = rdma::shm::remote_side::take(std::move(peer));
+  auto mine = std::unique_ptr<rdma::shm::local_side>(new (std::nothrow)
+                                                         rdma::shm::local_side(std::move(me)));
+  if (!theirs || !mine) {
+    return nullptr;
+  }
+  auto l = rdma::shm::add_link(end, key, kept.take());
+  if (!l) {
+    return rdma::shm::make_path(std::move(mine), std::move(theirs), nullptr);
+  }
+  stats::count_shm_link(false);
+  return rdma::shm::make_path(std::move(mine), std::move(theirs), std::move(l));
+}
+
+// A slot number from a CLC message's extended GID (0: none).
+uint32_t slot_of(uint64_t gid_ext) {
+  return gid_ext <= UINT32_MAX ? static_cast<uint32_t>(gid_ext) : 0;
+}
+
+// Client, the server reuses the link between our two processes (its Accept
+// is not first contact): both sides lend slots; no rendezvous.
+hs_outcome client_shm_link(int fd, const clc::accept_confirm_d& acc, const hs_params& p,
+                           int64_t deadline, uint64_t me_id) {
+  auto fail = [&](reason r) {
+    SMC_LOG(info, "fd %d: shm link not usable (%s)", fd, std::strerror(errno));
+    send_decline(fd, r, deadline);
+    return fallback(r);
+  };
+  auto l = rdma::shm::find_link(link_end::client, acc.link_id);
+  if (!l) {
+    errno = ENOENT;
+    return fail(reason::rendezvous_failed);
+  }
+  auto peer = l->take_peer(acc.token, slot_of(acc.gid_ext), rmb_code_to_size(acc.dmbe_size_code));
+  if (!peer) {
+    return fail(reason::rendezvous_failed);
+  }
+  auto me = l->take_own(p.rmb_size, false);
+  if (!me || !l->note(acc.token, me->slot)) {
+    l->discard(std::move(me), std::move(peer));
+    return fail(reason::rendezvous_failed);
+  }
+  const clc::accept_confirm_d conf = shm_message(clc::msg_type::confirm, false, me_id, me->token,
+                                                 me->rmb->size(), acc.link_id, me->slot, p);
+  auto path = rdma::shm::make_path(std::move(me), std::move(peer), l);
+  if (!path) {
+    return fail(reason::out_of_memory);
+  }
+  if (!send_all(fd, clc::encode(conf), deadline)) {
+    return broken(reason::internal);
+  }
+  stats::count_shm_link(true);
+  return smc(std::move(path));
+}
+
+// Server, the client's Proposal names a link we have with its process: lend
+// a slot and name it in a (not first contact) Accept. nullopt when no slot
+// could be had (the caller makes a first contact instead).
+std::optional<hs_outcome> server_shm_link(int fd, const std::shared_ptr<rdma::shm::link>& l,
+                                          const hs_params& p, int64_t deadline, uint64_t me_id) {
+  auto me = l->take_own(p.rmb_size);
+  if (!me) {
+    return std::nullopt;
+  }
+  if (!l->note(me->token, me->slot)) {
+    l->discard(std::move(me), nullptr);
+    return std::nullopt;
+  }
+  const clc::accept_confirm_d acc =
+      shm_message(clc::msg_type::accept, false, me_id, me->token, me->rmb->size(),
+                  static_cast<uint32_t>(rdma::shm::link_key()), me->slot, p);
+  if (!send_all(fd, clc::encode(acc), deadline)) {
+    l->discard(std::move(me), nullptr);
+    return broken(reason::internal);
+  }
+  std::vector<uint8_t> reply;
+  clc::header h;
+  if (!read_message(fd, reply, h, deadline + p.timeout_ms)) {
+    l->discard(std::move(me), nullptr);
+    return broken(reason::clc_timeout);
+  }
+  if (h.type == clc::msg_type::decline) {
+    l->discard(std::move(me), nullptr);
+    clc::decline d;
+    uint32_t diag = clc::decode(reply, d) == clc::error::ok ? d.diagnosis : 0;
+    SMC_LOG(info, "fd %d: client declined after Accept (%s)", fd, decline_code_name(diag));
+    return fallback(reason::peer_declined, diag);
+  }
+  clc::accept_confirm_d conf;
+  std::unique_ptr<rdma::shm::remote_side> peer;
+  if (h.type == clc::msg_type::confirm && clc::decode(reply, conf) == clc::error::ok &&
+      !conf.first_contact && conf.gid == me_id && conf.link_id == acc.link_id) {
+    peer = l->take_peer(acc.token, slot_of(conf.gid_ext), rmb_code_to_size(conf.dmbe_size_code));
+  }
+  if (!peer) {
+    l->discard(std::move(me), nullptr);
+    return broken(reason::clc_malformed);  // the client believes it is SMC; we cannot follow
+  }
+  auto path = rdma::shm::make_path(std::move(me), std::move(peer), l);
+  if (!path) {
+    return broken(reason::rendezvous_failed);
+  }
+  stats::count_shm_link(true);
+  return smc(std::move(path));
+}
+
 }  // namespace
 
 void client_warm_up(const hs_params& p) {
@@ -238,6 +408,7 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
   prop.ueids.push_back(our_eid(p));
   if (want_shm) {
     prop.ism_v2.push_back({me_id, clc::loopback_chid});
+    prop.ism_v2.push_back({rdma::shm::link_key(), clc::link_key_chid});
   }
   if (gid) {
     // Our peer id names this process (its own link groups): the server
@@ -311,6 +482,9 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
     send_decline(fd, reason::no_ueid, deadline);
     return fallback(reason::no_ueid);
   }
+  if (!acc.first_contact) {
+    return client_shm_link(fd, acc, p, deadline, me_id);
+  }
   rdma::shm::local_side me;
   if (!me.init(p.rmb_size)) {
     send_decline(fd, reason::out_of_memory, deadline);
@@ -319,28 +493,23 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
   const uint64_t my_token = me.token;
   const uint32_t my_size = me.rmb->size();
   rdma::shm::peer_side peer;
-  if (!rdma::shm::rendezvous_connect(acc.gid, acc.link_id, acc.token, me, deadline, peer) ||
+  kept_socket kept;
+  if (!rdma::shm::rendezvous_connect(acc.gid, acc.link_id, acc.token, me, deadline, peer,
+                                     &kept.fd) ||
       peer.rmb_size != rmb_code_to_size(acc.dmbe_size_code) || peer.token != acc.token) {
     SMC_LOG(info, "fd %d: shm rendezvous failed: %s", fd, std::strerror(errno));
     send_decline(fd, reason::rendezvous_failed, deadline);
     return fallback(reason::rendezvous_failed);
   }
-  auto path = rdma::shm::make_path(std::move(me), std::move(peer));
+  const uint64_t server_key = peer.link_key;
+  auto path = first_contact_path(std::move(me), std::move(peer), kept, link_end::client,
+                                 server_key);
   if (!path) {
     send_decline(fd, reason::rendezvous_failed, deadline);
     return fallback(reason::rendezvous_failed);
   }
-  clc::accept_confirm_d conf;
-  conf.type = clc::msg_type::confirm;
-  conf.version = 2;
-  conf.first_contact = acc.first_contact;
-  conf.gid = me_id;
-  conf.token = my_token;
-  conf.dmbe_idx = 1;
-  conf.dmbe_size_code = rmb_size_to_code(my_size);
-  conf.link_id = acc.link_id;
-  conf.chid = clc::loopback_chid;
-  conf.eid = our_eid(p);
+  const clc::accept_confirm_d conf = shm_message(clc::msg_type::confirm, acc.first_contact, me_id,
+                                                 my_token, my_size, acc.link_id, 0, p);
   if (!send_all(fd, clc::encode(conf), deadline)) {
     hs_outcome o = fallback(reason::internal);
     o.broken = true;
@@ -542,6 +711,18 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
     }
     return decline(reason::no_smc_dev);
   }
+  // The client's link key: a link to its process lets us skip the rendezvous.
+  uint64_t client_key = 0;
+  for (const auto& e : prop.ism_v2) {
+    client_key = e.chid == clc::link_key_chid ? e.gid : client_key;
+  }
+  if (client_key != 0) {
+    if (auto l = rdma::shm::find_link(link_end::server, client_key)) {
+      if (auto o = server_shm_link(fd, l, p, deadline, me_id)) {
+        return std::move(*o);
+      }
+    }
+  }
   rdma::shm::local_side me;
   rdma::shm::rendezvous rv;
   if (!me.init(p.rmb_size)) {
@@ -550,24 +731,17 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
   if (!rv.open(me_id)) {
     return decline(reason::rendezvous_failed);
   }
-  clc::accept_confirm_d acc;
-  acc.type = clc::msg_type::accept;
-  acc.version = 2;
-  acc.first_contact = true;
-  acc.gid = me_id;
-  acc.token = me.token;
-  acc.dmbe_idx = 1;
-  acc.dmbe_size_code = rmb_size_to_code(me.rmb->size());
-  acc.link_id = rv.link_id();
-  acc.chid = clc::loopback_chid;
-  acc.eid = our_eid(p);
+  const clc::accept_confirm_d acc = shm_message(clc::msg_type::accept, true, me_id, me.token,
+                                                me.rmb->size(), rv.link_id(), 0, p);
   if (!send_all(fd, clc::encode(acc), deadline)) {
     hs_outcome o = fallback(reason::internal);
     o.broken = true;
     return o;
   }
   rdma::shm::peer_side peer;
-  bool exchanged = rv.serve(me, deadline, fd, peer);
+  kept_socket kept;
+  bool exchanged = rv.serve(me, deadline, fd, peer, client_key != 0 ? &kept.fd : nullptr,
+                            static_cast<uint32_t>(rdma::shm::link_key()));
   // After our Accept exactly one more CLC message comes: Confirm or Decline.
   std::vector<uint8_t> reply;
   clc::header h;
@@ -590,7 +764,8 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
     o.broken = true;  // the client believes it is SMC; we cannot follow
     return o;
   }
-  auto path = rdma::shm::make_path(std::move(me), std::move(peer));
+  auto path = first_contact_path(std::move(me), std::move(peer), kept, link_end::server,
+                                 client_key);
   if (!path) {
     hs_outcome o = fallback(reason::rendezvous_failed);
     o.broken = true;

@@ -1054,6 +1054,13 @@ void warm_up(const std::vector<std::string>& devices) {
   refresh(t, devices);
 }
 
+bool any_gid(const std::vector<std::string>& devices) {
+  gid_table& t = table();
+  std::lock_guard<std::mutex> lk(t.mu);
+  refresh(t, devices);
+  return !t.gids.empty();
+}
+
 std::optional<v::gid_choice> local_gid(const sockaddr* local, socklen_t len,
                                        const std::vector<std::string>& devices) {
   std::array<uint8_t, 16> want{};

@@ -34,6 +34,8 @@ std::optional<rdma::verbs::gid_choice> local_gid(const sockaddr* local, socklen_
 /// Scans the RDMA devices now (if the cached scan is stale), so that a
 /// handshake that follows does not wait for it.
 void warm_up(const std::vector<std::string>& devices);
+/// Whether the host has any usable RoCE v2 GID (same scan as local_gid).
+bool any_gid(const std::vector<std::string>& devices);
 
 /// This process's SMC system id (peer id): 2 random bytes + a device MAC.
 clc::peer_id_t system_id(const rdma::verbs::gid_choice& g);

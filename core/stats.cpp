@@ -26,6 +26,8 @@ struct counters {
   std::atomic<uint64_t> cq_caller{0};
   std::array<std::atomic<uint64_t>, 3> handoffs{};
   std::atomic<uint64_t> background{0};
+  std::atomic<uint64_t> shm_links{0};
+  std::atomic<uint64_t> shm_reused{0};
 };
 
 counters& c() {
@@ -56,6 +58,10 @@ void count_handoff(handoff h) {
 
 void count_background() { c().background.fetch_add(1, std::memory_order_relaxed); }
 
+void count_shm_link(bool reused) {
+  (reused ? c().shm_reused : c().shm_links).fetch_add(1, std::memory_order_relaxed);
+}
+
 void reset() {
   c().shm = 0;
   c().rdma = 0;
@@ -71,6 +77,8 @@ void reset() {
     h = 0;
   }
   c().background = 0;
+  c().shm_links = 0;
+  c().shm_reused = 0;
 }
 
 std::string to_json(int pid) {
@@ -90,6 +98,8 @@ std::string to_json(int pid) {
     s += "\"" + std::string(to_name(static_cast<reason>(i))) + "\": " + std::to_string(v);
     first = false;
   }
+  s += "}, \"shm_links\": {\"made\": " + ull(c().shm_links) +
+       ", \"connections_reusing\": " + ull(c().shm_reused);
   s += "}, \"bytes\": {\"smc_tx\": " + ull(c().tx) + ", \"smc_rx\": " + ull(c().rx) +
        "}, \"rdma_cq_events\": {\"engine\": " + ull(c().cq_engine) +
        ", \"caller\": " + ull(c().cq_caller) + "}, \"handoffs\": {\"offered\": " +

@@ -29,6 +29,10 @@ void count_handoff(handoff h);
 /// the call that found it ready to run must not wait for the peer.
 void count_background();
 
+/// Same-host links (rdma/shm/shm_link.h): one made by a first-contact
+/// exchange (reused = false), or a connection that reused one (true).
+void count_shm_link(bool reused);
+
 /// The JSON document for the current counters.
 std::string to_json(int pid);
 /// Writes to_json() to `path_template` (%p -> pid) via a temporary file and

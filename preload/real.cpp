@@ -29,6 +29,7 @@
 #include "core/stats.h"
 #include "core/tcp_option.h"
 #include "preload/preload.h"
+#include "rdma/shm/shm_link.h"
 #include "rdma/sys.h"
 
 namespace smc::preload {
@@ -180,8 +181,10 @@ void atfork_prepare() {
   ep_lock();
   fd_table_lock_all();
   core::conn_registry_lock();
+  rdma::shm::lock_for_fork();
 }
 void atfork_parent() {
+  rdma::shm::after_fork(false);
   core::conn_registry_unlock();
   fd_table_unlock_all();
   ep_unlock();
@@ -271,6 +274,7 @@ void init_slow() {
 namespace {
 
 void atfork_child() {
+  rdma::shm::after_fork(true);
   fd_table_unlock_all();
   ep_unlock();
   // The child keeps its own account from here on, and has no engine thread.

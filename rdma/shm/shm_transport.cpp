@@ -17,6 +17,7 @@
 #include <cstring>
 #include <ctime>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "rdma/sys.h"
@@ -34,7 +35,7 @@ struct hello {
   uint64_t to_token;    // the receiver's nonce: proves the sender saw our CLC message
   uint64_t from_token;  // the sender's own nonce
   uint32_t rmb_size;
-  uint32_t reserved;
+  uint32_t link_key;    // a server's: its process's same-host link key (else 0)
 };
 
 void close_fd(int& fd) {
@@ -114,15 +115,14 @@ bool recv_hello(int sock, int64_t deadline_ms, hello& h, int fds[3]) {
 // whose close blocks, one that keeps the peer's connection alive). What it
 // queued already is taken and closed now.
 void take_peer(const int fds[3], const hello& h, peer_side& out) {
-  for (int i = 1; i < 3; ++i) {
-    ::shutdown(fds[i], SHUT_RD);
-    drain_untrusted(fds[i], 1 << 12);
-  }
+  tame_ring(fds[1]);
+  tame_ring(fds[2]);
   out.rmb_fd = fds[0];
   out.rx_ring = fds[1];
   out.tx_ring = fds[2];
   out.rmb_size = h.rmb_size;
   out.token = h.from_token;
+  out.link_key = h.link_key;
 }
 
 // ---- doorbells (see shm_transport.h) ----
@@ -219,121 +219,101 @@ bool bell_drain(int bell, bool confined) {
   return false;
 }
 
-// A ringing end from the peer must be what we ring: a unix seqpacket socket.
-// (Anything else would be written to, or would fail; never blocks either way.)
-bool check_ring(int fd) {
-  int domain = 0;
-  int type = 0;
-  socklen_t l = sizeof domain;
-  if (sys().getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &l) != 0 || domain != AF_UNIX) {
-    return false;
-  }
-  l = sizeof type;
-  return sys().getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) == 0 && type == SOCK_SEQPACKET;
-}
-
-
-
-// The fds of a connection's doorbells, in export_fds() order.
-struct bells {
-  int rx = -1;       // our rx doorbell (we wait on it)
-  int rx_ring = -1;  // and its ringing end
-  int tx = -1;
-  int tx_ring = -1;
-  int peer_rx = -1;  // the ringing end of the peer's rx doorbell
-  int peer_tx = -1;
-};
-
 class shm_path final : public data_path {
  public:
-  shm_path(std::unique_ptr<state_page> state, std::unique_ptr<segment> mine,
-           std::unique_ptr<segment> theirs, const bells& b)
-      : state_(std::move(state)), mine_(std::move(mine)), theirs_(std::move(theirs)), b_(b) {}
+  shm_path(std::unique_ptr<local_side> me, std::unique_ptr<remote_side> peer,
+           std::shared_ptr<slot_home> home)
+      : me_(std::move(me)), peer_(std::move(peer)), home_(std::move(home)) {}
   ~shm_path() override {
-    close_bell(b_.rx);
-    close_bell(b_.tx);
-    // (The peer's ringing ends were shut for reading when we got them.)
-    for (int* fd : {&b_.rx_ring, &b_.tx_ring, &b_.peer_rx, &b_.peer_tx}) {
-      close_fd(*fd);
+    if (home_) {
+      // Whether our doorbells may hold rings: a flag still up, or rings
+      // left queued by re-arms since the last drain.
+      me_->maybe_rung = mine()->ctl()->rx_rung.load() != 0 || theirs()->ctl()->tx_rung.load() != 0 ||
+                        undrained_rx_.load() != 0 || undrained_tx_.load() != 0;
+      home_->give_back(std::move(me_), std::move(peer_), !exported_.load());
     }
   }
 
   kind transport() const override { return kind::shm; }
-  void* shared_state() override { return state_->data(); }
+  void* shared_state() override { return me_->state->data(); }
   size_t shared_state_size() const override { return state_page::bytes; }
+  // In export_fds() order (shm_transport.h). Once exported, another process
+  // can reach both halves: the link never reuses them.
   bool export_fds(std::vector<int>& out, uint32_t& rx_size, uint32_t& tx_size) const override {
-    out.insert(out.end(), {state_->fd(), mine_->fd(), theirs_->fd(), b_.rx, b_.rx_ring, b_.tx,
-                           b_.tx_ring, b_.peer_rx, b_.peer_tx});
-    rx_size = mine_->size();
-    tx_size = theirs_->size();
+    exported_.store(true);
+    out.insert(out.end(), {me_->state->fd(), me_->rmb->fd(), peer_->rmb->fd(), me_->rx_bell,
+                           me_->rx_bell_ring, me_->tx_bell, me_->tx_bell_ring, peer_->rx_ring,
+                           peer_->tx_ring});
+    rx_size = me_->rmb->size();
+    tx_size = peer_->rmb->size();
     return true;
   }
 
-  uint32_t rx_size() const override { return mine_->size(); }
-  const uint8_t* rx_data() const override { return mine_->data(); }
-  uint64_t peer_prod() const override { return mine_->ctl()->prod.load(std::memory_order_acquire); }
+  uint32_t rx_size() const override { return mine()->size(); }
+  const uint8_t* rx_data() const override { return mine()->data(); }
+  uint64_t peer_prod() const override { return mine()->ctl()->prod.load(std::memory_order_acquire); }
   uint8_t peer_conn_flags() const override {
-    return static_cast<uint8_t>(mine_->ctl()->prod_flags.load(std::memory_order_acquire));
+    return static_cast<uint8_t>(mine()->ctl()->prod_flags.load(std::memory_order_acquire));
   }
   void publish_cons(uint64_t cons) override {
-    control* c = mine_->ctl();
+    control* c = mine()->ctl();
     c->cons.store(cons, std::memory_order_seq_cst);
     if (c->tx_waiters.load(std::memory_order_seq_cst) != 0 &&
         c->tx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
-      bell_ring(b_.peer_tx, confined_.load(std::memory_order_relaxed));
+      bell_ring(peer_->tx_ring, confined_.load(std::memory_order_relaxed));
     }
   }
 
-  uint32_t tx_size() const override { return theirs_->size(); }
-  uint64_t peer_cons() const override { return theirs_->ctl()->cons.load(std::memory_order_acquire); }
+  uint32_t tx_size() const override { return theirs()->size(); }
+  uint64_t peer_cons() const override { return theirs()->ctl()->cons.load(std::memory_order_acquire); }
   void put(uint32_t off, const void* src, size_t n) override {
-    std::memcpy(theirs_->data() + off, src, n);
+    std::memcpy(theirs()->data() + off, src, n);
   }
   void publish_prod(uint64_t prod, uint8_t conn_flags) override {
-    control* c = theirs_->ctl();
+    control* c = theirs()->ctl();
     // Connection-state flags only accumulate (done, closed, abort): OR them,
     // so a publish racing an abort on another thread cannot clear the abort.
     c->prod_flags.fetch_or(conn_flags, std::memory_order_release);
     c->prod.store(prod, std::memory_order_seq_cst);
     if (c->rx_waiters.load(std::memory_order_seq_cst) != 0 &&
         c->rx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
-      bell_ring(b_.peer_rx, confined_.load(std::memory_order_relaxed));
+      bell_ring(peer_->rx_ring, confined_.load(std::memory_order_relaxed));
     }
   }
 
-  int rx_fd() const override { return b_.rx; }
-  int tx_fd() const override { return b_.tx; }
+  int rx_fd() const override { return me_->rx_bell; }
+  int tx_fd() const override { return me_->tx_bell; }
   void arm_rx(int delta) override {
-    mine_->ctl()->rx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
+    mine()->ctl()->rx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
   }
   void arm_tx(int delta) override {
-    theirs_->ctl()->tx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
+    theirs()->ctl()->tx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
   }
   uint32_t rx_waiters() const override {
-    return mine_->ctl()->rx_waiters.load(std::memory_order_seq_cst);
+    return mine()->ctl()->rx_waiters.load(std::memory_order_seq_cst);
   }
   uint32_t tx_waiters() const override {
-    return theirs_->ctl()->tx_waiters.load(std::memory_order_seq_cst);
+    return theirs()->ctl()->tx_waiters.load(std::memory_order_seq_cst);
   }
   // Drain the doorbell first, then clear the flag. The other order loses a
   // ring that lands between the two: the drain swallows it while the flag
   // says "rung", and no further ring would ever come.
   bool drain_rx() override {
-    const bool ok = bell_drain(b_.rx, confined_.load(std::memory_order_relaxed));
-    mine_->ctl()->rx_rung.store(0, std::memory_order_seq_cst);
+    const bool ok = bell_drain(me_->rx_bell, confined_.load(std::memory_order_relaxed));
+    mine()->ctl()->rx_rung.store(0, std::memory_order_seq_cst);
     return ok;
   }
   bool drain_tx() override {
-    const bool ok = bell_drain(b_.tx, confined_.load(std::memory_order_relaxed));
-    theirs_->ctl()->tx_rung.store(0, std::memory_order_seq_cst);
+    const bool ok = bell_drain(me_->tx_bell, confined_.load(std::memory_order_relaxed));
+    theirs()->ctl()->tx_rung.store(0, std::memory_order_seq_cst);
     return ok;
   }
   // Clearing the rung flag lets the next ring through; the ring that set it
   // stays queued. Between two drains at most rearm_drain_every rings queue
   // that way (one per flag cleared; each holder process counts its own),
   // far below what counts as a flood.
-  int rearm_rx() override { return rearm(mine_->ctl()->rx_rung, undrained_rx_, true); }
-  int rearm_tx() override { return rearm(theirs_->ctl()->tx_rung, undrained_tx_, false); }
+  int rearm_rx() override { return rearm(mine()->ctl()->rx_rung, undrained_rx_, true); }
+  int rearm_tx() override { return rearm(theirs()->ctl()->tx_rung, undrained_tx_, false); }
   // Our own rings go through the same rung flag as the peer's: at most one
   // ring is queued at a time (more would pile up in the socket's queue:
   // every epoll_ctl(MOD) of a writable connection rings its tx doorbell, and
@@ -341,19 +321,21 @@ class shm_path final : public data_path {
   // that finds many can only be a peer's flood. A peer that holds the flag
   // up keeps our own rings off its connection's doorbells: its loss.
   void kick_rx() override {
-    if (mine_->ctl()->rx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
-      bell_ring(b_.rx_ring, confined_.load(std::memory_order_relaxed));
+    if (mine()->ctl()->rx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
+      bell_ring(me_->rx_bell_ring, confined_.load(std::memory_order_relaxed));
     }
   }
   void kick_tx() override {
-    if (theirs_->ctl()->tx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
-      bell_ring(b_.tx_ring, confined_.load(std::memory_order_relaxed));
+    if (theirs()->ctl()->tx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
+      bell_ring(me_->tx_bell_ring, confined_.load(std::memory_order_relaxed));
     }
   }
   void confine() override { confined_.store(true); }
 
  private:
   static constexpr uint32_t rearm_drain_every = 8;
+  segment* mine() const { return me_->rmb.get(); }
+  segment* theirs() const { return peer_->rmb.get(); }
   int rearm(std::atomic<uint32_t>& rung, std::atomic<uint32_t>& undrained, bool rx) {
     if (rung.exchange(0, std::memory_order_seq_cst) == 0 ||
         undrained.fetch_add(1, std::memory_order_relaxed) + 1 < rearm_drain_every) {
@@ -364,10 +346,10 @@ class shm_path final : public data_path {
   }
   std::atomic<uint32_t> undrained_rx_{0};
   std::atomic<uint32_t> undrained_tx_{0};
-  std::unique_ptr<state_page> state_;
-  std::unique_ptr<segment> mine_;
-  std::unique_ptr<segment> theirs_;
-  bells b_;
+  std::unique_ptr<local_side> me_;
+  std::unique_ptr<remote_side> peer_;
+  std::shared_ptr<slot_home> home_;
+  mutable std::atomic<bool> exported_{false};
   std::atomic<bool> confined_{false};
 };
 
@@ -411,6 +393,8 @@ bool create_sealed(const char* name, size_t bytes, int& fd, void*& map) {
   return true;
 }
 
+}  // namespace
+
 // Maps a memfd another process gave us, after checking that it is sealed
 // and exactly `bytes` long: unsealed or wrongly sized memory could shrink
 // under us (SIGBUS) or lie about its ring. nullptr + errno (EPROTO for a
@@ -428,7 +412,27 @@ void* map_sealed(int fd, size_t bytes) {
   return map == MAP_FAILED ? nullptr : map;
 }
 
-}  // namespace
+// A ringing end from the peer must be what we ring: a unix seqpacket socket.
+// (Anything else would be written to, or would fail; never blocks either way.)
+bool check_ring(int fd) {
+  int domain = 0;
+  int type = 0;
+  socklen_t l = sizeof domain;
+  if (sys().getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &l) != 0 || domain != AF_UNIX) {
+    return false;
+  }
+  l = sizeof type;
+  return sys().getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) == 0 && type == SOCK_SEQPACKET;
+}
+
+void tame_ring(int fd) {
+  ::shutdown(fd, SHUT_RD);
+  drain_untrusted(fd, 1 << 12);
+}
+
+bool ring_size_ok(uint32_t n) {
+  return n >= min_ring_bytes && n <= max_ring_bytes && (n & (n - 1)) == 0;
+}
 
 segment::~segment() {
   if (map_ != nullptr) {
@@ -524,6 +528,64 @@ bool local_side::init(uint32_t rmb_size) {
   return bell_pair(rx_bell, rx_bell_ring) && bell_pair(tx_bell, tx_bell_ring);
 }
 
+local_side::local_side(local_side&& o) noexcept
+    : state(std::move(o.state)),
+      rmb(std::move(o.rmb)),
+      rx_bell(std::exchange(o.rx_bell, -1)),
+      rx_bell_ring(std::exchange(o.rx_bell_ring, -1)),
+      tx_bell(std::exchange(o.tx_bell, -1)),
+      tx_bell_ring(std::exchange(o.tx_bell_ring, -1)),
+      token(o.token),
+      slot(o.slot),
+      maybe_rung(o.maybe_rung),
+      reuses(o.reuses) {}
+
+bool local_side::reset_for_reuse() {
+  // Empty first, then clear the flags (drain_rx's order): a peer that
+  // released the slot rings no more, so nothing lands in between. A ring
+  // that raced the last drain with its flag already cleared may stay: the
+  // periodic drain bounds those far below a flood.
+  const bool drain = maybe_rung || ++reuses % 16 == 0;
+  const bool rx_ok = !drain || bell_drain(rx_bell, false);
+  const bool tx_ok = !drain || bell_drain(tx_bell, false);
+  maybe_rung = false;
+  control* c = rmb->ctl();
+  c->prod.store(0, std::memory_order_relaxed);
+  c->prod_flags.store(0, std::memory_order_relaxed);
+  c->cons.store(0, std::memory_order_relaxed);
+  c->rx_waiters.store(0, std::memory_order_relaxed);
+  c->rx_rung.store(0, std::memory_order_relaxed);
+  c->tx_waiters.store(0, std::memory_order_relaxed);
+  c->tx_rung.store(0, std::memory_order_relaxed);
+  c->released.store(0, std::memory_order_seq_cst);
+  std::memset(state->data(), 0, state_page::bytes);
+  token = token + 1 != 0 ? token + 1 : 1;
+  return rx_ok && tx_ok;
+}
+
+remote_side::~remote_side() {
+  // Shut for reading when we got them (tame_ring): a plain close.
+  close_fd(rx_ring);
+  close_fd(tx_ring);
+}
+
+std::unique_ptr<remote_side> remote_side::take(peer_side&& p) {
+  std::unique_ptr<remote_side> r(new (std::nothrow) remote_side());
+  if (!r) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  r->rmb = segment::attach(p.rmb_fd, p.rmb_size);
+  if (!r->rmb) {
+    return nullptr;
+  }
+  p.rmb_fd = -1;  // owned by the segment now
+  r->rx_ring = p.rx_ring;
+  r->tx_ring = p.tx_ring;
+  p.rx_ring = p.tx_ring = -1;
+  return r;
+}
+
 peer_side::~peer_side() {
   // What the peer passed and we did not take (make_path failed): any kind
   // of fd a peer chose, closed so that it cannot block us.
@@ -560,7 +622,8 @@ bool rendezvous::open(uint64_t host_id) {
   return false;
 }
 
-bool rendezvous::serve(const local_side& me, int64_t deadline_ms, int abort_fd, peer_side& out) {
+bool rendezvous::serve(const local_side& me, int64_t deadline_ms, int abort_fd, peer_side& out,
+                       int* keep, uint32_t link_key) {
   // Anyone on the host can see the abstract name in /proc/net/unix and connect;
   // only the client that read our token from the TCP stream passes the check.
   for (;;) {
@@ -597,16 +660,21 @@ bool rendezvous::serve(const local_side& me, int64_t deadline_ms, int abort_fd, 
       close_shared_unix(c);
       continue;
     }
-    hello reply{hello_magic, h.from_token, me.token, me.rmb->size(), 0};
+    hello reply{hello_magic, h.from_token, me.token, me.rmb->size(), keep ? link_key : 0};
     int mine[3] = {me.rmb->fd(), me.rx_bell_ring, me.tx_bell_ring};
     bool sent = send_hello(c, reply, mine);
-    close_shared_unix(c);
     if (!sent || !check_ring(fds[1]) || !check_ring(fds[2])) {
+      close_shared_unix(c);
       for (int fd : fds) {
         close_untrusted(fd);
       }
       errno = EPROTO;
       return false;
+    }
+    if (keep != nullptr) {
+      *keep = c;
+    } else {
+      close_shared_unix(c);
     }
     take_peer(fds, h, out);
     return true;
@@ -614,7 +682,7 @@ bool rendezvous::serve(const local_side& me, int64_t deadline_ms, int abort_fd, 
 }
 
 bool rendezvous_connect(uint64_t host_id, uint32_t link_id, uint64_t server_token,
-                        const local_side& me, int64_t deadline_ms, peer_side& out) {
+                        const local_side& me, int64_t deadline_ms, peer_side& out, int* keep) {
   int s = place_fd(sys().socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (s < 0) {
     return false;
@@ -635,35 +703,47 @@ bool rendezvous_connect(uint64_t host_id, uint32_t link_id, uint64_t server_toke
     errno = e;
     return false;
   }
-  close_shared_unix(s);
   if (h.to_token != me.token || h.from_token != server_token || !check_ring(fds[1]) ||
       !check_ring(fds[2])) {
+    close_shared_unix(s);
     for (int fd : fds) {
       close_untrusted(fd);
     }
     errno = EPROTO;
     return false;
   }
+  if (keep != nullptr) {
+    *keep = s;
+  } else {
+    close_shared_unix(s);
+  }
   take_peer(fds, h, out);
   return true;
 }
 
 std::unique_ptr<data_path> make_path(local_side&& me, peer_side&& peer) {
-  std::unique_ptr<segment> theirs = segment::attach(peer.rmb_fd, peer.rmb_size);
-  if (!theirs) {
+  std::unique_ptr<remote_side> theirs = remote_side::take(std::move(peer));
+  std::unique_ptr<local_side> mine(new (std::nothrow) local_side(std::move(me)));
+  if (!theirs || !mine) {
+    if (!mine) {
+      errno = ENOMEM;
+    }
     return nullptr;
   }
-  peer.rmb_fd = -1;  // owned by the segment now
-  const bells b{me.rx_bell, me.rx_bell_ring, me.tx_bell, me.tx_bell_ring, peer.rx_ring, peer.tx_ring};
-  auto p = std::unique_ptr<data_path>(
-      new (std::nothrow) shm_path(std::move(me.state), std::move(me.rmb), std::move(theirs), b));
-  if (!p) {
+  return make_path(std::move(mine), std::move(theirs), nullptr);
+}
+
+std::unique_ptr<data_path> make_path(std::unique_ptr<local_side> me,
+                                     std::unique_ptr<remote_side> peer,
+                                     std::shared_ptr<slot_home> home) {
+  auto* p = new (std::nothrow) shm_path(std::move(me), std::move(peer), std::move(home));
+  if (p == nullptr) {
+    if (home) {
+      home->give_back(std::move(me), std::move(peer), false);
+    }
     errno = ENOMEM;
-    return nullptr;
   }
-  me.rx_bell = me.rx_bell_ring = me.tx_bell = me.tx_bell_ring = -1;
-  peer.rx_ring = peer.tx_ring = -1;
-  return p;
+  return std::unique_ptr<data_path>(p);
 }
 
 std::unique_ptr<data_path> import_path(const int fds[export_fd_count], uint32_t rx_size,
@@ -680,10 +760,7 @@ std::unique_ptr<data_path> import_path(const int fds[export_fd_count], uint32_t 
   // The ring sizes come from another process of ours, over a channel only
   // holders of the TCP socket reach; still, nothing is mapped on its word
   // alone: attach() checks each memfd's seals and size against them.
-  const auto ring_ok = [](uint32_t n) {
-    return n >= min_ring_bytes && n <= max_ring_bytes && (n & (n - 1)) == 0;
-  };
-  if (!ring_ok(rx_size) || !ring_ok(tx_size)) {
+  if (!ring_size_ok(rx_size) || !ring_size_ok(tx_size)) {
     return fail(EPROTO);
   }
   for (size_t i = 3; i < export_fd_count; ++i) {
@@ -709,13 +786,21 @@ std::unique_ptr<data_path> import_path(const int fds[export_fd_count], uint32_t 
   if (mine->ctl()->magic != control_magic || theirs->ctl()->magic != control_magic) {
     return fail(EPROTO);
   }
-  const bells b{own[3], own[4], own[5], own[6], own[7], own[8]};
-  auto p = std::unique_ptr<data_path>(
-      new (std::nothrow) shm_path(std::move(state), std::move(mine), std::move(theirs), b));
-  if (!p) {
+  auto me = std::unique_ptr<local_side>(new (std::nothrow) local_side());
+  auto peer = std::unique_ptr<remote_side>(new (std::nothrow) remote_side());
+  if (!me || !peer) {
     return fail(ENOMEM);
   }
-  return p;
+  me->state = std::move(state);
+  me->rmb = std::move(mine);
+  peer->rmb = std::move(theirs);
+  int* dest[6] = {&me->rx_bell, &me->rx_bell_ring, &me->tx_bell, &me->tx_bell_ring,
+                  &peer->rx_ring, &peer->tx_ring};
+  for (size_t i = 0; i < 6; ++i) {
+    *dest[i] = own[3 + i];
+    own[3 + i] = -1;
+  }
+  return make_path(std::move(me), std::move(peer), nullptr);
 }
 
 }  // namespace smc::rdma::shm

@@ -39,6 +39,9 @@ struct control {
   std::atomic<uint32_t> rx_rung;                 // owner's rx doorbell rung, not drained
   alignas(64) std::atomic<uint32_t> tx_waiters;  // peer: waiters for space
   std::atomic<uint32_t> tx_rung;                 // peer's tx doorbell rung, not drained
+  // peer: its connection over this RMB ended, and it will never write here
+  // or ring our doorbells again (a same-host link may then reuse the RMB).
+  alignas(64) std::atomic<uint32_t> released;
 };
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
 static_assert(sizeof(control) <= 4096);
@@ -99,7 +102,9 @@ class state_page {
   void* map_ = nullptr;
 };
 
-/// Our half of a connection before the exchange: our RMB and our doorbells.
+/// Our half of a connection: our RMB and our doorbells (and the
+/// connection's own state page). On a same-host link (shm_link.h) it is a
+/// slot the link reuses for later connections with the same peer process.
 struct local_side {
   std::unique_ptr<state_page> state;  // the connection's own state (not exchanged)
   std::unique_ptr<segment> rmb;
@@ -108,9 +113,22 @@ struct local_side {
   int tx_bell = -1;       // rung by the peer when it consumed from its RMB
   int tx_bell_ring = -1;
   uint64_t token = 0;  // our nonce (travels in our CLC Accept/Confirm)
+  uint32_t slot = 1;   // its number on a link (the first connection's is 1)
+  bool maybe_rung = true;  // its doorbells may hold rings (the last path's word)
+  uint32_t reuses = 0;
+  local_side() = default;
+  local_side(local_side&& o) noexcept;  // takes o's fds
+  local_side& operator=(local_side&&) = delete;
   ~local_side();
   /// Creates RMB + doorbells; false + errno on failure.
   bool init(uint32_t rmb_size);
+  /// Readies a slot the peer released for its next connection: doorbells
+  /// emptied (when the last path may have left rings there, and every 16th
+  /// time regardless), control page and state page cleared, a new token
+  /// (the next number: a reused slot's token is matched to the link's notes,
+  /// never a secret). False if a doorbell held more rings than a peer that
+  /// follows the protocol leaves.
+  bool reset_for_reuse();
 };
 
 /// What the exchange brought from the peer.
@@ -120,7 +138,31 @@ struct peer_side {
   int tx_ring = -1;  // rings the peer's tx doorbell
   uint32_t rmb_size = 0;
   uint64_t token = 0;  // the peer's nonce (must match its CLC Accept/Confirm)
+  uint32_t link_key = 0;  // a server's hello: its process's link key (shm_link.h)
   ~peer_side();
+};
+
+/// The peer's half, mapped: its RMB and the ringing ends of its doorbells.
+struct remote_side {
+  std::unique_ptr<segment> rmb;
+  int rx_ring = -1;
+  int tx_ring = -1;
+  uint32_t slot = 1;  // the peer's number for it on a link
+  ~remote_side();
+  /// Maps what an exchange brought (its fds are owned by the result, or
+  /// closed). nullptr + errno (EPROTO for a bad segment) on failure.
+  static std::unique_ptr<remote_side> take(peer_side&& p);
+};
+
+/// Where a connection's halves go when its path ends: a same-host link
+/// that may reuse them (shm_link.h). `reusable`: the path never left this
+/// process (no fork since the link was made, never exported), so no other
+/// process can still reach either half.
+class slot_home {
+ public:
+  virtual ~slot_home() = default;
+  virtual void give_back(std::unique_ptr<local_side> me, std::unique_ptr<remote_side> peer,
+                         bool reusable) noexcept = 0;
 };
 
 /// More rings than this queued on one doorbell between two drains mean a
@@ -140,8 +182,11 @@ class rendezvous {
   /// Waits until `deadline_ms` (CLOCK_MONOTONIC ms) for the client that knows
   /// our token, hands it our side, and receives its side. `abort_fd` (the TCP
   /// socket) is watched too: if it becomes readable the client gave up (it sent
-  /// a Decline) and the call fails with ECONNABORTED.
-  bool serve(const local_side& me, int64_t deadline_ms, int abort_fd, peer_side& out);
+  /// a Decline) and the call fails with ECONNABORTED. With `keep`, the
+  /// exchange's socket is not closed but left there (to become a same-host
+  /// link), and our hello names `link_key`.
+  bool serve(const local_side& me, int64_t deadline_ms, int abort_fd, peer_side& out,
+             int* keep = nullptr, uint32_t link_key = 0);
 
  private:
   int fd_ = -1;
@@ -149,12 +194,20 @@ class rendezvous {
   uint64_t host_id_ = 0;
 };
 
-/// Client end: connects to the server's rendezvous and swaps sides.
+/// Client end: connects to the server's rendezvous and swaps sides (with
+/// `keep`, leaving the socket there, as serve() does).
 bool rendezvous_connect(uint64_t host_id, uint32_t link_id, uint64_t server_token,
-                        const local_side& me, int64_t deadline_ms, peer_side& out);
+                        const local_side& me, int64_t deadline_ms, peer_side& out,
+                        int* keep = nullptr);
 
 /// The data path over two mapped RMBs (implements rdma::data_path).
 std::unique_ptr<data_path> make_path(local_side&& me, peer_side&& peer);
+/// The same over halves a same-host link lent (given back to `home` when the
+/// path ends). nullptr + errno on failure (the halves are then given back,
+/// not reusable).
+std::unique_ptr<data_path> make_path(std::unique_ptr<local_side> me,
+                                     std::unique_ptr<remote_side> peer,
+                                     std::shared_ptr<slot_home> home);
 
 /// How many fds data_path::export_fds() gives for an shm connection, in
 /// this order: state page, our RMB, the peer's RMB, our rx doorbell and its
@@ -172,5 +225,16 @@ std::unique_ptr<data_path> import_path(const int fds[export_fd_count], uint32_t 
 int64_t now_ms();
 /// 64 random bits from getrandom(); never 0.
 uint64_t random64();
+
+// Helpers the same-host link shares (shm_transport.cpp).
+/// Maps a peer's sealed memfd of exactly `bytes`; nullptr + errno.
+void* map_sealed(int fd, size_t bytes);
+/// Whether fd is a unix seqpacket socket (all a ringing end may be).
+bool check_ring(int fd);
+/// A ringing end from the peer, shut for reading and emptied (the peer
+/// holds its other end and could queue fds on it).
+void tame_ring(int fd);
+/// Whether `n` is a ring size an RMB may have.
+bool ring_size_ok(uint32_t n);
 
 }  // namespace smc::rdma::shm

@@ -458,6 +458,26 @@ calls_pair() {
   finish
 }
 
+# Same-host links: one client process makes 40 connections one after
+# another (every byte verified both ways); the first makes the link between
+# the two processes, the other 39 reuse it and the slots their predecessors
+# released (rdma/shm/shm_link.h), with no rendezvous and no new memfd.
+scenario_links() {
+  local mode
+  for mode in blocking epoll; do
+    begin "links_$mode" || continue
+    run_pair smc "$PEERS_OK" smc "$PEERS_OK" "--mode $mode --conns 40 --bytes 1M" \
+      "--mode $mode --repeat 40 --bytes 1M"
+    local role
+    for role in server client; do
+      expect_stat "$role" connections.smc_shm -eq 40
+      expect_stat "$role" shm_links.made -eq 1
+      expect_stat "$role" shm_links.connections_reusing -eq 39
+    done
+    finish
+  done
+}
+
 # h. the calls the preload serves itself on SMC sockets (sendfile, splice,
 # sendmmsg/recvmmsg, IOV_MAX writev/readv, close_range, SO_LINGER 0): 16 MiB
 # each way, every byte verified, lo carrying under 1% of it; blocking and
@@ -937,6 +957,7 @@ scenario_fallback
 scenario_hostile
 scenario_spdlog
 scenario_concurrent
+scenario_links
 scenario_calls
 scenario_fork
 scenario_exec_listener

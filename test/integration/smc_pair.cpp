@@ -7,7 +7,9 @@
 //
 //   smc_pair server [--addr A] [--port P] [--portfile F] [--conns K]
 //                   [--lenient] [--concurrent] [--source] [common options]
-//   smc_pair client --addr A --port P [--sink] [common options]
+//   smc_pair client --addr A --port P [--sink] [--repeat N] [common options]
+//     (--repeat: N connections one after another, each carrying the whole
+//     transfer; the server needs --conns N)
 //   common: --mode blocking|poll|select|epoll|epollet --bytes N[K|M|G]
 //           --seed S --max-chunk C --half-close --io send|rw|msg --idle-ms T
 //
@@ -57,6 +59,7 @@ enum class io_call { send, rw, msg };
 struct options : smc_test::endpoint_options {
   bool server = false;
   uint64_t conns = 1;
+  uint64_t repeat = 1;  // client: connections one after another
   bool lenient = false;
   bool concurrent = false;
   io_mode mode = io_mode::blocking;
@@ -903,15 +906,19 @@ plan server_plan(const options& o, uint64_t conn_id) {
 
 int run_client(const options& o) {
   int64_t t0 = now_ms();
-  std::unique_ptr<waiter> w;
-  if (o.mode != io_mode::blocking) {
-    w = make_waiter(o.mode);
-  }
-  int fd = connect_to(o, w.get());
-  result r = run_transfer(fd, o, client_plan(o), w.get());
-  ::close(fd);
-  if (!r.ok) {
-    fail_exit("client: " + r.reason + " (tx=" + std::to_string(r.tx) + " rx=" + std::to_string(r.rx) + ")");
+  result r;
+  for (uint64_t k = 0; k < o.repeat; ++k) {
+    std::unique_ptr<waiter> w;
+    if (o.mode != io_mode::blocking) {
+      w = make_waiter(o.mode);
+    }
+    int fd = connect_to(o, w.get());
+    r = run_transfer(fd, o, client_plan(o), w.get());
+    ::close(fd);
+    if (!r.ok) {
+      fail_exit("client: connection " + std::to_string(k) + ": " + r.reason +
+                " (tx=" + std::to_string(r.tx) + " rx=" + std::to_string(r.rx) + ")");
+    }
   }
   if (o.sink) {
     std::printf("sink-end: %s after_ms=%lld bytes_rx=%llu\n", r.end.c_str(), static_cast<long long>(r.end_after_ms),
@@ -1038,7 +1045,7 @@ int run_server(const options& o) {
                "smc_pair: %s\n"
                "usage: smc_pair server [--addr A] [--port P] [--portfile F] [--conns K] [--lenient]\n"
                "                       [--concurrent] [--source] [common]\n"
-               "       smc_pair client --addr A --port P [--sink] [common]\n"
+               "       smc_pair client --addr A --port P [--sink] [--repeat N] [common]\n"
                "common: --mode blocking|poll|select|epoll|epollet --bytes N[K|M|G] --seed S\n"
                "        --max-chunk C --half-close --io send|rw|msg --idle-ms T (0 = no watchdog)\n",
                why.c_str());
@@ -1058,6 +1065,11 @@ options parse_options(int argc, char** argv) {
       o.conns = args.size_value("bad size for ");
       if (o.conns == 0) {
         usage("--conns must be >= 1");
+      }
+    } else if (a == "--repeat") {
+      o.repeat = args.size_value("bad size for ");
+      if (o.repeat == 0) {
+        usage("--repeat must be >= 1");
       }
     } else if (a == "--lenient") {
       o.lenient = true;

@@ -31,6 +31,7 @@
 #include "core/handshake.h"
 #include "core/host_id.h"
 #include "core/reason.h"
+#include "rdma/shm/shm_link.h"
 #include "rdma/shm/shm_transport.h"
 
 namespace clc = smc::core::clc;
@@ -89,7 +90,8 @@ const char* kind_name(start_kind k) {
   return "?";
 }
 
-/// What the client sends: a v2 Proposal for the same-host path.
+/// What the client sends: a v2 Proposal for the same-host path (the
+/// loopback entry, and the entry with this process's link key).
 clc::proposal our_proposal() {
   clc::proposal p;
   p.version = 2;
@@ -97,6 +99,7 @@ clc::proposal our_proposal() {
   p.typev2 = clc::type_d;
   p.ueids.push_back(clc::make_eid(smc::core::default_ueid()));
   p.ism_v2.push_back({smc::core::host_id(), clc::loopback_chid});
+  p.ism_v2.push_back({smc::rdma::shm::link_key(), clc::link_key_chid});
   return p;
 }
 

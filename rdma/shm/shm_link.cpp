@@ -1,0 +1,507 @@
+// Same-host links: slots reused between two processes. See shm_link.h.
+#include "rdma/shm/shm_link.h"
+
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <new>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "rdma/sys.h"
+
+namespace smc::rdma::shm {
+
+namespace {
+
+// One fixed-size message per seqpacket record.
+constexpr uint32_t msg_magic = 0x534d4c4bu;  // "SMLK"
+enum : uint32_t {
+  m_new_slot = 1,   // owner -> peer: slot `slot` of `size` bytes; fds: RMB, rx ring, tx ring
+  m_note = 2,       // "my slot `slot` serves the connection with server token `token`"
+  m_drop_own = 3,   // owner -> peer: I destroyed my slot `slot`: unmap it
+  m_drop_peer = 4,  // peer -> owner: I unmapped your slot `slot`: never name it again
+};
+struct link_msg {
+  uint32_t magic;
+  uint32_t kind;
+  uint64_t token;
+  uint32_t slot;
+  uint32_t size;
+};
+
+constexpr size_t max_links = 16;        // per process; the least recently used goes
+constexpr size_t max_notes = 64;        // notes kept until their CLC message comes
+constexpr size_t max_fresh = 8;         // peer slots announced, not yet used
+constexpr size_t max_peer_slots = 512;  // peer slots known on one link
+constexpr size_t max_closing = 32;      // our slots ended here, not released yet
+constexpr int pump_batch = 256;         // messages taken in one look
+constexpr int own_fds = 6;              // state page, RMB, two doorbells of two ends
+constexpr int peer_fds = 3;             // the peer's RMB and two ringing ends
+
+std::atomic<uint32_t> g_gen{1};
+
+// fds held by idle slots of every link, against a share of RLIMIT_NOFILE.
+std::atomic<int> g_idle_fds{0};
+int idle_budget() {
+  static const int b = [] {
+    rlimit r{};
+    long cur = getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur != RLIM_INFINITY
+                   ? static_cast<long>(r.rlim_cur)
+                   : 1024;
+    return static_cast<int>(std::clamp(cur / 8, 48L, 8192L));
+  }();
+  return b;
+}
+bool charge(int n) {
+  int cur = g_idle_fds.load(std::memory_order_relaxed);
+  do {
+    if (cur + n > idle_budget()) {
+      return false;
+    }
+  } while (!g_idle_fds.compare_exchange_weak(cur, cur + n, std::memory_order_relaxed));
+  return true;
+}
+void refund(int n) { g_idle_fds.fetch_sub(n, std::memory_order_relaxed); }
+
+}  // namespace
+
+struct link::state {
+  std::mutex mu;
+  int fd = -1;  // -1 once dead
+  uint32_t next_slot = 2;
+  std::vector<std::unique_ptr<local_side>> free;     // released by the peer (charged)
+  std::deque<std::unique_ptr<local_side>> closing;   // ended here, not released yet (charged)
+  std::unordered_set<uint32_t> own_lent;
+  std::unordered_set<uint32_t> own_doomed;  // the peer unmapped them while lent
+  struct peer_entry {
+    std::unique_ptr<remote_side> half;
+    bool charged = false;  // idle after a connection (else fresh: announced, unused)
+  };
+  std::unordered_map<uint32_t, peer_entry> peer_idle;
+  std::unordered_set<uint32_t> peer_lent;
+  std::unordered_set<uint32_t> peer_doomed;  // the owner destroyed them while lent
+  std::deque<std::pair<uint64_t, uint32_t>> notes;
+
+  bool send(uint32_t kind, uint64_t token, uint32_t slot, uint32_t size, const int* fds = nullptr,
+            size_t nfds = 0) {
+    if (fd < 0) {
+      return false;
+    }
+    link_msg m{msg_magic, kind, token, slot, size};
+    return send_with_fds(fd, &m, sizeof m, fds, nfds);
+  }
+
+  void kill() {
+    if (fd >= 0) {
+      close_shared_unix(fd);
+      fd = -1;
+    }
+    refund(static_cast<int>(free.size() + closing.size()) * own_fds);
+    free.clear();
+    closing.clear();
+    for (auto& [slot, e] : peer_idle) {
+      if (e.charged) {
+        refund(peer_fds);
+      }
+    }
+    peer_idle.clear();
+    notes.clear();
+  }
+
+  size_t fresh_count() const {
+    size_t n = 0;
+    for (const auto& [slot, e] : peer_idle) {
+      n += e.charged ? 0 : 1;
+    }
+    return n;
+  }
+
+  // A slot the peer announces: mapped and checked as a rendezvous's hello.
+  bool take_new_slot(const link_msg& m, std::vector<int>& fds) {
+    if (fds.size() != 3 || m.slot == 0 || peer_idle.count(m.slot) != 0 ||
+        peer_lent.count(m.slot) != 0 || peer_idle.size() + peer_lent.size() >= max_peer_slots ||
+        fresh_count() >= max_fresh || !ring_size_ok(m.size) || !check_ring(fds[1]) ||
+        !check_ring(fds[2])) {
+      return false;
+    }
+    tame_ring(fds[1]);
+    tame_ring(fds[2]);
+    peer_side p;
+    p.rmb_fd = fds[0];
+    p.rx_ring = fds[1];
+    p.tx_ring = fds[2];
+    p.rmb_size = m.size;
+    fds.clear();  // owned by p (and then by the half) from here
+    auto half = remote_side::take(std::move(p));
+    if (!half || half->rmb->ctl()->magic != control_magic) {
+      return false;
+    }
+    half->slot = m.slot;
+    peer_idle[m.slot] = peer_entry{std::move(half), false};
+    return true;
+  }
+
+  void drop_peer_slot(uint32_t slot) {
+    auto it = peer_idle.find(slot);
+    if (it != peer_idle.end()) {
+      if (it->second.charged) {
+        refund(peer_fds);
+      }
+      peer_idle.erase(it);
+    } else if (peer_lent.count(slot) != 0) {
+      peer_doomed.insert(slot);
+    }
+  }
+
+  void drop_own_slot(uint32_t slot) {
+    auto match = [slot](const std::unique_ptr<local_side>& s) { return s->slot == slot; };
+    if (auto it = std::find_if(free.begin(), free.end(), match); it != free.end()) {
+      free.erase(it);
+      refund(own_fds);
+    } else if (auto c = std::find_if(closing.begin(), closing.end(), match); c != closing.end()) {
+      closing.erase(c);
+      refund(own_fds);
+    } else if (own_lent.count(slot) != 0) {
+      own_doomed.insert(slot);
+    }
+  }
+
+  // Takes what the peer sent so far, or up to the note (token, slot) when
+  // `want` names one. False when the link is (now) dead.
+  bool pump(const std::pair<uint64_t, uint32_t>* want = nullptr) {
+    for (int i = 0; i < pump_batch && fd >= 0; ++i) {
+      if (want != nullptr && std::find(notes.begin(), notes.end(), *want) != notes.end()) {
+        return true;
+      }
+      link_msg m{};
+      std::vector<int> fds;
+      bool truncated = false;
+      const ssize_t n = recv_with_fds(fd, &m, sizeof m, fds, truncated);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        return true;
+      }
+      if (n < 0 && errno == EINTR) {
+        continue;
+      }
+      bool ok = n == static_cast<ssize_t>(sizeof m) && !truncated && m.magic == msg_magic;
+      if (ok) {
+        switch (m.kind) {
+          case m_new_slot:
+            ok = take_new_slot(m, fds);
+            break;
+          case m_note:
+            ok = fds.empty();
+            notes.emplace_back(m.token, m.slot);
+            if (notes.size() > max_notes) {
+              notes.pop_front();
+            }
+            break;
+          case m_drop_own:
+            ok = fds.empty();
+            drop_peer_slot(m.slot);
+            break;
+          case m_drop_peer:
+            ok = fds.empty();
+            drop_own_slot(m.slot);
+            break;
+          default:
+            ok = false;
+        }
+      }
+      for (int f : fds) {
+        close_untrusted(f);
+      }
+      if (!ok) {  // gone (0 bytes: end of file), failed, or broke the protocol
+        kill();
+        return false;
+      }
+    }
+    return fd >= 0;
+  }
+};
+
+link::link(int sock) : st_(new state()), gen_(g_gen.load(std::memory_order_relaxed)) {
+  st_->fd = sock;
+  st_->own_lent.insert(1);
+  st_->peer_lent.insert(1);
+}
+
+link::~link() { st_->kill(); }
+
+bool link::alive() {
+  std::lock_guard<std::mutex> g(st_->mu);
+  return st_->fd >= 0 && gen_ == g_gen.load(std::memory_order_relaxed);
+}
+
+void link::retire() {
+  std::lock_guard<std::mutex> g(st_->mu);
+  st_->kill();
+}
+
+int link::fd_for_poll() const { return st_->fd; }
+
+std::unique_ptr<local_side> link::take_own(uint32_t rmb_size, bool pump) {
+  std::lock_guard<std::mutex> g(st_->mu);
+  state& s = *st_;
+  if (gen_ != g_gen.load(std::memory_order_relaxed) || s.fd < 0 || (pump && !s.pump())) {
+    errno = ENOTCONN;
+    return nullptr;
+  }
+  for (auto it = s.closing.begin(); it != s.closing.end();) {
+    if ((*it)->rmb->ctl()->released.load(std::memory_order_acquire) != 0) {
+      s.free.push_back(std::move(*it));
+      it = s.closing.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  while (!s.free.empty()) {
+    auto it = std::find_if(s.free.begin(), s.free.end(), [rmb_size](const auto& f) {
+      return f->rmb->size() == rmb_size;
+    });
+    if (it == s.free.end()) {
+      break;
+    }
+    std::unique_ptr<local_side> me = std::move(*it);
+    s.free.erase(it);
+    refund(own_fds);
+    if (!me->reset_for_reuse()) {
+      s.send(m_drop_own, 0, me->slot, 0);  // its doorbell was flooded: never again
+      continue;
+    }
+    s.own_lent.insert(me->slot);
+    return me;
+  }
+  std::unique_ptr<local_side> me(new (std::nothrow) local_side());
+  if (!me) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  if (!me->init(rmb_size)) {
+    return nullptr;
+  }
+  me->slot = s.next_slot++;
+  const int fds[3] = {me->rmb->fd(), me->rx_bell_ring, me->tx_bell_ring};
+  if (!s.send(m_new_slot, 0, me->slot, rmb_size, fds, 3)) {
+    errno = ENOTCONN;
+    return nullptr;
+  }
+  s.own_lent.insert(me->slot);
+  return me;
+}
+
+bool link::note(uint64_t token, uint32_t slot) {
+  std::lock_guard<std::mutex> g(st_->mu);
+  return st_->send(m_note, token, slot, 0);
+}
+
+std::unique_ptr<remote_side> link::take_peer(uint64_t token, uint32_t slot, uint32_t rmb_size) {
+  std::lock_guard<std::mutex> g(st_->mu);
+  state& s = *st_;
+  const auto want = std::make_pair(token, slot);
+  if (gen_ != g_gen.load(std::memory_order_relaxed) || !s.pump(&want)) {
+    errno = ENOTCONN;
+    return nullptr;
+  }
+  auto n = std::find(s.notes.begin(), s.notes.end(), want);
+  auto it = s.peer_idle.find(slot);
+  if (n == s.notes.end() || it == s.peer_idle.end() || it->second.half->rmb->size() != rmb_size) {
+    errno = EPROTO;
+    return nullptr;
+  }
+  s.notes.erase(n);
+  if (it->second.charged) {
+    refund(peer_fds);
+  }
+  std::unique_ptr<remote_side> half = std::move(it->second.half);
+  s.peer_idle.erase(it);
+  s.peer_lent.insert(slot);
+  return half;
+}
+
+void link::discard(std::unique_ptr<local_side> me, std::unique_ptr<remote_side> peer) noexcept {
+  give_back(std::move(me), std::move(peer), false);
+}
+
+void link::give_back(std::unique_ptr<local_side> me, std::unique_ptr<remote_side> peer,
+                     bool reusable) noexcept {
+  if (gen_ != g_gen.load(std::memory_order_relaxed)) {
+    return;  // a fork retired the link: the halves are simply destroyed
+  }
+  std::lock_guard<std::mutex> g(st_->mu);
+  state& s = *st_;
+  const bool live = s.fd >= 0;
+  try {
+    if (peer) {
+      const uint32_t slot = peer->slot;
+      s.peer_lent.erase(slot);
+      const bool doomed = s.peer_doomed.erase(slot) != 0;
+      if (reusable && live && !doomed) {
+        // We never write its RMB or ring its doorbells again: its owner may
+        // lend it to our next connection.
+        peer->rmb->ctl()->released.store(1, std::memory_order_release);
+        if (charge(peer_fds)) {
+          s.peer_idle[slot] = state::peer_entry{std::move(peer), true};
+        }
+      }
+      if (peer) {
+        peer.reset();
+        if (live && !doomed) {
+          s.send(m_drop_peer, 0, slot, 0);
+        }
+      }
+    }
+    if (me) {
+      const uint32_t slot = me->slot;
+      s.own_lent.erase(slot);
+      const bool doomed = s.own_doomed.erase(slot) != 0;
+      if (reusable && live && !doomed && charge(own_fds)) {
+        s.closing.push_back(std::move(me));
+        if (s.closing.size() > max_closing) {
+          const uint32_t old = s.closing.front()->slot;
+          s.closing.pop_front();
+          refund(own_fds);
+          s.send(m_drop_own, 0, old, 0);
+        }
+      } else {
+        me.reset();
+        if (live && !doomed) {
+          s.send(m_drop_own, 0, slot, 0);
+        }
+      }
+    }
+  } catch (...) {
+    // Out of memory for a table entry: the halves are destroyed below.
+  }
+}
+
+// ---- the process's links ----
+
+namespace {
+
+struct entry {
+  link_end end;
+  uint64_t key;
+  std::shared_ptr<link> l;
+  uint64_t used;
+};
+
+std::mutex g_mu;
+uint64_t g_key = 0;
+uint64_t g_tick = 0;
+// Never destroyed (links may be given back to from exit-time destructors).
+std::vector<entry>& links() {
+  static auto* v = new std::vector<entry>();
+  return *v;
+}
+
+// Drops links that are dead, retired by a fork, or whose peer hung up.
+void sweep_locked() {
+  auto& v = links();
+  std::vector<pollfd> p;
+  p.reserve(v.size());
+  for (const auto& e : v) {
+    p.push_back({e.l->fd_for_poll(), 0, 0});
+  }
+  if (!p.empty()) {
+    sys().poll(p.data(), p.size(), 0);
+  }
+  size_t k = 0;
+  for (size_t i = 0; i < v.size(); ++i) {
+    const bool hung_up = p[i].fd < 0 || (p[i].revents & (POLLHUP | POLLERR | POLLNVAL)) != 0;
+    if (hung_up || !v[i].l->alive()) {
+      v[i].l->retire();
+      continue;
+    }
+    v[k++] = std::move(v[i]);
+  }
+  v.resize(k);
+}
+
+}  // namespace
+
+uint64_t link_key() {
+  std::lock_guard<std::mutex> g(g_mu);
+  while (g_key == 0 || static_cast<uint32_t>(g_key) == 0) {
+    g_key = random64();
+  }
+  return g_key;
+}
+
+std::shared_ptr<link> find_link(link_end end, uint64_t key) {
+  std::lock_guard<std::mutex> g(g_mu);
+  auto& v = links();
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (v[i].end != end || v[i].key != key) {
+      continue;
+    }
+    if (!v[i].l->alive()) {
+      v[i].l->retire();
+      v.erase(v.begin() + static_cast<long>(i));
+      return nullptr;
+    }
+    v[i].used = ++g_tick;
+    return v[i].l;
+  }
+  return nullptr;
+}
+
+std::shared_ptr<link> add_link(link_end end, uint64_t key, int sock) {
+  std::shared_ptr<link> l;
+  try {
+    l = std::make_shared<link>(sock);
+  } catch (...) {
+    close_shared_unix(sock);
+    return nullptr;
+  }
+  std::lock_guard<std::mutex> g(g_mu);
+  try {
+    sweep_locked();
+    auto& v = links();
+    for (const auto& e : v) {
+      if (e.end == end && e.key == key) {
+        return l;  // a live link has the key: this one serves its first connection only
+      }
+    }
+    if (v.size() >= max_links) {
+      auto lru = std::min_element(v.begin(), v.end(),
+                                  [](const entry& a, const entry& b) { return a.used < b.used; });
+      lru->l->retire();
+      v.erase(lru);
+    }
+    v.push_back(entry{end, key, l, ++g_tick});
+  } catch (...) {
+  }
+  return l;
+}
+
+void lock_for_fork() { g_mu.lock(); }
+
+void after_fork(bool child) {
+  g_gen.fetch_add(1, std::memory_order_relaxed);
+  g_key = 0;
+  std::vector<entry> old;
+  old.swap(links());
+  g_mu.unlock();
+  if (child) {
+    // Their sockets are shared with the parent: the child only lets go of
+    // its copies (a link nobody else holds is closed by its destructor).
+    for (auto& e : old) {
+      e.l.reset();
+    }
+  }
+  // The parent's old links end once their last connection does.
+}
+
+}  // namespace smc::rdma::shm

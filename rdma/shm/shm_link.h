@@ -1,0 +1,102 @@
+// Same-host links: what two processes talking SMC over shm set up once and
+// reuse for every later connection between them, as SMC-R's link groups do.
+//
+// The first connection between two processes exchanges its halves over a
+// rendezvous (shm_transport.h, "first contact"); the rendezvous socket then
+// stays open as the link. A later connection between the same two
+// processes makes no rendezvous, no memfd, no mapping and no doorbell: each
+// side lends it a slot (an RMB with its control page, two doorbells and a
+// state page) that an earlier connection released, and the CLC Accept and
+// Confirm name the slots (docs/ARCHITECTURE.md, "Same-host links").
+//
+// Trust: a slot is only ever lent to connections with the process at the
+// other end of its link, so whatever that peer can write or read is its own
+// connections' memory. A slot named in a CLC message counts only with a
+// note that came over the link itself ("the connection with server token T
+// uses my slot S"), so a third process that repeats a key or a slot number
+// it saw gets nothing but a fallback to TCP. Everything a link receives is
+// validated as the rendezvous's hello is; a link that breaks the protocol
+// is dropped, and later connections with that peer make a new one.
+//
+// Halves go back to their link when their connection ends, and are reused
+// only once the peer said it is done with them (control::released), only in
+// the process generation that made the link (a fork retires every link in
+// parent and child), and never after the connection was passed to another
+// process. What the links keep idle is bounded by a share of RLIMIT_NOFILE.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "rdma/shm/shm_transport.h"
+
+namespace smc::rdma::shm {
+
+/// This process's link key: random, new after a fork. A client sends it in
+/// its Proposal; a server's low 32 bits travel as its Accept's link id.
+uint64_t link_key();
+
+/// Which end of the links a table holds: as a client, links are found by the
+/// server's key; as a server, by the client's.
+enum class link_end : uint8_t { client, server };
+
+class link;
+
+/// The live link of this process generation to the peer with `key`, or null.
+std::shared_ptr<link> find_link(link_end end, uint64_t key);
+
+/// Turns the socket a first-contact exchange kept into a link to the peer
+/// with `key` (owns `sock` from here on). The exchange's own halves are slot
+/// 1 on both sides and count as lent. Registered for later connections unless
+/// a live link with that key exists already (a second one serves its first
+/// connection only). nullptr (and `sock` closed) when out of memory.
+std::shared_ptr<link> add_link(link_end end, uint64_t key, int sock);
+
+class link final : public slot_home {
+ public:
+  explicit link(int sock);
+  ~link() override;
+  link(const link&) = delete;
+  link& operator=(const link&) = delete;
+
+  /// Our slot for a new connection: one the peer released, reset, or a new
+  /// one whose fds go to the peer first. `pump`: take in what the peer sent
+  /// first (its drops); a caller that just did (take_peer) need not. nullptr
+  /// + errno on failure.
+  std::unique_ptr<local_side> take_own(uint32_t rmb_size, bool pump = true);
+  /// Tells the peer that our slot `slot` serves the connection whose server
+  /// token is `token` (sent before the CLC message that names the slot).
+  bool note(uint64_t token, uint32_t slot);
+  /// The peer's slot `slot` of `rmb_size` bytes for the connection with
+  /// server token `token`: only if the peer's note for it came over this
+  /// link (read up to that note, no further), and the slot is not lent
+  /// already. nullptr + errno (EPROTO).
+  std::unique_ptr<remote_side> take_peer(uint64_t token, uint32_t slot, uint32_t rmb_size);
+  /// A half taken above that no path got (the handshake failed): destroyed,
+  /// and the peer told not to reuse it.
+  void discard(std::unique_ptr<local_side> me, std::unique_ptr<remote_side> peer) noexcept;
+
+  void give_back(std::unique_ptr<local_side> me, std::unique_ptr<remote_side> peer,
+                 bool reusable) noexcept override;
+
+  /// False once the peer went away, broke the protocol, or a fork retired it.
+  bool alive();
+  /// Ends the link (nothing of it is reused any more).
+  void retire();
+  int fd_for_poll() const;
+  uint32_t gen() const { return gen_; }
+
+  struct state;
+
+ private:
+  std::unique_ptr<state> st_;
+  const uint32_t gen_;
+};
+
+/// Around fork(): lock_for_fork() in the prepare handler, then
+/// after_fork(false) in the parent and after_fork(true) in the child. Both
+/// forget every link (their slots are reachable from the other process now).
+void lock_for_fork();
+void after_fork(bool child);
+
+}  // namespace smc::rdma::shm
