@@ -269,8 +269,8 @@ struct kept_socket {
 std::unique_ptr<rdma::data_path> first_contact_path(rdma::shm::local_side&& me,
                                                      rdma::shm::peer_side&& peer,
                                                      kept_socket& kept, link_end end,
-                                                     uint64_t key) {
-  if (kept.fd < 0 || key == 0) {
+                                                     uint64_t key, uint32_t id) {
+  if (kept.fd < 0 || key == 0 || id == 0) {
     return rdma::shm::make_path(std::move(me), std::move(peer));
   }
   auto theirs = rdma::shm::remote_side::take(std::move(peer));
@@ -279,7 +279,7 @@ std::unique_ptr<rdma::data_path> first_contact_path(rdma::shm::local_side&& me,
   if (!theirs || !mine) {
     return nullptr;
   }
-  auto l = rdma::shm::add_link(end, key, kept.take());
+  auto l = rdma::shm::add_link(end, key, kept.take(), id);
   if (!l) {
     return rdma::shm::make_path(std::move(mine), std::move(theirs), nullptr);
   }
@@ -342,8 +342,8 @@ std::optional<hs_outcome> server_shm_link(int fd, const std::shared_ptr<rdma::sh
     return std::nullopt;
   }
   const clc::accept_confirm_d acc =
-      shm_message(clc::msg_type::accept, false, me_id, me->token, me->rmb->size(),
-                  static_cast<uint32_t>(rdma::shm::link_key()), me->slot, p);
+      shm_message(clc::msg_type::accept, false, me_id, me->token, me->rmb->size(), l->id(),
+                  me->slot, p);
   if (!send_all(fd, clc::encode(acc), deadline)) {
     l->discard(std::move(me), nullptr);
     return broken(reason::internal);
@@ -501,9 +501,9 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
     send_decline(fd, reason::rendezvous_failed, deadline);
     return fallback(reason::rendezvous_failed);
   }
-  const uint64_t server_key = peer.link_key;
-  auto path = first_contact_path(std::move(me), std::move(peer), kept, link_end::client,
-                                 server_key);
+  const uint32_t link_id = peer.link_key;  // the server's id for the link
+  auto path = first_contact_path(std::move(me), std::move(peer), kept, link_end::client, link_id,
+                                 link_id);
   if (!path) {
     send_decline(fd, reason::rendezvous_failed, deadline);
     return fallback(reason::rendezvous_failed);
@@ -712,15 +712,19 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
     return decline(reason::no_smc_dev);
   }
   // The client's link key: a link to its process lets us skip the rendezvous.
+  // Without one, this first contact's exchange becomes the link (with one
+  // that could lend no slot, it stays this connection's own).
   uint64_t client_key = 0;
   for (const auto& e : prop.ism_v2) {
     client_key = e.chid == clc::link_key_chid ? e.gid : client_key;
   }
-  if (client_key != 0) {
+  bool want_link = client_key != 0;
+  if (want_link) {
     if (auto l = rdma::shm::find_link(link_end::server, client_key)) {
       if (auto o = server_shm_link(fd, l, p, deadline, me_id)) {
         return std::move(*o);
       }
+      want_link = false;
     }
   }
   rdma::shm::local_side me;
@@ -740,8 +744,8 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
   }
   rdma::shm::peer_side peer;
   kept_socket kept;
-  bool exchanged = rv.serve(me, deadline, fd, peer, client_key != 0 ? &kept.fd : nullptr,
-                            static_cast<uint32_t>(rdma::shm::link_key()));
+  const uint32_t link_id = rdma::shm::new_link_id();
+  bool exchanged = rv.serve(me, deadline, fd, peer, want_link ? &kept.fd : nullptr, link_id);
   // After our Accept exactly one more CLC message comes: Confirm or Decline.
   std::vector<uint8_t> reply;
   clc::header h;
@@ -765,7 +769,7 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
     return o;
   }
   auto path = first_contact_path(std::move(me), std::move(peer), kept, link_end::server,
-                                 client_key);
+                                 client_key, link_id);
   if (!path) {
     hs_outcome o = fallback(reason::rendezvous_failed);
     o.broken = true;

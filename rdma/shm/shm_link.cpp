@@ -30,7 +30,7 @@ enum : uint32_t {
   m_new_slot = 1,   // owner -> peer: slot `slot` of `size` bytes; fds: RMB, rx ring, tx ring
   m_note = 2,       // "my slot `slot` serves the connection with server token `token`"
   m_drop_own = 3,   // owner -> peer: I destroyed my slot `slot`: unmap it
-  m_drop_peer = 4,  // peer -> owner: I unmapped your slot `slot`: never name it again
+  m_drop_peer = 4,  // peer -> owner: I unmapped your slot `slot` (never released to you)
 };
 struct link_msg {
   uint32_t magic;
@@ -40,9 +40,11 @@ struct link_msg {
   uint32_t size;
 };
 
-constexpr size_t max_links = 16;        // per process; the least recently used goes
+constexpr size_t max_links = 64;        // per process; the least recently used goes
 constexpr size_t max_notes = 64;        // notes kept until their CLC message comes
-constexpr size_t max_fresh = 8;         // peer slots announced, not yet used
+constexpr size_t max_fresh = 64;        // peer slots announced, not yet used (one per
+                                        // handshake in flight)
+constexpr int max_fresh_all = 512;      // the same, on all links of the process
 constexpr size_t max_peer_slots = 512;  // peer slots known on one link
 constexpr size_t max_closing = 32;      // our slots ended here, not released yet
 constexpr int pump_batch = 256;         // messages taken in one look
@@ -50,6 +52,7 @@ constexpr int own_fds = 6;              // state page, RMB, two doorbells of two
 constexpr int peer_fds = 3;             // the peer's RMB and two ringing ends
 
 std::atomic<uint32_t> g_gen{1};
+std::atomic<int> g_fresh{0};
 
 // fds held by idle slots of every link, against a share of RLIMIT_NOFILE.
 std::atomic<int> g_idle_fds{0};
@@ -92,6 +95,7 @@ struct link::state {
   std::unordered_set<uint32_t> peer_lent;
   std::unordered_set<uint32_t> peer_doomed;  // the owner destroyed them while lent
   std::deque<std::pair<uint64_t, uint32_t>> notes;
+  uint32_t lookups = 0;
 
   bool send(uint32_t kind, uint64_t token, uint32_t slot, uint32_t size, const int* fds = nullptr,
             size_t nfds = 0) {
@@ -111,12 +115,19 @@ struct link::state {
     free.clear();
     closing.clear();
     for (auto& [slot, e] : peer_idle) {
-      if (e.charged) {
-        refund(peer_fds);
-      }
+      uncount(e);
     }
     peer_idle.clear();
     notes.clear();
+  }
+
+  // What an idle entry held against the bounds, given back as it goes.
+  static void uncount(const peer_entry& e) {
+    if (e.charged) {
+      refund(peer_fds);
+    } else {
+      g_fresh.fetch_sub(1, std::memory_order_relaxed);
+    }
   }
 
   size_t fresh_count() const {
@@ -131,8 +142,8 @@ struct link::state {
   bool take_new_slot(const link_msg& m, std::vector<int>& fds) {
     if (fds.size() != 3 || m.slot == 0 || peer_idle.count(m.slot) != 0 ||
         peer_lent.count(m.slot) != 0 || peer_idle.size() + peer_lent.size() >= max_peer_slots ||
-        fresh_count() >= max_fresh || !ring_size_ok(m.size) || !check_ring(fds[1]) ||
-        !check_ring(fds[2])) {
+        fresh_count() >= max_fresh || g_fresh.load(std::memory_order_relaxed) >= max_fresh_all ||
+        !ring_size_ok(m.size) || !check_ring(fds[1]) || !check_ring(fds[2])) {
       return false;
     }
     tame_ring(fds[1]);
@@ -149,21 +160,23 @@ struct link::state {
     }
     half->slot = m.slot;
     peer_idle[m.slot] = peer_entry{std::move(half), false};
+    g_fresh.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
 
+  // The owner destroyed its slot.
   void drop_peer_slot(uint32_t slot) {
     auto it = peer_idle.find(slot);
     if (it != peer_idle.end()) {
-      if (it->second.charged) {
-        refund(peer_fds);
-      }
+      uncount(it->second);
       peer_idle.erase(it);
     } else if (peer_lent.count(slot) != 0) {
       peer_doomed.insert(slot);
     }
   }
 
+  // The peer unmapped our slot, which it never released to us (so we never
+  // lent it since): destroyed now, or when its connection here ends.
   void drop_own_slot(uint32_t slot) {
     auto match = [slot](const std::unique_ptr<local_side>& s) { return s->slot == slot; };
     if (auto it = std::find_if(free.begin(), free.end(), match); it != free.end()) {
@@ -231,7 +244,8 @@ struct link::state {
   }
 };
 
-link::link(int sock) : st_(new state()), gen_(g_gen.load(std::memory_order_relaxed)) {
+link::link(int sock, uint32_t id)
+    : st_(new state()), gen_(g_gen.load(std::memory_order_relaxed)), id_(id) {
   st_->fd = sock;
   st_->own_lent.insert(1);
   st_->peer_lent.insert(1);
@@ -321,12 +335,17 @@ std::unique_ptr<remote_side> link::take_peer(uint64_t token, uint32_t slot, uint
     return nullptr;
   }
   s.notes.erase(n);
-  if (it->second.charged) {
-    refund(peer_fds);
-  }
+  state::uncount(it->second);
   std::unique_ptr<remote_side> half = std::move(it->second.half);
   s.peer_idle.erase(it);
   s.peer_lent.insert(slot);
+  // What the peer sent after the note (its drops) is taken in now and then,
+  // so that its queue never fills.
+  if (++s.lookups % 8 == 0 && !s.pump()) {
+    s.peer_lent.erase(slot);
+    errno = ENOTCONN;
+    return nullptr;
+  }
   return half;
 }
 
@@ -347,15 +366,14 @@ void link::give_back(std::unique_ptr<local_side> me, std::unique_ptr<remote_side
       const uint32_t slot = peer->slot;
       s.peer_lent.erase(slot);
       const bool doomed = s.peer_doomed.erase(slot) != 0;
-      if (reusable && live && !doomed) {
+      if (reusable && live && !doomed && charge(peer_fds)) {
         // We never write its RMB or ring its doorbells again: its owner may
         // lend it to our next connection.
         peer->rmb->ctl()->released.store(1, std::memory_order_release);
-        if (charge(peer_fds)) {
-          s.peer_idle[slot] = state::peer_entry{std::move(peer), true};
-        }
-      }
-      if (peer) {
+        s.peer_idle[slot] = state::peer_entry{std::move(peer), true};
+      } else {
+        // Not released, so its owner never lends it again: unmapped now,
+        // and the owner told to destroy it.
         peer.reset();
         if (live && !doomed) {
           s.send(m_drop_peer, 0, slot, 0);
@@ -365,7 +383,7 @@ void link::give_back(std::unique_ptr<local_side> me, std::unique_ptr<remote_side
     if (me) {
       const uint32_t slot = me->slot;
       s.own_lent.erase(slot);
-      const bool doomed = s.own_doomed.erase(slot) != 0;
+      const bool doomed = s.own_doomed.erase(slot) != 0;  // the peer unmapped it
       if (reusable && live && !doomed && charge(own_fds)) {
         s.closing.push_back(std::move(me));
         if (s.closing.size() > max_closing) {
@@ -457,10 +475,18 @@ std::shared_ptr<link> find_link(link_end end, uint64_t key) {
   return nullptr;
 }
 
-std::shared_ptr<link> add_link(link_end end, uint64_t key, int sock) {
+uint32_t new_link_id() {
+  uint32_t id = 0;
+  while (id == 0) {
+    id = static_cast<uint32_t>(random64());
+  }
+  return id;
+}
+
+std::shared_ptr<link> add_link(link_end end, uint64_t key, int sock, uint32_t id) {
   std::shared_ptr<link> l;
   try {
-    l = std::make_shared<link>(sock);
+    l = std::make_shared<link>(sock, id);
   } catch (...) {
     close_shared_unix(sock);
     return nullptr;

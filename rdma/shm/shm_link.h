@@ -33,28 +33,33 @@
 namespace smc::rdma::shm {
 
 /// This process's link key: random, new after a fork. A client sends it in
-/// its Proposal; a server's low 32 bits travel as its Accept's link id.
+/// its Proposal; the server finds its link to the client's process by it.
 uint64_t link_key();
+/// A new link's id (random, not 0): the server picks it, its first-contact
+/// hello and every later Accept over the link name it.
+uint32_t new_link_id();
 
-/// Which end of the links a table holds: as a client, links are found by the
-/// server's key; as a server, by the client's.
+/// Which end of the links a table holds: as a server, links are found by
+/// the client's key; as a client, by the link id the server chose.
 enum class link_end : uint8_t { client, server };
 
 class link;
 
-/// The live link of this process generation to the peer with `key`, or null.
+/// The live link of this process generation with `key`, or null.
 std::shared_ptr<link> find_link(link_end end, uint64_t key);
 
-/// Turns the socket a first-contact exchange kept into a link to the peer
-/// with `key` (owns `sock` from here on). The exchange's own halves are slot
-/// 1 on both sides and count as lent. Registered for later connections unless
-/// a live link with that key exists already (a second one serves its first
-/// connection only). nullptr (and `sock` closed) when out of memory.
-std::shared_ptr<link> add_link(link_end end, uint64_t key, int sock);
+/// Turns the socket a first-contact exchange kept into link `id` (owns
+/// `sock` from here on), found later by `key` (a server's: the client's
+/// link key; a client's: the id). The exchange's own halves are slot 1 on
+/// both sides and count as lent. Registered for later connections unless a
+/// live link has that key already (two first contacts at once: the second
+/// serves its own connection only; the server names the one it registered,
+/// by id). nullptr (and `sock` closed) when out of memory.
+std::shared_ptr<link> add_link(link_end end, uint64_t key, int sock, uint32_t id);
 
 class link final : public slot_home {
  public:
-  explicit link(int sock);
+  link(int sock, uint32_t id);
   ~link() override;
   link(const link&) = delete;
   link& operator=(const link&) = delete;
@@ -84,13 +89,14 @@ class link final : public slot_home {
   /// Ends the link (nothing of it is reused any more).
   void retire();
   int fd_for_poll() const;
-  uint32_t gen() const { return gen_; }
+  uint32_t id() const { return id_; }
 
   struct state;
 
  private:
   std::unique_ptr<state> st_;
   const uint32_t gen_;
+  const uint32_t id_;
 };
 
 /// Around fork(): lock_for_fork() in the prepare handler, then

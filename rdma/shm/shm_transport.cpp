@@ -35,7 +35,7 @@ struct hello {
   uint64_t to_token;    // the receiver's nonce: proves the sender saw our CLC message
   uint64_t from_token;  // the sender's own nonce
   uint32_t rmb_size;
-  uint32_t link_key;    // a server's: its process's same-host link key (else 0)
+  uint32_t link_key;    // a server's: the id of the same-host link it keeps (else 0)
 };
 
 void close_fd(int& fd) {

@@ -138,7 +138,7 @@ struct peer_side {
   int tx_ring = -1;  // rings the peer's tx doorbell
   uint32_t rmb_size = 0;
   uint64_t token = 0;  // the peer's nonce (must match its CLC Accept/Confirm)
-  uint32_t link_key = 0;  // a server's hello: its process's link key (shm_link.h)
+  uint32_t link_key = 0;  // a server's hello: the id of the link it keeps (shm_link.h)
   ~peer_side();
 };
 
@@ -184,7 +184,7 @@ class rendezvous {
   /// socket) is watched too: if it becomes readable the client gave up (it sent
   /// a Decline) and the call fails with ECONNABORTED. With `keep`, the
   /// exchange's socket is not closed but left there (to become a same-host
-  /// link), and our hello names `link_key`.
+  /// link), and our hello names `link_key` (the link's id).
   bool serve(const local_side& me, int64_t deadline_ms, int abort_fd, peer_side& out,
              int* keep = nullptr, uint32_t link_key = 0);
 

@@ -48,8 +48,8 @@ struct link_pair {
   link_pair() {
     int sv[2];
     REQUIRE(seqpacket_pair(sv) == 0);
-    a = std::make_shared<shm::link>(sv[0]);
-    b = std::make_shared<shm::link>(sv[1]);
+    a = std::make_shared<shm::link>(sv[0], 1);
+    b = std::make_shared<shm::link>(sv[1], 1);
   }
 };
 
@@ -181,7 +181,7 @@ TEST_CASE("a fork retires every link: nothing of it is lent again") {
 TEST_CASE("whatever breaks the link protocol ends that link and closes what it brought") {
   int sv[2];
   REQUIRE(seqpacket_pair(sv) == 0);
-  auto l = std::make_shared<shm::link>(sv[0]);
+  auto l = std::make_shared<shm::link>(sv[0], 1);
   const int peer = sv[1];
 
   // A real slot's fds, as a peer that follows the protocol sends them.
@@ -249,7 +249,7 @@ TEST_CASE("whatever breaks the link protocol ends that link and closes what it b
 TEST_CASE("a link whose peer went away lends nothing") {
   int sv[2];
   REQUIRE(seqpacket_pair(sv) == 0);
-  auto l = std::make_shared<shm::link>(sv[0]);
+  auto l = std::make_shared<shm::link>(sv[0], 1);
   ::close(sv[1]);
   CHECK(l->take_own(ring) == nullptr);
   CHECK_FALSE(l->alive());
