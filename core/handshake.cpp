@@ -310,11 +310,12 @@ hs_outcome client_shm_link(int fd, const clc::accept_confirm_d& acc, const hs_pa
   if (!peer) {
     return fail(reason::rendezvous_failed);
   }
-  auto me = l->take_own(p.rmb_size, false);
-  if (!me || !l->note(acc.token, me->slot)) {
-    l->discard(std::move(me), std::move(peer));
+  auto me = l->take_own(p.rmb_size);
+  if (!me) {
+    l->discard(nullptr, std::move(peer));
     return fail(reason::rendezvous_failed);
   }
+  rdma::shm::link::offer(*me, acc.token);
   const clc::accept_confirm_d conf = shm_message(clc::msg_type::confirm, false, me_id, me->token,
                                                  me->rmb->size(), acc.link_id, me->slot, p);
   auto path = rdma::shm::make_path(std::move(me), std::move(peer), l);
@@ -337,10 +338,7 @@ std::optional<hs_outcome> server_shm_link(int fd, const std::shared_ptr<rdma::sh
   if (!me) {
     return std::nullopt;
   }
-  if (!l->note(me->token, me->slot)) {
-    l->discard(std::move(me), nullptr);
-    return std::nullopt;
-  }
+  rdma::shm::link::offer(*me, me->token);
   const clc::accept_confirm_d acc =
       shm_message(clc::msg_type::accept, false, me_id, me->token, me->rmb->size(), l->id(),
                   me->slot, p);

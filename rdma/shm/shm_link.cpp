@@ -2,9 +2,12 @@
 #include "rdma/shm/shm_link.h"
 
 #include <poll.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <ctime>
 
 #include <algorithm>
 #include <atomic>
@@ -28,7 +31,7 @@ namespace {
 constexpr uint32_t msg_magic = 0x534d4c4bu;  // "SMLK"
 enum : uint32_t {
   m_new_slot = 1,   // owner -> peer: slot `slot` of `size` bytes; fds: RMB, rx ring, tx ring
-  m_note = 2,       // "my slot `slot` serves the connection with server token `token`"
+                    // (2: not used)
   m_drop_own = 3,   // owner -> peer: I destroyed my slot `slot`: unmap it
   m_drop_peer = 4,  // peer -> owner: I unmapped your slot `slot` (never released to you)
 };
@@ -41,13 +44,14 @@ struct link_msg {
 };
 
 constexpr size_t max_links = 64;        // per process; the least recently used goes
-constexpr size_t max_notes = 64;        // notes kept until their CLC message comes
 constexpr size_t max_fresh = 64;        // peer slots announced, not yet used (one per
                                         // handshake in flight)
 constexpr int max_fresh_all = 512;      // the same, on all links of the process
 constexpr size_t max_peer_slots = 512;  // peer slots known on one link
 constexpr size_t max_closing = 32;      // our slots ended here, not released yet
 constexpr int pump_batch = 256;         // messages taken in one look
+constexpr uint32_t pump_every = 8;      // lookups between two looks at the link when
+                                        // nothing is missing (its drops)
 constexpr int own_fds = 6;              // state page, RMB, two doorbells of two ends
 constexpr int peer_fds = 3;             // the peer's RMB and two ringing ends
 
@@ -94,7 +98,6 @@ struct link::state {
   std::unordered_map<uint32_t, peer_entry> peer_idle;
   std::unordered_set<uint32_t> peer_lent;
   std::unordered_set<uint32_t> peer_doomed;  // the owner destroyed them while lent
-  std::deque<std::pair<uint64_t, uint32_t>> notes;
   uint32_t lookups = 0;
 
   bool send(uint32_t kind, uint64_t token, uint32_t slot, uint32_t size, const int* fds = nullptr,
@@ -103,7 +106,11 @@ struct link::state {
       return false;
     }
     link_msg m{msg_magic, kind, token, slot, size};
-    return send_with_fds(fd, &m, sizeof m, fds, nfds);
+    if (!send_with_fds(fd, &m, sizeof m, fds, nfds)) {
+      kill();  // the peer is gone, or reads nothing any more
+      return false;
+    }
+    return true;
   }
 
   void kill() {
@@ -118,7 +125,6 @@ struct link::state {
       uncount(e);
     }
     peer_idle.clear();
-    notes.clear();
   }
 
   // What an idle entry held against the bounds, given back as it goes.
@@ -190,13 +196,9 @@ struct link::state {
     }
   }
 
-  // Takes what the peer sent so far, or up to the note (token, slot) when
-  // `want` names one. False when the link is (now) dead.
-  bool pump(const std::pair<uint64_t, uint32_t>* want = nullptr) {
+  // Takes what the peer sent so far. False when the link is (now) dead.
+  bool pump() {
     for (int i = 0; i < pump_batch && fd >= 0; ++i) {
-      if (want != nullptr && std::find(notes.begin(), notes.end(), *want) != notes.end()) {
-        return true;
-      }
       link_msg m{};
       std::vector<int> fds;
       bool truncated = false;
@@ -212,13 +214,6 @@ struct link::state {
         switch (m.kind) {
           case m_new_slot:
             ok = take_new_slot(m, fds);
-            break;
-          case m_note:
-            ok = fds.empty();
-            notes.emplace_back(m.token, m.slot);
-            if (notes.size() > max_notes) {
-              notes.pop_front();
-            }
             break;
           case m_drop_own:
             ok = fds.empty();
@@ -265,10 +260,11 @@ void link::retire() {
 
 int link::fd_for_poll() const { return st_->fd; }
 
-std::unique_ptr<local_side> link::take_own(uint32_t rmb_size, bool pump) {
+std::unique_ptr<local_side> link::take_own(uint32_t rmb_size) {
   std::lock_guard<std::mutex> g(st_->mu);
   state& s = *st_;
-  if (gen_ != g_gen.load(std::memory_order_relaxed) || s.fd < 0 || (pump && !s.pump())) {
+  if (gen_ != g_gen.load(std::memory_order_relaxed) || s.fd < 0 ||
+      (++s.lookups % pump_every == 0 && !s.pump())) {
     errno = ENOTCONN;
     return nullptr;
   }
@@ -315,37 +311,33 @@ std::unique_ptr<local_side> link::take_own(uint32_t rmb_size, bool pump) {
   return me;
 }
 
-bool link::note(uint64_t token, uint32_t slot) {
-  std::lock_guard<std::mutex> g(st_->mu);
-  return st_->send(m_note, token, slot, 0);
+void link::offer(local_side& me, uint64_t token) {
+  me.rmb->ctl()->offer.store(token, std::memory_order_release);
 }
 
 std::unique_ptr<remote_side> link::take_peer(uint64_t token, uint32_t slot, uint32_t rmb_size) {
   std::lock_guard<std::mutex> g(st_->mu);
   state& s = *st_;
-  const auto want = std::make_pair(token, slot);
-  if (gen_ != g_gen.load(std::memory_order_relaxed) || !s.pump(&want)) {
+  auto it = s.peer_idle.find(slot);
+  // A slot we do not know yet came over the link before the CLC message
+  // that names it; and the link is looked at now and then anyway (drops).
+  const bool look = it == s.peer_idle.end() || ++s.lookups % pump_every == 0;
+  if (gen_ != g_gen.load(std::memory_order_relaxed) || s.fd < 0 || (look && !s.pump())) {
     errno = ENOTCONN;
     return nullptr;
   }
-  auto n = std::find(s.notes.begin(), s.notes.end(), want);
-  auto it = s.peer_idle.find(slot);
-  if (n == s.notes.end() || it == s.peer_idle.end() || it->second.half->rmb->size() != rmb_size) {
+  it = s.peer_idle.find(slot);
+  // The offer is in the slot's own control page, which only its owner and
+  // we can write: a third process that names the slot gets nothing.
+  if (it == s.peer_idle.end() || it->second.half->rmb->size() != rmb_size ||
+      it->second.half->rmb->ctl()->offer.load(std::memory_order_acquire) != token) {
     errno = EPROTO;
     return nullptr;
   }
-  s.notes.erase(n);
   state::uncount(it->second);
   std::unique_ptr<remote_side> half = std::move(it->second.half);
   s.peer_idle.erase(it);
   s.peer_lent.insert(slot);
-  // What the peer sent after the note (its drops) is taken in now and then,
-  // so that its queue never fills.
-  if (++s.lookups % 8 == 0 && !s.pump()) {
-    s.peer_lent.erase(slot);
-    errno = ENOTCONN;
-    return nullptr;
-  }
   return half;
 }
 
@@ -449,10 +441,32 @@ void sweep_locked() {
 
 }  // namespace
 
+// 64 bits that need be unpredictable only to processes that see none of
+// our Proposals, and must never wait: getrandom() without blocking (a freshly
+// booted host may not have its pool ready, and a Proposal that waits for it
+// comes too late), else the clock, our pid and an address, mixed.
+namespace {
+uint64_t quick_random() {
+  uint64_t v = 0;
+  if (getrandom(&v, sizeof v, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof v)) {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    v = static_cast<uint64_t>(ts.tv_nsec) ^ (static_cast<uint64_t>(ts.tv_sec) << 30) ^
+        (static_cast<uint64_t>(getpid()) << 40) ^ reinterpret_cast<uintptr_t>(&v);
+    v ^= v >> 30;  // splitmix64's finaliser
+    v *= 0xbf58476d1ce4e5b9ULL;
+    v ^= v >> 27;
+    v *= 0x94d049bb133111ebULL;
+    v ^= v >> 31;
+  }
+  return v;
+}
+}  // namespace
+
 uint64_t link_key() {
   std::lock_guard<std::mutex> g(g_mu);
   while (g_key == 0 || static_cast<uint32_t>(g_key) == 0) {
-    g_key = random64();
+    g_key = quick_random();
   }
   return g_key;
 }
@@ -478,7 +492,7 @@ std::shared_ptr<link> find_link(link_end end, uint64_t key) {
 uint32_t new_link_id() {
   uint32_t id = 0;
   while (id == 0) {
-    id = static_cast<uint32_t>(random64());
+    id = static_cast<uint32_t>(quick_random());
   }
   return id;
 }

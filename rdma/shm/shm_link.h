@@ -11,10 +11,10 @@
 //
 // Trust: a slot is only ever lent to connections with the process at the
 // other end of its link, so whatever that peer can write or read is its own
-// connections' memory. A slot named in a CLC message counts only with a
-// note that came over the link itself ("the connection with server token T
-// uses my slot S"), so a third process that repeats a key or a slot number
-// it saw gets nothing but a fallback to TCP. Everything a link receives is
+// connections' memory. A slot named in a CLC message counts only if its own
+// control page, which only the two ends of the link map, offers it for that
+// connection's server token (control::offer), so a third process that
+// repeats a key or a slot number it saw gets nothing but a fallback to TCP. Everything a link receives is
 // validated as the rendezvous's hello is; a link that breaks the protocol
 // is dropped, and later connections with that peer make a new one.
 //
@@ -65,17 +65,15 @@ class link final : public slot_home {
   link& operator=(const link&) = delete;
 
   /// Our slot for a new connection: one the peer released, reset, or a new
-  /// one whose fds go to the peer first. `pump`: take in what the peer sent
-  /// first (its drops); a caller that just did (take_peer) need not. nullptr
-  /// + errno on failure.
-  std::unique_ptr<local_side> take_own(uint32_t rmb_size, bool pump = true);
-  /// Tells the peer that our slot `slot` serves the connection whose server
-  /// token is `token` (sent before the CLC message that names the slot).
-  bool note(uint64_t token, uint32_t slot);
+  /// one whose fds go to the peer first. nullptr + errno on failure.
+  std::unique_ptr<local_side> take_own(uint32_t rmb_size);
+  /// Offers our slot to the connection whose server token is `token` (in its
+  /// control page, before the CLC message that names the slot is sent).
+  static void offer(local_side& me, uint64_t token);
   /// The peer's slot `slot` of `rmb_size` bytes for the connection with
-  /// server token `token`: only if the peer's note for it came over this
-  /// link (read up to that note, no further), and the slot is not lent
-  /// already. nullptr + errno (EPROTO).
+  /// server token `token`: only if the slot came over this link, offers
+  /// itself for that token, and is not lent already. nullptr + errno
+  /// (EPROTO).
   std::unique_ptr<remote_side> take_peer(uint64_t token, uint32_t slot, uint32_t rmb_size);
   /// A half taken above that no path got (the handshake failed): destroyed,
   /// and the peer told not to reuse it.

@@ -557,6 +557,7 @@ bool local_side::reset_for_reuse() {
   c->rx_rung.store(0, std::memory_order_relaxed);
   c->tx_waiters.store(0, std::memory_order_relaxed);
   c->tx_rung.store(0, std::memory_order_relaxed);
+  c->offer.store(0, std::memory_order_relaxed);
   c->released.store(0, std::memory_order_seq_cst);
   std::memset(state->data(), 0, state_page::bytes);
   token = token + 1 != 0 ? token + 1 : 1;

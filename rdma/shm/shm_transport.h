@@ -42,6 +42,9 @@ struct control {
   // peer: its connection over this RMB ended, and it will never write here
   // or ring our doorbells again (a same-host link may then reuse the RMB).
   alignas(64) std::atomic<uint32_t> released;
+  // owner: the server token of the connection a same-host link lends this
+  // RMB to (shm_link.h): what the peer checks the CLC message naming it by.
+  std::atomic<uint64_t> offer;
 };
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
 static_assert(sizeof(control) <= 4096);
@@ -125,8 +128,8 @@ struct local_side {
   /// Readies a slot the peer released for its next connection: doorbells
   /// emptied (when the last path may have left rings there, and every 16th
   /// time regardless), control page and state page cleared, a new token
-  /// (the next number: a reused slot's token is matched to the link's notes,
-  /// never a secret). False if a doorbell held more rings than a peer that
+  /// (the next number, after a random first: a reused slot's token travels
+  /// only to its peer). False if a doorbell held more rings than a peer that
   /// follows the protocol leaves.
   bool reset_for_reuse();
 };

@@ -1,7 +1,8 @@
 // Unit tests for same-host links (rdma/shm/shm_link.h): two links joined by a
 // socketpair stand for the two processes' ends. Slots come back to their
 // link when a path ends and are lent again only once the peer released
-// them; a slot counts only with the peer's note for it; and whatever a peer
+// them; a slot counts only when its control page offers it for the
+// connection's token; and whatever a peer
 // sends that breaks the link protocol ends that link, with every fd it
 // brought closed.
 #include <catch2/catch.hpp>
@@ -36,7 +37,6 @@ struct wire_msg {
 };
 constexpr uint32_t wire_magic = 0x534d4c4bu;
 constexpr uint32_t k_new_slot = 1;
-constexpr uint32_t k_note = 2;
 
 int seqpacket_pair(int sv[2]) {
   return ::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv);
@@ -61,18 +61,18 @@ struct conn_paths {
 };
 
 // One connection as the handshake makes it over an existing link: the
-// server lends a slot and notes it, the client takes it on that note, lends
-// its own and notes it, the server takes that.
+// server lends a slot and offers it for its token, the client takes it on
+// that offer, lends its own and offers it, the server takes that.
 conn_paths connect_over(link_pair& lp) {
   auto a_own = lp.a->take_own(ring);
   REQUIRE(a_own);
   const uint64_t token = a_own->token;
-  REQUIRE(lp.a->note(token, a_own->slot));
+  shm::link::offer(*a_own, token);
   auto b_peer = lp.b->take_peer(token, a_own->slot, ring);
   REQUIRE(b_peer);
-  auto b_own = lp.b->take_own(ring, false);
+  auto b_own = lp.b->take_own(ring);
   REQUIRE(b_own);
-  REQUIRE(lp.b->note(token, b_own->slot));
+  shm::link::offer(*b_own, token);
   auto a_peer = lp.a->take_peer(token, b_own->slot, ring);
   REQUIRE(a_peer);
   conn_paths c;
@@ -134,31 +134,34 @@ TEST_CASE("a slot is not lent again while its peer may still write it") {
   check_carries(c2);
 }
 
-TEST_CASE("a slot counts only with the peer's note for it, once") {
+TEST_CASE("a slot counts only when it offers itself for the token, once") {
   link_pair lp;
   auto a_own = lp.a->take_own(ring);
   REQUIRE(a_own);
   const uint64_t token = a_own->token;
 
-  SECTION("no note") {
+  SECTION("not offered") {
     errno = 0;
     CHECK(lp.b->take_peer(token, a_own->slot, ring) == nullptr);
     CHECK(errno == EPROTO);
   }
-  SECTION("a note for another token or slot") {
-    REQUIRE(lp.a->note(token + 1, a_own->slot));
-    REQUIRE(lp.a->note(token, a_own->slot + 1));
+  SECTION("offered for another token") {
+    shm::link::offer(*a_own, token + 1);
     CHECK(lp.b->take_peer(token, a_own->slot, ring) == nullptr);
   }
-  SECTION("the right note, a wrong size") {
-    REQUIRE(lp.a->note(token, a_own->slot));
+  SECTION("another slot named") {
+    shm::link::offer(*a_own, token);
+    CHECK(lp.b->take_peer(token, a_own->slot + 1, ring) == nullptr);
+  }
+  SECTION("offered, a wrong size named") {
+    shm::link::offer(*a_own, token);
     CHECK(lp.b->take_peer(token, a_own->slot, ring * 2) == nullptr);
   }
   SECTION("a slot already lent, named again") {
-    REQUIRE(lp.a->note(token, a_own->slot));
+    shm::link::offer(*a_own, token);
     auto first = lp.b->take_peer(token, a_own->slot, ring);
     REQUIRE(first);
-    REQUIRE(lp.a->note(token + 7, a_own->slot));
+    shm::link::offer(*a_own, token + 7);
     CHECK(lp.b->take_peer(token + 7, a_own->slot, ring) == nullptr);
     lp.b->discard(nullptr, std::move(first));
   }
@@ -189,11 +192,10 @@ TEST_CASE("whatever breaks the link protocol ends that link and closes what it b
   REQUIRE(side.init(ring));
   const int good[3] = {side.rmb->fd(), side.rx_bell_ring, side.tx_bell_ring};
 
-  SECTION("control: a well-formed slot and its note are taken") {
+  SECTION("control: a well-formed slot that offers itself is taken") {
     const wire_msg m{wire_magic, k_new_slot, 0, 5, ring};
     REQUIRE(smc::rdma::send_with_fds(peer, &m, sizeof m, good, 3));
-    const wire_msg n{wire_magic, k_note, 42, 5, 0};
-    REQUIRE(smc::rdma::send_with_fds(peer, &n, sizeof n, nullptr, 0));
+    shm::link::offer(side, 42);
     auto half = l->take_peer(42, 5, ring);
     CHECK(half);
     CHECK(l->alive());
@@ -210,8 +212,8 @@ TEST_CASE("whatever breaks the link protocol ends that link and closes what it b
   SECTION("a short message") { len = 4; }
   SECTION("a wrong magic") { m.magic ^= 1; }
   SECTION("an unknown kind") { m.kind = 9; }
-  SECTION("a note that brings an fd") {
-    m.kind = k_note;
+  SECTION("the unused kind 2, with an fd") {
+    m.kind = 2;
     fds = {pfd[1]};
   }
   SECTION("a slot with one fd") { fds = {good[0]}; }
@@ -234,8 +236,9 @@ TEST_CASE("whatever breaks the link protocol ends that link and closes what it b
     fds = {good[0], good[1], good[2]};
   }
   REQUIRE(smc::rdma::send_with_fds(peer, &m, len, fds.data(), fds.size()));
-  CHECK(l->take_own(ring) == nullptr);
+  CHECK(l->take_peer(7, 99, ring) == nullptr);  // a slot it does not know: it looks
   CHECK_FALSE(l->alive());
+  CHECK(l->take_own(ring) == nullptr);
   // Every fd that came with the message is closed: with our own write end
   // closed too, the pipe reads as ended.
   ::close(pfd[1]);
