@@ -111,6 +111,7 @@ struct conn_shared {
   std::atomic<int> err;            // sticky error (ECONNRESET, ...)
   std::atomic<int> so_error;       // reported once through SO_ERROR
   std::atomic<uint32_t> notsent_lowat;  // the application's TCP_NOTSENT_LOWAT
+  std::atomic<uint32_t> notsent_lowat_set;  // 0: it never set one (the system default)
   std::atomic<uint32_t> rcvlowat;       // the application's SO_RCVLOWAT (0, 1: none)
 };
 
@@ -174,8 +175,16 @@ class conn {
   void note_forked();
 
   /// The application's TCP_NOTSENT_LOWAT (the socket carries our mark).
-  uint32_t app_notsent_lowat() const { return sh_->notsent_lowat.load(); }
-  void set_app_notsent_lowat(uint32_t v) { sh_->notsent_lowat.store(v); }
+  /// The application's TCP_NOTSENT_LOWAT while our mark holds the socket's:
+  /// false when it never set one (then the system default applies).
+  bool app_notsent_lowat(uint32_t& v) const {
+    v = sh_->notsent_lowat.load();
+    return sh_->notsent_lowat_set.load() != 0;
+  }
+  void set_app_notsent_lowat(uint32_t v) {
+    sh_->notsent_lowat.store(v);
+    sh_->notsent_lowat_set.store(1);
+  }
   /// SO_RCVLOWAT: readable (poll) once that many bytes are there; a blocking
   /// recv waits for that many (at most what it asks for).
   void set_rcvlowat(uint32_t v) { sh_->rcvlowat.store(v); }

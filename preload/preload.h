@@ -132,6 +132,7 @@ struct entry {
   int64_t partial_since_ms = 0;   // undecided: when a CLC prefix was first seen
   bool linger0 = false;           // SO_LINGER with l_linger 0: close resets
   uint32_t rcvlowat = 0;          // SO_RCVLOWAT as the application set it
+  std::atomic<bool> lowat_default{false};  // made by our socket(), TCP_NOTSENT_LOWAT never set
   std::shared_ptr<core::conn> conn;  // state::smc (shared with an SCM_RIGHTS offer)
   ep_set* eps = nullptr;          // state::epoll
   std::vector<ep_reg*> regs;      // epoll registrations (under the epoll mutex)

@@ -55,13 +55,33 @@ void become_tcp(entry* e, int fd, reason why) {
 }
 
 void mark_smc_socket(entry* e, int fd) {
+  // A socket our socket() made whose application never set the option has
+  // the system default: nothing to read (and keep) before the mark.
   unsigned v = 0;
   socklen_t l = sizeof v;
-  if (real.getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, &l) == 0) {
-    e->conn->set_app_notsent_lowat(v);
+  if (e->lowat_default || real.getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, &l) == 0) {
+    if (!e->lowat_default) {
+      e->conn->set_app_notsent_lowat(v);
+    }
     const uint32_t mark = core::handoff::mark_base;
     real.setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &mark, sizeof mark);
   }
+}
+
+// The system's TCP_NOTSENT_LOWAT default, as a new TCP socket reports it
+// (only asked for when an application reads the option of an SMC socket it
+// never set it on). UINT32_MAX, the kernel's own default, if none can be made.
+unsigned default_notsent_lowat(int family) {
+  unsigned v = UINT32_MAX;
+  const int s = real.socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s >= 0) {
+    socklen_t l = sizeof v;
+    if (real.getsockopt(s, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, &l) != 0) {
+      v = UINT32_MAX;
+    }
+    real.close(s);
+  }
+  return v;
 }
 
 // Applies a handshake outcome (under e->mu).
@@ -514,6 +534,7 @@ __attribute__((visibility("default"))) int socket(int domain, int type, int prot
     auto* e = new (std::nothrow) entry();
     if (e != nullptr) {
       e->family = domain;
+      e->lowat_default = true;
       entry* old = fd_install(fd, e);
       if (old != nullptr) {
         fd_put(old);
@@ -828,7 +849,12 @@ __attribute__((visibility("default"))) int getsockopt(int fd, int level, int nam
       val != nullptr && len != nullptr && *len >= sizeof(unsigned)) {
     entry_ref e(fd);
     if (e && e->st.load() == state::smc) {  // ours is the mark: theirs is kept here
-      const unsigned v = e->conn->app_notsent_lowat();
+      unsigned v = 0;
+      if (!e->conn->app_notsent_lowat(v)) {
+        const int saved = errno;
+        v = default_notsent_lowat(e->family != 0 ? e->family : AF_INET);
+        errno = saved;
+      }
       std::memcpy(val, &v, sizeof(unsigned));
       *len = sizeof(unsigned);
       return 0;
@@ -860,6 +886,9 @@ __attribute__((visibility("default"))) int setsockopt(int fd, int level, int nam
       std::memcpy(&v, val, sizeof(unsigned));
       e->conn->set_app_notsent_lowat(v);
       return 0;
+    }
+    if (e) {
+      e->lowat_default = false;  // the socket holds the application's value now
     }
   }
   int rc = real.setsockopt(fd, level, name, val, len);

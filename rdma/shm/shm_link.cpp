@@ -50,8 +50,8 @@ constexpr int max_fresh_all = 512;      // the same, on all links of the process
 constexpr size_t max_peer_slots = 512;  // peer slots known on one link
 constexpr size_t max_closing = 32;      // our slots ended here, not released yet
 constexpr int pump_batch = 256;         // messages taken in one look
-constexpr uint32_t pump_every = 8;      // lookups between two looks at the link when
-                                        // nothing is missing (its drops)
+constexpr uint32_t pump_every = 8;      // connections between two looks at the link
+                                        // when nothing is missing (its drops)
 constexpr int own_fds = 6;              // state page, RMB, two doorbells of two ends
 constexpr int peer_fds = 3;             // the peer's RMB and two ringing ends
 
@@ -263,8 +263,7 @@ int link::fd_for_poll() const { return st_->fd; }
 std::unique_ptr<local_side> link::take_own(uint32_t rmb_size) {
   std::lock_guard<std::mutex> g(st_->mu);
   state& s = *st_;
-  if (gen_ != g_gen.load(std::memory_order_relaxed) || s.fd < 0 ||
-      (++s.lookups % pump_every == 0 && !s.pump())) {
+  if (gen_ != g_gen.load(std::memory_order_relaxed) || s.fd < 0) {
     errno = ENOTCONN;
     return nullptr;
   }

@@ -544,8 +544,8 @@ bool local_side::reset_for_reuse() {
   // Empty first, then clear the flags (drain_rx's order): a peer that
   // released the slot rings no more, so nothing lands in between. A ring
   // that raced the last drain with its flag already cleared may stay: the
-  // periodic drain bounds those far below a flood.
-  const bool drain = maybe_rung || ++reuses % 16 == 0;
+  // periodic drain bounds those (one per reuse at most) below a flood.
+  const bool drain = maybe_rung || ++reuses % 32 == 0;
   const bool rx_ok = !drain || bell_drain(rx_bell, false);
   const bool tx_ok = !drain || bell_drain(tx_bell, false);
   maybe_rung = false;

@@ -126,7 +126,7 @@ struct local_side {
   /// Creates RMB + doorbells; false + errno on failure.
   bool init(uint32_t rmb_size);
   /// Readies a slot the peer released for its next connection: doorbells
-  /// emptied (when the last path may have left rings there, and every 16th
+  /// emptied (when the last path may have left rings there, and every 32nd
   /// time regardless), control page and state page cleared, a new token
   /// (the next number, after a random first: a reused slot's token travels
   /// only to its peer). False if a doorbell held more rings than a peer that
