@@ -7,12 +7,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <ctime>
-
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <deque>
 #include <mutex>
 #include <new>
@@ -258,7 +257,10 @@ void link::retire() {
   st_->kill();
 }
 
-int link::fd_for_poll() const { return st_->fd; }
+int link::fd_for_poll() const {
+  std::lock_guard<std::mutex> g(st_->mu);
+  return st_->fd;
+}
 
 std::unique_ptr<local_side> link::take_own(uint32_t rmb_size) {
   std::lock_guard<std::mutex> g(st_->mu);
