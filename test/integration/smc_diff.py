@@ -973,6 +973,22 @@ def cli_sockopts(C):
     s.close()
 
 
+# 30b. TCP_NOTSENT_LOWAT set before connect() (the switch must keep it, not
+# the system default), then changed on the connected socket.
+def cli_lowat_before_connect(C):
+    s = C.socket()
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 12345)
+    s.settimeout(CONNECT_TIMEOUT)
+    s.connect((HOST, C.port))
+    s.settimeout(IO_TIMEOUT)
+    s.sendall(b"hi")
+    C.ctl.wait("ready")
+    C.out("TCP_NOTSENT_LOWAT", s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 54321)
+    C.out("TCP_NOTSENT_LOWAT set", s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT))
+    s.close()
+
+
 # 31. close of one socket in a selector (epoll), the others carry on.
 def srv_selector(S):
     conns = {}
@@ -1341,6 +1357,7 @@ CASES = [
     ("nb_recv_idle", srv_hi_then_eof, cli_nb_recv_idle),
     ("accepted_nb_first_read", srv_accepted_nb, cli_accepted_nb),
     ("sockopts", srv_hi_then_eof, cli_sockopts),
+    ("sockopt_lowat", srv_hi_then_eof, cli_lowat_before_connect),
     ("selector_close", srv_selector, cli_selector),
     ("epoll_et", srv_two_sends, cli_epoll_et),
     ("epoll_rdhup", srv_half_closed, cli_epoll_rdhup),
