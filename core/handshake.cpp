@@ -213,20 +213,14 @@ hs_outcome client_rdma(int fd, const std::vector<uint8_t>& msg,
   conf.eid = our_eid(p);
   if (!send_all(fd, clc::encode(conf), deadline)) {
     smcr::abandon(*pend);
-    hs_outcome o = fallback(reason::internal);
-    o.broken = true;
-    return o;
+    return broken(reason::internal);
   }
   if (!smcr::client_complete(*pend, 2 * p.timeout_ms)) {
     // The server believes in the link; neither side can go back to TCP now.
     smcr::abandon(*pend);
-    hs_outcome o = fallback(reason::clc_timeout);
-    o.broken = true;
-    return o;
+    return broken(reason::clc_timeout);
   }
-  hs_outcome o;
-  o.path = smcr::make_path(std::move(*pend));
-  return o;
+  return smc(smcr::make_path(std::move(*pend)));
 }
 
 
@@ -419,9 +413,7 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
     prop.max_links = 1;
   }
   if (!send_all(fd, clc::encode(prop), deadline)) {
-    hs_outcome o = fallback(reason::internal);
-    o.broken = true;  // part of a Proposal may be in the stream
-    return o;
+    return broken(reason::internal);  // part of a Proposal may be in the stream
   }
 
   uint8_t hdr[clc::header_len];
@@ -438,9 +430,7 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
       return o;
     }
     if (clc_prefix && now_ms() >= deadline) {
-      hs_outcome o = fallback(reason::clc_timeout);
-      o.broken = true;
-      return o;
+      return broken(reason::clc_timeout);
     }
     return fallback(reason::no_clc_reply);
   }
@@ -451,9 +441,7 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
   }
   std::vector<uint8_t> msg(h.length);
   if (!recv_exact(fd, msg.data(), msg.size(), deadline)) {
-    hs_outcome o = fallback(reason::clc_timeout);
-    o.broken = true;
-    return o;
+    return broken(reason::clc_timeout);
   }
   if (h.type == clc::msg_type::decline) {
     clc::decline d;
@@ -509,13 +497,9 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
   const clc::accept_confirm_d conf = shm_message(clc::msg_type::confirm, acc.first_contact, me_id,
                                                  my_token, my_size, acc.link_id, 0, p);
   if (!send_all(fd, clc::encode(conf), deadline)) {
-    hs_outcome o = fallback(reason::internal);
-    o.broken = true;
-    return o;
+    return broken(reason::internal);
   }
-  hs_outcome o;
-  o.path = std::move(path);
-  return o;
+  return smc(std::move(path));
 }
 
 start_kind peek_clc(int fd, unsigned type_mask, size_t& msg_len) {
@@ -597,9 +581,7 @@ hs_outcome server_decline(int fd, size_t msg_len, reason why) {
   const int64_t deadline = now_ms() + 1000;
   std::vector<uint8_t> msg(msg_len);
   if (!recv_exact(fd, msg.data(), msg.size(), deadline)) {
-    hs_outcome o = fallback(reason::internal);
-    o.broken = true;  // cannot happen after peek_clc matched, but never guess
-    return o;
+    return broken(reason::internal);  // cannot happen after peek_clc matched, but never guess
   }
   SMC_LOG(info, "fd %d: declining SMC (%s)", fd, to_name(why));
   send_decline(fd, why, deadline);
@@ -631,17 +613,13 @@ hs_outcome server_rdma(int fd, const clc::proposal& prop, const rdma::verbs::gid
   acc.eid = our_eid(p);
   if (!send_all(fd, clc::encode(acc), deadline)) {
     smcr::abandon(*pend);
-    hs_outcome o = fallback(reason::internal);
-    o.broken = true;
-    return o;
+    return broken(reason::internal);
   }
   std::vector<uint8_t> reply;
   clc::header h;
   if (!read_message(fd, reply, h, deadline + p.timeout_ms)) {
     smcr::abandon(*pend);
-    hs_outcome o = fallback(reason::clc_timeout);
-    o.broken = true;
-    return o;
+    return broken(reason::clc_timeout);
   }
   if (h.type == clc::msg_type::decline) {
     clc::decline d;
@@ -660,13 +638,9 @@ hs_outcome server_rdma(int fd, const clc::proposal& prop, const rdma::verbs::gid
       conf.first_contact != acc.first_contact ||
       !smcr::server_complete(*pend, conf, 2 * p.timeout_ms)) {
     smcr::abandon(*pend);
-    hs_outcome o = fallback(reason::clc_malformed);
-    o.broken = true;  // the client believes it is SMC; we cannot follow
-    return o;
+    return broken(reason::clc_malformed);  // the client believes it is SMC; we cannot follow
   }
-  hs_outcome o;
-  o.path = smcr::make_path(std::move(*pend));
-  return o;
+  return smc(smcr::make_path(std::move(*pend)));
 }
 
 }  // namespace
@@ -677,9 +651,7 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
   clc::proposal prop;
   if (!recv_exact(fd, msg.data(), msg.size(), deadline) ||
       clc::decode(msg, prop) != clc::error::ok) {
-    hs_outcome o = fallback(reason::clc_malformed);
-    o.broken = true;  // cannot happen after peek_clc matched, but never guess
-    return o;
+    return broken(reason::clc_malformed);  // cannot happen after peek_clc matched, but never guess
   }
   auto decline = [&](reason r) {
     SMC_LOG(info, "fd %d: declining SMC (%s)", fd, to_name(r));
@@ -736,9 +708,7 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
   const clc::accept_confirm_d acc = shm_message(clc::msg_type::accept, true, me_id, me.token,
                                                 me.rmb->size(), rv.link_id(), 0, p);
   if (!send_all(fd, clc::encode(acc), deadline)) {
-    hs_outcome o = fallback(reason::internal);
-    o.broken = true;
-    return o;
+    return broken(reason::internal);
   }
   rdma::shm::peer_side peer;
   kept_socket kept;
@@ -748,9 +718,7 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
   std::vector<uint8_t> reply;
   clc::header h;
   if (!read_message(fd, reply, h, deadline + p.timeout_ms)) {
-    hs_outcome o = fallback(reason::clc_timeout);
-    o.broken = true;
-    return o;
+    return broken(reason::clc_timeout);
   }
   if (h.type == clc::msg_type::decline) {
     clc::decline d;
@@ -762,20 +730,14 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
   if (h.type != clc::msg_type::confirm || clc::decode(reply, conf) != clc::error::ok ||
       !exchanged || conf.gid != me_id || conf.token != peer.token || conf.link_id != acc.link_id ||
       rmb_code_to_size(conf.dmbe_size_code) != peer.rmb_size) {
-    hs_outcome o = fallback(reason::clc_malformed);
-    o.broken = true;  // the client believes it is SMC; we cannot follow
-    return o;
+    return broken(reason::clc_malformed);  // the client believes it is SMC; we cannot follow
   }
   auto path = first_contact_path(std::move(me), std::move(peer), kept, link_end::server,
                                  client_key, link_id);
   if (!path) {
-    hs_outcome o = fallback(reason::rendezvous_failed);
-    o.broken = true;
-    return o;
+    return broken(reason::rendezvous_failed);
   }
-  hs_outcome o;
-  o.path = std::move(path);
-  return o;
+  return smc(std::move(path));
 }
 
 }  // namespace smc::core
