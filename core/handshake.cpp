@@ -487,7 +487,7 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
     send_decline(fd, reason::rendezvous_failed, deadline);
     return fallback(reason::rendezvous_failed);
   }
-  const uint32_t link_id = peer.link_key;  // the server's id for the link
+  const uint32_t link_id = peer.kept_link;  // the server's id for the link
   auto path = first_contact_path(std::move(me), std::move(peer), kept, link_end::client, link_id,
                                  link_id);
   if (!path) {

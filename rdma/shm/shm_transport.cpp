@@ -35,7 +35,7 @@ struct hello {
   uint64_t to_token;    // the receiver's nonce: proves the sender saw our CLC message
   uint64_t from_token;  // the sender's own nonce
   uint32_t rmb_size;
-  uint32_t link_key;    // a server's: the id of the same-host link it keeps (else 0)
+  uint32_t kept_link;   // a server's: the id of the same-host link it keeps (else 0)
 };
 
 void close_fd(int& fd) {
@@ -122,7 +122,7 @@ void take_peer(const int fds[3], const hello& h, peer_side& out) {
   out.tx_ring = fds[2];
   out.rmb_size = h.rmb_size;
   out.token = h.from_token;
-  out.link_key = h.link_key;
+  out.kept_link = h.kept_link;
 }
 
 // ---- doorbells (see shm_transport.h) ----
@@ -624,7 +624,7 @@ bool rendezvous::open(uint64_t host_id) {
 }
 
 bool rendezvous::serve(const local_side& me, int64_t deadline_ms, int abort_fd, peer_side& out,
-                       int* keep, uint32_t link_key) {
+                       int* keep, uint32_t kept_link) {
   // Anyone on the host can see the abstract name in /proc/net/unix and connect;
   // only the client that read our token from the TCP stream passes the check.
   for (;;) {
@@ -661,7 +661,7 @@ bool rendezvous::serve(const local_side& me, int64_t deadline_ms, int abort_fd, 
       close_shared_unix(c);
       continue;
     }
-    hello reply{hello_magic, h.from_token, me.token, me.rmb->size(), keep ? link_key : 0};
+    hello reply{hello_magic, h.from_token, me.token, me.rmb->size(), keep ? kept_link : 0};
     int mine[3] = {me.rmb->fd(), me.rx_bell_ring, me.tx_bell_ring};
     bool sent = send_hello(c, reply, mine);
     if (!sent || !check_ring(fds[1]) || !check_ring(fds[2])) {

@@ -141,7 +141,7 @@ struct peer_side {
   int tx_ring = -1;  // rings the peer's tx doorbell
   uint32_t rmb_size = 0;
   uint64_t token = 0;  // the peer's nonce (must match its CLC Accept/Confirm)
-  uint32_t link_key = 0;  // a server's hello: the id of the link it keeps (shm_link.h)
+  uint32_t kept_link = 0;  // a server's hello: the id of the link it keeps (shm_link.h)
   ~peer_side();
 };
 
@@ -187,9 +187,9 @@ class rendezvous {
   /// socket) is watched too: if it becomes readable the client gave up (it sent
   /// a Decline) and the call fails with ECONNABORTED. With `keep`, the
   /// exchange's socket is not closed but left there (to become a same-host
-  /// link), and our hello names `link_key` (the link's id).
+  /// link), and our hello names `kept_link` (the link's id).
   bool serve(const local_side& me, int64_t deadline_ms, int abort_fd, peer_side& out,
-             int* keep = nullptr, uint32_t link_key = 0);
+             int* keep = nullptr, uint32_t kept_link = 0);
 
  private:
   int fd_ = -1;

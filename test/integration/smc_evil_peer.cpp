@@ -698,7 +698,7 @@ struct rdv_hello {  // rdma/shm/shm_transport.cpp, struct hello
   uint64_t to_token;
   uint64_t from_token;
   uint32_t rmb_size;
-  uint32_t reserved;
+  uint32_t kept_link;  // a server's: the id of the link it keeps (0 here)
 };
 constexpr uint64_t rdv_magic = 0x534d432d52445631ULL;  // "SMC-RDV1"
 
