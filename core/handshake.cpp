@@ -161,17 +161,6 @@ bool eid_in(const std::vector<clc::eid_t>& list, const clc::eid_t& e) {
   return false;
 }
 
-std::optional<rdma::verbs::gid_choice> local_gid_of(int fd, const std::vector<std::string>& devs) {
-  if (!smcr::any_gid(devs)) {
-    return std::nullopt;  // no RoCE GID at all: no need for our address
-  }
-  sockaddr_storage ss{};
-  socklen_t sl = sizeof(ss);
-  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sl) != 0) {
-    return std::nullopt;
-  }
-  return smcr::local_gid(reinterpret_cast<sockaddr*>(&ss), sl, devs);
-}
 
 // Client, SMC-R chosen by the server: join or create the link group, confirm,
 // and on first contact bring the link up (CONFIRM LINK).
@@ -388,7 +377,7 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
   const bool want_shm = p.transport != config::transport_mode::rdma;
   std::optional<rdma::verbs::gid_choice> gid;
   if (p.transport != config::transport_mode::shm) {
-    gid = local_gid_of(fd, p.devices);
+    gid = smcr::local_gid(fd, p.devices);
   }
   if (!want_shm && !gid) {
     return fallback(reason::no_smc_dev);  // RDMA asked for, no usable device: no Proposal
@@ -675,7 +664,7 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
                         prop.roce_v2_gid != clc::gid_t{};
   if (!same_host || p.transport == config::transport_mode::rdma) {
     if (offers_r && p.transport != config::transport_mode::shm) {
-      if (auto gid = local_gid_of(fd, p.devices)) {
+      if (auto gid = smcr::local_gid(fd, p.devices)) {
         return server_rdma(fd, prop, *gid, p, deadline);
       }
     }

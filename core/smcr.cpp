@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -1054,22 +1055,20 @@ void warm_up(const std::vector<std::string>& devices) {
   refresh(t, devices);
 }
 
-bool any_gid(const std::vector<std::string>& devices) {
+std::optional<v::gid_choice> local_gid(int fd, const std::vector<std::string>& devices) {
   gid_table& t = table();
   std::lock_guard<std::mutex> lk(t.mu);
   refresh(t, devices);
-  return !t.gids.empty();
-}
-
-std::optional<v::gid_choice> local_gid(const sockaddr* local, socklen_t len,
-                                       const std::vector<std::string>& devices) {
+  if (t.gids.empty()) {
+    return std::nullopt;  // no RoCE GID at all: no need for our address
+  }
+  sockaddr_storage ss{};
+  socklen_t sl = sizeof(ss);
   std::array<uint8_t, 16> want{};
-  if (!v::ip_to_gid(local, len, want)) {
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sl) != 0 ||
+      !v::ip_to_gid(reinterpret_cast<sockaddr*>(&ss), sl, want)) {
     return std::nullopt;
   }
-  gid_table& t = table();
-  std::lock_guard<std::mutex> lk(t.mu);
-  refresh(t, devices);
   for (const auto& g : t.gids) {
     if (g.gid == want) {
       return g;

@@ -26,16 +26,14 @@ enum class role : uint8_t { client, server };
 
 class link_group;
 
-/// The local RoCE v2 identity for a TCP connection's local address, or
-/// nullopt when no usable RDMA device serves it. Cached per address.
-std::optional<rdma::verbs::gid_choice> local_gid(const sockaddr* local, socklen_t len,
-                                                 const std::vector<std::string>& devices);
+/// The local RoCE v2 identity for the local address of TCP socket `fd`, or
+/// nullopt when no usable RDMA device serves it (the address is not asked
+/// for when the host has no RoCE GID at all). The devices' scan is cached.
+std::optional<rdma::verbs::gid_choice> local_gid(int fd, const std::vector<std::string>& devices);
 
 /// Scans the RDMA devices now (if the cached scan is stale), so that a
 /// handshake that follows does not wait for it.
 void warm_up(const std::vector<std::string>& devices);
-/// Whether the host has any usable RoCE v2 GID (same scan as local_gid).
-bool any_gid(const std::vector<std::string>& devices);
 
 /// This process's SMC system id (peer id): 2 random bytes + a device MAC.
 clc::peer_id_t system_id(const rdma::verbs::gid_choice& g);
