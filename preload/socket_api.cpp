@@ -57,15 +57,16 @@ void become_tcp(entry* e, int fd, reason why) {
 void mark_smc_socket(entry* e, int fd) {
   // A socket our socket() made whose application never set the option has
   // the system default: nothing to read (and keep) before the mark.
-  unsigned v = 0;
-  socklen_t l = sizeof v;
-  if (e->lowat_default || real.getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, &l) == 0) {
-    if (!e->lowat_default) {
-      e->conn->set_app_notsent_lowat(v);
+  if (!e->lowat_default.load()) {
+    unsigned v = 0;
+    socklen_t l = sizeof v;
+    if (real.getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, &l) != 0) {
+      return;
     }
-    const uint32_t mark = core::handoff::mark_base;
-    real.setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &mark, sizeof mark);
+    e->conn->set_app_notsent_lowat(v);
   }
+  const uint32_t mark = core::handoff::mark_base;
+  real.setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &mark, sizeof mark);
 }
 
 // The system's TCP_NOTSENT_LOWAT default, as a new TCP socket reports it

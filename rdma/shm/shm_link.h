@@ -89,9 +89,8 @@ class link final : public slot_home {
   int fd_for_poll() const;
   uint32_t id() const { return id_; }
 
-  struct state;
-
  private:
+  struct state;
   std::unique_ptr<state> st_;
   const uint32_t gen_;
   const uint32_t id_;
