@@ -47,7 +47,7 @@ constexpr size_t max_fresh = 64;        // peer slots announced, not yet used (o
                                         // handshake in flight)
 constexpr int max_fresh_all = 512;      // the same, on all links of the process
 constexpr size_t max_peer_slots = 512;  // peer slots known on one link
-constexpr size_t max_closing = 32;      // our slots ended here, not released yet
+constexpr size_t max_closing = 256;     // our slots ended here, not released yet
 constexpr int pump_batch = 256;         // messages taken in one look
 constexpr uint32_t pump_every = 8;      // connections between two looks at the link
                                         // when nothing is missing (its drops)
