@@ -298,6 +298,9 @@ hs_outcome client_shm_link(int fd, const clc::accept_confirm_d& acc, const hs_pa
     l->discard(nullptr, std::move(peer));
     return fail(reason::rendezvous_failed);
   }
+  if (me->reuses == 0) {
+    stats::count_shm_fresh_slot();
+  }
   rdma::shm::link::offer(*me, acc.token);
   const clc::accept_confirm_d conf = shm_message(clc::msg_type::confirm, false, me_id, me->token,
                                                  me->rmb->size(), acc.link_id, me->slot, p);
@@ -312,29 +315,115 @@ hs_outcome client_shm_link(int fd, const clc::accept_confirm_d& acc, const hs_pa
   return smc(std::move(path));
 }
 
+// What the start of the stream holds, looked at as a CLC message of a type
+// in `type_mask` (never consumes anything).
+enum class peeked {
+  partial,  // nothing yet, or a prefix of such a message (`prefix` says which)
+  whole,    // all of it: its bytes in buf, its header in h
+  eof,      // the peer closed first
+  other,    // bytes that are not such a message
+};
+peeked peek_message(int fd, uint8_t (&buf)[clc::max_msg_len], clc::header& h,
+                    unsigned type_mask, bool& prefix) {
+  prefix = false;
+  // One look takes what a whole message can be (the bytes after it stay
+  // where they are, unread).
+  ssize_t n = sys().recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+  if (n == 0) {
+    return peeked::eof;
+  }
+  if (n < 0) {
+    return (errno == EAGAIN || errno == EINTR) ? peeked::partial : peeked::other;
+  }
+  size_t k = std::min<size_t>(static_cast<size_t>(n), 4);
+  if (std::memcmp(buf, clc::eyecatcher_smcr.data(), k) != 0 &&
+      std::memcmp(buf, clc::eyecatcher_smcd.data(), k) != 0) {
+    return peeked::other;
+  }
+  prefix = true;
+  if (n < static_cast<ssize_t>(clc::header_len)) {
+    return peeked::partial;
+  }
+  if (clc::peek_header({buf, clc::header_len}, h) != clc::error::ok ||
+      (type_mask & (1u << static_cast<unsigned>(h.type))) == 0) {
+    return peeked::other;
+  }
+  return n < static_cast<ssize_t>(h.length) ? peeked::partial : peeked::whole;
+}
+
+// Consumes the `len` bytes a peek found whole.
+bool consume(int fd, size_t len) {
+  uint8_t buf[clc::max_msg_len];
+  return len <= sizeof(buf) && recv_exact(fd, buf, len, now_ms() + 1000);
+}
+
+}  // namespace
+
+struct hs_step {
+  enum class phase : uint8_t {
+    proposed,   // client: our Proposal is out; the server's answer comes next
+    begun,      // server: the Proposal is taken and acceptable
+    confirming  // server: our Accept over a same-host link is out; the Confirm comes next
+  };
+  phase ph = phase::proposed;
+  int64_t deadline = 0;    // the handshake's own (the first wait's end)
+  int64_t wait_until = 0;  // the current wait's end
+  uint64_t me_id = 0;
+  std::optional<rdma::verbs::gid_choice> gid;  // ours, for SMC-R
+  bool want_shm = false;                       // client: shm proposed
+  clc::proposal prop;                          // server: the client's
+  uint64_t client_key = 0;                     // server: the client's process link key
+  bool want_link = false;                      // server: keep a first contact as a link
+  std::shared_ptr<rdma::shm::link> l;          // server: the link our Accept names
+  std::unique_ptr<rdma::shm::local_side> me;   //   and the slot it lends
+  uint64_t token = 0;                          //   (its server token)
+  ~hs_step() {
+    if (l && me) {
+      l->discard(std::move(me), nullptr);
+    }
+  }
+};
+
+void hs_step_free::operator()(hs_step* s) const noexcept { delete s; }
+
+int64_t hs_deadline(const hs_step& s) { return s.wait_until; }
+
+namespace {
+
 // Server, the client's Proposal names a link we have with its process: lend
-// a slot and name it in a (not first contact) Accept. nullopt when no slot
-// could be had (the caller makes a first contact instead).
-std::optional<hs_outcome> server_shm_link(int fd, const std::shared_ptr<rdma::shm::link>& l,
-                                          const hs_params& p, int64_t deadline, uint64_t me_id) {
+// a slot and name it in a (not first contact) Accept. false with `out`
+// unset when no slot could be had (a first contact follows instead).
+bool link_accept(hs_step& s, int fd, std::shared_ptr<rdma::shm::link> l, const hs_params& p,
+                 std::optional<hs_outcome>& out) {
   auto me = l->take_own(p.rmb_size);
   if (!me) {
-    return std::nullopt;
+    return false;
+  }
+  if (me->reuses == 0) {
+    stats::count_shm_fresh_slot();
   }
   rdma::shm::link::offer(*me, me->token);
   const clc::accept_confirm_d acc =
-      shm_message(clc::msg_type::accept, false, me_id, me->token, me->rmb->size(), l->id(),
+      shm_message(clc::msg_type::accept, false, s.me_id, me->token, me->rmb->size(), l->id(),
                   me->slot, p);
-  if (!send_all(fd, clc::encode(acc), deadline)) {
+  if (!send_all(fd, clc::encode(acc), s.deadline)) {
     l->discard(std::move(me), nullptr);
-    return broken(reason::internal);
+    out = broken(reason::internal);
+    return true;
   }
-  std::vector<uint8_t> reply;
-  clc::header h;
-  if (!read_message(fd, reply, h, deadline + p.timeout_ms)) {
-    l->discard(std::move(me), nullptr);
-    return broken(reason::clc_timeout);
-  }
+  s.token = me->token;
+  s.me = std::move(me);
+  s.l = std::move(l);
+  s.ph = hs_step::phase::confirming;
+  s.wait_until = s.deadline + p.timeout_ms;
+  return true;
+}
+
+// Server, the client's answer to a link's Accept (consumed): its Confirm
+// naming the slot it lends, or a Decline.
+hs_outcome link_confirm(hs_step& s, int fd, std::span<const uint8_t> reply, const clc::header& h) {
+  auto l = std::move(s.l);
+  auto me = std::move(s.me);
   if (h.type == clc::msg_type::decline) {
     l->discard(std::move(me), nullptr);
     clc::decline d;
@@ -345,8 +434,8 @@ std::optional<hs_outcome> server_shm_link(int fd, const std::shared_ptr<rdma::sh
   clc::accept_confirm_d conf;
   std::unique_ptr<rdma::shm::remote_side> peer;
   if (h.type == clc::msg_type::confirm && clc::decode(reply, conf) == clc::error::ok &&
-      !conf.first_contact && conf.gid == me_id && conf.link_id == acc.link_id) {
-    peer = l->take_peer(acc.token, slot_of(conf.gid_ext), rmb_code_to_size(conf.dmbe_size_code));
+      !conf.first_contact && conf.gid == s.me_id && conf.link_id == l->id()) {
+    peer = l->take_peer(s.token, slot_of(conf.gid_ext), rmb_code_to_size(conf.dmbe_size_code));
   }
   if (!peer) {
     l->discard(std::move(me), nullptr);
@@ -368,102 +457,139 @@ void client_warm_up(const hs_params& p) {
   }
 }
 
-hs_outcome client_handshake(int fd, const hs_params& p) {
+hs_step_ptr client_propose(int fd, const hs_params& p, hs_outcome& out) {
   const int64_t deadline = now_ms() + p.timeout_ms;
   if (p.transport == config::transport_mode::tcp) {
-    return fallback(reason::transport_tcp);
+    out = fallback(reason::transport_tcp);
+    return nullptr;
   }
-  const uint64_t me_id = host_id();
-  const bool want_shm = p.transport != config::transport_mode::rdma;
-  std::optional<rdma::verbs::gid_choice> gid;
+  hs_step_ptr s(new (std::nothrow) hs_step());
+  if (!s) {
+    out = fallback(reason::out_of_memory);
+    return nullptr;
+  }
+  s->ph = hs_step::phase::proposed;
+  s->deadline = s->wait_until = deadline;
+  s->me_id = host_id();
+  s->want_shm = p.transport != config::transport_mode::rdma;
   if (p.transport != config::transport_mode::shm) {
-    gid = smcr::local_gid(fd, p.devices);
+    s->gid = smcr::local_gid(fd, p.devices);
   }
-  if (!want_shm && !gid) {
-    return fallback(reason::no_smc_dev);  // RDMA asked for, no usable device: no Proposal
+  if (!s->want_shm && !s->gid) {
+    out = fallback(reason::no_smc_dev);  // RDMA asked for, no usable device: no Proposal
+    return nullptr;
   }
   clc::proposal prop;
   prop.version = 2;
   prop.typev1 = clc::type_n;
-  prop.typev2 = want_shm && gid ? clc::type_b : (gid ? clc::type_r : clc::type_d);
+  prop.typev2 = s->want_shm && s->gid ? clc::type_b : (s->gid ? clc::type_r : clc::type_d);
   prop.ueids.push_back(our_eid(p));
-  if (want_shm) {
-    prop.ism_v2.push_back({me_id, clc::loopback_chid});
+  if (s->want_shm) {
+    prop.ism_v2.push_back({s->me_id, clc::loopback_chid});
     prop.ism_v2.push_back({rdma::shm::link_key(), clc::link_key_chid});
   }
-  if (gid) {
+  if (s->gid) {
     // Our peer id names this process (its own link groups): the server
     // keys link groups by it, as Linux does.
-    prop.peer_id = smcr::system_id(*gid);
-    prop.mac = gid->mac;
-    prop.roce_v2_gid = gid->gid;
+    prop.peer_id = smcr::system_id(*s->gid);
+    prop.mac = s->gid->mac;
+    prop.roce_v2_gid = s->gid->gid;
     prop.release = 1;
     prop.max_conns = 255;
     prop.max_links = 1;
   }
   if (!send_all(fd, clc::encode(prop), deadline)) {
-    return broken(reason::internal);  // part of a Proposal may be in the stream
+    out = broken(reason::internal);  // part of a Proposal may be in the stream
+    return nullptr;
   }
+  return s;
+}
 
-  uint8_t hdr[clc::header_len];
-  ssize_t n = peek_wait(fd, hdr, sizeof(hdr), deadline);
-  if (n < static_cast<ssize_t>(sizeof(hdr))) {
-    size_t k = n > 0 ? std::min<size_t>(static_cast<size_t>(n), 4) : 0;
-    bool clc_prefix = k > 0 && (std::memcmp(hdr, clc::eyecatcher_smcr.data(), k) == 0 ||
-                                std::memcmp(hdr, clc::eyecatcher_smcd.data(), k) == 0);
-    if (n <= 0 && now_ms() >= deadline) {
-      // No answer at all: tell the server we gave up; its answer may still come.
-      send_decline(fd, reason::clc_timeout, deadline + p.timeout_ms);
-      hs_outcome o = fallback(reason::clc_timeout);
-      o.strip_reply = true;
-      return o;
-    }
-    if (clc_prefix && now_ms() >= deadline) {
-      return broken(reason::clc_timeout);
-    }
-    return fallback(reason::no_clc_reply);
-  }
+hs_outcome client_handshake(int fd, const hs_params& p) {
+  hs_outcome out;
+  hs_step_ptr s = client_propose(fd, p, out);
+  return s ? hs_finish(*s, fd, p) : std::move(out);
+}
+
+namespace {
+
+// Client: the server's answer, if it is there.
+step_result client_answer(hs_step& s, int fd, const hs_params& p, bool may_block,
+                          hs_outcome& out) {
+  uint8_t buf[clc::max_msg_len];
   clc::header h;
-  if (clc::peek_header(hdr, h) != clc::error::ok ||
-      (h.type != clc::msg_type::accept && h.type != clc::msg_type::decline)) {
-    return fallback(reason::no_clc_reply);  // application bytes: leave them for the app
+  bool prefix = false;
+  switch (peek_message(fd, buf, h, mask_reply, prefix)) {
+    case peeked::partial:
+      if (now_ms() < s.wait_until) {
+        return step_result::wait;
+      }
+      if (prefix) {
+        out = broken(reason::clc_timeout);
+      } else {
+        // No answer at all: tell the server we gave up; its answer may still come.
+        send_decline(fd, reason::clc_timeout, now_ms() + p.timeout_ms);
+        out = fallback(reason::clc_timeout);
+        out.strip_reply = true;
+      }
+      return step_result::done;
+    case peeked::eof:
+    case peeked::other:
+      out = fallback(reason::no_clc_reply);  // application bytes: leave them for the app
+      return step_result::done;
+    case peeked::whole:
+      break;
   }
-  std::vector<uint8_t> msg(h.length);
-  if (!recv_exact(fd, msg.data(), msg.size(), deadline)) {
-    return broken(reason::clc_timeout);
+  std::span<const uint8_t> msg(buf, h.length);
+  clc::accept_confirm_d acc;
+  const bool shm_ok = h.type == clc::msg_type::accept && h.typev1 != clc::type_r &&
+                      s.want_shm && clc::decode(msg, acc) == clc::error::ok &&
+                      acc.type == clc::msg_type::accept;
+  if (!may_block && h.type == clc::msg_type::accept &&
+      (h.typev1 == clc::type_r || (shm_ok && acc.first_contact))) {
+    return step_result::blocking;  // a link or a rendezvous to wait for
   }
+  if (!consume(fd, h.length)) {
+    out = broken(reason::internal);  // cannot happen after a whole peek, but never guess
+    return step_result::done;
+  }
+  const int64_t deadline = s.deadline;
+  auto decline = [&](reason r) {
+    send_decline(fd, r, deadline);
+    out = fallback(r);
+    return step_result::done;
+  };
   if (h.type == clc::msg_type::decline) {
     clc::decline d;
     if (clc::decode(msg, d) != clc::error::ok) {
-      return fallback(reason::clc_malformed);
+      out = fallback(reason::clc_malformed);
+      return step_result::done;
     }
     SMC_LOG(info, "fd %d: server declined SMC (%s 0x%08x)", fd, decline_code_name(d.diagnosis),
             d.diagnosis);
-    return fallback(reason::peer_declined, d.diagnosis);
+    out = fallback(reason::peer_declined, d.diagnosis);
+    return step_result::done;
   }
   if (h.typev1 == clc::type_r) {
-    return client_rdma(fd, msg, gid, p, deadline);
+    out = client_rdma(fd, std::vector<uint8_t>(msg.begin(), msg.end()), s.gid, p, deadline);
+    return step_result::done;
   }
-  clc::accept_confirm_d acc;
-  if (!want_shm || clc::decode(msg, acc) != clc::error::ok || acc.type != clc::msg_type::accept) {
-    send_decline(fd, reason::clc_malformed, deadline);
-    return fallback(reason::clc_malformed);
+  if (!shm_ok) {
+    return decline(reason::clc_malformed);
   }
-  if (acc.chid != clc::loopback_chid || acc.gid != me_id || acc.token == 0) {
-    send_decline(fd, reason::no_smc_dev, deadline);
-    return fallback(reason::no_smc_dev);
+  if (acc.chid != clc::loopback_chid || acc.gid != s.me_id || acc.token == 0) {
+    return decline(reason::no_smc_dev);
   }
   if (acc.eid != our_eid(p)) {
-    send_decline(fd, reason::no_ueid, deadline);
-    return fallback(reason::no_ueid);
+    return decline(reason::no_ueid);
   }
   if (!acc.first_contact) {
-    return client_shm_link(fd, acc, p, deadline, me_id);
+    out = client_shm_link(fd, acc, p, deadline, s.me_id);
+    return step_result::done;
   }
   rdma::shm::local_side me;
   if (!me.init(p.rmb_size)) {
-    send_decline(fd, reason::out_of_memory, deadline);
-    return fallback(reason::out_of_memory);
+    return decline(reason::out_of_memory);
   }
   const uint64_t my_token = me.token;
   const uint32_t my_size = me.rmb->size();
@@ -473,49 +599,39 @@ hs_outcome client_handshake(int fd, const hs_params& p) {
                                      &kept.fd) ||
       peer.rmb_size != rmb_code_to_size(acc.dmbe_size_code) || peer.token != acc.token) {
     SMC_LOG(info, "fd %d: shm rendezvous failed: %s", fd, std::strerror(errno));
-    send_decline(fd, reason::rendezvous_failed, deadline);
-    return fallback(reason::rendezvous_failed);
+    return decline(reason::rendezvous_failed);
   }
   const uint32_t link_id = peer.kept_link;  // the server's id for the link
   auto path = first_contact_path(std::move(me), std::move(peer), kept, link_end::client, link_id,
                                  link_id);
   if (!path) {
-    send_decline(fd, reason::rendezvous_failed, deadline);
-    return fallback(reason::rendezvous_failed);
+    return decline(reason::rendezvous_failed);
   }
-  const clc::accept_confirm_d conf = shm_message(clc::msg_type::confirm, acc.first_contact, me_id,
-                                                 my_token, my_size, acc.link_id, 0, p);
+  const clc::accept_confirm_d conf = shm_message(clc::msg_type::confirm, acc.first_contact,
+                                                 s.me_id, my_token, my_size, acc.link_id, 0, p);
   if (!send_all(fd, clc::encode(conf), deadline)) {
-    return broken(reason::internal);
+    out = broken(reason::internal);
+  } else {
+    out = smc(std::move(path));
   }
-  return smc(std::move(path));
+  return step_result::done;
 }
+
+}  // namespace
 
 start_kind peek_clc(int fd, unsigned type_mask, size_t& msg_len) {
   uint8_t buf[clc::max_msg_len];
-  ssize_t n = sys().recv(fd, buf, clc::header_len, MSG_PEEK | MSG_DONTWAIT);
-  if (n == 0) {
-    return start_kind::eof;
-  }
-  if (n < 0) {
-    return (errno == EAGAIN || errno == EINTR) ? start_kind::need_more : start_kind::not_clc;
-  }
-  size_t k = std::min<size_t>(static_cast<size_t>(n), 4);
-  if (std::memcmp(buf, clc::eyecatcher_smcr.data(), k) != 0 &&
-      std::memcmp(buf, clc::eyecatcher_smcd.data(), k) != 0) {
-    return start_kind::not_clc;
-  }
-  if (n < static_cast<ssize_t>(clc::header_len)) {
-    return start_kind::need_more;
-  }
   clc::header h;
-  if (clc::peek_header({buf, clc::header_len}, h) != clc::error::ok ||
-      (type_mask & (1u << static_cast<unsigned>(h.type))) == 0) {
-    return start_kind::not_clc;
-  }
-  n = sys().recv(fd, buf, h.length, MSG_PEEK | MSG_DONTWAIT);
-  if (n < static_cast<ssize_t>(h.length)) {
-    return n == 0 ? start_kind::eof : start_kind::need_more;
+  bool prefix = false;
+  switch (peek_message(fd, buf, h, type_mask, prefix)) {
+    case peeked::partial:
+      return start_kind::need_more;
+    case peeked::eof:
+      return start_kind::eof;
+    case peeked::other:
+      return start_kind::not_clc;
+    case peeked::whole:
+      break;
   }
   std::span<const uint8_t> m(buf, h.length);
   bool ok = false;
@@ -634,27 +750,36 @@ hs_outcome server_rdma(int fd, const clc::proposal& prop, const rdma::verbs::gid
 
 }  // namespace
 
-hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
+hs_step_ptr server_begin(int fd, size_t msg_len, const hs_params& p, hs_outcome& out) {
   const int64_t deadline = now_ms() + p.timeout_ms;
   std::vector<uint8_t> msg(msg_len);
-  clc::proposal prop;
+  hs_step_ptr s(new (std::nothrow) hs_step());
+  if (!s) {
+    out = server_decline(fd, msg_len, reason::out_of_memory);
+    return nullptr;
+  }
+  clc::proposal& prop = s->prop;
   if (!recv_exact(fd, msg.data(), msg.size(), deadline) ||
       clc::decode(msg, prop) != clc::error::ok) {
-    return broken(reason::clc_malformed);  // cannot happen after peek_clc matched, but never guess
+    out = broken(reason::clc_malformed);  // cannot happen after peek_clc matched, but never guess
+    return nullptr;
   }
   auto decline = [&](reason r) {
     SMC_LOG(info, "fd %d: declining SMC (%s)", fd, to_name(r));
     send_decline(fd, r, deadline);
-    return fallback(r);
+    out = fallback(r);
+    return nullptr;
   };
   if (p.transport == config::transport_mode::tcp) {
     return decline(reason::transport_tcp);
   }
-  const uint64_t me_id = host_id();
+  s->ph = hs_step::phase::begun;
+  s->deadline = s->wait_until = deadline;
+  s->me_id = host_id();
   bool same_host = false;
   if (prop.typev2 == clc::type_d || prop.typev2 == clc::type_b) {
     for (const auto& e : prop.ism_v2) {
-      same_host = same_host || (e.chid == clc::loopback_chid && e.gid == me_id);
+      same_host = same_host || (e.chid == clc::loopback_chid && e.gid == s->me_id);
     }
   }
   if (!eid_in(prop.ueids, our_eid(p))) {
@@ -664,37 +789,49 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
                         prop.roce_v2_gid != clc::gid_t{};
   if (!same_host || p.transport == config::transport_mode::rdma) {
     if (offers_r && p.transport != config::transport_mode::shm) {
-      if (auto gid = smcr::local_gid(fd, p.devices)) {
-        return server_rdma(fd, prop, *gid, p, deadline);
-      }
+      s->gid = smcr::local_gid(fd, p.devices);
     }
-    return decline(reason::no_smc_dev);
+    if (!s->gid) {
+      return decline(reason::no_smc_dev);
+    }
+    return s;
   }
   // The client's link key: a link to its process lets us skip the rendezvous.
   // Without one, this first contact's exchange becomes the link (with one
   // that could lend no slot, it stays this connection's own).
-  uint64_t client_key = 0;
   for (const auto& e : prop.ism_v2) {
-    client_key = e.chid == clc::link_key_chid ? e.gid : client_key;
+    s->client_key = e.chid == clc::link_key_chid ? e.gid : s->client_key;
   }
-  bool want_link = client_key != 0;
-  if (want_link) {
-    if (auto l = rdma::shm::find_link(link_end::server, client_key)) {
-      if (auto o = server_shm_link(fd, l, p, deadline, me_id)) {
-        return std::move(*o);
-      }
-      want_link = false;
-    }
-  }
+  s->want_link = s->client_key != 0;
+  return s;
+}
+
+hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
+  hs_outcome out;
+  hs_step_ptr s = server_begin(fd, msg_len, p, out);
+  return s ? hs_finish(*s, fd, p) : std::move(out);
+}
+
+namespace {
+
+// Server, shm first contact: Accept naming a rendezvous, the halves swapped
+// there, then the client's Confirm (or Decline).
+hs_outcome server_first_contact(hs_step& s, int fd, const hs_params& p) {
+  const int64_t deadline = s.deadline;
   rdma::shm::local_side me;
   rdma::shm::rendezvous rv;
+  auto decline = [&](reason r) {
+    SMC_LOG(info, "fd %d: declining SMC (%s)", fd, to_name(r));
+    send_decline(fd, r, deadline);
+    return fallback(r);
+  };
   if (!me.init(p.rmb_size)) {
     return decline(reason::out_of_memory);
   }
-  if (!rv.open(me_id)) {
+  if (!rv.open(s.me_id)) {
     return decline(reason::rendezvous_failed);
   }
-  const clc::accept_confirm_d acc = shm_message(clc::msg_type::accept, true, me_id, me.token,
+  const clc::accept_confirm_d acc = shm_message(clc::msg_type::accept, true, s.me_id, me.token,
                                                 me.rmb->size(), rv.link_id(), 0, p);
   if (!send_all(fd, clc::encode(acc), deadline)) {
     return broken(reason::internal);
@@ -702,7 +839,7 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
   rdma::shm::peer_side peer;
   kept_socket kept;
   const uint32_t link_id = rdma::shm::new_link_id();
-  bool exchanged = rv.serve(me, deadline, fd, peer, want_link ? &kept.fd : nullptr, link_id);
+  bool exchanged = rv.serve(me, deadline, fd, peer, s.want_link ? &kept.fd : nullptr, link_id);
   // After our Accept exactly one more CLC message comes: Confirm or Decline.
   std::vector<uint8_t> reply;
   clc::header h;
@@ -717,16 +854,126 @@ hs_outcome server_handshake(int fd, size_t msg_len, const hs_params& p) {
   }
   clc::accept_confirm_d conf;
   if (h.type != clc::msg_type::confirm || clc::decode(reply, conf) != clc::error::ok ||
-      !exchanged || conf.gid != me_id || conf.token != peer.token || conf.link_id != acc.link_id ||
-      rmb_code_to_size(conf.dmbe_size_code) != peer.rmb_size) {
+      !exchanged || conf.gid != s.me_id || conf.token != peer.token ||
+      conf.link_id != acc.link_id || rmb_code_to_size(conf.dmbe_size_code) != peer.rmb_size) {
     return broken(reason::clc_malformed);  // the client believes it is SMC; we cannot follow
   }
   auto path = first_contact_path(std::move(me), std::move(peer), kept, link_end::server,
-                                 client_key, link_id);
+                                 s.client_key, link_id);
   if (!path) {
     return broken(reason::rendezvous_failed);
   }
   return smc(std::move(path));
+}
+
+// Server, after a link's Accept: the client's Confirm or Decline, if it is there.
+step_result server_confirm(hs_step& s, int fd, hs_outcome& out) {
+  uint8_t buf[clc::max_msg_len];
+  clc::header h;
+  bool prefix = false;
+  const unsigned mask = (1u << static_cast<unsigned>(clc::msg_type::confirm)) |
+                        (1u << static_cast<unsigned>(clc::msg_type::decline));
+  switch (peek_message(fd, buf, h, mask, prefix)) {
+    case peeked::partial:
+      if (now_ms() < s.wait_until) {
+        return step_result::wait;
+      }
+      s.l->discard(std::move(s.me), nullptr);
+      out = broken(reason::clc_timeout);
+      return step_result::done;
+    case peeked::eof:
+    case peeked::other:
+      s.l->discard(std::move(s.me), nullptr);
+      out = broken(reason::clc_malformed);  // the client believes it is SMC; we cannot follow
+      return step_result::done;
+    case peeked::whole:
+      break;
+  }
+  if (!consume(fd, h.length)) {
+    s.l->discard(std::move(s.me), nullptr);
+    out = broken(reason::internal);
+    return step_result::done;
+  }
+  out = link_confirm(s, fd, {buf, h.length}, h);
+  return step_result::done;
+}
+
+}  // namespace
+
+step_result hs_advance(hs_step& s, int fd, const hs_params& p, bool may_block, hs_outcome& out) {
+  switch (s.ph) {
+    case hs_step::phase::proposed:
+      return client_answer(s, fd, p, may_block, out);
+    case hs_step::phase::confirming:
+      return server_confirm(s, fd, out);
+    case hs_step::phase::begun:
+      break;
+  }
+  if (s.gid) {
+    if (!may_block) {
+      return step_result::blocking;
+    }
+    out = server_rdma(fd, s.prop, *s.gid, p, s.deadline);
+    return step_result::done;
+  }
+  if (s.want_link) {
+    if (auto l = rdma::shm::find_link(link_end::server, s.client_key)) {
+      std::optional<hs_outcome> failed;
+      if (link_accept(s, fd, std::move(l), p, failed)) {
+        if (failed) {
+          out = std::move(*failed);
+          return step_result::done;
+        }
+        return step_result::wait;
+      }
+      s.want_link = false;  // it could lend no slot: this first contact stays our own
+    }
+  }
+  if (!may_block) {
+    return step_result::blocking;
+  }
+  out = server_first_contact(s, fd, p);
+  return step_result::done;
+}
+
+hs_outcome hs_finish(hs_step& s, int fd, const hs_params& p) {
+  bool bytes = false;  // the last look found bytes that were not yet the message
+  for (;;) {
+    hs_outcome out;
+    if (hs_advance(s, fd, p, true, out) == step_result::done) {
+      return out;
+    }
+    uint8_t probe;
+    if (sys().recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT) <= 0) {
+      bytes = false;
+      wait_for(fd, POLLIN, s.wait_until);
+    } else if (bytes) {
+      // A prefix sits unread and poll stays ready: give the sender a moment.
+      pollfd none{-1, 0, 0};
+      sys().poll(&none, 0, 1);
+    } else {
+      bytes = true;  // (the message may have come since that look: look again now)
+    }
+  }
+}
+
+hs_outcome hs_abandon(hs_step& s, int fd, reason why) {
+  const int64_t deadline = now_ms() + 1000;
+  if (s.ph == hs_step::phase::confirming) {
+    return broken(why);  // (our Accept is out: never the case, no thread is asked for then)
+  }
+  if (s.ph == hs_step::phase::proposed) {
+    // The server's Accept waits for us: take it, then decline.
+    uint8_t buf[clc::max_msg_len];
+    clc::header h;
+    bool prefix = false;
+    if (peek_message(fd, buf, h, mask_reply, prefix) != peeked::whole || !consume(fd, h.length)) {
+      return broken(why);
+    }
+  }
+  SMC_LOG(info, "fd %d: declining SMC (%s)", fd, to_name(why));
+  send_decline(fd, why, deadline);
+  return fallback(why);
 }
 
 }  // namespace smc::core

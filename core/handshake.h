@@ -49,6 +49,45 @@ void client_warm_up(const hs_params& p);
 /// believed SMC-capable. Blocks at most about 2 x timeout.
 hs_outcome client_handshake(int fd, const hs_params& p);
 
+/// A handshake between two steps, with no thread of its own: it waits for
+/// the peer's next CLC message, and the TCP socket becomes readable when
+/// that comes. Destroying it abandons the handshake (a same-host slot it
+/// holds goes back to its link, not reusable). Event loops run their
+/// handshakes this way: a connection over a same-host link is decided by
+/// the calls that touch the socket, and only first contact and SMC-R (which
+/// wait for a rendezvous or a link) need a thread (core/background).
+struct hs_step;
+struct hs_step_free {
+  void operator()(hs_step* s) const noexcept;
+};
+using hs_step_ptr = std::unique_ptr<hs_step, hs_step_free>;
+
+enum class step_result {
+  wait,      // nothing to do until the socket is readable or the deadline passes
+  done,      // the handshake ended: see the outcome
+  blocking,  // what remains waits for the peer: hs_finish() on a thread that may block
+};
+
+/// Client: sends the Proposal, never waiting for the server. nullptr when
+/// the handshake ended at once (`out` says how).
+hs_step_ptr client_propose(int fd, const hs_params& p, hs_outcome& out);
+/// Server: consumes the complete Proposal of `msg_len` bytes (peek_clc
+/// matched) and checks it. nullptr when the answer was a Decline (`out`).
+hs_step_ptr server_begin(int fd, size_t msg_len, const hs_params& p, hs_outcome& out);
+/// Moves a step on as far as it goes without waiting for the peer: a same-
+/// host link's Accept or Confirm is sent at once, a reply that is there is
+/// taken. With `may_block`, first contact and SMC-R run here too (and
+/// `blocking` is never the answer).
+step_result hs_advance(hs_step& s, int fd, const hs_params& p, bool may_block, hs_outcome& out);
+/// The rest of a step, on a thread that may block (bounded by the timeouts).
+hs_outcome hs_finish(hs_step& s, int fd, const hs_params& p);
+/// When the step gives up waiting (CLOCK_MONOTONIC ms): hs_advance() after
+/// it ends the handshake (a client declines, a server's stream is broken).
+int64_t hs_deadline(const hs_step& s);
+/// Ends a step that may not wait any longer and cannot get a thread (all
+/// are busy): declined where the protocol still allows it, broken otherwise.
+hs_outcome hs_abandon(hs_step& s, int fd, reason why);
+
 /// What the start of a stream holds (never consumes anything).
 enum class start_kind {
   need_more,  // a prefix of a CLC message (or nothing yet): wait for more

@@ -26,8 +26,11 @@ struct counters {
   std::atomic<uint64_t> cq_caller{0};
   std::array<std::atomic<uint64_t>, 3> handoffs{};
   std::atomic<uint64_t> background{0};
+  std::atomic<uint64_t> stepped{0};
+  std::atomic<uint64_t> step_waits{0};
   std::atomic<uint64_t> shm_links{0};
   std::atomic<uint64_t> shm_reused{0};
+  std::atomic<uint64_t> shm_fresh{0};
 };
 
 counters& c() {
@@ -57,7 +60,10 @@ void count_handoff(handoff h) {
 }
 
 void count_background() { c().background.fetch_add(1, std::memory_order_relaxed); }
+void count_stepped() { c().stepped.fetch_add(1, std::memory_order_relaxed); }
+void count_step_wait() { c().step_waits.fetch_add(1, std::memory_order_relaxed); }
 
+void count_shm_fresh_slot() { c().shm_fresh.fetch_add(1, std::memory_order_relaxed); }
 void count_shm_link(bool reused) {
   (reused ? c().shm_reused : c().shm_links).fetch_add(1, std::memory_order_relaxed);
 }
@@ -77,8 +83,11 @@ void reset() {
     h = 0;
   }
   c().background = 0;
+  c().stepped = 0;
+  c().step_waits = 0;
   c().shm_links = 0;
   c().shm_reused = 0;
+  c().shm_fresh = 0;
 }
 
 std::string to_json(int pid) {
@@ -99,13 +108,15 @@ std::string to_json(int pid) {
     first = false;
   }
   s += "}, \"shm_links\": {\"made\": " + ull(c().shm_links) +
-       ", \"connections_reusing\": " + ull(c().shm_reused);
+       ", \"connections_reusing\": " + ull(c().shm_reused) +
+       ", \"fresh_slots\": " + ull(c().shm_fresh);
   s += "}, \"bytes\": {\"smc_tx\": " + ull(c().tx) + ", \"smc_rx\": " + ull(c().rx) +
        "}, \"rdma_cq_events\": {\"engine\": " + ull(c().cq_engine) +
        ", \"caller\": " + ull(c().cq_caller) + "}, \"handoffs\": {\"offered\": " +
        ull(c().handoffs[0]) + ", \"taken\": " + ull(c().handoffs[1]) + ", \"reset\": " +
        ull(c().handoffs[2]) + "}, \"handshakes\": {\"background\": " + ull(c().background) +
-       "}}\n";
+       ", \"stepped\": " + ull(c().stepped) +
+       ", \"step_waits\": " + ull(c().step_waits) + "}}\n";
   return s;
 }
 

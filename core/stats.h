@@ -28,10 +28,19 @@ void count_handoff(handoff h);
 /// A handshake that ran on a background thread (core/background) because
 /// the call that found it ready to run must not wait for the peer.
 void count_background();
+/// A handshake that went on in steps, with no thread (core::hs_step),
+/// because the call that started it must not wait for the peer.
+void count_stepped();
+/// A look at such a handshake that found it waiting still (a few per
+/// handshake: the steps themselves, a prefix of a message).
+void count_step_wait();
 
 /// Same-host links (rdma/shm/shm_link.h): one made by a first-contact
 /// exchange (reused = false), or a connection that reused one (true).
 void count_shm_link(bool reused);
+/// A connection over a link lent it a slot of ours made for it (not one an
+/// earlier connection released).
+void count_shm_fresh_slot();
 
 /// The JSON document for the current counters.
 std::string to_json(int pid);

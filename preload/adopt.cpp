@@ -164,9 +164,9 @@ void offer_passed(const msghdr* msg, std::vector<uint64_t>& offers) {
       return;
     }
     entry_ref e(fd);
-    if (e && e->st.load(std::memory_order_acquire) == state::deciding) {
+    if (e && in_handshake(e->st.load(std::memory_order_acquire))) {
       // The receiver must find it decided: SMC (offered) or TCP.
-      await_decision(e.get(), -1);  // bounded by the handshake's own timeouts
+      await_decision(e.get(), fd, -1);  // bounded by the handshake's own timeouts
     }
     if (!e || e->st.load(std::memory_order_acquire) != state::smc || !e->conn) {
       return;

@@ -40,8 +40,10 @@
 // become listeners) their registration becomes a normal kernel registration
 // of the application's. So whatever the application did with the socket
 // before the decision (ADD, MOD, DEL, ONESHOT, ET) keeps its meaning after
-// it. While its handshake runs in the background (state::deciding) a
-// socket is not watched at all: the end of the decision re-installs it.
+// it. Between the steps of its handshake (state::stepping) its TCP socket
+// is watched for the peer's next message only, and nothing is reported;
+// while the handshake runs in the background (state::deciding) a socket is
+// not watched at all: the end of the decision re-installs it.
 //
 // A set also knows the receive channels of its SMC-R connections' link groups
 // (data_path::channel). A blocking epoll_wait that finds nothing ready sleeps
@@ -58,6 +60,7 @@
 #include <atomic>
 #include <cstring>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "core/busy_wait.h"
@@ -110,6 +113,7 @@ struct ep_reg {
   uint8_t idle_rings = 0; // rings in a row that found nothing ready (from memory)
   uint64_t seen_gen = 0;  // the last wait that reported it
   int chan_fd = -1;       // the set's ep_chan this registration uses
+  int kept_sock = -1;     // reinstall: the socket's watch left in the set for install to MOD
 };
 
 namespace {
@@ -157,7 +161,9 @@ bool add_item(ep_reg* r, int slot, int fd, uint32_t events) {
   epoll_event ev{};
   ev.events = events;
   ev.data.u64 = reinterpret_cast<uintptr_t>(r) | static_cast<uintptr_t>(slot);
-  if (real.epoll_ctl(r->set->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+  const bool kept = slot == tag_sock && r->kept_sock == fd;
+  r->kept_sock = kept ? -1 : r->kept_sock;
+  if (real.epoll_ctl(r->set->epfd, kept ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) != 0) {
     return false;
   }
   r->items[slot] = fd;
@@ -312,8 +318,8 @@ void note_changed(ep_reg* r) {
 // Puts the registration's watches in place for the socket's current state.
 // Returns 0, or an errno. A socket that is plain TCP now leaves our
 // bookkeeping: it becomes a normal registration in the application's set.
-int install(ep_reg* r) {
-  state s = r->e->st.load(std::memory_order_acquire);
+// The watches of a registration for its socket in state s (under g_ep_mu).
+int install_watches(ep_reg* r, state s) {
   if (r->disabled) {
     return 0;
   }
@@ -349,6 +355,10 @@ int install(ep_reg* r) {
     case state::connecting:
       add_item(r, tag_sock, r->fd, EPOLLOUT | EPOLLIN | et);
       return 0;
+    case state::stepping:
+      // The peer's next CLC message moves it on; nothing to report before.
+      add_item(r, tag_sock, r->fd, EPOLLIN | EPOLLRDHUP | et);
+      return 0;
     case state::deciding:
       // Nothing to report until the background decision ends; it then
       // re-installs this registration for what the socket became.
@@ -359,8 +369,11 @@ int install(ep_reg* r) {
       add_item(r, tag_sock, r->fd, (r->ev.events & (in_bits | out_bits)) | et);
       return 0;
     default: {
+      // The application's own registration from now on (over our watch of
+      // the socket, if reinstall left it).
       epoll_event ev = r->ev;
-      int rc = real.epoll_ctl(r->set->epfd, EPOLL_CTL_ADD, r->fd, &ev);
+      const bool kept = r->kept_sock == r->fd;
+      int rc = real.epoll_ctl(r->set->epfd, kept ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, r->fd, &ev);
       int err = rc == 0 ? 0 : errno;
       unlink_reg(r);
       return err == EEXIST ? 0 : err;
@@ -368,11 +381,38 @@ int install(ep_reg* r) {
   }
 }
 
+// A socket watch reinstall left in the set that install did not take over.
+void drop_kept(ep_reg* r) {
+  if (r->kept_sock >= 0) {
+    if (!r->set->closing) {
+      real.epoll_ctl(r->set->epfd, EPOLL_CTL_DEL, r->kept_sock, nullptr);
+    }
+    r->kept_sock = -1;
+  }
+}
+
+// Installs a registration's watches: 0 or an errno. A registration of a
+// socket that is plain TCP (or a listener, or an epoll set) becomes the
+// application's own kernel registration and is gone afterwards.
+int install(ep_reg* r) {
+  const state s = r->e->st.load(std::memory_order_acquire);
+  const bool ours = r->disabled || s == state::smc || still_deciding(s) || s == state::fresh;
+  const int rc = install_watches(r, s);
+  if (ours) {
+    drop_kept(r);
+  }
+  return rc;
+}
+
 // Puts a registration's watches in place afresh (its socket's state, or
 // its set's way of learning readiness, changed); a parked one goes.
 void reinstall(ep_reg* r) {
+  // The socket's own watch stays in the set: where its new state watches
+  // the socket too, one MOD replaces a DEL and an ADD.
+  r->kept_sock = std::exchange(r->items[tag_sock], -1);
   uninstall(r);
   if (r->parked) {
+    drop_kept(r);
     unlink_reg(r);
   } else {
     install(r);
@@ -777,7 +817,8 @@ int translate(ep_set* s, epoll_event* ev, int m, uint64_t gen) {
       }
       list.push_back({r, 1u << tag});
       state st = r->e->st.load();
-      if (st == state::undecided || st == state::strip || st == state::connecting) {
+      if (st == state::undecided || st == state::strip || st == state::connecting ||
+          st == state::stepping) {
         r->e->refs.fetch_add(1);
         to_drive.push_back({r->e, r->fd});
       }

@@ -49,6 +49,9 @@ void last_close(entry* e) {
   if (!e->regs.empty()) {
     ep_forget_entry(e);
   }
+  if (e->st.load() == state::stepping) {
+    abandon_step(e);
+  }
   if (e->st.load() == state::deciding) {
     // Its background job sees no fd left when it publishes, and ends the
     // connection then; unless it published just now.

@@ -35,15 +35,15 @@ int settle_io(entry* e, int fd, bool write, int flags, state& st) {
   if (write) {
     if (s == state::undecided) {
       prepare_write(e, fd);
-    } else if (s == state::connecting) {
-      finish_connect(e, fd);
+    } else if (s == state::connecting || s == state::stepping) {
+      drive(e, fd);
     }
-    if (e->st.load(std::memory_order_acquire) == state::deciding) {
+    if (in_handshake(e->st.load(std::memory_order_acquire))) {
       // Where the bytes go (RMB or TCP) is not known yet.
       if (nonblocking(fd, flags)) {
         return EAGAIN;
       }
-      if (int err = await_decision(e, timeout_deadline(fd, SO_SNDTIMEO)); err != 0) {
+      if (int err = await_decision(e, fd, timeout_deadline(fd, SO_SNDTIMEO)); err != 0) {
         return err;
       }
     }

@@ -109,7 +109,8 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       m.rx = m.tx = m.sock = m.dec = -1;
       fds[i].revents = 0;
       state s = m.e != nullptr ? m.e->st.load(std::memory_order_acquire) : state::tcp;
-      if (s == state::undecided || s == state::strip || s == state::connecting) {
+      if (s == state::undecided || s == state::strip || s == state::connecting ||
+          s == state::stepping) {
         s = drive(m.e, fds[i].fd);
       }
       if (s == state::smc) {
@@ -171,12 +172,15 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
           // Decided just now: look again at once; no eventfd: in a while.
           (m.e->st.load() == state::deciding ? sliced : again) = true;
         }
-      } else if (s == state::undecided || s == state::strip || s == state::connecting) {
-        // Readable TCP means the deciding bytes arrived; writes are plain TCP.
+      } else if (s == state::undecided || s == state::strip || s == state::connecting ||
+                 s == state::stepping) {
+        // Readable TCP means the deciding bytes arrived; writes are plain TCP
+        // (between the steps of a handshake, not yet: only its bytes count).
         deciding = true;
         m.sock = static_cast<int>(k.size());
         short extra = s == state::connecting ? POLLOUT : POLLIN;  // what moves the decision on
-        k.push_back({fds[i].fd, static_cast<short>(fds[i].events | extra), 0});
+        k.push_back({fds[i].fd,
+                     static_cast<short>((s == state::stepping ? 0 : fds[i].events) | extra), 0});
       } else {
         m.sock = static_cast<int>(k.size());
         k.push_back({fds[i].fd, fds[i].events, 0});
@@ -274,7 +278,8 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
         }
       } else if (m.sock >= 0) {
         short kr = k[m.sock].revents;
-        if (s == state::undecided || s == state::strip || s == state::connecting) {
+        if (s == state::undecided || s == state::strip || s == state::connecting ||
+            in_handshake(s)) {
           if (kr != 0) {
             s = drive(m.e, fds[i].fd);
           }
@@ -283,7 +288,7 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
           } else if (s == state::undecided || s == state::strip) {
             // Still waiting for the rest of a CLC message: only writability counts.
             fds[i].revents = static_cast<short>(kr & (fds[i].events & out_mask));
-          } else if (s == state::connecting || s == state::deciding) {
+          } else if (s == state::connecting || in_handshake(s)) {
             // (Deciding now: the next round waits for the decision; the
             // kernel's readiness is the handshake's bytes, not the caller's.)
             fds[i].revents = 0;

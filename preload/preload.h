@@ -23,6 +23,7 @@
 #include "config/config.h"
 #include "core/busy_wait.h"
 #include "core/conn.h"
+#include "core/deadlines.h"
 #include "core/handshake.h"
 
 namespace smc::preload {
@@ -112,6 +113,10 @@ enum class state : uint8_t {
   strip,       // plain TCP, but a late CLC message may lead the stream: strip it
   deciding,    // a handshake runs in the background (core::background): calls
                // wait for its end (decided_fd) or fail with EAGAIN
+  stepping,    // a handshake waits for the peer's next CLC message with no
+               // thread (entry::step): the calls that touch the socket move
+               // it on when its TCP socket is readable, the step's deadline
+               // (core/deadlines) when nothing does
   smc,         // data served by conn
   tcp,         // plain TCP for good: entry dropped lazily from the table
   epoll,       // an epoll instance that holds SMC sockets
@@ -132,13 +137,17 @@ struct entry {
   int64_t partial_since_ms = 0;   // undecided: when a CLC prefix was first seen
   bool linger0 = false;           // SO_LINGER with l_linger 0: close resets
   uint32_t rcvlowat = 0;          // SO_RCVLOWAT as the application set it
-  std::atomic<bool> lowat_default{false};  // made by our socket(), TCP_NOTSENT_LOWAT never set
+  std::atomic<bool> lowat_default{false};  // made by our socket() (or accepted from such a
+                                           // listener), TCP_NOTSENT_LOWAT never set
   std::shared_ptr<core::conn> conn;  // state::smc (shared with an SCM_RIGHTS offer)
   ep_set* eps = nullptr;          // state::epoll
   std::vector<ep_reg*> regs;      // epoll registrations (under the epoll mutex)
   bool ended = false;             // (under mu) the SMC connection's last-close protocol ran
   int decided_fd = -1;            // deciding: an eventfd, readable once the decision ended
                                   // (made for the first poll or blocking wait that needs it)
+  core::hs_step_ptr step;         // stepping (under mu): the handshake between its steps
+  int step_fd = -1;               //   the fd number it began on
+  core::deadlines::item step_timer;  // armed while stepping (holds a reference)
 
   entry() = default;
   entry(const entry&) = delete;
@@ -223,10 +232,14 @@ state finish_connect(entry* e, int fd);
 /// state::deciding (readable once decided); -1 if it is not deciding (any
 /// more) or no eventfd could be made (then: poll again shortly).
 int decided_wait_fd(entry* e);
-/// Waits until a background decision has ended: 0, EAGAIN (deadline_ms, a
-/// CLOCK_MONOTONIC time in ms, passed; -1 = none) or EINTR.
-int await_decision(entry* e, int64_t deadline_ms);
-/// In a forked child: the parent's background decisions are the parent's;
+/// Waits until a handshake under way (state::deciding or stepping) has
+/// ended: 0, EAGAIN (deadline_ms, a CLOCK_MONOTONIC time in ms, passed; -1 =
+/// none) or EINTR. A step is moved on here, on the caller's thread.
+int await_decision(entry* e, int fd, int64_t deadline_ms);
+/// The socket's last fd closed while its handshake was between steps: the
+/// handshake is abandoned (a same-host slot it held goes back).
+void abandon_step(entry* e);
+/// In a forked child: the parent's handshakes under way are the parent's;
 /// the child sees those sockets as plain TCP.
 void forget_decisions_after_fork();
 /// A call with recv/send `flags` on fd does not block (MSG_DONTWAIT, O_NONBLOCK).
@@ -247,10 +260,13 @@ void prepare_write(entry* e, int fd);
 int settle_io(entry* e, int fd, bool write, int flags, state& st);
 /// Drive any pending decision without blocking (poll/epoll saw activity).
 state drive(entry* e, int fd);
-/// What a socket still deciding is in: undecided, strip, connecting, deciding.
+/// A handshake is under way: on a thread of ours, or between its steps.
+inline bool in_handshake(state s) { return s == state::deciding || s == state::stepping; }
+/// What a socket still deciding is in: undecided, strip, connecting, or a
+/// handshake under way.
 inline bool still_deciding(state s) {
   return s == state::undecided || s == state::strip || s == state::connecting ||
-         s == state::deciding;
+         in_handshake(s);
 }
 /// The process is confining itself: a socket still deciding settles now,
 /// as far as what already arrived allows, and otherwise stays TCP (its

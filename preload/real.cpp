@@ -182,8 +182,10 @@ void atfork_prepare() {
   fd_table_lock_all();
   core::conn_registry_lock();
   rdma::shm::lock_for_fork();
+  core::deadlines::lock_for_fork();  // (its holders take no other lock)
 }
 void atfork_parent() {
+  core::deadlines::unlock_after_fork();
   rdma::shm::after_fork(false);
   core::conn_registry_unlock();
   fd_table_unlock_all();
@@ -274,6 +276,7 @@ void init_slow() {
 namespace {
 
 void atfork_child() {
+  core::deadlines::forget_after_fork();
   rdma::shm::after_fork(true);
   fd_table_unlock_all();
   ep_unlock();

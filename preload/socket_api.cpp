@@ -211,6 +211,113 @@ bool start_background(entry* e, int fd, Job&& job) {
   return true;
 }
 
+// ---- handshakes between steps (state::stepping) ----
+
+entry* of_timer(core::deadlines::item* it) { return static_cast<entry*>(it->owner); }
+
+void step_deadline(core::deadlines::item* it);
+
+// The step is over (under e->mu): its deadline disarmed, the step gone.
+void end_step(entry* e) {
+  core::deadlines::disarm(&e->step_timer);
+  e->step.reset();
+  e->step_fd = -1;
+}
+
+// Moves a step on as far as it goes without waiting (under e->mu): it
+// waits on (its deadline armed), ends (the outcome applied), or goes on
+// on a background thread (first contact, SMC-R), or, with none free, is
+// declined.
+state step_on_locked(entry* e, int fd) {
+  if (e->st.load() != state::stepping || !e->step) {
+    return e->st.load();
+  }
+  core::hs_outcome out;
+  rdma::high_fds_scope high;  // (a fresh slot's or a received slot's fds)
+  switch (core::hs_advance(*e->step, fd, hs_params(), false, out)) {
+    case core::step_result::wait: {
+      core::stats::count_step_wait();
+      const int64_t until = core::hs_deadline(*e->step);
+      if (!e->step_timer.linked || e->step_timer.at_ms != until) {
+        e->step_timer.hold = [](core::deadlines::item* i) { of_timer(i)->refs.fetch_add(1); };
+        e->step_timer.release = [](core::deadlines::item* i) { fd_put(of_timer(i)); };
+        e->step_timer.fire = step_deadline;
+        e->step_timer.owner = e;
+        if (!core::deadlines::arm(&e->step_timer, until)) {
+          // No thread to time it: the calls that touch it still do.
+          SMC_LOG(debug, "fd %d: handshake step without a deadline thread", fd);
+        }
+      }
+      e->step_fd = fd;
+      return state::stepping;
+    }
+    case core::step_result::done:
+      end_step(e);
+      apply(e, fd, std::move(out));
+      break;
+    case core::step_result::blocking: {
+      std::shared_ptr<core::hs_step> step(e->step.release(), core::hs_step_free());
+      end_step(e);
+      if (!start_background(e, fd, [step](entry* be, int bfd, int dfd) {
+            publish_decision(be, bfd, dfd, core::hs_finish(*step, dfd, hs_params()),
+                             reason::none);
+          })) {
+        apply(e, fd, core::hs_abandon(*step, fd, reason::busy));
+      }
+      break;
+    }
+  }
+  if (!e->regs.empty()) {
+    ep_state_changed(e);
+  }
+  return e->st.load();
+}
+
+// Enters state::stepping with `step` (under e->mu) and moves it on.
+state begin_step(entry* e, int fd, core::hs_step_ptr step) {
+  e->step = std::move(step);
+  e->st.store(state::stepping, std::memory_order_release);
+  core::stats::count_stepped();
+  const state s = step_on_locked(e, fd);
+  if (s == state::stepping && !e->regs.empty()) {
+    ep_state_changed(e);  // (its watch is the peer's next message now)
+  }
+  return s;
+}
+
+state step_on(entry* e, int fd) {
+  std::lock_guard<std::mutex> lk(e->mu);
+  return step_on_locked(e, fd);
+}
+
+// A step's deadline passed with nobody touching the socket: the step ends
+// (timed out) or, if its wait moved on meanwhile, waits on.
+void step_deadline(core::deadlines::item* it) {
+  entry* e = of_timer(it);
+  {
+    std::lock_guard<std::mutex> lk(e->mu);
+    if (e->st.load() == state::stepping && e->step) {
+      // Its fd number still names this socket (a last close would have
+      // ended the step under this lock; a dup's close does not).
+      const int fd = e->step_fd;
+      entry* now = fd_maybe(fd) ? fd_get(fd) : nullptr;
+      if (now != nullptr) {
+        fd_put(now);
+      }
+      if (now == e) {
+        step_on_locked(e, fd);
+      } else {
+        end_step(e);
+        become_tcp(e, fd, reason::clc_timeout);
+        if (!e->regs.empty()) {
+          ep_state_changed(e);
+        }
+      }
+    }
+  }
+  fd_put(e);
+}
+
 }  // namespace
 
 state decide_passive(entry* e, int fd, bool may_block) {
@@ -236,22 +343,28 @@ state decide_passive(entry* e, int fd, bool may_block) {
       }
     }
   }
-  if (!may_block && s == state::undecided &&
-      (k == core::start_kind::match || (k == core::start_kind::need_more && prefix))) {
-    // The caller must not wait for the peer: the rest of the Proposal and
-    // the handshake run in the background.
+  if (!may_block && s == state::undecided && k == core::start_kind::match) {
+    // The caller must not wait for the peer: the handshake goes on in
+    // steps (the Proposal answered now; over a same-host link the Confirm
+    // is taken when it comes), or on a background thread.
+    core::hs_outcome out;
+    if (core::hs_step_ptr step = core::server_begin(fd, len, hs_params(), out)) {
+      return begin_step(e, fd, std::move(step));
+    }
+    apply(e, fd, std::move(out));
+    if (!e->regs.empty()) {
+      ep_state_changed(e);
+    }
+    return e->st.load();
+  }
+  if (!may_block && s == state::undecided && k == core::start_kind::need_more && prefix) {
+    // The rest of the Proposal and the handshake run in the background.
     const int64_t until = (e->partial_since_ms != 0 ? e->partial_since_ms : now_ms()) + partial_timeout_ms;
     if (start_background(e, fd, [until](entry* be, int bfd, int dfd) {
           passive_job(be, bfd, dfd, until);
         })) {
       ep_state_changed(e);
       return state::deciding;
-    }
-    if (k == core::start_kind::match) {
-      // Too many handshakes in flight: turn this one away now.
-      apply(e, fd, core::server_decline(fd, len, reason::busy));
-      ep_state_changed(e);
-      return e->st.load();
     }
   }
   switch (k) {
@@ -294,15 +407,14 @@ state finish_connect(entry* e, int fd) {
     become_tcp(e, fd, reason::none);
   } else if (!e->believed && core::tcp_option::peer_said(fd) != core::tcp_option::peer::smc) {
     become_tcp(e, fd, reason::peer_not_configured);
-  } else if (start_background(e, fd, [](entry* be, int bfd, int dfd) {
-               publish_decision(be, bfd, dfd, core::client_handshake(dfd, hs_params()),
-                                reason::none);
-             })) {
-    // A non-blocking connect's caller must not wait for the server either.
-    ep_state_changed(e);
-    return state::deciding;
   } else {
-    apply(e, fd, core::client_handshake(fd, hs_params()));
+    // A non-blocking connect's caller must not wait for the server either:
+    // the Proposal goes out now, the server's answer is taken when it comes.
+    core::hs_outcome out;
+    if (core::hs_step_ptr step = core::client_propose(fd, hs_params(), out)) {
+      return begin_step(e, fd, std::move(step));
+    }
+    apply(e, fd, std::move(out));
   }
   if (!e->regs.empty()) {
     ep_state_changed(e);
@@ -317,6 +429,8 @@ state drive(entry* e, int fd) {
       return decide_passive(e, fd, false);
     case state::connecting:
       return finish_connect(e, fd);
+    case state::stepping:
+      return step_on(e, fd);
     default:
       return e->st.load();
   }
@@ -333,12 +447,24 @@ int decided_wait_fd(entry* e) {
   return e->decided_fd;
 }
 
-int await_decision(entry* e, int64_t deadline_ms) {
-  while (e->st.load(std::memory_order_acquire) == state::deciding) {
-    // -1: decided just now, or no eventfd to be had (then poll() on nothing
-    // is a short sleep and the state is looked at again).
-    const int wfd = decided_wait_fd(e);
-    int slice = wfd >= 0 ? 1000 : 10;
+int await_decision(entry* e, int fd, int64_t deadline_ms) {
+  bool prefix = false;  // a step's message lies there in part
+  for (;;) {
+    state s = e->st.load(std::memory_order_acquire);
+    if (s == state::stepping) {
+      s = step_on(e, fd);
+    }
+    if (!in_handshake(s)) {
+      return 0;
+    }
+    // A step: its socket becomes readable when the peer's message comes
+    // (while a prefix sits there, look again shortly); a background
+    // decision: its eventfd when it ends. -1: decided just now, or no
+    // eventfd to be had (then poll() on nothing is a short sleep and the
+    // state is looked at again).
+    const bool step = s == state::stepping;
+    const int wfd = step ? (prefix ? -1 : fd) : decided_wait_fd(e);
+    int slice = step ? (prefix ? 2 : 100) : (wfd >= 0 ? 1000 : 10);
     if (deadline_ms >= 0) {
       const int64_t left = deadline_ms - now_ms();
       if (left <= 0) {
@@ -347,18 +473,37 @@ int await_decision(entry* e, int64_t deadline_ms) {
       slice = static_cast<int>(std::min<int64_t>(slice, left));
     }
     pollfd p{wfd, POLLIN, 0};
-    if (real.poll(&p, 1, slice) < 0 && errno == EINTR &&
-        (deadline_ms >= 0 || !core::signals_restart())) {
+    const int n = real.poll(&p, 1, slice);
+    if (n < 0 && errno == EINTR && (deadline_ms >= 0 || !core::signals_restart())) {
       return EINTR;
     }
+    prefix = step && n > 0;
   }
-  return 0;
+}
+
+void abandon_step(entry* e) {
+  std::lock_guard<std::mutex> lk(e->mu);
+  if (e->st.load() == state::stepping) {
+    end_step(e);
+    e->st.store(state::tcp, std::memory_order_release);
+  }
 }
 
 void forget_decisions_after_fork() {
   fd_for_each([](int fd, entry* e) {
-    if (e->st.load() == state::deciding) {
-      // Its handshake runs on a thread of the parent's.
+    if (e->st.load() == state::stepping) {
+      // Its step and deadline are the parent's (the deadlines' list was
+      // forgotten here): let go of the copy, whose link the fork retired.
+      if (e->step_timer.linked) {
+        e->step_timer.linked = false;
+        e->step_timer.prev = e->step_timer.next = nullptr;
+        fd_put(e);  // the armed deadline's reference
+      }
+      e->step.reset();
+      e->step_fd = -1;
+    }
+    if (in_handshake(e->st.load())) {
+      // Its handshake runs on a thread of the parent's, or in its calls.
       SMC_LOG(debug, "fd %d: decided in the parent process; TCP here", fd);
       e->st.store(state::tcp, std::memory_order_release);
     }
@@ -401,8 +546,10 @@ int prepare_read(entry* e, int fd, int flags) {
       s = decide_passive(e, fd, false);  // (stripping never waits for the peer)
     } else if (s == state::connecting) {
       s = finish_connect(e, fd);
+    } else if (s == state::stepping) {
+      s = step_on(e, fd);
     }
-    if (s != state::undecided && s != state::strip && s != state::deciding) {
+    if (s != state::undecided && s != state::strip && !in_handshake(s)) {
       return 0;  // decided, or still connecting (the kernel answers that read)
     }
     if (nonblock()) {
@@ -412,8 +559,8 @@ int prepare_read(entry* e, int fd, int flags) {
       computed = true;
       deadline = timeout_deadline(fd, SO_RCVTIMEO);
     }
-    if (s == state::deciding) {
-      if (int err = await_decision(e, deadline); err != 0) {
+    if (in_handshake(s)) {
+      if (int err = await_decision(e, fd, deadline); err != 0) {
         return err;
       }
       continue;
@@ -472,8 +619,8 @@ void prepare_write(entry* e, int fd) {
 
 void settle_before_confinement(entry* e, int fd) {
   state s = drive(e, fd);
-  if (s == state::deciding) {
-    await_decision(e, now_ms() + 30000);  // bounded by the handshake's own timeouts
+  if (in_handshake(s)) {
+    await_decision(e, fd, now_ms() + 30000);  // bounded by the handshake's own timeouts
     s = e->st.load();
   }
   if (s == state::smc) {
@@ -654,6 +801,8 @@ static int accept_common(int fd, sockaddr* addr, socklen_t* len, int flags) {
   auto* ne = new (std::nothrow) entry();
   if (ne != nullptr) {
     ne->family = e->family;
+    // An accepted socket starts with its listener's TCP_NOTSENT_LOWAT.
+    ne->lowat_default = e->lowat_default.load();
     ne->believed = smc::config::peers_match(cfg().peers, reinterpret_cast<sockaddr*>(&ss), sl) ||
                    smc::core::tcp_option::peer_said(nfd) == smc::core::tcp_option::peer::smc;
     ne->st.store(state::undecided, std::memory_order_release);
@@ -721,9 +870,9 @@ __attribute__((visibility("default"))) int shutdown(int fd, int how) noexcept {
   if (s == state::undecided || s == state::strip) {
     s = drive(e.get(), fd);
   }
-  if (s == state::deciding) {
+  if (in_handshake(s)) {
     const int saved = errno;
-    await_decision(e.get(), -1);  // bounded by the handshake's own timeouts
+    await_decision(e.get(), fd, -1);  // bounded by the handshake's own timeouts
     s = e->st.load();
     errno = saved;
   }
@@ -827,8 +976,8 @@ __attribute__((visibility("default"))) int ioctl(int fd, unsigned long req, ...)
   if ((req == FIONREAD || req == SIOCOUTQ) && g_enabled && fd_maybe(fd)) {
     entry_ref e(fd);
     const state s = e ? drive(e.get(), fd) : state::tcp;
-    if ((s == state::smc || s == state::deciding) && arg != nullptr) {
-      int v = s == state::deciding ? 0  // nothing to read or in flight yet
+    if ((s == state::smc || in_handshake(s)) && arg != nullptr) {
+      int v = in_handshake(s) ? 0  // nothing to read or in flight yet
               : static_cast<int>(req == FIONREAD ? e->conn->readable_bytes() : e->conn->unsent_bytes());
       std::memcpy(arg, &v, sizeof(v));
       return 0;

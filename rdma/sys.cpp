@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 namespace smc::rdma {
 
@@ -70,7 +71,7 @@ namespace {
 thread_local bool t_high_fds = false;
 }  // namespace
 
-void set_high_fds(bool on) { t_high_fds = on; }
+bool set_high_fds(bool on) { return std::exchange(t_high_fds, on); }
 
 int high_fd_base() {
   static const int base = [] {

@@ -48,9 +48,20 @@ sys_calls& sys();
 /// half the soft RLIMIT_NOFILE or above (high_fd_base()), so that fds made
 /// while the application makes its own never take the low numbers its
 /// next sockets would get (event loops size tables by the fd numbers they
-/// expect). The application's own threads keep the kernel's numbering: it
-/// costs two system calls per fd.
-void set_high_fds(bool on);
+/// expect). The application's own threads keep the kernel's numbering (it
+/// costs two system calls per fd), except while a handshake step runs on
+/// one (high_fds_scope). Returns the thread's setting before.
+bool set_high_fds(bool on);
+/// set_high_fds(true) for a scope, then what it was.
+struct high_fds_scope {
+  high_fds_scope() : was_(set_high_fds(true)) {}
+  ~high_fds_scope() { set_high_fds(was_); }
+  high_fds_scope(const high_fds_scope&) = delete;
+  high_fds_scope& operator=(const high_fds_scope&) = delete;
+
+ private:
+  bool was_;
+};
 /// Half the soft RLIMIT_NOFILE (512 if unlimited or unknown).
 int high_fd_base();
 /// fd renumbered as above on such a thread (close-on-exec), else fd itself;

@@ -845,6 +845,37 @@ scenario_stall_client() {
   done
 }
 
+# p3. a step's deadline ends it with nobody touching the socket: an
+# event-loop client (poll, epoll) whose non-blocking connect reaches a
+# silent server waits on that socket alone without a timeout; its handshake
+# gives up at its own deadline (the Proposal answered by nothing for 5 s),
+# the socket becomes writable as plain TCP, and the client's bytes reach the
+# server after its Decline.
+scenario_stall_deadline() {
+  local loop qpid qport
+  for loop in poll epoll; do
+    begin "stall_deadline_${loop}" || continue
+    start_server "$DIR/silent" plain -- "$BUILD/smc_stall" silent --hold-ms 20000 --expect-fallback
+    qpid=$SPID qport=$PORT
+    if [ -n "$qport" ]; then
+      # No echo rounds (--count 0): the silent connection is all there is.
+      launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- "$BUILD/smc_stall" client \
+        --loop "$loop" --port "$qport" --silent-port "$qport" --count 0 --await-silent
+      expect_exit "$PID" "$DIR/client" client
+      expect_line "$DIR/client.out" '^client silent fell back$' client
+      expect_stat client fallback_reasons.clc_timeout -eq 1
+      expect_stat client handshakes.stepped -eq 1
+      # Waiting is not spinning: poll() looks again every 100 ms (50 looks
+      # in the 5 s), epoll_wait() only when something came; a wait that
+      # spun would count tens of thousands.
+      expect_stat client handshakes.step_waits -le 60
+    fi
+    expect_exit "$qpid" "$DIR/silent" silent
+    expect_line "$DIR/silent.out" '^silent got fallback' silent
+    finish
+  done
+}
+
 # q. differential: smc_diff.py, one script of small server/client cases
 # (non-blocking connect and SO_ERROR, MSG_PEEK, MSG_WAITALL, FIONREAD,
 # half-close both ways, close with unread data, SO_RCVTIMEO, readiness through
@@ -968,6 +999,7 @@ scenario_epoll_reg
 scenario_sandbox
 scenario_stall
 scenario_stall_client
+scenario_stall_deadline
 scenario_diff
 scenario_evil
 

@@ -27,7 +27,11 @@
 //       run WITHOUT the preload: a server that accepts one connection,
 //       reads a whole CLC message from it (the client's Proposal), prints
 //       "silent in place", then answers nothing for T ms and exits 0.
+//       With --expect-fallback: then reads, within the T ms, until the
+//       client's bytes "fallback" arrive (after its Decline) and prints
+//       "silent got fallback"; fails if they never do.
 //   smc_stall client [--addr A] --port P --silent-port Q --loop poll|epoll [--count N]
+//           [--await-silent]
 //       an event-loop client (run under the preload, with 127.0.0.1 in
 //       SMC_PEERS): one thread, non-blocking sockets; first a connect to
 //       the silent server Q (its handshake then waits for an Accept that
@@ -35,7 +39,11 @@
 //       back verified, close against the echo server P, all in one poll()
 //       or epoll set with the silent socket; each round must end within
 //       500 ms ("client ok max_ms=X"). The silent connection must not
-//       hold up the loop.
+//       hold up the loop. With --await-silent: then waits, without a
+//       timeout and without touching it otherwise, until the silent
+//       connection is writable (its handshake gave up on its own, at its
+//       deadline), sends "fallback" on it and prints "client silent fell
+//       back".
 //   smc_stall probe [--addr A] --port P [--count N]
 //       an ordinary client (run under the preload): N rounds (default 3) of
 //       connect, 64 bytes out, the 64 echoed bytes back and verified, close;
@@ -83,13 +91,16 @@ constexpr const char* usage_text =
     "usage: smc_stall server [--addr A] [--port P] [--portfile F] --loop poll|epoll [--count N]\n"
     "       smc_stall attack [--addr A] --port P --kind KIND [--hold-ms T]\n"
     "       smc_stall probe [--addr A] --port P [--count N]\n"
-    "       smc_stall silent [--addr A] [--port P] [--portfile F] [--hold-ms T]\n"
-    "       smc_stall client [--addr A] --port P --silent-port Q --loop poll|epoll [--count N]\n";
+    "       smc_stall silent [--addr A] [--port P] [--portfile F] [--hold-ms T] [--expect-fallback]\n"
+    "       smc_stall client [--addr A] --port P --silent-port Q --loop poll|epoll [--count N]\n"
+    "               [--await-silent]\n";
 
 [[noreturn]] void usage(const std::string& why) { smc_test::usage_exit(prog, why, usage_text, kinds); }
 
 struct options : smc_test::loop_options {
   uint16_t silent_port = 0;
+  bool expect_fallback = false;  // silent
+  bool await_silent = false;     // client
 };
 
 // ---------------------------------------------------------------- server
@@ -166,9 +177,26 @@ int silent(const options& o) {
   std::printf("silent in place (got a CLC message of %u bytes)\n", static_cast<unsigned>(h.length));
   std::fflush(stdout);
   const int64_t until = now_ms() + o.hold_ms;
+  std::string got;  // with --expect-fallback: what came after the Proposal
+  const std::string want = "fallback";
   for (int64_t left; (left = until - now_ms()) > 0;) {
-    pollfd p{c, 0, 0};  // no events: just wait out the hold
-    ::poll(&p, 1, static_cast<int>(left));
+    pollfd p{c, static_cast<short>(o.expect_fallback ? POLLIN : 0), 0};  // else: wait out the hold
+    if (::poll(&p, 1, static_cast<int>(left)) <= 0 || !o.expect_fallback) {
+      continue;
+    }
+    char buf[256];
+    const ssize_t n = ::recv(c, buf, sizeof buf, 0);
+    if (n <= 0) {
+      die(n == 0 ? "silent: EOF before the client's bytes" : err_text("silent: recv"));
+    }
+    got.append(buf, static_cast<size_t>(n));
+    if (got.find(want) != std::string::npos) {
+      std::printf("silent got fallback (%zu bytes after the Proposal)\n", got.size());
+      break;
+    }
+  }
+  if (o.expect_fallback && got.find(want) == std::string::npos) {
+    die("silent: the client's bytes never came (" + std::to_string(got.size()) + " bytes)");
   }
   ::close(c);
   ::close(ls);
@@ -299,6 +327,30 @@ int client(const options& o) {
     ::close(r.fd);
     clock.done(round, ms);
   }
+  if (o.await_silent) {
+    // Nothing but the wait itself touches the silent connection: only its
+    // handshake's own deadline can end it.
+    for (bool writable = false; !writable;) {
+      if (ep < 0) {
+        pollfd p{quiet, POLLOUT, 0};
+        if (::poll(&p, 1, -1) < 0 && errno != EINTR) {
+          die(err_text("client: poll"));
+        }
+        writable = (p.revents & POLLOUT) != 0;
+      } else {
+        epoll_event ev{};
+        const int n = ::epoll_wait(ep, &ev, 1, -1);
+        if (n < 0 && errno != EINTR) {
+          die(err_text("client: epoll_wait"));
+        }
+        writable = n == 1 && (ev.events & EPOLLOUT) != 0;
+      }
+    }
+    if (::send(quiet, "fallback", 8, MSG_NOSIGNAL) != 8) {
+      die(err_text("client: send on the silent connection"));
+    }
+    std::printf("client silent fell back\n");
+  }
   ::close(quiet);
   return clock.finish();
 }
@@ -323,6 +375,14 @@ int run(int argc, char** argv) {
     return n == "--hold-ms" && (r == "attack" || r == "silent");
   };
   auto own = [&o](auto& args) {
+    if (args.name() == "--expect-fallback" && o.role == "silent") {
+      o.expect_fallback = true;
+      return true;
+    }
+    if (args.name() == "--await-silent" && o.role == "client") {
+      o.await_silent = true;
+      return true;
+    }
     if (args.name() != "--silent-port" || o.role != "client") {
       return false;
     }

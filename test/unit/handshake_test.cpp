@@ -898,3 +898,199 @@ TEST_CASE("server_decline consumes exactly the Proposal and answers a Decline",
   CHECK(d.diagnosis == smc::core::to_decline_code(reason::busy));
   CHECK(std::string(smc::core::to_name(reason::busy)) == "busy");
 }
+
+// ---------------------------------------------------------------------------
+// Handshakes in steps (core::hs_step): what event loops run with no thread
+// ---------------------------------------------------------------------------
+
+namespace {
+
+using smc::core::step_result;
+
+const char* step_name(step_result r) {
+  switch (r) {
+    case step_result::wait: return "wait";
+    case step_result::done: return "done";
+    case step_result::blocking: return "blocking";
+  }
+  return "?";
+}
+
+// A blocking handshake between this process's two ends: afterwards the
+// process has a same-host link with itself (as client and as server).
+void make_link(const hs_params& p) {
+  tcp_pair t;
+  auto client = std::async(std::launch::async, [&] { return smc::core::client_handshake(t.c, p); });
+  size_t len = 0;
+  REQUIRE(wait_for_proposal(t.s, len) == start_kind::match);
+  hs_outcome so = smc::core::server_handshake(t.s, len, p);
+  hs_outcome co = client.get();
+  REQUIRE(so.path);
+  REQUIRE(co.path);
+}
+
+// Sleeps until the step's deadline has passed (waiting for the deadline
+// itself, which is what the test is about).
+void outlive(const smc::core::hs_step& s) {
+  for (;;) {
+    const int64_t left = smc::core::hs_deadline(s) - smc::rdma::shm::now_ms();
+    if (left < 0) {
+      return;
+    }
+    ::poll(nullptr, 0, static_cast<int>(left) + 1);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("over a same-host link a handshake runs in steps, no thread and no waiting",
+          "[handshake][step]") {
+  hs_params p;
+  p.rmb_size = 16 * 1024;
+  make_link(p);
+  for (int i = 0; i < 3; ++i) {
+    INFO("connection " << i);
+    tcp_pair t;
+    hs_outcome co;
+    hs_outcome so;
+    auto cs = smc::core::client_propose(t.c, p, co);
+    REQUIRE(cs);
+    // Nothing from the server yet: the client waits (and sent nothing more).
+    CHECK(smc::core::hs_advance(*cs, t.c, p, false, co) == step_result::wait);
+    size_t len = 0;
+    REQUIRE(smc::core::peek_clc(t.s, smc::core::mask_proposal, len) == start_kind::match);
+    auto ss = smc::core::server_begin(t.s, len, p, so);
+    REQUIRE(ss);
+    // The server's Accept names the link: sent at once, the Confirm awaited.
+    step_result r = smc::core::hs_advance(*ss, t.s, p, false, so);
+    INFO("server " << step_name(r));
+    REQUIRE(r == step_result::wait);
+    CHECK(smc::core::hs_advance(*ss, t.s, p, false, so) == step_result::wait);
+    // The client takes the Accept, lends its slot, confirms: done.
+    r = smc::core::hs_advance(*cs, t.c, p, false, co);
+    INFO("client " << step_name(r) << " " << smc::core::to_name(co.why));
+    REQUIRE(r == step_result::done);
+    REQUIRE(co.path);
+    r = smc::core::hs_advance(*ss, t.s, p, false, so);
+    INFO("server " << step_name(r) << " " << smc::core::to_name(so.why));
+    REQUIRE(r == step_result::done);
+    REQUIRE(so.path);
+    CHECK(stream_empty(t.c));
+    CHECK(stream_empty(t.s));
+    set_timeouts(t.c, 10000);
+    set_timeouts(t.s, 10000);
+    conn cc(std::move(co.path), t.c, 0);
+    conn sc(std::move(so.path), t.s, 0);
+    exchange_data(cc, sc, 100000);
+  }
+}
+
+TEST_CASE("a step that needs a rendezvous or a link asks for a thread, or declines",
+          "[handshake][step]") {
+  tcp_pair t;
+  hs_params p;
+  // A Proposal without a link key: first contact, whose rendezvous waits
+  // for the client.
+  clc::proposal prop = our_proposal();
+  prop.ism_v2.resize(1);
+  send_all(t.c, clc::encode(prop));
+  size_t len = 0;
+  REQUIRE(wait_for_proposal(t.s, len) == start_kind::match);
+  hs_outcome so;
+  auto ss = smc::core::server_begin(t.s, len, p, so);
+  REQUIRE(ss);
+  CHECK(smc::core::hs_advance(*ss, t.s, p, false, so) == step_result::blocking);
+  CHECK(stream_empty(t.c));  // nothing was sent before a thread takes it
+  // No thread to be had: the server declines, and the stream stays intact.
+  so = smc::core::hs_abandon(*ss, t.s, reason::busy);
+  CHECK(so.why == reason::busy);
+  CHECK_FALSE(so.broken);
+  clc::decline d;
+  REQUIRE(read_decline(t.c, d));
+  CHECK(d.diagnosis == smc::core::to_decline_code(reason::busy));
+  CHECK(stream_empty(t.c));
+}
+
+TEST_CASE("a client step outlives its deadline: clc_timeout, its Decline after its Proposal",
+          "[handshake][step]") {
+  tcp_pair t;
+  hs_params p;
+  p.timeout_ms = 100;
+  hs_outcome co;
+  auto cs = smc::core::client_propose(t.c, p, co);
+  REQUIRE(cs);
+  CHECK(smc::core::hs_advance(*cs, t.c, p, false, co) == step_result::wait);
+  outlive(*cs);
+  REQUIRE(smc::core::hs_advance(*cs, t.c, p, false, co) == step_result::done);
+  CHECK(co.why == reason::clc_timeout);
+  CHECK(co.strip_reply);
+  CHECK_FALSE(co.broken);
+  size_t len = 0;
+  REQUIRE(smc::core::peek_clc(t.s, smc::core::mask_proposal, len) == start_kind::match);
+  REQUIRE(smc::core::discard_clc(t.s, len));
+  clc::decline d;
+  REQUIRE(read_decline(t.s, d));
+  CHECK(d.diagnosis == smc::core::to_decline_code(reason::clc_timeout));
+  CHECK(stream_empty(t.s));
+}
+
+TEST_CASE("after a link's Accept the server takes a Decline, and breaks on anything else",
+          "[handshake][step]") {
+  hs_params p;
+  p.rmb_size = 16 * 1024;
+  make_link(p);
+  p.timeout_ms = 100;  // (the Confirm's wait: twice that)
+  tcp_pair t;
+  hs_outcome co;
+  hs_outcome so;
+  auto cs = smc::core::client_propose(t.c, p, co);
+  REQUIRE(cs);
+  size_t len = 0;
+  REQUIRE(smc::core::peek_clc(t.s, smc::core::mask_proposal, len) == start_kind::match);
+  auto ss = smc::core::server_begin(t.s, len, p, so);
+  REQUIRE(ss);
+  REQUIRE(smc::core::hs_advance(*ss, t.s, p, false, so) == step_result::wait);
+  size_t alen = 0;
+  REQUIRE(smc::core::peek_clc(t.c, smc::core::mask_reply, alen) == start_kind::match);
+  REQUIRE(smc::core::discard_clc(t.c, alen));  // (the client never sees it)
+  reason want = reason::none;
+  bool broken = false;
+  SECTION("a Decline: the server falls back, the stream intact") {
+    clc::decline d;
+    d.version = 2;
+    d.diagnosis = smc::core::to_decline_code(reason::no_smc_dev);
+    send_all(t.c, clc::encode(d));
+    want = reason::peer_declined;
+  }
+  SECTION("application bytes instead of a Confirm: broken") {
+    send_all(t.c, std::string("GET / HTTP/1.1\r\n\r\n"));
+    want = reason::clc_malformed;
+    broken = true;
+  }
+  SECTION("the client closes: broken") {
+    t.close_c();
+    want = reason::clc_malformed;
+    broken = true;
+  }
+  SECTION("nothing until the deadline: broken") {
+    outlive(*ss);
+    want = reason::clc_timeout;
+    broken = true;
+  }
+  const step_result r = smc::core::hs_advance(*ss, t.s, p, false, so);
+  INFO("server " << step_name(r) << " " << smc::core::to_name(so.why));
+  REQUIRE(r == step_result::done);
+  CHECK(so.why == want);
+  CHECK(so.broken == broken);
+  CHECK_FALSE(so.path);
+  ss.reset();
+  cs.reset();
+  // The slot went back unused: the link still serves the next connection.
+  tcp_pair u;
+  auto client = std::async(std::launch::async, [&] { return smc::core::client_handshake(u.c, p); });
+  REQUIRE(wait_for_proposal(u.s, len) == start_kind::match);
+  hs_outcome s2 = smc::core::server_handshake(u.s, len, p);
+  hs_outcome c2 = client.get();
+  CHECK(s2.path);
+  CHECK(c2.path);
+}
