@@ -1,6 +1,7 @@
 // Deadlines. See deadlines.h.
 #include "core/deadlines.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -12,14 +13,19 @@ namespace smc::core::deadlines {
 
 namespace {
 
+// The thread looks at the list this often while anything is armed (an item
+// fires at most this late), and for linger_ms after the list emptied, so
+// that arming never has to wake it (no system call on the arming thread).
+constexpr int64_t tick_ms = 10;
+constexpr int64_t linger_ms = 1000;
+
 struct list {
   std::mutex mu;
-  std::condition_variable cv;
+  std::condition_variable cv;  // (only the thread's sleep: nobody signals it)
   item* head = nullptr;  // earliest first
   item* tail = nullptr;
   int count = 0;
-  bool watching = false;      // a thread sleeps until the head's deadline
-  int64_t waking_at = 0;      // when it wakes up (0: it is not asleep)
+  bool watching = false;  // a thread looks at the list
 };
 
 // Leaked on purpose: the thread may outlive static destruction at exit.
@@ -39,28 +45,33 @@ void unlink_item(list& l, item* it) {
   --l.count;
 }
 
-// The deadline thread: fires what is due, sleeps until the next, and ends
-// when nothing is armed.
+// The deadline thread: fires what is due, looks again a tick later, and
+// ends once nothing was armed for linger_ms.
 void watch() {
   list& l = *g;
   std::unique_lock<std::mutex> lk(l.mu);
+  int64_t idle_since = 0;
   for (;;) {
-    if (l.head == nullptr) {
-      l.watching = false;
-      return;
-    }
     const int64_t now = now_ms();
     item* it = l.head;
-    if (it->at_ms <= now) {
+    if (it != nullptr && it->at_ms <= now) {
       unlink_item(l, it);
       lk.unlock();
       it->fire(it);
       lk.lock();
       continue;
     }
-    l.waking_at = it->at_ms;
-    l.cv.wait_until(lk, std::chrono::steady_clock::time_point(std::chrono::milliseconds(it->at_ms)));
-    l.waking_at = 0;
+    if (it == nullptr) {
+      idle_since = idle_since != 0 ? idle_since : now;
+      if (now - idle_since >= linger_ms) {
+        l.watching = false;
+        return;
+      }
+    } else {
+      idle_since = 0;
+    }
+    const int64_t next = it != nullptr ? std::min(it->at_ms, now + tick_ms) : now + tick_ms;
+    l.cv.wait_until(lk, std::chrono::steady_clock::time_point(std::chrono::milliseconds(next)));
   }
 }
 
@@ -104,10 +115,7 @@ bool arm(item* it, int64_t at_ms) {
     }
     return false;
   }
-  if (l.head == it && l.waking_at != 0 && at_ms < l.waking_at) {
-    l.cv.notify_one();  // earlier than the thread's next look
-  }
-  return true;
+  return true;  // (the thread looks within a tick)
 }
 
 void disarm(item* it) {
@@ -137,7 +145,6 @@ void forget_after_fork() {
   l.head = l.tail = nullptr;
   l.count = 0;
   l.watching = false;
-  l.waking_at = 0;
   new (&l.cv) std::condition_variable();  // whatever waiters it counted are the parent's
   l.mu.unlock();
 }

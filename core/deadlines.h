@@ -1,10 +1,9 @@
-// Deadlines for handshakes that run without a thread of their own
-// (core::hs_step): an item armed here is handed back once its deadline
-// passes, unless it was disarmed before. One background thread
-// (core/background) sleeps until the earliest deadline, and only while
-// something is armed; arming and disarming make no system call (the
-// deadlines of handshakes started later come later, so a new item is
-// appended and nobody needs waking).
+// Deadlines for what no call may be there to look at in time: handshakes
+// between their steps (core::hs_step) and accepted sockets nobody touched
+// yet. An item armed here is handed back once its deadline passes (at most
+// a tick, 10 ms, late), unless it was disarmed before. One background
+// thread (core/background) looks at the list every tick while anything is
+// armed and for a second after; arming and disarming make no system call.
 #pragma once
 
 #include <cstdint>

@@ -28,6 +28,7 @@ struct counters {
   std::atomic<uint64_t> background{0};
   std::atomic<uint64_t> stepped{0};
   std::atomic<uint64_t> step_waits{0};
+  std::atomic<uint64_t> untouched{0};
   std::atomic<uint64_t> shm_links{0};
   std::atomic<uint64_t> shm_reused{0};
   std::atomic<uint64_t> shm_fresh{0};
@@ -62,6 +63,7 @@ void count_handoff(handoff h) {
 void count_background() { c().background.fetch_add(1, std::memory_order_relaxed); }
 void count_stepped() { c().stepped.fetch_add(1, std::memory_order_relaxed); }
 void count_step_wait() { c().step_waits.fetch_add(1, std::memory_order_relaxed); }
+void count_untouched_look() { c().untouched.fetch_add(1, std::memory_order_relaxed); }
 
 void count_shm_fresh_slot() { c().shm_fresh.fetch_add(1, std::memory_order_relaxed); }
 void count_shm_link(bool reused) {
@@ -85,6 +87,7 @@ void reset() {
   c().background = 0;
   c().stepped = 0;
   c().step_waits = 0;
+  c().untouched = 0;
   c().shm_links = 0;
   c().shm_reused = 0;
   c().shm_fresh = 0;
@@ -116,7 +119,8 @@ std::string to_json(int pid) {
        ull(c().handoffs[0]) + ", \"taken\": " + ull(c().handoffs[1]) + ", \"reset\": " +
        ull(c().handoffs[2]) + "}, \"handshakes\": {\"background\": " + ull(c().background) +
        ", \"stepped\": " + ull(c().stepped) +
-       ", \"step_waits\": " + ull(c().step_waits) + "}}\n";
+       ", \"step_waits\": " + ull(c().step_waits) +
+       ", \"untouched_looks\": " + ull(c().untouched) + "}}\n";
   return s;
 }
 

@@ -34,6 +34,9 @@ void count_stepped();
 /// A look at such a handshake that found it waiting still (a few per
 /// handshake: the steps themselves, a prefix of a message).
 void count_step_wait();
+/// A look at an accepted socket that its application had not touched yet
+/// (its first bytes decided for it).
+void count_untouched_look();
 
 /// Same-host links (rdma/shm/shm_link.h): one made by a first-contact
 /// exchange (reused = false), or a connection that reused one (true).

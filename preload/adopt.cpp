@@ -164,6 +164,9 @@ void offer_passed(const msghdr* msg, std::vector<uint64_t>& offers) {
       return;
     }
     entry_ref e(fd);
+    if (e) {
+      leave_untouched(e.get());  // (a look under way ends first: then it is deciding)
+    }
     if (e && in_handshake(e->st.load(std::memory_order_acquire))) {
       // The receiver must find it decided: SMC (offered) or TCP.
       await_decision(e.get(), fd, -1);  // bounded by the handshake's own timeouts

@@ -114,6 +114,7 @@ struct ep_reg {
   uint64_t seen_gen = 0;  // the last wait that reported it
   int chan_fd = -1;       // the set's ep_chan this registration uses
   int kept_sock = -1;     // reinstall: the socket's watch left in the set for install to MOD
+  uint32_t sock_events = 0;  // what the socket's watch (items[tag_sock]) asks for
 };
 
 namespace {
@@ -157,16 +158,23 @@ bool get_bit(const std::atomic<uint64_t>* map, int fd) {
          (map[fd / 64].load(std::memory_order_relaxed) & (uint64_t{1} << (fd % 64))) != 0;
 }
 
-bool add_item(ep_reg* r, int slot, int fd, uint32_t events) {
+// `as_is`: a socket watch reinstall kept that asks for these very events
+// already stays as it is (no MOD, which would re-arm an edge-triggered
+// watch for bytes the decision just consumed).
+bool add_item(ep_reg* r, int slot, int fd, uint32_t events, bool as_is = false) {
   epoll_event ev{};
   ev.events = events;
   ev.data.u64 = reinterpret_cast<uintptr_t>(r) | static_cast<uintptr_t>(slot);
   const bool kept = slot == tag_sock && r->kept_sock == fd;
   r->kept_sock = kept ? -1 : r->kept_sock;
-  if (real.epoll_ctl(r->set->epfd, kept ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) != 0) {
+  if (!(kept && as_is && r->sock_events == events) &&
+      real.epoll_ctl(r->set->epfd, kept ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) != 0) {
     return false;
   }
   r->items[slot] = fd;
+  if (slot == tag_sock) {
+    r->sock_events = events;
+  }
   return true;
 }
 
@@ -357,7 +365,8 @@ int install_watches(ep_reg* r, state s) {
       return 0;
     case state::stepping:
       // The peer's next CLC message moves it on; nothing to report before.
-      add_item(r, tag_sock, r->fd, EPOLLIN | EPOLLRDHUP | et);
+      // (From undecided, whose watch is most often the same: kept as it is.)
+      add_item(r, tag_sock, r->fd, EPOLLIN | EPOLLRDHUP | et, true);
       return 0;
     case state::deciding:
       // Nothing to report until the background decision ends; it then
@@ -728,6 +737,13 @@ int look_memory(ep_set* s, epoll_event* out, int cap, uint64_t gen) {
 struct fired {
   ep_reg* r;
   uint32_t tags;
+  bool driven = false;  // a decision was moved on for it in this round
+};
+
+struct to_drive_item {
+  entry* e;
+  int fd;
+  uint32_t seen;  // what the kernel reported for the socket
 };
 
 // An SMC registration whose watches fired (under g_ep_mu): reports what
@@ -798,7 +814,7 @@ void smc_fired(ep_reg* r, uint32_t tags, uint64_t gen, epoll_event* out, int& n,
 // belong to. Returns how many there are now.
 int translate(ep_set* s, epoll_event* ev, int m, uint64_t gen) {
   std::vector<fired> list;
-  std::vector<std::pair<entry*, int>> to_drive;
+  std::vector<to_drive_item> to_drive;
   int n = 0;
   {
     std::lock_guard<std::mutex> lk(g_ep_mu);
@@ -820,7 +836,8 @@ int translate(ep_set* s, epoll_event* ev, int m, uint64_t gen) {
       if (st == state::undecided || st == state::strip || st == state::connecting ||
           st == state::stepping) {
         r->e->refs.fetch_add(1);
-        to_drive.push_back({r->e, r->fd});
+        to_drive.push_back({r->e, r->fd, tag == tag_sock ? ev[i].events : 0});
+        list.back().driven = true;
       }
     }
   }
@@ -828,9 +845,9 @@ int translate(ep_set* s, epoll_event* ev, int m, uint64_t gen) {
     return n;
   }
   // Decisions may run a handshake and re-install registrations: not under the lock.
-  for (auto& [e, fd] : to_drive) {
-    drive(e, fd);
-    fd_put(e);
+  for (const to_drive_item& d : to_drive) {
+    drive(d.e, d.fd, d.seen);
+    fd_put(d.e);
   }
   std::lock_guard<std::mutex> lk(g_ep_mu);
   for (const fired& f : list) {
@@ -840,7 +857,10 @@ int translate(ep_set* s, epoll_event* ev, int m, uint64_t gen) {
     }
     state st = r->e->st.load();
     if (st == state::smc) {
-      smc_fired(r, f.tags, gen, ev, n, m);
+      // Just decided: what stirred its TCP socket was the handshake's last
+      // message (its watch there is level-triggered: anything after it
+      // reports again).
+      smc_fired(r, f.driven ? f.tags & ~(1u << tag_sock) : f.tags, gen, ev, n, m);
       continue;
     }
     uint32_t out = 0;

@@ -49,7 +49,7 @@ void last_close(entry* e) {
   if (!e->regs.empty()) {
     ep_forget_entry(e);
   }
-  if (e->st.load() == state::stepping) {
+  if (e->timer.linked || e->st.load() == state::stepping) {
     abandon_step(e);
   }
   if (e->st.load() == state::deciding) {

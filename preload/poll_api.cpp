@@ -281,7 +281,7 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
         if (s == state::undecided || s == state::strip || s == state::connecting ||
             in_handshake(s)) {
           if (kr != 0) {
-            s = drive(m.e, fds[i].fd);
+            s = drive(m.e, fds[i].fd, static_cast<uint16_t>(kr));
           }
           if (s == state::smc) {
             fds[i].revents = smc_revents(m.e, fds[i].events);

@@ -146,8 +146,14 @@ struct entry {
   int decided_fd = -1;            // deciding: an eventfd, readable once the decision ended
                                   // (made for the first poll or blocking wait that needs it)
   core::hs_step_ptr step;         // stepping (under mu): the handshake between its steps
-  int step_fd = -1;               //   the fd number it began on
-  core::deadlines::item step_timer;  // armed while stepping (holds a reference)
+  // (Under mu.) The socket's deadline, armed while stepping (the step's) and
+  // while an accepted socket nobody touched yet is undecided (when to look
+  // at it ourselves); it holds a reference. timer_fd: the fd number it was
+  // armed for; untouched_looks: looks taken at an untouched socket.
+  core::deadlines::item timer;
+  int timer_fd = -1;
+  uint8_t untouched_looks = 0;
+  unsigned untouched_gen = 0;  // the fork generation it was accepted in
 
   entry() = default;
   entry(const entry&) = delete;
@@ -227,7 +233,9 @@ class entry_ref {
 state decide_passive(entry* e, int fd, bool may_block);
 /// Active side: complete a non-blocking connect's handshake if the TCP
 /// connection is up. Returns the state afterwards.
-state finish_connect(entry* e, int fd);
+/// `seen`: the readiness (POLL* bits, which EPOLL* share) a poll or
+/// epoll_wait just reported for the socket, or 0.
+state finish_connect(entry* e, int fd, uint32_t seen);
 /// What a poll or blocking wait sleeps on while the socket is
 /// state::deciding (readable once decided); -1 if it is not deciding (any
 /// more) or no eventfd could be made (then: poll again shortly).
@@ -236,9 +244,19 @@ int decided_wait_fd(entry* e);
 /// ended: 0, EAGAIN (deadline_ms, a CLOCK_MONOTONIC time in ms, passed; -1 =
 /// none) or EINTR. A step is moved on here, on the caller's thread.
 int await_decision(entry* e, int fd, int64_t deadline_ms);
-/// The socket's last fd closed while its handshake was between steps: the
-/// handshake is abandoned (a same-host slot it held goes back).
+/// The socket's last fd is closing: its deadline goes, and a handshake
+/// between steps is abandoned (a same-host slot it held goes back).
 void abandon_step(entry* e);
+/// An accepted socket: if nobody touches it, its first bytes are looked at
+/// for it, so that the client's handshake never waits for the server
+/// application (Linux finishes SMC before accept() returns).
+void watch_untouched(entry* e, int fd);
+/// The socket is passed to another process (SCM_RIGHTS): its first bytes
+/// are the receiver's to look at, never ours any more.
+void leave_untouched(entry* e);
+/// After fork(), in the parent: accepted sockets nobody touched may be the
+/// child's to serve; neither process looks at them on its own any more.
+void untouched_after_fork();
 /// In a forked child: the parent's handshakes under way are the parent's;
 /// the child sees those sockets as plain TCP.
 void forget_decisions_after_fork();
@@ -259,7 +277,8 @@ void prepare_write(entry* e, int fd);
 /// EINTR).
 int settle_io(entry* e, int fd, bool write, int flags, state& st);
 /// Drive any pending decision without blocking (poll/epoll saw activity).
-state drive(entry* e, int fd);
+/// `seen` as for finish_connect.
+state drive(entry* e, int fd, uint32_t seen = 0);
 /// A handshake is under way: on a thread of ours, or between its steps.
 inline bool in_handshake(state s) { return s == state::deciding || s == state::stepping; }
 /// What a socket still deciding is in: undecided, strip, connecting, or a

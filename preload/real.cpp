@@ -186,6 +186,7 @@ void atfork_prepare() {
 }
 void atfork_parent() {
   core::deadlines::unlock_after_fork();
+  untouched_after_fork();
   rdma::shm::after_fork(false);
   core::conn_registry_unlock();
   fd_table_unlock_all();

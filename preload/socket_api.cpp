@@ -211,17 +211,39 @@ bool start_background(entry* e, int fd, Job&& job) {
   return true;
 }
 
-// ---- handshakes between steps (state::stepping) ----
+// ---- handshakes between steps (state::stepping), and the socket's deadline ----
+
+// An untouched accepted socket is looked at after 10 ms, then after twice
+// as long each time, 8 times (until about 2.5 s after accept()).
+constexpr int untouched_first_ms = 10;
+constexpr uint8_t untouched_max_looks = 8;
+// Bumped by every fork (in the parent; the child forgets every deadline).
+std::atomic<unsigned> g_untouched_gen{0};
 
 entry* of_timer(core::deadlines::item* it) { return static_cast<entry*>(it->owner); }
 
-void step_deadline(core::deadlines::item* it);
+void entry_deadline(core::deadlines::item* it);
+
+// Arms (or moves) the socket's deadline (under e->mu).
+void arm_timer(entry* e, int fd, int64_t at) {
+  e->timer_fd = fd;
+  if (e->timer.linked && e->timer.at_ms == at) {
+    return;
+  }
+  e->timer.hold = [](core::deadlines::item* i) { of_timer(i)->refs.fetch_add(1); };
+  e->timer.release = [](core::deadlines::item* i) { fd_put(of_timer(i)); };
+  e->timer.fire = entry_deadline;
+  e->timer.owner = e;
+  if (!core::deadlines::arm(&e->timer, at)) {
+    // No thread to time it: the calls that touch the socket still move it on.
+    SMC_LOG(debug, "fd %d: no deadline thread", fd);
+  }
+}
 
 // The step is over (under e->mu): its deadline disarmed, the step gone.
 void end_step(entry* e) {
-  core::deadlines::disarm(&e->step_timer);
+  core::deadlines::disarm(&e->timer);
   e->step.reset();
-  e->step_fd = -1;
 }
 
 // Moves a step on as far as it goes without waiting (under e->mu): it
@@ -237,18 +259,7 @@ state step_on_locked(entry* e, int fd) {
   switch (core::hs_advance(*e->step, fd, hs_params(), false, out)) {
     case core::step_result::wait: {
       core::stats::count_step_wait();
-      const int64_t until = core::hs_deadline(*e->step);
-      if (!e->step_timer.linked || e->step_timer.at_ms != until) {
-        e->step_timer.hold = [](core::deadlines::item* i) { of_timer(i)->refs.fetch_add(1); };
-        e->step_timer.release = [](core::deadlines::item* i) { fd_put(of_timer(i)); };
-        e->step_timer.fire = step_deadline;
-        e->step_timer.owner = e;
-        if (!core::deadlines::arm(&e->step_timer, until)) {
-          // No thread to time it: the calls that touch it still do.
-          SMC_LOG(debug, "fd %d: handshake step without a deadline thread", fd);
-        }
-      }
-      e->step_fd = fd;
+      arm_timer(e, fd, core::hs_deadline(*e->step));
       return state::stepping;
     }
     case core::step_result::done:
@@ -290,20 +301,24 @@ state step_on(entry* e, int fd) {
   return step_on_locked(e, fd);
 }
 
-// A step's deadline passed with nobody touching the socket: the step ends
-// (timed out) or, if its wait moved on meanwhile, waits on.
-void step_deadline(core::deadlines::item* it) {
+state decide_passive_locked(entry* e, int fd, bool may_block);
+
+// The socket's deadline passed with nobody touching it: a step ends (timed
+// out) or, if its wait moved on meanwhile, waits on; an untouched accepted
+// socket is looked at (and, still undecided, looked at again later).
+void entry_deadline(core::deadlines::item* it) {
   entry* e = of_timer(it);
   {
     std::lock_guard<std::mutex> lk(e->mu);
-    if (e->st.load() == state::stepping && e->step) {
-      // Its fd number still names this socket (a last close would have
-      // ended the step under this lock; a dup's close does not).
-      const int fd = e->step_fd;
-      entry* now = fd_maybe(fd) ? fd_get(fd) : nullptr;
-      if (now != nullptr) {
-        fd_put(now);
-      }
+    // Its fd number still names this socket (a last close would have
+    // disarmed it under this lock; a dup's close does not).
+    const int fd = e->timer_fd;
+    entry* now = fd_maybe(fd) ? fd_get(fd) : nullptr;
+    if (now != nullptr) {
+      fd_put(now);
+    }
+    const state s = e->st.load();
+    if (s == state::stepping && e->step) {
       if (now == e) {
         step_on_locked(e, fd);
       } else {
@@ -312,6 +327,13 @@ void step_deadline(core::deadlines::item* it) {
         if (!e->regs.empty()) {
           ep_state_changed(e);
         }
+      }
+    } else if (s == state::undecided && now == e && e->untouched_looks < untouched_max_looks &&
+               e->untouched_gen == g_untouched_gen.load(std::memory_order_relaxed)) {
+      core::stats::count_untouched_look();
+      if (decide_passive_locked(e, fd, false) == state::undecided &&
+          ++e->untouched_looks < untouched_max_looks) {
+        arm_timer(e, fd, now_ms() + (untouched_first_ms << e->untouched_looks));
       }
     }
   }
@@ -322,6 +344,12 @@ void step_deadline(core::deadlines::item* it) {
 
 state decide_passive(entry* e, int fd, bool may_block) {
   std::lock_guard<std::mutex> lk(e->mu);
+  return decide_passive_locked(e, fd, may_block);
+}
+
+namespace {
+
+state decide_passive_locked(entry* e, int fd, bool may_block) {
   state s = e->st.load();
   if (s != state::undecided && s != state::strip) {
     return s;
@@ -391,18 +419,23 @@ state decide_passive(entry* e, int fd, bool may_block) {
   return s;
 }
 
-state finish_connect(entry* e, int fd) {
+}  // namespace
+
+state finish_connect(entry* e, int fd, uint32_t seen) {
   std::lock_guard<std::mutex> lk(e->mu);
   if (e->st.load() != state::connecting) {
     return e->st.load();
   }
+  // Writable without an error or a hangup: established (what the kernel
+  // just told poll or epoll_wait saves asking it twice more).
+  const bool up = (seen & POLLOUT) != 0 && (seen & (POLLERR | POLLHUP)) == 0;
   pollfd p{fd, POLLOUT, 0};
-  if (real.poll(&p, 1, 0) <= 0) {
+  if (!up && real.poll(&p, 1, 0) <= 0) {
     return state::connecting;
   }
   sockaddr_storage ss;
   socklen_t sl = sizeof(ss);
-  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &sl) != 0) {
+  if (!up && getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &sl) != 0) {
     // The connect failed: the application reads the error from SO_ERROR itself.
     become_tcp(e, fd, reason::none);
   } else if (!e->believed && core::tcp_option::peer_said(fd) != core::tcp_option::peer::smc) {
@@ -422,13 +455,13 @@ state finish_connect(entry* e, int fd) {
   return e->st.load();
 }
 
-state drive(entry* e, int fd) {
+state drive(entry* e, int fd, uint32_t seen) {
   switch (e->st.load(std::memory_order_acquire)) {
     case state::undecided:
     case state::strip:
       return decide_passive(e, fd, false);
     case state::connecting:
-      return finish_connect(e, fd);
+      return finish_connect(e, fd, seen);
     case state::stepping:
       return step_on(e, fd);
     default:
@@ -483,25 +516,42 @@ int await_decision(entry* e, int fd, int64_t deadline_ms) {
 
 void abandon_step(entry* e) {
   std::lock_guard<std::mutex> lk(e->mu);
+  core::deadlines::disarm(&e->timer);
   if (e->st.load() == state::stepping) {
     end_step(e);
     e->st.store(state::tcp, std::memory_order_release);
   }
 }
 
+void watch_untouched(entry* e, int fd) {
+  std::lock_guard<std::mutex> lk(e->mu);
+  if (e->st.load() == state::undecided) {
+    e->untouched_gen = g_untouched_gen.load(std::memory_order_relaxed);
+    arm_timer(e, fd, now_ms() + untouched_first_ms);
+  }
+}
+
+void leave_untouched(entry* e) {
+  std::lock_guard<std::mutex> lk(e->mu);
+  e->untouched_looks = untouched_max_looks;
+  if (e->st.load() == state::undecided) {
+    core::deadlines::disarm(&e->timer);
+  }
+}
+
+void untouched_after_fork() { g_untouched_gen.fetch_add(1, std::memory_order_relaxed); }
+
 void forget_decisions_after_fork() {
   fd_for_each([](int fd, entry* e) {
-    if (e->st.load() == state::stepping) {
-      // Its step and deadline are the parent's (the deadlines' list was
-      // forgotten here): let go of the copy, whose link the fork retired.
-      if (e->step_timer.linked) {
-        e->step_timer.linked = false;
-        e->step_timer.prev = e->step_timer.next = nullptr;
-        fd_put(e);  // the armed deadline's reference
-      }
-      e->step.reset();
-      e->step_fd = -1;
+    if (e->timer.linked) {
+      // Its deadline is the parent's (the deadlines' list was forgotten
+      // here), and so is its step: let go of the copy, whose link the fork
+      // retired.
+      e->timer.linked = false;
+      e->timer.prev = e->timer.next = nullptr;
+      fd_put(e);  // the armed deadline's reference
     }
+    e->step.reset();
     if (in_handshake(e->st.load())) {
       // Its handshake runs on a thread of the parent's, or in its calls.
       SMC_LOG(debug, "fd %d: decided in the parent process; TCP here", fd);
@@ -545,7 +595,7 @@ int prepare_read(entry* e, int fd, int flags) {
     } else if (s == state::strip) {
       s = decide_passive(e, fd, false);  // (stripping never waits for the peer)
     } else if (s == state::connecting) {
-      s = finish_connect(e, fd);
+      s = finish_connect(e, fd, 0);
     } else if (s == state::stepping) {
       s = step_on(e, fd);
     }
@@ -810,6 +860,7 @@ static int accept_common(int fd, sockaddr* addr, socklen_t* len, int flags) {
     if (old != nullptr) {
       fd_put(old);
     }
+    watch_untouched(ne, nfd);
   }
   errno = saved;
   return nfd;

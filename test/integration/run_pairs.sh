@@ -876,6 +876,30 @@ scenario_stall_deadline() {
   done
 }
 
+# p4. an accepted socket decides without its application: a server that
+# accepts and then touches nothing for 6 s (longer than a client's 5 s wait
+# for the Accept) still has its client's blocking connect() answered over
+# SMC at once, its first bytes looked at for it (untouched_looks), and the
+# 64 bytes echoed over SMC once it reads.
+scenario_untouched() {
+  begin untouched || return 0
+  start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_stall" lazy \
+    --hold-ms 6000
+  if [ -n "$PORT" ]; then
+    launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- "$BUILD/smc_stall" quick \
+      --port "$PORT"
+    expect_exit "$PID" "$DIR/client" client
+    expect_line "$DIR/client.out" '^quick ok$' client
+    expect_stat client connections.smc_shm -eq 1
+    expect_stat client connections.fallback -eq 0
+  fi
+  expect_server_exit "$SPID" "$DIR/server"
+  expect_line "$DIR/server.out" '^lazy echoed after hold_ms=6000$' server
+  expect_stat server handshakes.untouched_looks -ge 1
+  expect_stat server connections.smc_shm -eq 1
+  finish
+}
+
 # q. differential: smc_diff.py, one script of small server/client cases
 # (non-blocking connect and SO_ERROR, MSG_PEEK, MSG_WAITALL, FIONREAD,
 # half-close both ways, close with unread data, SO_RCVTIMEO, readiness through
@@ -1000,6 +1024,7 @@ scenario_sandbox
 scenario_stall
 scenario_stall_client
 scenario_stall_deadline
+scenario_untouched
 scenario_diff
 scenario_evil
 

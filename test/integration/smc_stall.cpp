@@ -44,6 +44,15 @@
 //       connection is writable (its handshake gave up on its own, at its
 //       deadline), sends "fallback" on it and prints "client silent fell
 //       back".
+//   smc_stall lazy [--addr A] [--port P] [--portfile F] [--hold-ms T]
+//       run under the preload: a server that accepts one connection and
+//       then touches nothing for T ms (default 3000; no read, poll or
+//       option), then echoes 64 bytes back and exits 0 ("lazy echoed
+//       after hold_ms=T"). Its client's handshake must not wait for it.
+//   smc_stall quick [--addr A] --port P
+//       run under the preload: a blocking connect ("quick connected
+//       ms=X"), 64 bytes out, the 64 echoed bytes back and verified
+//       ("quick ok").
 //   smc_stall probe [--addr A] --port P [--count N]
 //       an ordinary client (run under the preload): N rounds (default 3) of
 //       connect, 64 bytes out, the 64 echoed bytes back and verified, close;
@@ -93,7 +102,9 @@ constexpr const char* usage_text =
     "       smc_stall probe [--addr A] --port P [--count N]\n"
     "       smc_stall silent [--addr A] [--port P] [--portfile F] [--hold-ms T] [--expect-fallback]\n"
     "       smc_stall client [--addr A] --port P --silent-port Q --loop poll|epoll [--count N]\n"
-    "               [--await-silent]\n";
+    "               [--await-silent]\n"
+    "       smc_stall lazy [--addr A] [--port P] [--portfile F] [--hold-ms T]\n"
+    "       smc_stall quick [--addr A] --port P\n";
 
 [[noreturn]] void usage(const std::string& why) { smc_test::usage_exit(prog, why, usage_text, kinds); }
 
@@ -200,6 +211,59 @@ int silent(const options& o) {
   }
   ::close(c);
   ::close(ls);
+  return 0;
+}
+
+// ---------------------------------------------------------------- lazy, quick
+
+int lazy(const options& o) {
+  std::string error;
+  int ls = smc_test::open_listener(o.addr, o.port, 4, o.portfile, error);
+  if (ls < 0) {
+    die("lazy: " + error);
+  }
+  const int c = ::accept(ls, nullptr, nullptr);
+  if (c < 0) {
+    die(err_text("lazy: accept"));
+  }
+  smc_test::hold_for(o.hold_ms);  // the accepted socket untouched
+  uint8_t buf[smc_test::probe_bytes];
+  if (smc_test::recv_full(c, buf, sizeof buf) != static_cast<ssize_t>(sizeof buf) ||
+      !smc_test::send_all(c, buf, sizeof buf)) {
+    die(err_text("lazy: echo"));
+  }
+  std::printf("lazy echoed after hold_ms=%d\n", o.hold_ms);
+  ::close(c);
+  ::close(ls);
+  return 0;
+}
+
+int quick(const options& o) {
+  sockaddr_storage ss;
+  socklen_t len = 0;
+  std::string error;
+  const int fd = smc_test::open_tcp_socket(o.addr, o.port, ss, len, error);
+  if (fd < 0) {
+    die("quick: " + error);
+  }
+  const int64_t t0 = now_ms();
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    die(err_text("quick: connect"));
+  }
+  std::printf("quick connected ms=%lld\n", static_cast<long long>(now_ms() - t0));
+  std::fflush(stdout);
+  uint8_t out[smc_test::probe_bytes];
+  uint8_t in[smc_test::probe_bytes];
+  smc_test::pattern_fill(0x9a1c, 0, out, sizeof out);
+  if (!smc_test::send_all(fd, out, sizeof out) ||
+      smc_test::recv_full(fd, in, sizeof in) != static_cast<ssize_t>(sizeof in)) {
+    die(err_text("quick: echo"));
+  }
+  if (std::memcmp(in, out, sizeof in) != 0) {
+    die("quick: echo differs");
+  }
+  std::printf("quick ok\n");
+  ::close(fd);
   return 0;
 }
 
@@ -357,7 +421,8 @@ int client(const options& o) {
 
 int run(int argc, char** argv) {
   options o;
-  o.role = smc_test::loop_role(argc, argv, {"server", "attack", "probe", "silent", "client"}, usage);
+  o.role = smc_test::loop_role(argc, argv, {"server", "attack", "probe", "silent", "client", "lazy", "quick"},
+                               usage);
   if (o.role == "probe" || o.role == "client") {
     o.count = 3;
   }
@@ -372,7 +437,7 @@ int run(int argc, char** argv) {
     if (n == "--kind") {
       return r == "attack";
     }
-    return n == "--hold-ms" && (r == "attack" || r == "silent");
+    return n == "--hold-ms" && (r == "attack" || r == "silent" || r == "lazy");
   };
   auto own = [&o](auto& args) {
     if (args.name() == "--expect-fallback" && o.role == "silent") {
@@ -396,7 +461,7 @@ int run(int argc, char** argv) {
   if (o.role == "client" && o.silent_port == 0) {
     usage("client needs --silent-port");
   }
-  if (o.role != "server" && o.role != "silent" && !o.port_given) {
+  if (o.role != "server" && o.role != "silent" && o.role != "lazy" && !o.port_given) {
     usage(o.role + " needs --port");
   }
   if (o.role == "attack" && o.kind.empty()) {
@@ -405,7 +470,7 @@ int run(int argc, char** argv) {
   if (o.role == "probe" && o.count == 0) {
     usage("probe needs --count >= 1");
   }
-  if (o.role == "attack" || o.role == "silent") {
+  if (o.role == "attack" || o.role == "silent" || o.role == "lazy") {
     // The watchdog must not fire while the attack holds on purpose.
     o.timeout = std::max<unsigned>(o.timeout, static_cast<unsigned>(o.hold_ms / 1000) + attack_io_ms / 1000 + 10);
   }
@@ -421,6 +486,12 @@ int run(int argc, char** argv) {
   }
   if (o.role == "client") {
     return client(o);
+  }
+  if (o.role == "lazy") {
+    return lazy(o);
+  }
+  if (o.role == "quick") {
+    return quick(o);
   }
   return smc_test::probe(prog, o, o.count, 0, 0x57a11);
 }
