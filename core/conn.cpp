@@ -461,7 +461,22 @@ int conn::wait_confined(bool rx, int timeout_ms, Ready& ready) {
   return 0;
 }
 
+void conn::set_cork(bool on) {
+  corked_.store(on, std::memory_order_relaxed);
+  if (!on) {
+    flush_cork();
+  }
+}
+
+void conn::flush_cork() {
+  if (cork_owed_.exchange(false, std::memory_order_relaxed)) {
+    path_->ring_rx_now();
+  }
+}
+
+
 int conn::wait(bool rx, int timeout_ms, uint32_t need) {
+  flush_cork();  // (a peer we hold a wake-up from may be what this waits for)
   auto ready = [&] {
     // A reader is done waiting once the peer stopped writing in any way; a
     // writer waits for space, which the peer's SHUT_WR (done_writing) does not
@@ -752,7 +767,19 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
       iov_to_ring(*path_, size, prod.count, n, iov, iovcnt, sent);
       prod = curs_add(size, prod, n);
       sh_->tx_prod.store(curs_pack(prod), std::memory_order_release);
-      path_->publish_prod(curs_pack(prod), sh_->my_flags.load());
+      // Corked, a wake-up is held back for less than a piece in all (TCP
+      // holds back only a partial segment: a full one goes out at once).
+      held_ = corked_.load(std::memory_order_relaxed) || (flags & MSG_MORE) != 0
+                  ? held_ + n
+                  : piece;
+      if (held_ < piece) {
+        path_->publish_prod_quiet(curs_pack(prod), sh_->my_flags.load());
+        cork_owed_.store(true, std::memory_order_relaxed);
+      } else {
+        path_->publish_prod(curs_pack(prod), sh_->my_flags.load());
+        cork_owed_.store(false, std::memory_order_relaxed);
+        held_ = 0;
+      }
       stats::add_tx(n);
       sent += n;
       if (sent == want) {
@@ -827,6 +854,7 @@ int conn::shutdown(int how) {
 }
 
 void conn::close(bool abort) {
+  flush_cork();  // (the close's own publish below rings too; nothing is owed after)
   if (sh_->holders.fetch_sub(1) > 1) {
     // Another process holds it (a forked relative, or one the socket was
     // passed to): closing our copy must not end it for that one, as closing

@@ -138,6 +138,20 @@ class conn {
   /// send semantics: MSG_DONTWAIT, MSG_NOSIGNAL honoured; blocking follows
   /// O_NONBLOCK and SO_SNDTIMEO; EPIPE (+SIGPIPE) after shutdown or peer close.
   io_result send(const iovec* iov, int iovcnt, int flags);
+  /// TCP_CORK as this process's application set it on the socket (or
+  /// MSG_MORE on one send): while corked, sends publish their data without
+  /// waking a peer that sleeps, as long as less than a quarter of the
+  /// peer's ring waits (TCP holds back only a partial segment); the
+  /// wake-up is owed until uncorking, a send
+  /// that is not corked, a wait of this connection's own, close, or the
+  /// caller's 200 ms bound (flush_cork()), as TCP holds a partial segment
+  /// back. nginx writes a response's header and body corked: the peer then
+  /// wakes once for both.
+  void set_cork(bool on);
+  /// Rings what a corked send held back (nothing if nothing is owed).
+  void flush_cork();
+  /// A corked send held a wake-up back.
+  bool cork_owed() const { return cork_owed_.load(std::memory_order_relaxed); }
   /// SHUT_RD / SHUT_WR / SHUT_RDWR. SHUT_WR tells the peer "done writing":
   /// it reads EOF after all data.
   int shutdown(int how);
@@ -305,6 +319,9 @@ class conn {
   // Whether the socket was blocking when last asked (block_timeout_ms): a
   // hint for spinning before asking again, never the answer itself.
   std::atomic<bool> blocking_hint_{false};
+  std::atomic<bool> corked_{false};     // TCP_CORK (this process's view)
+  std::atomic<bool> cork_owed_{false};  // a corked send did not ring
+  uint32_t held_ = 0;  // bytes published since the last ring, corked (under tx_mu)
   // The TCP socket showed something (readable, hung up, error) to a wait's
   // poll since check_tcp() last looked; true at first. (Per process: a hint.)
   std::atomic<bool> tcp_stirred_{true};

@@ -81,6 +81,9 @@ ssize_t smc_io(int fd, const iovec* iov, int iovcnt, int flags, Fallback&& fb) {
         return -1;
       }
       auto r = Write ? e->conn->send(iov, iovcnt, flags) : e->conn->recv(iov, iovcnt, flags);
+      if (Write && e->conn->cork_owed()) {
+        cork_deadline(e.get(), fd);
+      }
       return finish_io({r.n, r.err}, saved);
     }
   } catch (...) {
@@ -428,6 +431,9 @@ __attribute__((visibility("default"))) int sendmmsg(int fd, mmsghdr* vec, unsign
         break;
       }
     }
+    if (e->conn->cork_owed()) {
+      cork_deadline(e.get(), fd);
+    }
     if (done == 0 && err != 0) {
       errno = err;
       return -1;
@@ -526,6 +532,9 @@ __attribute__((visibility("default"))) int recvmmsg(int fd, mmsghdr* vec, unsign
           break;
         }
       }
+    }
+    if (e->conn->cork_owed()) {
+      cork_deadline(e.get(), fd);
     }
     if (done == 0 && err != 0) {
       errno = err;

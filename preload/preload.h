@@ -146,9 +146,10 @@ struct entry {
   int decided_fd = -1;            // deciding: an eventfd, readable once the decision ended
                                   // (made for the first poll or blocking wait that needs it)
   core::hs_step_ptr step;         // stepping (under mu): the handshake between its steps
-  // (Under mu.) The socket's deadline, armed while stepping (the step's) and
+  // (Under mu.) The socket's deadline, armed while stepping (the step's),
   // while an accepted socket nobody touched yet is undecided (when to look
-  // at it ourselves); it holds a reference. timer_fd: the fd number it was
+  // at it ourselves), and while an SMC socket's corked send owes its peer a
+  // wake-up; it holds a reference. timer_fd: the fd number it was
   // armed for; untouched_looks: looks taken at an untouched socket.
   core::deadlines::item timer;
   int timer_fd = -1;
@@ -257,6 +258,9 @@ void leave_untouched(entry* e);
 /// After fork(), in the parent: accepted sockets nobody touched may be the
 /// child's to serve; neither process looks at them on its own any more.
 void untouched_after_fork();
+/// A corked send on an SMC socket held its peer's wake-up back: it is rung
+/// 200 ms later at the latest (the socket's deadline).
+void cork_deadline(entry* e, int fd);
 /// In a forked child: the parent's handshakes under way are the parent's;
 /// the child sees those sockets as plain TCP.
 void forget_decisions_after_fork();

@@ -217,6 +217,8 @@ bool start_background(entry* e, int fd, Job&& job) {
 // as long each time, 8 times (until about 2.5 s after accept()).
 constexpr int untouched_first_ms = 10;
 constexpr uint8_t untouched_max_looks = 8;
+// How long a wake-up a corked send held back may stay owed (TCP's 200 ms).
+constexpr int cork_hold_ms = 200;
 // Bumped by every fork (in the parent; the child forgets every deadline).
 std::atomic<unsigned> g_untouched_gen{0};
 
@@ -328,6 +330,8 @@ void entry_deadline(core::deadlines::item* it) {
           ep_state_changed(e);
         }
       }
+    } else if (s == state::smc && e->conn) {
+      e->conn->flush_cork();  // held back 200 ms: as TCP sends a corked segment
     } else if (s == state::undecided && now == e && e->untouched_looks < untouched_max_looks &&
                e->untouched_gen == g_untouched_gen.load(std::memory_order_relaxed)) {
       core::stats::count_untouched_look();
@@ -540,6 +544,13 @@ void leave_untouched(entry* e) {
 }
 
 void untouched_after_fork() { g_untouched_gen.fetch_add(1, std::memory_order_relaxed); }
+
+void cork_deadline(entry* e, int fd) {
+  std::lock_guard<std::mutex> lk(e->mu);
+  if (e->st.load() == state::smc && !e->timer.linked) {
+    arm_timer(e, fd, now_ms() + cork_hold_ms);
+  }
+}
 
 void forget_decisions_after_fork() {
   fd_for_each([](int fd, entry* e) {
@@ -1093,6 +1104,16 @@ __attribute__((visibility("default"))) int setsockopt(int fd, int level, int nam
     }
   }
   int rc = real.setsockopt(fd, level, name, val, len);
+  if (rc == 0 && level == IPPROTO_TCP && name == TCP_CORK && g_enabled && fd_maybe(fd) &&
+      val != nullptr && len >= sizeof(int)) {
+    // (The kernel keeps it too, for getsockopt; nothing is sent on TCP.)
+    entry_ref e(fd);
+    if (e && e->st.load() == state::smc) {
+      int on = 0;
+      std::memcpy(&on, val, sizeof on);
+      e->conn->set_cork(on != 0);
+    }
+  }
   if (rc == 0 && level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) &&
       val != nullptr && len >= sizeof(timeval)) {
     timeval tv;

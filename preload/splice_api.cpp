@@ -141,6 +141,9 @@ ssize_t to_smc(int out_fd, entry* e, int in_fd, off64_t* pos, size_t count) {
       break;
     }
   }
+  if (c.cork_owed()) {
+    cork_deadline(e, out_fd);
+  }
   if (done == 0 && err != 0) {
     errno = err;
     return -1;

@@ -73,6 +73,15 @@ class data_path {
   /// Publish our producer cursor and our connection-state flags (release), and
   /// ring the peer's rx doorbell if the peer waits for data.
   virtual void publish_prod(uint64_t prod, uint8_t conn_flags) = 0;
+  /// The same without waking the peer: the application holds more back
+  /// (TCP_CORK, MSG_MORE) and ring_rx_now() follows. A transport whose
+  /// publish is itself the notification (SMC-R's CDC message) publishes.
+  virtual void publish_prod_quiet(uint64_t prod, uint8_t conn_flags) {
+    publish_prod(prod, conn_flags);
+  }
+  /// Rings the peer's rx doorbell if the peer waits for data (what quiet
+  /// publishes held back).
+  virtual void ring_rx_now() {}
 
   // ---- waiting ----
   virtual int rx_fd() const = 0;

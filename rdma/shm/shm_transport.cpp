@@ -270,11 +270,18 @@ class shm_path final : public data_path {
     std::memcpy(theirs()->data() + off, src, n);
   }
   void publish_prod(uint64_t prod, uint8_t conn_flags) override {
+    publish_prod_quiet(prod, conn_flags);
+    ring_rx_now();
+  }
+  void publish_prod_quiet(uint64_t prod, uint8_t conn_flags) override {
     control* c = theirs()->ctl();
     // Connection-state flags only accumulate (done, closed, abort): OR them,
     // so a publish racing an abort on another thread cannot clear the abort.
     c->prod_flags.fetch_or(conn_flags, std::memory_order_release);
     c->prod.store(prod, std::memory_order_seq_cst);
+  }
+  void ring_rx_now() override {
+    control* c = theirs()->ctl();
     if (c->rx_waiters.load(std::memory_order_seq_cst) != 0 &&
         c->rx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
       bell_ring(peer_->rx_ring, confined_.load(std::memory_order_relaxed));

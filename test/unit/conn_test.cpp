@@ -162,6 +162,10 @@ class hooked_path final : public smc::rdma::data_path {
   }
   void put(uint32_t off, const void* src, size_t n) override { in_->put(off, src, n); }
   void publish_prod(uint64_t prod, uint8_t flags) override { in_->publish_prod(prod, flags); }
+  void publish_prod_quiet(uint64_t prod, uint8_t flags) override {
+    in_->publish_prod_quiet(prod, flags);
+  }
+  void ring_rx_now() override { in_->ring_rx_now(); }
   int rx_fd() const override { return in_->rx_fd(); }
   int tx_fd() const override { return in_->tx_fd(); }
   void arm_rx(int delta) override { in_->arm_rx(delta); }
@@ -1682,6 +1686,82 @@ TEST_CASE("rx doorbell: a reset racing a produce leaves it readable while data w
   CHECK_FALSE(fd_readable(p.b->path().rx_fd()));
   REQUIRE(send_str(*p.a, "4").n == 1);
   CHECK(fd_readable(p.b->path().rx_fd()));
+  p.b->path().arm_rx(-1);
+}
+
+TEST_CASE("a corked send wakes a sleeping peer only when the cork goes", "[conn][wake][cork]") {
+  conn_pair p(0);
+  p.b->path().arm_rx(1);  // B sleeps, waiting for data
+  SECTION("uncorking rings") {
+    p.a->set_cork(true);
+    REQUIRE(send_str(*p.a, "head").n == 4);
+    REQUIRE(send_str(*p.a, "body").n == 4);
+    CHECK(p.a->cork_owed());
+    CHECK_FALSE(fd_readable(p.b->path().rx_fd()));  // held back...
+    CHECK((p.b->events() & POLLIN) != 0);            // ...yet there for a look
+    p.a->set_cork(false);
+    CHECK_FALSE(p.a->cork_owed());
+    CHECK(fd_readable(p.b->path().rx_fd()));
+  }
+  SECTION("MSG_MORE holds one send back; the next without it rings") {
+    REQUIRE(send_str(*p.a, "head", MSG_MORE).n == 4);
+    CHECK(p.a->cork_owed());
+    CHECK_FALSE(fd_readable(p.b->path().rx_fd()));
+    REQUIRE(send_str(*p.a, "body").n == 4);
+    CHECK_FALSE(p.a->cork_owed());
+    CHECK(fd_readable(p.b->path().rx_fd()));
+  }
+  SECTION("a quarter ring held back rings at once, as TCP sends a full segment") {
+    p.a->set_cork(true);
+    std::vector<uint8_t> big(ring16k / 4 - 10, 'b');
+    REQUIRE(send_bytes(*p.a, big.data(), big.size(), MSG_DONTWAIT).n ==
+            static_cast<ssize_t>(big.size()));
+    CHECK_FALSE(fd_readable(p.b->path().rx_fd()));
+    REQUIRE(send_str(*p.a, "0123456789ab").n == 12);  // past the quarter
+    CHECK_FALSE(p.a->cork_owed());
+    CHECK(fd_readable(p.b->path().rx_fd()));
+    std::vector<uint8_t> sink(ring16k);
+    REQUIRE(recv_bytes(*p.b, sink.data(), sink.size(), MSG_DONTWAIT).n ==
+            static_cast<ssize_t>(big.size() + 12));
+  }
+  SECTION("the deadline's flush rings") {
+    p.a->set_cork(true);
+    REQUIRE(send_str(*p.a, "head").n == 4);
+    CHECK_FALSE(fd_readable(p.b->path().rx_fd()));
+    p.a->flush_cork();
+    CHECK(fd_readable(p.b->path().rx_fd()));
+  }
+  SECTION("close rings, corked or not") {
+    p.a->set_cork(true);
+    REQUIRE(send_str(*p.a, "last").n == 4);
+    CHECK_FALSE(fd_readable(p.b->path().rx_fd()));
+    p.a->close(false);
+    CHECK(fd_readable(p.b->path().rx_fd()));
+    CHECK(recv_str(*p.b, 10, MSG_DONTWAIT) == "last");
+  }
+  CHECK(recv_str(*p.b, 10, MSG_DONTWAIT).size() <= 8);
+  p.b->path().arm_rx(-1);
+}
+
+TEST_CASE("a corked writer that must wait for space wakes its peer first", "[conn][wake][cork]") {
+  conn_pair p(0);
+  p.b->path().arm_rx(1);  // B sleeps, waiting for data
+  std::vector<uint8_t> fill(ring16k - 10, 'f');
+  REQUIRE(send_bytes(*p.a, fill.data(), fill.size(), MSG_DONTWAIT | MSG_NOSIGNAL).n ==
+          static_cast<ssize_t>(fill.size()));
+  REQUIRE(p.b->path().drain_rx());  // (B saw that ring)
+  p.a->set_cork(true);
+  REQUIRE(send_str(*p.a, "0123456789", MSG_DONTWAIT | MSG_NOSIGNAL).n == 10);  // the ring is full
+  CHECK(p.a->cork_owed());
+  CHECK_FALSE(fd_readable(p.b->path().rx_fd()));
+  // A's next send finds no space and waits (50 ms, then EAGAIN): the wait
+  // rings what the cork held back, or B would never make room.
+  set_sock_timeout(p.a_tcp(), SO_SNDTIMEO, 50);
+  io_result r = send_str(*p.a, "x");
+  CHECK(r.n == -1);
+  CHECK(r.err == EAGAIN);
+  CHECK(fd_readable(p.b->path().rx_fd()));
+  CHECK_FALSE(p.a->cork_owed());
   p.b->path().arm_rx(-1);
 }
 
