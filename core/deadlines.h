@@ -6,6 +6,7 @@
 // armed and for a second after; arming and disarming make no system call.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 namespace smc::core::deadlines {
@@ -23,7 +24,8 @@ struct item {
   int64_t at_ms = 0;
   item* prev = nullptr;
   item* next = nullptr;
-  bool linked = false;
+  // Written under the list's lock; its owner may read it without that.
+  std::atomic<bool> linked{false};
 };
 
 /// Arms `it` (its functions set) for `at_ms` (CLOCK_MONOTONIC ms), or moves

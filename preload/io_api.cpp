@@ -533,9 +533,6 @@ __attribute__((visibility("default"))) int recvmmsg(int fd, mmsghdr* vec, unsign
         }
       }
     }
-    if (e->conn->cork_owed()) {
-      cork_deadline(e.get(), fd);
-    }
     if (done == 0 && err != 0) {
       errno = err;
       return -1;
