@@ -311,7 +311,16 @@ state decide_passive_locked(entry* e, int fd, bool may_block);
 void entry_deadline(core::deadlines::item* it) {
   entry* e = of_timer(it);
   {
-    std::lock_guard<std::mutex> lk(e->mu);
+    // A thread of the application's may hold the lock for a while (a
+    // blocking read running the handshake inline, bounded by the peer's
+    // timeouts): the deadline thread never waits for it, which would hold
+    // up every other socket's deadline; it looks again a tick later.
+    std::unique_lock<std::mutex> lk(e->mu, std::try_to_lock);
+    if (!lk.owns_lock()) {
+      core::deadlines::arm(it, now_ms() + untouched_first_ms);
+      fd_put(e);  // (the new arming holds its own reference)
+      return;
+    }
     // Its fd number still names this socket (a last close would have
     // disarmed it under this lock; a dup's close does not).
     const int fd = e->timer_fd;
