@@ -81,34 +81,20 @@ bool recv_exact(int fd, uint8_t* buf, size_t len, int64_t deadline) {
   return true;
 }
 
-// Peeks at least `want` bytes (or whatever is there at EOF / deadline).
-ssize_t peek_wait(int fd, uint8_t* buf, size_t want, int64_t deadline) {
-  for (;;) {
-    ssize_t n = sys().recv(fd, buf, want, MSG_PEEK | MSG_DONTWAIT);
-    if (n == static_cast<ssize_t>(want) || n == 0) {
-      return n;
-    }
-    if (n < 0 && errno != EAGAIN && errno != EINTR) {
-      return -1;
-    }
-    // Partial: if the bytes so far already rule out a CLC message, stop waiting.
-    if (n > 0) {
-      size_t k = std::min<size_t>(static_cast<size_t>(n), 4);
-      if (std::memcmp(buf, clc::eyecatcher_smcr.data(), k) != 0 &&
-          std::memcmp(buf, clc::eyecatcher_smcd.data(), k) != 0) {
-        return n;
-      }
-    }
-    if (!wait_for(fd, POLLIN, deadline)) {
-      return n < 0 ? 0 : n;
-    }
-    if (n > 0) {
-      // More may have arrived, but poll stays ready while the first bytes sit
-      // unread: give the sender a moment instead of spinning.
-      pollfd none{-1, 0, 0};
-      sys().poll(&none, 0, 1);
-    }
+// Waits for more of a CLC message a peek found partial: until the socket
+// is readable, or, while a prefix of it sits unread (poll stays ready for
+// it), a moment. false once the deadline has passed.
+bool wait_more(int fd, bool prefix, int64_t deadline) {
+  if (now_ms() >= deadline) {
+    return false;
   }
+  if (prefix) {
+    pollfd none{-1, 0, 0};
+    sys().poll(&none, 0, 1);
+    return true;
+  }
+  wait_for(fd, POLLIN, deadline);
+  return true;
 }
 
 clc::eid_t our_eid(const hs_params& p) { return clc::make_eid(p.ueid.c_str()); }
@@ -138,18 +124,6 @@ hs_outcome smc(std::unique_ptr<rdma::data_path> path) {
   hs_outcome o;
   o.path = std::move(path);
   return o;
-}
-
-// Reads one whole CLC message (header first, then the rest) with a deadline.
-// Returns false on timeout, EOF or a header that is not CLC.
-bool read_message(int fd, std::vector<uint8_t>& out, clc::header& h, int64_t deadline) {
-  uint8_t hdr[clc::header_len];
-  ssize_t n = peek_wait(fd, hdr, sizeof(hdr), deadline);
-  if (n != static_cast<ssize_t>(sizeof(hdr)) || clc::peek_header(hdr, h) != clc::error::ok) {
-    return false;
-  }
-  out.resize(h.length);
-  return recv_exact(fd, out.data(), out.size(), deadline);
 }
 
 bool eid_in(const std::vector<clc::eid_t>& list, const clc::eid_t& e) {
@@ -270,6 +244,16 @@ std::unique_ptr<rdma::data_path> first_contact_path(rdma::shm::local_side&& me,
   return rdma::shm::make_path(std::move(mine), std::move(theirs), std::move(l));
 }
 
+// Our slot for a connection over link `l` (link::take_own), counted when
+// it was made for it rather than released by an earlier connection.
+std::unique_ptr<rdma::shm::local_side> take_own(rdma::shm::link& l, uint32_t rmb_size) {
+  auto me = l.take_own(rmb_size);
+  if (me && me->reuses == 0) {
+    stats::count_shm_fresh_slot();
+  }
+  return me;
+}
+
 // A slot number from a CLC message's extended GID (0: none).
 uint32_t slot_of(uint64_t gid_ext) {
   return gid_ext <= UINT32_MAX ? static_cast<uint32_t>(gid_ext) : 0;
@@ -293,13 +277,10 @@ hs_outcome client_shm_link(int fd, const clc::accept_confirm_d& acc, const hs_pa
   if (!peer) {
     return fail(reason::rendezvous_failed);
   }
-  auto me = l->take_own(p.rmb_size);
+  auto me = take_own(*l, p.rmb_size);
   if (!me) {
     l->discard(nullptr, std::move(peer));
     return fail(reason::rendezvous_failed);
-  }
-  if (me->reuses == 0) {
-    stats::count_shm_fresh_slot();
   }
   rdma::shm::link::offer(*me, acc.token);
   const clc::accept_confirm_d conf = shm_message(clc::msg_type::confirm, false, me_id, me->token,
@@ -357,6 +338,28 @@ bool consume(int fd, size_t len) {
   return len <= sizeof(buf) && recv_exact(fd, buf, len, now_ms() + 1000);
 }
 
+// Reads one whole CLC message of any type, waiting until `deadline`.
+// false on timeout, EOF or bytes that are not a CLC message.
+bool read_message(int fd, std::vector<uint8_t>& out, clc::header& h, int64_t deadline) {
+  uint8_t buf[clc::max_msg_len];
+  constexpr unsigned any = (1u << 1) | (1u << 2) | (1u << 3) | (1u << 4);
+  for (bool prefix = false;;) {
+    switch (peek_message(fd, buf, h, any, prefix)) {
+      case peeked::whole:
+        out.assign(buf, buf + h.length);
+        return consume(fd, h.length);
+      case peeked::eof:
+      case peeked::other:
+        return false;
+      case peeked::partial:
+        break;
+    }
+    if (!wait_more(fd, prefix, deadline)) {
+      return false;
+    }
+  }
+}
+
 }  // namespace
 
 struct hs_step {
@@ -368,6 +371,7 @@ struct hs_step {
   phase ph = phase::proposed;
   int64_t deadline = 0;    // the handshake's own (the first wait's end)
   int64_t wait_until = 0;  // the current wait's end
+  bool prefix = false;     // the last look found part of the message it waits for
   uint64_t me_id = 0;
   std::optional<rdma::verbs::gid_choice> gid;  // ours, for SMC-R
   bool want_shm = false;                       // client: shm proposed
@@ -395,12 +399,9 @@ namespace {
 // unset when no slot could be had (a first contact follows instead).
 bool link_accept(hs_step& s, int fd, std::shared_ptr<rdma::shm::link> l, const hs_params& p,
                  std::optional<hs_outcome>& out) {
-  auto me = l->take_own(p.rmb_size);
+  auto me = take_own(*l, p.rmb_size);
   if (!me) {
     return false;
-  }
-  if (me->reuses == 0) {
-    stats::count_shm_fresh_slot();
   }
   rdma::shm::link::offer(*me, me->token);
   const clc::accept_confirm_d acc =
@@ -522,6 +523,7 @@ step_result client_answer(hs_step& s, int fd, const hs_params& p, bool may_block
   switch (peek_message(fd, buf, h, mask_reply, prefix)) {
     case peeked::partial:
       if (now_ms() < s.wait_until) {
+        s.prefix = prefix;
         return step_result::wait;
       }
       if (prefix) {
@@ -619,10 +621,12 @@ step_result client_answer(hs_step& s, int fd, const hs_params& p, bool may_block
 
 }  // namespace
 
-start_kind peek_clc(int fd, unsigned type_mask, size_t& msg_len) {
+namespace {
+
+// peek_clc, also saying whether a need_more has a prefix of a message there.
+start_kind peek_clc_prefix(int fd, unsigned type_mask, size_t& msg_len, bool& prefix) {
   uint8_t buf[clc::max_msg_len];
   clc::header h;
-  bool prefix = false;
   switch (peek_message(fd, buf, h, type_mask, prefix)) {
     case peeked::partial:
       return start_kind::need_more;
@@ -661,23 +665,22 @@ start_kind peek_clc(int fd, unsigned type_mask, size_t& msg_len) {
   return start_kind::match;
 }
 
+}  // namespace
+
+start_kind peek_clc(int fd, unsigned type_mask, size_t& msg_len) {
+  bool prefix = false;
+  return peek_clc_prefix(fd, type_mask, msg_len, prefix);
+}
+
 start_kind await_clc(int fd, unsigned type_mask, size_t& msg_len, int64_t deadline_ms) {
   for (;;) {
-    start_kind k = peek_clc(fd, type_mask, msg_len);
+    bool prefix = false;
+    start_kind k = peek_clc_prefix(fd, type_mask, msg_len, prefix);
     if (k != start_kind::need_more) {
       return k;
     }
-    uint8_t probe;
-    const bool prefix = sys().recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
-    if (now_ms() >= deadline_ms) {
+    if (!wait_more(fd, prefix, deadline_ms)) {
       return prefix ? start_kind::not_clc : start_kind::need_more;
-    }
-    if (prefix) {
-      // poll stays ready while the prefix sits unread: look again shortly.
-      pollfd none{-1, 0, 0};
-      sys().poll(&none, 0, 2);
-    } else {
-      wait_for(fd, POLLIN, deadline_ms);
     }
   }
 }
@@ -876,6 +879,7 @@ step_result server_confirm(hs_step& s, int fd, hs_outcome& out) {
   switch (peek_message(fd, buf, h, mask, prefix)) {
     case peeked::partial:
       if (now_ms() < s.wait_until) {
+        s.prefix = prefix;
         return step_result::wait;
       }
       s.l->discard(std::move(s.me), nullptr);
@@ -937,23 +941,13 @@ step_result hs_advance(hs_step& s, int fd, const hs_params& p, bool may_block, h
 }
 
 hs_outcome hs_finish(hs_step& s, int fd, const hs_params& p) {
-  bool bytes = false;  // the last look found bytes that were not yet the message
   for (;;) {
     hs_outcome out;
+    s.prefix = false;
     if (hs_advance(s, fd, p, true, out) == step_result::done) {
       return out;
     }
-    uint8_t probe;
-    if (sys().recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT) <= 0) {
-      bytes = false;
-      wait_for(fd, POLLIN, s.wait_until);
-    } else if (bytes) {
-      // A prefix sits unread and poll stays ready: give the sender a moment.
-      pollfd none{-1, 0, 0};
-      sys().poll(&none, 0, 1);
-    } else {
-      bytes = true;  // (the message may have come since that look: look again now)
-    }
+    wait_more(fd, s.prefix, s.wait_until);  // (past it, the next look ends the step)
   }
 }
 
