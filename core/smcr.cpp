@@ -1111,8 +1111,9 @@ std::shared_ptr<slot> make_slot(const std::shared_ptr<link_group>& g, uint32_t r
     s->token = g_next_token.fetch_add(1);
   }
   s->rmb = v::memory_region::create(g->dev_, rmb_size, true);
-  s->rx_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  s->tx_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  // Numbered out of the application's way, as the transports' fds (rdma/sys.h).
+  s->rx_efd = rdma::place_fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  s->tx_efd = rdma::place_fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!s->rmb || s->rx_efd < 0 || s->tx_efd < 0) {
     return nullptr;
   }

@@ -196,7 +196,6 @@ bool start_background(entry* e, int fd, Job&& job) {
   e->refs.fetch_add(1);
   e->st.store(state::deciding, std::memory_order_release);
   const bool ok = core::background::run([e, fd, dfd, job = std::forward<Job>(job)] {
-    rdma::set_high_fds(true);  // (a thread of ours: what the handshake makes goes high)
     job(e, fd, dfd);
     real.close(dfd);
     fd_put(e);
@@ -257,7 +256,6 @@ state step_on_locked(entry* e, int fd) {
     return e->st.load();
   }
   core::hs_outcome out;
-  rdma::high_fds_scope high;  // (a fresh slot's or a received slot's fds)
   switch (core::hs_advance(*e->step, fd, hs_params(), false, out)) {
     case core::step_result::wait: {
       core::stats::count_step_wait();

@@ -67,12 +67,6 @@ bool send_with_fds(int sock, const void* data, size_t len, const int* fds, size_
   return n == static_cast<ssize_t>(len);
 }
 
-namespace {
-thread_local bool t_high_fds = false;
-}  // namespace
-
-bool set_high_fds(bool on) { return std::exchange(t_high_fds, on); }
-
 int high_fd_base() {
   static const int base = [] {
     rlimit rl{};
@@ -85,7 +79,7 @@ int high_fd_base() {
 }
 
 int place_fd(int fd) {
-  if (!t_high_fds || fd < 0 || fd >= high_fd_base()) {
+  if (fd < 0 || fd >= high_fd_base()) {
     return fd;
   }
   const int saved = errno;

@@ -43,29 +43,19 @@ sys_calls& sys();
 
 // ---- where our own fds go ----
 
-/// On a thread that sets it (the background threads that run handshakes,
-/// core/background), fds the transports make or receive are renumbered to
-/// half the soft RLIMIT_NOFILE or above (high_fd_base()), so that fds made
-/// while the application makes its own never take the low numbers its
-/// next sockets would get (event loops size tables by the fd numbers they
-/// expect). The application's own threads keep the kernel's numbering (it
-/// costs two system calls per fd), except while a handshake step runs on
-/// one (high_fds_scope). Returns the thread's setting before.
-bool set_high_fds(bool on);
-/// set_high_fds(true) for a scope, then what it was.
-struct high_fds_scope {
-  high_fds_scope() : was_(set_high_fds(true)) {}
-  ~high_fds_scope() { set_high_fds(was_); }
-  high_fds_scope(const high_fds_scope&) = delete;
-  high_fds_scope& operator=(const high_fds_scope&) = delete;
-
- private:
-  bool was_;
-};
+/// Fds the transports make or receive that outlive the call (a link's
+/// socket, a slot's memfds and doorbells, a received peer's) are
+/// renumbered to half the soft RLIMIT_NOFILE or above (high_fd_base()), on
+/// every thread: event loops size their tables by the fd numbers they
+/// expect (wrk's holds 10 + 3 per connection; a first contact inside a
+/// blocking connect() left a dozen fds below its next socket, whose
+/// registration then failed). Two system calls per fd, paid only when a
+/// link or a slot is made, not per connection.
+///
 /// Half the soft RLIMIT_NOFILE (512 if unlimited or unknown).
 int high_fd_base();
-/// fd renumbered as above on such a thread (close-on-exec), else fd itself;
-/// fd itself too when no number that high is free.
+/// fd renumbered as above (close-on-exec); fd itself when no number that
+/// high is free.
 int place_fd(int fd);
 
 // ---- fds a peer can reach ----

@@ -1325,6 +1325,35 @@ def cli_rcvlowat(C):
     s.close()
 
 
+# 45. The fd numbers a connection leaves behind: an event loop that sizes
+# its table by the fds it expects (wrk: 10 + 3 per connection) must find
+# no more fds below its next sockets after a connection than on TCP (what
+# a library keeps open goes to half the soft RLIMIT_NOFILE or above).
+def low_fds():
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    bound = 512 if soft == resource.RLIM_INFINITY else soft // 2
+    return set(int(f) for f in os.listdir("/proc/self/fd") if int(f) < bound)
+
+
+def srv_fd_numbers(S):
+    before = low_fds()
+    c = S.accept(timeout=None)
+    c.sendall(recv_exact(c, 2))
+    wait_eof(S, c)
+    c.close()
+    S.out("low fds left open by the connection", len(low_fds() - before))
+
+
+def cli_fd_numbers(C):
+    before = low_fds()
+    s = C.connect(timeout=None)
+    s.sendall(b"hi")
+    C.out("echo", attempt(recv_exact, s, 2))
+    s.close()
+    C.out("low fds left open by the connection", len(low_fds() - before))
+
+
 CASES = [
     ("echo_blocking", srv_echo_blocking, cli_echo_blocking),
     ("echo_rounds", srv_echo_rounds, cli_echo_rounds),
@@ -1371,6 +1400,7 @@ CASES = [
     ("connect_again", srv_hi_then_eof, cli_connect_again),
     ("small_writes", srv_small, cli_small),
     ("rcvlowat", srv_rcvlowat, cli_rcvlowat),
+    ("fd_numbers", srv_fd_numbers, cli_fd_numbers),
 ]
 
 
