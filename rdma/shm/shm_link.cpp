@@ -46,7 +46,9 @@ constexpr size_t max_links = 64;        // per process; the least recently used 
 constexpr size_t max_fresh = 64;        // peer slots announced, not yet used (one per
                                         // handshake in flight)
 constexpr int max_fresh_all = 512;      // the same, on all links of the process
-constexpr size_t max_peer_slots = 512;  // peer slots known on one link
+constexpr size_t max_own_slots = 512;    // our slots on one link (lent, idle, closing)
+constexpr size_t max_peer_slots = 1024;  // peer slots known on one link (its own bound,
+                                         // and slots it destroyed while lent)
 constexpr size_t max_closing = 256;     // our slots ended here, not released yet
 constexpr int pump_batch = 256;         // messages taken in one look
 constexpr uint32_t pump_every = 8;      // connections between two looks at the link
@@ -293,6 +295,12 @@ std::unique_ptr<local_side> link::take_own(uint32_t rmb_size) {
     }
     s.own_lent.insert(me->slot);
     return me;
+  }
+  // More would break the peer's bound on the slots it knows (the link
+  // would be dropped): this connection goes without the link instead.
+  if (s.own_lent.size() + s.free.size() + s.closing.size() >= max_own_slots) {
+    errno = ENOSPC;
+    return nullptr;
   }
   std::unique_ptr<local_side> me(new (std::nothrow) local_side());
   if (!me) {
