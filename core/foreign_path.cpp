@@ -12,6 +12,7 @@
 
 #include "core/cdc.h"
 #include "core/conn.h"
+#include "rdma/sys.h"
 
 namespace smc::core {
 
@@ -22,7 +23,7 @@ namespace {
 
 class foreign_path final : public data_path {
  public:
-  foreign_path() : efd_(::eventfd(1, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+  foreign_path() : efd_(rdma::place_fd(::eventfd(1, EFD_NONBLOCK | EFD_CLOEXEC))) {}
   ~foreign_path() override {
     if (efd_ >= 0) {
       ::close(efd_);

@@ -299,7 +299,7 @@ uint64_t offer(const std::shared_ptr<conn>& c, int tcp_fd) {
     cannot_move(c, tcp_fd, std::strerror(errno));
     return 0;
   }
-  o.proof_fd = sys().fcntl(tcp_fd, F_DUPFD_CLOEXEC, 0);
+  o.proof_fd = rdma::place_fd(sys().fcntl(tcp_fd, F_DUPFD_CLOEXEC, 0));  // (held up to 10 s)
   if (o.proof_fd < 0) {
     cannot_move(c, tcp_fd, std::strerror(errno));
     return 0;

@@ -244,6 +244,10 @@ std::unique_ptr<rdma::data_path> first_contact_path(rdma::shm::local_side&& me,
   return rdma::shm::make_path(std::move(mine), std::move(theirs), std::move(l));
 }
 
+// What a failure to make a connection's buffers is: `otherwise`, or no_fds
+// when the fd numbers left to the library ran out (errno EMFILE).
+reason short_of(reason otherwise) { return errno == EMFILE ? reason::no_fds : otherwise; }
+
 // Our slot for a connection over link `l` (link::take_own), counted when
 // it was made for it rather than released by an earlier connection.
 std::unique_ptr<rdma::shm::local_side> take_own(rdma::shm::link& l, uint32_t rmb_size) {
@@ -279,15 +283,16 @@ hs_outcome client_shm_link(int fd, const clc::accept_confirm_d& acc, const hs_pa
   }
   auto me = take_own(*l, p.rmb_size);
   if (!me) {
+    const reason r = short_of(reason::rendezvous_failed);
     l->discard(nullptr, std::move(peer));
-    return fail(reason::rendezvous_failed);
+    return fail(r);
   }
   rdma::shm::link::offer(*me, acc.token);
   const clc::accept_confirm_d conf = shm_message(clc::msg_type::confirm, false, me_id, me->token,
                                                  me->rmb->size(), acc.link_id, me->slot, p);
   auto path = rdma::shm::make_path(std::move(me), std::move(peer), l);
   if (!path) {
-    return fail(reason::out_of_memory);
+    return fail(short_of(reason::out_of_memory));
   }
   if (!send_all(fd, clc::encode(conf), deadline)) {
     return broken(reason::internal);
@@ -591,7 +596,7 @@ step_result client_answer(hs_step& s, int fd, const hs_params& p, bool may_block
   }
   rdma::shm::local_side me;
   if (!me.init(p.rmb_size)) {
-    return decline(reason::out_of_memory);
+    return decline(short_of(reason::out_of_memory));
   }
   const uint64_t my_token = me.token;
   const uint32_t my_size = me.rmb->size();
@@ -829,7 +834,7 @@ hs_outcome server_first_contact(hs_step& s, int fd, const hs_params& p) {
     return fallback(r);
   };
   if (!me.init(p.rmb_size)) {
-    return decline(reason::out_of_memory);
+    return decline(short_of(reason::out_of_memory));
   }
   if (!rv.open(s.me_id)) {
     return decline(reason::rendezvous_failed);

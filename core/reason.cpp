@@ -22,6 +22,7 @@ const char* to_name(reason r) {
     case reason::out_of_memory: return "out_of_memory";
     case reason::internal: return "internal";
     case reason::busy: return "busy";
+    case reason::no_fds: return "no_fds";
     case reason::count_: break;
   }
   return "unknown";
@@ -35,6 +36,7 @@ uint32_t to_decline_code(reason r) {
     case reason::clc_timeout: return 0x02000000;        // timeout class
     case reason::clc_malformed: return 0x03040000;      // MODEUNSUPP
     case reason::out_of_memory: return 0x01010000;      // MEM
+    case reason::no_fds: return 0x01010000;             // MEM
     case reason::rendezvous_failed: return 0x09990003;  // ERR_REGBUF
     case reason::out_of_sync: return 0x04000000;        // SYNCERR
     default: return 0x09990000;                         // INTERR

@@ -25,6 +25,7 @@ enum class reason : uint8_t {
   out_of_memory,        // buffers could not be created
   internal,             // anything else
   busy,                 // server: too many handshakes in flight; declined at once
+  no_fds,               // no fd number left that is not the application's (rdma::place_fd)
   count_,
 };
 

@@ -183,8 +183,10 @@ void atfork_prepare() {
   core::conn_registry_lock();
   rdma::shm::lock_for_fork();
   core::deadlines::lock_for_fork();  // (its holders take no other lock)
+  rdma::nofile_lock();               // (nor do this one's)
 }
 void atfork_parent() {
+  rdma::nofile_unlock();
   core::deadlines::unlock_after_fork();
   untouched_after_fork();
   rdma::shm::after_fork(false);
@@ -277,6 +279,7 @@ void init_slow() {
 namespace {
 
 void atfork_child() {
+  rdma::nofile_unlock();
   core::deadlines::forget_after_fork();
   rdma::shm::after_fork(true);
   fd_table_unlock_all();

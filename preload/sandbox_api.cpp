@@ -29,6 +29,7 @@
 #include "core/host_id.h"
 #include "core/log.h"
 #include "preload/preload.h"
+#include "rdma/sys.h"
 
 namespace smc::preload {
 
@@ -100,6 +101,24 @@ void before_limit(int res, const rlimit* rl) {
   }
 }
 
+// The real call of an application's setrlimit/prlimit. A change of
+// RLIMIT_NOFILE waits for a placement of one of our fds under way
+// (rdma::place_fd raises and restores the soft limit around it), so the
+// restore cannot undo it. Not instrumented: ASan's own start-up sets
+// limits before it can run instrumented code.
+template <class Fn, class... Args>
+__attribute__((no_sanitize_address)) int limit_call(bool nofile, Fn fn, Args... args) {
+  if (!nofile) {
+    return fn(args...);
+  }
+  rdma::nofile_lock();
+  const int rc = fn(args...);
+  const int saved = errno;
+  rdma::nofile_unlock();
+  errno = saved;
+  return rc;
+}
+
 void before_limit64(int res, const rlimit64* rl) {
   if (rl != nullptr) {
     rlimit r{static_cast<rlim_t>(rl->rlim_cur), static_cast<rlim_t>(rl->rlim_max)};
@@ -168,7 +187,7 @@ __attribute__((visibility("default"), no_sanitize_address)) int setrlimit(__rlim
     ensure_init();
     before_limit(res, rl);
   }
-  return next_fn(real.setrlimit, "setrlimit")(res, rl);
+  return limit_call(res == RLIMIT_NOFILE, next_fn(real.setrlimit, "setrlimit"), res, rl);
 }
 
 __attribute__((visibility("default"), no_sanitize_address)) int setrlimit64(
@@ -177,7 +196,7 @@ __attribute__((visibility("default"), no_sanitize_address)) int setrlimit64(
     ensure_init();
     before_limit64(res, rl);
   }
-  return next_fn(real.setrlimit64, "setrlimit64")(res, rl);
+  return limit_call(res == RLIMIT_NOFILE, next_fn(real.setrlimit64, "setrlimit64"), res, rl);
 }
 
 __attribute__((visibility("default"), no_sanitize_address)) int prlimit(
@@ -186,7 +205,8 @@ __attribute__((visibility("default"), no_sanitize_address)) int prlimit(
     ensure_init();
     before_limit(res, rl);
   }
-  return next_fn(real.prlimit, "prlimit")(pid, res, rl, old);
+  return limit_call(res == RLIMIT_NOFILE && rl != nullptr && (pid == 0 || pid == getpid()),
+                    next_fn(real.prlimit, "prlimit"), pid, res, rl, old);
 }
 
 __attribute__((visibility("default"), no_sanitize_address)) int prlimit64(
@@ -195,7 +215,8 @@ __attribute__((visibility("default"), no_sanitize_address)) int prlimit64(
     ensure_init();
     before_limit64(res, rl);
   }
-  return next_fn(real.prlimit64, "prlimit64")(pid, res, rl, old);
+  return limit_call(res == RLIMIT_NOFILE && rl != nullptr && (pid == 0 || pid == getpid()),
+                    next_fn(real.prlimit64, "prlimit64"), pid, res, rl, old);
 }
 
 // After chroot() the host's identity (boot id, network namespace: read from

@@ -486,7 +486,8 @@ int decided_wait_fd(entry* e) {
     return -1;
   }
   if (e->decided_fd < 0) {
-    e->decided_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    // It lives as long as the socket: out of the application's numbers.
+    e->decided_fd = rdma::place_fd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   }
   return e->decided_fd;
 }

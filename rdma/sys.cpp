@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <utility>
 
 namespace smc::rdma {
@@ -73,22 +75,72 @@ int high_fd_base() {
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) {
       return 512;
     }
-    return static_cast<int>(std::min<rlim_t>(rl.rlim_cur / 2, 1 << 20));
+    return static_cast<int>(std::min<rlim_t>(rl.rlim_cur - rl.rlim_cur / 4, 1 << 20));
   }();
   return base;
 }
 
+namespace {
+
+std::mutex g_nofile_mu;
+
+// The soft and hard RLIMIT_NOFILE, or set them: the raw system call, past
+// the preload's own setrlimit/prlimit (which would take g_nofile_mu).
+bool nofile_limit(const rlimit* set, rlimit* get) {
+  return ::syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, set, get) == 0;
+}
+
+static_assert(sizeof(rlimit) == 16, "prlimit64 takes two 64-bit limits");
+
+// How far above the soft limit the library's fds may go.
+constexpr rlim_t own_span = 1 << 16;
+
+// A copy of fd numbered as place_fd() says, or -1 (fd untouched).
+int move_high(int fd) {
+  int high = -1;
+  {
+    std::lock_guard<std::mutex> lk(g_nofile_mu);
+    rlimit rl{};
+    if (nofile_limit(nullptr, &rl) && rl.rlim_cur != RLIM_INFINITY &&
+        static_cast<rlim_t>(fd) < rl.rlim_cur && rl.rlim_cur <= static_cast<rlim_t>(INT32_MAX)) {
+      // Up to the hard limit; past it where the process may raise that too
+      // (CAP_SYS_RESOURCE: a server started as root; restored as well).
+      rlimit up = rl;
+      up.rlim_cur = rl.rlim_max > rl.rlim_cur ? std::min<rlim_t>(rl.rlim_max, rl.rlim_cur + own_span)
+                                              : rl.rlim_cur + own_span;
+      up.rlim_max = std::max(rl.rlim_max, up.rlim_cur);
+      if (nofile_limit(&up, nullptr)) {
+        high = sys().fcntl(fd, F_DUPFD_CLOEXEC, static_cast<int>(rl.rlim_cur));
+        nofile_limit(&rl, nullptr);
+      }
+    }
+  }
+  if (high < 0) {
+    high = sys().fcntl(fd, F_DUPFD_CLOEXEC, high_fd_base());
+  }
+  return high;
+}
+
+}  // namespace
+
+void nofile_lock() { g_nofile_mu.lock(); }
+void nofile_unlock() { g_nofile_mu.unlock(); }
+
 int place_fd(int fd) {
-  if (fd < 0 || fd >= high_fd_base()) {
+  if (fd < 0) {
     return fd;
   }
   const int saved = errno;
-  const int high = sys().fcntl(fd, F_DUPFD_CLOEXEC, high_fd_base());
-  if (high < 0) {
+  const int high = move_high(fd);
+  if (high < 0 && fd >= high_fd_base()) {
     errno = saved;
-    return fd;
+    return fd;  // (in our quarter already, and nothing higher free)
   }
   sys().close(fd);
+  if (high < 0) {
+    errno = EMFILE;
+    return -1;
+  }
   errno = saved;
   return high;
 }
@@ -205,8 +257,19 @@ ssize_t recv_with_fds(int sock, void* data, size_t len, std::vector<int>& fds, b
   if (n < 0) {
     return n;
   }
-  for_each_passed_fd(&msg, [&](int fd) { fds.push_back(place_fd(fd)); });
   truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
+  for_each_passed_fd(&msg, [&](int fd) {
+    const int high = move_high(fd);
+    if (high >= 0) {
+      sys().close(fd);  // (its copy keeps the file)
+      fds.push_back(high);
+    } else if (fd >= high_fd_base()) {
+      fds.push_back(fd);
+    } else {
+      close_untrusted(fd);  // no number left for it: the message is short of it
+      truncated = true;
+    }
+  });
   return n;
 }
 

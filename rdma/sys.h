@@ -44,19 +44,40 @@ sys_calls& sys();
 // ---- where our own fds go ----
 
 /// Fds the transports make or receive that outlive the call (a link's
-/// socket, a slot's memfds and doorbells, a received peer's) are
-/// renumbered to half the soft RLIMIT_NOFILE or above (high_fd_base()), on
-/// every thread: event loops size their tables by the fd numbers they
-/// expect (wrk's holds 10 + 3 per connection; a first contact inside a
-/// blocking connect() left a dozen fds below its next socket, whose
-/// registration then failed). Two system calls per fd, paid only when a
-/// link or a slot is made, not per connection.
+/// socket, a slot's memfds and doorbells, a received peer's, SMC-R's
+/// eventfds) never take a number the application could get:
 ///
-/// Half the soft RLIMIT_NOFILE (512 if unlimited or unknown).
+/// - Where the hard RLIMIT_NOFILE allows, they go at or above the soft
+///   limit, which is raised for the one fcntl(F_DUPFD_CLOEXEC) that moves
+///   them there and restored right after. The application keeps every
+///   number below its limit, as on TCP: its next socket gets the number it
+///   would have got, and it runs out of fds exactly when it would have
+///   (redis-server under a soft limit of 1024 refused clients after 104
+///   SMC connections when the library's fds took its numbers).
+/// - Otherwise (soft = hard, and no CAP_SYS_RESOURCE) in the top quarter
+///   below the soft limit (high_fd_base() and up), and never lower: when
+///   none is free there, the fd is closed and the caller fails with
+///   EMFILE (the connection stays TCP). The application then has three
+///   quarters of its numbers to itself.
+///
+/// Event loops size their tables by the fd numbers they expect too (wrk:
+/// 10 + 3 per connection). Five system calls per fd, paid when a link or
+/// a slot is made, not per connection. The application's own changes of
+/// the limit (setrlimit, prlimit) wait for a placement under way
+/// (nofile_lock()).
+///
+/// Three quarters of the soft RLIMIT_NOFILE (512 if unlimited or
+/// unknown), read once.
 int high_fd_base();
-/// fd renumbered as above (close-on-exec); fd itself when no number that
-/// high is free.
+/// fd renumbered as above (close-on-exec), or -1 with errno EMFILE (fd
+/// closed); fd < 0 is passed through.
 int place_fd(int fd);
+/// Held while the soft RLIMIT_NOFILE is raised for a placement: the
+/// preload's setrlimit/prlimit of RLIMIT_NOFILE take it too, so the
+/// restore never undoes the application's own change. Taken last of the
+/// library's locks before fork(), released in parent and child.
+void nofile_lock();
+void nofile_unlock();
 
 // ---- fds a peer can reach ----
 

@@ -140,6 +140,12 @@ bool bell_pair(int& bell, int& ring) {
   }
   bell = place_fd(sv[0]);
   ring = place_fd(sv[1]);
+  if (bell < 0 || ring < 0) {  // (no fd number left that is not the application's)
+    close_fd(bell);
+    close_fd(ring);
+    errno = EMFILE;
+    return false;
+  }
   // The peer rings through `ring`: it must never park an fd on `bell`.
   if (!refuse_passed_fds(bell)) {
     g_bells_take_fds.store(true, std::memory_order_relaxed);

@@ -15,7 +15,7 @@ set -u
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 apps=("$@")
 if [ ${#apps[@]} -eq 0 ]; then
-  apps=(redis nginx memcached iperf3 sockperf socat node_cluster nginx_proxy nginx_php twemproxy haproxy sshd)
+  apps=(redis redis_fdlimit nginx memcached iperf3 sockperf socat node_cluster nginx_proxy nginx_php twemproxy haproxy sshd)
 fi
 passed=0
 failed=0
