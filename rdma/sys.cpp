@@ -75,7 +75,7 @@ int high_fd_base() {
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) {
       return 512;
     }
-    return static_cast<int>(std::min<rlim_t>(rl.rlim_cur - rl.rlim_cur / 4, 1 << 20));
+    return static_cast<int>(std::min<rlim_t>(rl.rlim_cur / 2, 1 << 20));
   }();
   return base;
 }
@@ -134,7 +134,7 @@ int place_fd(int fd) {
   const int high = move_high(fd);
   if (high < 0 && fd >= high_fd_base()) {
     errno = saved;
-    return fd;  // (in our quarter already, and nothing higher free)
+    return fd;  // (in our half already, and nothing higher free)
   }
   sys().close(fd);
   if (high < 0) {
@@ -259,16 +259,14 @@ ssize_t recv_with_fds(int sock, void* data, size_t len, std::vector<int>& fds, b
   }
   truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
   for_each_passed_fd(&msg, [&](int fd) {
+    // Where no number out of the application's way is free, the fd stays
+    // where it came: a message refused here would end a connection that
+    // is already SMC at the peer (its slot announced, its Confirm sent).
     const int high = move_high(fd);
     if (high >= 0) {
       sys().close(fd);  // (its copy keeps the file)
-      fds.push_back(high);
-    } else if (fd >= high_fd_base()) {
-      fds.push_back(fd);
-    } else {
-      close_untrusted(fd);  // no number left for it: the message is short of it
-      truncated = true;
     }
+    fds.push_back(high >= 0 ? high : fd);
   });
   return n;
 }

@@ -54,11 +54,12 @@ sys_calls& sys();
 ///   would have got, and it runs out of fds exactly when it would have
 ///   (redis-server under a soft limit of 1024 refused clients after 104
 ///   SMC connections when the library's fds took its numbers).
-/// - Otherwise (soft = hard, and no CAP_SYS_RESOURCE) in the top quarter
+/// - Otherwise (soft = hard, and no CAP_SYS_RESOURCE) in the upper half
 ///   below the soft limit (high_fd_base() and up), and never lower: when
 ///   none is free there, the fd is closed and the caller fails with
-///   EMFILE (the connection stays TCP). The application then has three
-///   quarters of its numbers to itself.
+///   EMFILE (the connection stays TCP). Fds a peer sent
+///   (recv_with_fds) stay where they came when nothing higher is free: a
+///   connection the peer already made SMC cannot fall back.
 ///
 /// Event loops size their tables by the fd numbers they expect too (wrk:
 /// 10 + 3 per connection). Five system calls per fd, paid when a link or
@@ -66,8 +67,7 @@ sys_calls& sys();
 /// the limit (setrlimit, prlimit) wait for a placement under way
 /// (nofile_lock()).
 ///
-/// Three quarters of the soft RLIMIT_NOFILE (512 if unlimited or
-/// unknown), read once.
+/// Half the soft RLIMIT_NOFILE (512 if unlimited or unknown), read once.
 int high_fd_base();
 /// fd renumbered as above (close-on-exec), or -1 with errno EMFILE (fd
 /// closed); fd < 0 is passed through.
