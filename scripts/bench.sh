@@ -238,9 +238,9 @@ wl_connrr() {
 }
 
 redis_port=6379
-start_redis() {  # start_redis LOG MODE TAG: sets BG, returns non-zero if it does not listen
+start_redis() {  # start_redis LOG MODE TAG [MAXCLIENTS]: sets BG, returns non-zero if it does not listen
   start_bg "$1" "$2" "$3" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$tmp" --daemonize no --protected-mode no --maxclients 10000
+    --dir "$tmp" --daemonize no --protected-mode no --maxclients "${4:-10000}"
   if ! wait_listen "$redis_port" "$BG"; then
     note "$3: redis-server did not listen ($(log_tail "$1"))"
     stop_bg "$BG" KILL
@@ -522,6 +522,17 @@ sys_connrr() {
 
 fd_count() { local f=(/proc/"$1"/fd/*); echo "${#f[@]}"; }
 
+# fd_low PID: how many of the process's fds are numbered below its soft
+# RLIMIT_NOFILE (the numbers the application itself can get).
+fd_low() {
+  local f n=0 lim
+  lim=$(awk '/^Max open files/ { print $4 }' "/proc/$1/limits")
+  for f in /proc/"$1"/fd/*; do
+    [ "${f##*/}" -lt "$lim" ] && n=$((n + 1))
+  done
+  echo "$n"
+}
+
 # fd_kinds PID: "kind count" of the process's fds (socket, pipe, anon_inode:[...], path).
 fd_kinds() {
   local f
@@ -534,12 +545,19 @@ fd_kinds() {
 # redis-server's fds per idle connection: BENCH_IDLE clients connect, each
 # sends one PING and reads +PONG, then all stay idle while the fds are counted.
 sys_idle() {
-  local mode=$1 tag="sys.idle.$1" spid rpid base after cpid i
-  start_redis "$tag.server" "$mode" "$tag.server" || return
+  local mode=$1 tag="sys.idle.$1" spid rpid base after cpid i soft low0 ok=0
+  # redis-server runs with a soft RLIMIT_NOFILE of 2048 (its maxclients
+  # 10000 would have it raise the limit to the hard one): the library's
+  # fds go above it where the hard limit leaves room.
+  soft=$(ulimit -S -n)
+  ulimit -S -n 2048 && start_redis "$tag.server" "$mode" "$tag.server" 2016 && ok=1
+  ulimit -S -n "$soft"
+  [ "$ok" = 1 ] || return
   spid=$BG
   rpid=$(child_pid "$spid")
   sleep 0.3
   base=$(fd_count "$rpid")
+  low0=$(fd_low "$rpid")
   fd_kinds "$rpid" >"$tmp/$tag.kinds0"
   rm -f "$tmp/idle.ready" "$tmp/idle.release"
   wrap "$mode" "$tag.client"
@@ -556,6 +574,8 @@ sys_idle() {
     after=$(fd_count "$rpid")
     fd_kinds "$rpid" >"$tmp/$tag.kinds1"
     SYS["idle_server.$mode"]=$(per_op "$base" "$after" "$idle_conns")
+    SYS["idle_server_low.$mode"]=$(per_op "$low0" "$(fd_low "$rpid")" "$idle_conns")
+    SYS["idle_server_limit.$mode"]=$(awk '/^Max open files/ { print $4 ":" $5 }' "/proc/$rpid/limits")
     read -r _ cb ca <"$tmp/idle.ready"
     SYS["idle_client.$mode"]=$(per_op "$cb" "$ca" "$idle_conns")
     BRK["idle_server.$mode"]=$(join -t $'\t' -a 2 -e 0 -o 0,1.2,2.2 <(sort "$tmp/$tag.kinds0") <(sort "$tmp/$tag.kinds1") |
@@ -618,6 +638,7 @@ wl_syscalls() {
   printf '%-52s %10s %10s\n' "redis-benchmark syscalls per GET (strace -f -c)" "$(get redis_bench.tcp)" "$(get redis_bench.smc)"
   printf '%-52s %10s %10s\n' "connrr client syscalls per connection" "$(get connrr.tcp)" "$(get connrr.smc)"
   printf '%-52s %10s %10s\n' "redis-server fds per idle connection ($idle_conns)" "$(get idle_server.tcp)" "$(get idle_server.smc)"
+  printf '%-52s %10s %10s\n' "  of them below its soft RLIMIT_NOFILE ($(get idle_server_limit.smc))" "$(get idle_server_low.tcp)" "$(get idle_server_low.smc)"
   printf '%-52s %10s %10s\n' "  idle client (python) fds per connection" "$(get idle_client.tcp)" "$(get idle_client.smc)"
   echo
   printf '%-52s %10s %10s  %s\n' "connrr client syscalls per connection" "measured" "vs TCP" "target"
