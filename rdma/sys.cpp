@@ -14,7 +14,6 @@
 #include <cstdint>
 #include <cstring>
 #include <mutex>
-#include <optional>
 #include <utility>
 
 namespace smc::rdma {
@@ -96,19 +95,25 @@ static_assert(sizeof(rlimit) == 16, "prlimit64 takes two 64-bit limits");
 // How far above the soft limit the library's fds may go.
 constexpr rlim_t own_span = 1 << 16;
 
-// The placement batch this thread is in (placement_batch), or null.
-thread_local placement_batch* t_batch = nullptr;
-
 // A copy of fd numbered as place_fd() says, or -1 (fd untouched).
 int move_high(int fd) {
   int high = -1;
-  std::optional<placement_batch> own;  // (unless this thread is in one)
-  if (t_batch == nullptr) {
-    own.emplace();
-  }
-  const int above = t_batch != nullptr ? t_batch->above() : 0;
-  if (above > 0 && fd < above) {
-    high = sys().fcntl(fd, F_DUPFD_CLOEXEC, above);
+  {
+    std::lock_guard<std::mutex> lk(g_nofile_mu);
+    rlimit rl{};
+    if (nofile_limit(nullptr, &rl) && rl.rlim_cur != RLIM_INFINITY &&
+        static_cast<rlim_t>(fd) < rl.rlim_cur && rl.rlim_cur <= static_cast<rlim_t>(INT32_MAX)) {
+      // Up to the hard limit; past it where the process may raise that too
+      // (CAP_SYS_RESOURCE: a server started as root; restored as well).
+      rlimit up = rl;
+      up.rlim_cur = rl.rlim_max > rl.rlim_cur ? std::min<rlim_t>(rl.rlim_max, rl.rlim_cur + own_span)
+                                              : rl.rlim_cur + own_span;
+      up.rlim_max = std::max(rl.rlim_max, up.rlim_cur);
+      if (nofile_limit(&up, nullptr)) {
+        high = sys().fcntl(fd, F_DUPFD_CLOEXEC, static_cast<int>(rl.rlim_cur));
+        nofile_limit(&rl, nullptr);
+      }
+    }
   }
   if (high < 0) {
     high = sys().fcntl(fd, F_DUPFD_CLOEXEC, high_fd_base());
@@ -117,39 +122,6 @@ int move_high(int fd) {
 }
 
 }  // namespace
-
-placement_batch::placement_batch() {
-  if (t_batch != nullptr) {
-    return;  // (the outer one serves)
-  }
-  g_nofile_mu.lock();
-  t_batch = this;
-  owner_ = true;
-  if (nofile_limit(nullptr, &saved_) && saved_.rlim_cur != RLIM_INFINITY &&
-      saved_.rlim_cur <= static_cast<rlim_t>(INT32_MAX)) {
-    // Up to the hard limit; past it where the process may raise that too
-    // (CAP_SYS_RESOURCE: a server started as root; restored as well).
-    rlimit up = saved_;
-    up.rlim_cur = saved_.rlim_max > saved_.rlim_cur
-                      ? std::min<rlim_t>(saved_.rlim_max, saved_.rlim_cur + own_span)
-                      : saved_.rlim_cur + own_span;
-    up.rlim_max = std::max(saved_.rlim_max, up.rlim_cur);
-    if (nofile_limit(&up, nullptr)) {
-      above_ = static_cast<int>(saved_.rlim_cur);
-    }
-  }
-}
-
-placement_batch::~placement_batch() {
-  if (!owner_) {
-    return;
-  }
-  if (above_ > 0) {
-    nofile_limit(&saved_, nullptr);
-  }
-  t_batch = nullptr;
-  g_nofile_mu.unlock();
-}
 
 void nofile_lock() { g_nofile_mu.lock(); }
 void nofile_unlock() { g_nofile_mu.unlock(); }
@@ -286,10 +258,6 @@ ssize_t recv_with_fds(int sock, void* data, size_t len, std::vector<int>& fds, b
     return n;
   }
   truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
-  std::optional<placement_batch> batch;  // (one raise of the limit for them all)
-  if (CMSG_FIRSTHDR(&msg) != nullptr) {
-    batch.emplace();
-  }
   for_each_passed_fd(&msg, [&](int fd) {
     // Where no number out of the application's way is free, the fd stays
     // where it came: a message refused here would end a connection that

@@ -6,7 +6,6 @@
 
 #include <poll.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -63,9 +62,8 @@ sys_calls& sys();
 ///   connection the peer already made SMC cannot fall back.
 ///
 /// Event loops size their tables by the fd numbers they expect too (wrk:
-/// 10 + 3 per connection). Two system calls per fd (fcntl, close), and
-/// three per placement_batch (the limit read, raised, restored), paid when
-/// a link or a slot is made, not per connection. The application's own changes of
+/// 10 + 3 per connection). Five system calls per fd, paid when a link or
+/// a slot is made, not per connection. The application's own changes of
 /// the limit (setrlimit, prlimit) wait for a placement under way
 /// (nofile_lock()).
 ///
@@ -74,25 +72,6 @@ int high_fd_base();
 /// fd renumbered as above (close-on-exec), or -1 with errno EMFILE (fd
 /// closed); fd < 0 is passed through.
 int place_fd(int fd);
-/// A scope in which this thread's place_fd() calls share one raise of the
-/// soft limit (two system calls fewer per fd after the first): the fds a
-/// new slot makes, the fds of one received message. It holds the lock
-/// below throughout, so nothing in it may wait for another thread that
-/// places fds. Nested scopes use the outer one.
-class placement_batch {
- public:
-  placement_batch();
-  ~placement_batch();
-  placement_batch(const placement_batch&) = delete;
-  placement_batch& operator=(const placement_batch&) = delete;
-  /// The soft limit this thread's fds go above now (0: none could be raised).
-  int above() const { return above_; }
-
- private:
-  bool owner_ = false;
-  int above_ = 0;  // the soft limit our fds go above (0: not raised)
-  rlimit saved_{};  // the limits to restore
-};
 /// Held while the soft RLIMIT_NOFILE is raised for a placement: the
 /// preload's setrlimit/prlimit of RLIMIT_NOFILE take it too, so the
 /// restore never undoes the application's own change. Taken last of the

@@ -532,7 +532,6 @@ local_side::~local_side() {
 }
 
 bool local_side::init(uint32_t rmb_size) {
-  placement_batch batch;  // (its six fds share one raise of the limit)
   state = state_page::create();
   rmb = segment::create(rmb_size);
   if (!state || !rmb) {
