@@ -32,6 +32,7 @@ struct counters {
   std::atomic<uint64_t> shm_links{0};
   std::atomic<uint64_t> shm_reused{0};
   std::atomic<uint64_t> shm_fresh{0};
+  std::atomic<uint64_t> bells_kept{0};
 };
 
 counters& c() {
@@ -70,6 +71,8 @@ void count_shm_link(bool reused) {
   (reused ? c().shm_reused : c().shm_links).fetch_add(1, std::memory_order_relaxed);
 }
 
+void count_bell_watch_kept() { c().bells_kept.fetch_add(1, std::memory_order_relaxed); }
+
 void reset() {
   c().shm = 0;
   c().rdma = 0;
@@ -91,6 +94,7 @@ void reset() {
   c().shm_links = 0;
   c().shm_reused = 0;
   c().shm_fresh = 0;
+  c().bells_kept = 0;
 }
 
 std::string to_json(int pid) {
@@ -112,7 +116,8 @@ std::string to_json(int pid) {
   }
   s += "}, \"shm_links\": {\"made\": " + ull(c().shm_links) +
        ", \"connections_reusing\": " + ull(c().shm_reused) +
-       ", \"fresh_slots\": " + ull(c().shm_fresh);
+       ", \"fresh_slots\": " + ull(c().shm_fresh) +
+       ", \"bell_watches_kept\": " + ull(c().bells_kept);
   s += "}, \"bytes\": {\"smc_tx\": " + ull(c().tx) + ", \"smc_rx\": " + ull(c().rx) +
        "}, \"rdma_cq_events\": {\"engine\": " + ull(c().cq_engine) +
        ", \"caller\": " + ull(c().cq_caller) + "}, \"handoffs\": {\"offered\": " +

@@ -45,6 +45,11 @@ void count_shm_link(bool reused);
 /// earlier connection released).
 void count_shm_fresh_slot();
 
+/// A registration in an epoll set took over the watch of a same-host
+/// slot's doorbell left there idle (by the slot's last connection, or by
+/// this one's last registration) instead of adding one.
+void count_bell_watch_kept();
+
 /// The JSON document for the current counters.
 std::string to_json(int pid);
 /// Writes to_json() to `path_template` (%p -> pid) via a temporary file and

@@ -59,12 +59,14 @@
 #include <array>
 #include <atomic>
 #include <cstring>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <vector>
 
 #include "core/busy_wait.h"
 #include "core/log.h"
+#include "core/stats.h"
 #include "preload/preload.h"
 #include "rdma/transport.h"
 
@@ -77,6 +79,17 @@ struct ep_chan {
   std::shared_ptr<rdma::direct_channel> ch;
   int fd = -1;
   int uses = 0;
+};
+
+// A set's watch of a same-host slot's doorbell, kept from one connection
+// over the slot to the next (see bell_attach): a new connection with the
+// same peer then costs the set no EPOLL_CTL_ADD and DEL for its doorbells.
+struct ep_bell {
+  int fd = -1;
+  uint64_t id = 0;        // data_path::bells_id() of the doorbell watched; 0: none
+  unsigned forks = 0;     // g_forks when its watch was last put in place
+  ep_reg* reg = nullptr;  // the registration it serves now, or none (idle)
+  uint32_t tag = 0;       // which of reg's watches it is (tag_rx, tag_tx)
 };
 
 struct ep_set {
@@ -93,6 +106,11 @@ struct ep_set {
   std::vector<ep_reg*> hot;          // busy: looked at by every wait (from memory only)
   bool hot_armed = false;            // their waiters are declared (a thread sleeps)
   std::vector<ep_chan> chans;
+  // Kept doorbell watches by fd (from memory only). Never freed before the
+  // set: a watch the kernel may still hold (its file outlived our fd in a
+  // forked child) can only ever report on whatever its object serves now.
+  std::unordered_map<int, ep_bell*> bells;
+  std::unordered_set<ep_bell*> bell_live;  // pointers from the kernel are checked against this
 };
 
 struct ep_reg {
@@ -101,6 +119,7 @@ struct ep_reg {
   int fd = -1;
   epoll_event ev{};    // the application's events and data
   int items[3] = {-1, -1, -1};  // fds added to the set: tcp socket, rx doorbell, tx doorbell
+  ep_bell* bell[3] = {nullptr, nullptr, nullptr};  // kept watches behind items (doorbells only)
   bool armed_rx = false;
   bool armed_tx = false;
   bool disabled = false;  // EPOLLONESHOT fired (until EPOLL_CTL_MOD), or parked
@@ -123,6 +142,7 @@ std::mutex g_ep_mu;
 constexpr uint32_t tag_sock = 0;
 constexpr uint32_t tag_rx = 1;
 constexpr uint32_t tag_tx = 2;
+constexpr uint32_t tag_bell = 3;  // an ep_bell, not an ep_reg
 constexpr uintptr_t tag_mask = 3;
 constexpr uint32_t in_bits = EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLPRI;
 constexpr uint32_t out_bits = EPOLLOUT | EPOLLWRNORM;
@@ -141,6 +161,10 @@ std::atomic<uint64_t> g_nested[bit_fds / 64];
 // Bumped in every forked child: a set made before the fork is shared with
 // the parent, whose waits take the kernel's edges too.
 std::atomic<unsigned> g_fork_gen{0};
+// Bumped by every fork, in parent and child: either may change the kernel
+// set they share, so a kept doorbell watch is put in place again (ADD, or
+// MOD where it is there) before it is trusted after one.
+std::atomic<unsigned> g_forks{0};
 
 void set_bit(std::atomic<uint64_t>* map, int fd, bool on) {
   if (fd >= 0 && fd < bit_fds) {
@@ -178,7 +202,89 @@ bool add_item(ep_reg* r, int slot, int fd, uint32_t events, bool as_is = false) 
   return true;
 }
 
+// Watches a doorbell of an SMC registration (tag_rx or tag_tx) in a set
+// from memory, edge-triggered. A slot of a same-host link serves one
+// connection after another with the same doorbells (bells_id), and event
+// loops register every new connection in the same set: the watch a closed
+// connection left idle is taken over with no system call. Elsewhere (or
+// for a doorbell of another connection of the same slot's registration in
+// this set: one watch per fd) it is an ordinary item.
+bool bell_attach(ep_reg* r, uint32_t tag, int fd, uint64_t id) {
+  ep_set* s = r->set;
+  if (id == 0) {
+    return add_item(r, static_cast<int>(tag), fd, EPOLLIN | EPOLLET);
+  }
+  ep_bell*& at = s->bells[fd];
+  if (at == nullptr) {
+    at = new ep_bell();
+    at->fd = fd;
+    s->bell_live.insert(at);
+  }
+  ep_bell* b = at;
+  if (b->reg != nullptr && b->reg != r) {
+    return false;  // (as a second ADD of one fd fails)
+  }
+  const unsigned forks = g_forks.load(std::memory_order_relaxed);
+  if (b->id == id && b->forks == forks) {
+    core::stats::count_bell_watch_kept();
+  } else {
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLET;
+    ev.data.u64 = reinterpret_cast<uintptr_t>(b) | tag_bell;
+    int rc = real.epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev);
+    if (rc != 0 && errno == EEXIST) {
+      rc = real.epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &ev);
+    }
+    if (rc != 0) {
+      b->id = 0;
+      return false;
+    }
+    b->id = id;
+    b->forks = forks;
+  }
+  b->reg = r;
+  b->tag = tag;
+  r->bell[tag] = b;
+  r->items[tag] = fd;
+  return true;
+}
+
+// The registration no longer watches the doorbell: the watch stays, idle,
+// while the slot may serve another connection here (its rings meanwhile
+// report nothing); otherwise it goes.
+void bell_detach(ep_reg* r, int slot) {
+  ep_bell* b = std::exchange(r->bell[slot], nullptr);
+  r->items[slot] = -1;
+  b->reg = nullptr;
+  if (r->set->closing || b->id == 0) {
+    return;
+  }
+  const bool keep = !r->set->classic && r->e->st.load() == state::smc && r->e->conn &&
+                    r->e->conn->path().bells_id() == b->id &&
+                    b->forks == g_forks.load(std::memory_order_relaxed);
+  if (!keep) {
+    real.epoll_ctl(r->set->epfd, EPOLL_CTL_DEL, b->fd, nullptr);
+    b->id = 0;
+  }
+}
+
+// Idle kept watches go (the set turns classic: its kernel levels must be
+// true). Not after a fork: the set is the parent's too, and its watches
+// are put in place again before they are trusted (g_forks).
+void drop_idle_bells(ep_set* s) {
+  for (auto& [fd, b] : s->bells) {
+    if (b->reg == nullptr && b->id != 0 && b->forks == g_forks.load(std::memory_order_relaxed)) {
+      real.epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, nullptr);
+      b->id = 0;
+    }
+  }
+}
+
 void del_item(ep_reg* r, int slot) {
+  if (r->bell[slot] != nullptr) {
+    bell_detach(r, slot);
+    return;
+  }
   if (r->items[slot] >= 0) {
     if (!r->set->closing) {
       real.epoll_ctl(r->set->epfd, EPOLL_CTL_DEL, r->items[slot], nullptr);
@@ -347,8 +453,9 @@ int install_watches(ep_reg* r, state s) {
         }
       } else {
         // Both, whatever the interest: a later MOD then changes only memory.
-        add_item(r, tag_rx, c.path().rx_fd(), EPOLLIN | EPOLLET);
-        add_item(r, tag_tx, c.path().tx_fd(), EPOLLIN | EPOLLET);
+        const uint64_t id = c.path().bells_id();
+        bell_attach(r, tag_rx, c.path().rx_fd(), id);
+        bell_attach(r, tag_tx, c.path().tx_fd(), id);
       }
       if (!c.finished()) {
         add_item(r, tag_sock, r->fd, EPOLLIN | EPOLLRDHUP);
@@ -438,6 +545,7 @@ void make_classic(ep_set* s) {
   for (ep_reg* r : regs) {
     reinstall(r);
   }
+  drop_idle_bells(s);
 }
 
 // A set made before this process was forked: the parent may wait on it too.
@@ -821,8 +929,19 @@ int translate(ep_set* s, epoll_event* ev, int m, uint64_t gen) {
     for (int i = 0; i < m; ++i) {
       const uint64_t u = ev[i].data.u64;
       auto* r = reinterpret_cast<ep_reg*>(static_cast<uintptr_t>(u) & ~tag_mask);
-      const uint32_t tag = static_cast<uint32_t>(u & tag_mask);
-      if (tag > tag_tx || s->live.count(r) == 0) {
+      uint32_t tag = static_cast<uint32_t>(u & tag_mask);
+      if (tag == tag_bell) {
+        auto* b = reinterpret_cast<ep_bell*>(static_cast<uintptr_t>(u) & ~tag_mask);
+        if (s->bell_live.count(b) == 0) {
+          ev[n++] = ev[i];  // the application's
+          continue;
+        }
+        if (b->reg == nullptr) {
+          continue;  // a kept watch, idle: a ring for nobody here
+        }
+        r = b->reg;
+        tag = b->tag;
+      } else if (s->live.count(r) == 0) {
         ev[n++] = ev[i];  // the application's
         continue;
       }
@@ -1086,6 +1205,9 @@ void ep_destroy_set(entry* epe) {
     uninstall(r);
     unlink_reg(r);
   }
+  for (auto& [fd, b] : s->bells) {
+    delete b;
+  }
   delete s;
   epe->eps = nullptr;
 }
@@ -1097,7 +1219,11 @@ void ep_expose(entry* epe) {
   }
 }
 
-void ep_note_fork_child() { g_fork_gen.fetch_add(1, std::memory_order_relaxed); }
+void ep_note_fork_child() {
+  g_fork_gen.fetch_add(1, std::memory_order_relaxed);
+  g_forks.fetch_add(1, std::memory_order_relaxed);
+}
+void ep_note_fork_parent() { g_forks.fetch_add(1, std::memory_order_relaxed); }
 
 void ep_note_added(int fd) {
   if (!get_bit(g_is_epoll, fd)) {

@@ -311,6 +311,7 @@ void ep_expose(entry* epe);
 void ep_note_created(int epfd);
 void ep_note_added(int fd);
 void ep_note_fork_child();
+void ep_note_fork_parent();
 void ep_lock();
 void ep_unlock();
 

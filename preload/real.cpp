@@ -189,6 +189,7 @@ void atfork_parent() {
   rdma::nofile_unlock();
   core::deadlines::unlock_after_fork();
   untouched_after_fork();
+  ep_note_fork_parent();
   rdma::shm::after_fork(false);
   core::conn_registry_unlock();
   fd_table_unlock_all();

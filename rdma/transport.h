@@ -86,6 +86,14 @@ class data_path {
   // ---- waiting ----
   virtual int rx_fd() const = 0;
   virtual int tx_fd() const = 0;
+  /// Non-zero while rx_fd() and tx_fd() are doorbells that outlive this
+  /// path and may serve later connections with the same peer (a same-host
+  /// link's slot): equal values, the same open files under the same
+  /// numbers. An epoll set may then keep its watches of them for the next
+  /// connection. 0: they close with the path, or the connection was passed
+  /// to another process, which holds them too. (A forked child inherits
+  /// them whatever this says.)
+  virtual uint64_t bells_id() const { return 0; }
   /// Declare (+1) or withdraw (-1) a waiter for data / for space. After arming,
   /// the caller must re-check the condition before sleeping (Dekker order).
   virtual void arm_rx(int delta) = 0;

@@ -296,6 +296,8 @@ class shm_path final : public data_path {
 
   int rx_fd() const override { return me_->rx_bell; }
   int tx_fd() const override { return me_->tx_bell; }
+  // A slot of a link, as long as only this process can reach it.
+  uint64_t bells_id() const override { return home_ && !exported_.load() ? me_->bell_id : 0; }
   void arm_rx(int delta) override {
     mine()->ctl()->rx_waiters.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
   }
@@ -538,6 +540,8 @@ bool local_side::init(uint32_t rmb_size) {
     return false;
   }
   token = random64();
+  static std::atomic<uint64_t> next_bell_id{0};
+  bell_id = next_bell_id.fetch_add(1, std::memory_order_relaxed) + 1;
   return bell_pair(rx_bell, rx_bell_ring) && bell_pair(tx_bell, tx_bell_ring);
 }
 
@@ -550,6 +554,7 @@ local_side::local_side(local_side&& o) noexcept
       tx_bell_ring(std::exchange(o.tx_bell_ring, -1)),
       token(o.token),
       slot(o.slot),
+      bell_id(o.bell_id),
       maybe_rung(o.maybe_rung),
       reuses(o.reuses) {}
 
@@ -558,7 +563,8 @@ bool local_side::reset_for_reuse() {
   // released the slot rings no more, so nothing lands in between. A ring
   // that raced the last drain with its flag already cleared may stay: the
   // periodic drain bounds those (one per reuse at most) below a flood.
-  const bool drain = maybe_rung || ++reuses % 32 == 0;
+  ++reuses;
+  const bool drain = maybe_rung || reuses % 32 == 0;
   const bool rx_ok = !drain || bell_drain(rx_bell, false);
   const bool tx_ok = !drain || bell_drain(tx_bell, false);
   maybe_rung = false;

@@ -117,6 +117,10 @@ struct local_side {
   int tx_bell_ring = -1;
   uint64_t token = 0;  // our nonce (travels in our CLC Accept/Confirm)
   uint32_t slot = 1;   // its number on a link (the first connection's is 1)
+  // Names its doorbells for as long as they stay open (new ones, a new
+  // number; never 0): what an epoll set that keeps watching them across
+  // the connections the slot serves checks (data_path::bells_id).
+  uint64_t bell_id = 0;
   bool maybe_rung = true;  // its doorbells may hold rings (the last path's word)
   uint32_t reuses = 0;
   local_side() = default;

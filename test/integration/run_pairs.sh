@@ -476,6 +476,23 @@ scenario_links() {
     done
     finish
   done
+  # An event loop (one epoll set for every connection, as nginx and redis
+  # run) keeps its watches of a slot's doorbells for the next connection
+  # over that slot: no EPOLL_CTL_ADD or DEL for them once slots are reused.
+  begin links_event_loop || return 0
+  start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_stall" server \
+    --loop epoll --count 40
+  if [ -n "$PORT" ]; then
+    launch "$DIR/probe" smc "$PEERS_OK" "$(stats_env probe)" -- "$BUILD/smc_stall" probe \
+      --port "$PORT" --count 40
+    expect_exit "$PID" "$DIR/probe" probe
+  fi
+  expect_server_exit "$SPID" "$DIR/server"
+  expect_line "$DIR/server.out" "^ok served 40 epoll" server
+  expect_stat server connections.smc_shm -eq 40
+  expect_stat server shm_links.connections_reusing -eq 39
+  expect_stat server shm_links.bell_watches_kept -ge 40
+  finish
 }
 
 # h. the calls the preload serves itself on SMC sockets (sendfile, splice,
