@@ -89,14 +89,19 @@ ssize_t to_smc(int out_fd, entry* e, int in_fd, off64_t* pos, size_t count) {
   }
   auto& c = *e->conn;
   count = std::min(count, max_rw);
-  const bool nb = nonblocking(out_fd);
+  // Asked of the kernel only when it matters (the ring has less room than
+  // the next piece), once: a response that fits costs no F_GETFL.
+  int nb = -1;
   size_t done = 0;
   int err = 0;
   while (done < count) {
     size_t want = std::min(count - done, scratch_size);
-    if (nb) {
+    size_t room = tx_room(c);
+    if (room < want && nb < 0) {
+      nb = nonblocking(out_fd) ? 1 : 0;
+    }
+    if (room < want && nb == 1) {
       // Take from the source only what the socket accepts now.
-      size_t room = tx_room(c);
       if (room == 0) {
         if (done > 0) {
           break;
