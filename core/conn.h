@@ -148,6 +148,7 @@ class conn {
   /// back. nginx writes a response's header and body corked: the peer then
   /// wakes once for both.
   void set_cork(bool on);
+  bool corked() const { return corked_.load(std::memory_order_relaxed); }
   /// Rings what a corked send held back (nothing if nothing is owed).
   void flush_cork();
   /// A corked send held a wake-up back.

@@ -1080,6 +1080,16 @@ __attribute__((visibility("default"))) int getsockopt(int fd, int level, int nam
       return 0;
     }
   }
+  if (level == IPPROTO_TCP && name == TCP_CORK && g_enabled && fd_maybe(fd) && val != nullptr &&
+      len != nullptr && *len >= sizeof(int)) {
+    entry_ref e(fd);
+    if (e && e->st.load() == state::smc) {
+      const int on = e->conn->corked() ? 1 : 0;
+      std::memcpy(val, &on, sizeof on);
+      *len = sizeof(int);
+      return 0;
+    }
+  }
   if (level == SOL_SOCKET && name == SO_ERROR && g_enabled && fd_maybe(fd)) {
     entry_ref e(fd);
     if (e && drive(e.get(), fd) == state::smc && val != nullptr && len != nullptr &&
@@ -1111,17 +1121,19 @@ __attribute__((visibility("default"))) int setsockopt(int fd, int level, int nam
       e->lowat_default = false;  // the socket holds the application's value now
     }
   }
-  int rc = real.setsockopt(fd, level, name, val, len);
-  if (rc == 0 && level == IPPROTO_TCP && name == TCP_CORK && g_enabled && fd_maybe(fd) &&
-      val != nullptr && len >= sizeof(int)) {
-    // (The kernel keeps it too, for getsockopt; nothing is sent on TCP.)
+  if (level == IPPROTO_TCP && name == TCP_CORK && g_enabled && fd_maybe(fd) && val != nullptr &&
+      len >= sizeof(int)) {
+    // Nothing is sent on TCP: kept here, and getsockopt answers from here
+    // (a system call per response saved: nginx corks each one).
     entry_ref e(fd);
     if (e && e->st.load() == state::smc) {
       int on = 0;
       std::memcpy(&on, val, sizeof on);
       e->conn->set_cork(on != 0);
+      return 0;
     }
   }
+  int rc = real.setsockopt(fd, level, name, val, len);
   if (rc == 0 && level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) &&
       val != nullptr && len >= sizeof(timeval)) {
     timeval tv;

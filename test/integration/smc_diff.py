@@ -970,6 +970,11 @@ def cli_sockopts(C):
     C.out("SO_KEEPALIVE set", g(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0)
     C.out("TCP_INFO state", g(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0])
     C.out("TCP_NOTSENT_LOWAT", g(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT))
+    C.out("TCP_CORK", g(socket.IPPROTO_TCP, socket.TCP_CORK))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    C.out("TCP_CORK set", g(socket.IPPROTO_TCP, socket.TCP_CORK))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+    C.out("TCP_CORK cleared", g(socket.IPPROTO_TCP, socket.TCP_CORK))
     s.close()
 
 
