@@ -758,6 +758,32 @@ hs_outcome server_rdma(int fd, const clc::proposal& prop, const rdma::verbs::gid
 
 }  // namespace
 
+namespace {
+
+// Whether the Proposal offers our own host's shm device (a same-host peer).
+bool offers_our_host(const clc::proposal& prop, uint64_t me_id) {
+  bool same_host = false;
+  if (prop.typev2 == clc::type_d || prop.typev2 == clc::type_b) {
+    for (const auto& e : prop.ism_v2) {
+      same_host = same_host || (e.chid == clc::loopback_chid && e.gid == me_id);
+    }
+  }
+  return same_host;
+}
+
+}  // namespace
+
+bool proposal_wants_rdma(int fd, size_t msg_len, const hs_params& p) {
+  std::vector<uint8_t> msg(msg_len);
+  clc::proposal prop;
+  const ssize_t n = sys().recv(fd, msg.data(), msg.size(), MSG_PEEK | MSG_DONTWAIT);
+  if (n != static_cast<ssize_t>(msg.size()) || clc::decode(msg, prop) != clc::error::ok) {
+    return false;  // (server_begin finds out and declines)
+  }
+  return p.transport == config::transport_mode::rdma ||
+         (p.transport == config::transport_mode::auto_ && !offers_our_host(prop, host_id()));
+}
+
 hs_step_ptr server_begin(int fd, size_t msg_len, const hs_params& p, hs_outcome& out) {
   const int64_t deadline = now_ms() + p.timeout_ms;
   std::vector<uint8_t> msg(msg_len);
@@ -784,12 +810,7 @@ hs_step_ptr server_begin(int fd, size_t msg_len, const hs_params& p, hs_outcome&
   s->ph = hs_step::phase::begun;
   s->deadline = s->wait_until = deadline;
   s->me_id = host_id();
-  bool same_host = false;
-  if (prop.typev2 == clc::type_d || prop.typev2 == clc::type_b) {
-    for (const auto& e : prop.ism_v2) {
-      same_host = same_host || (e.chid == clc::loopback_chid && e.gid == s->me_id);
-    }
-  }
+  const bool same_host = offers_our_host(prop, s->me_id);
   if (!eid_in(prop.ueids, our_eid(p))) {
     return decline(reason::no_ueid);
   }

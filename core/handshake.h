@@ -74,6 +74,11 @@ hs_step_ptr client_propose(int fd, const hs_params& p, hs_outcome& out);
 /// Server: consumes the complete Proposal of `msg_len` bytes (peek_clc
 /// matched) and checks it. nullptr when the answer was a Decline (`out`).
 hs_step_ptr server_begin(int fd, size_t msg_len, const hs_params& p, hs_outcome& out);
+/// Server: whether answering the complete Proposal of `msg_len` bytes at
+/// the start of the stream (peek_clc matched; nothing is consumed) would
+/// make the connection SMC-R, which cannot follow its socket to another
+/// process (a same-host shm connection can: core/handoff).
+bool proposal_wants_rdma(int fd, size_t msg_len, const hs_params& p);
 /// Moves a step on as far as it goes without waiting for the peer: a same-
 /// host link's Accept or Confirm is sent at once, a reply that is there is
 /// taken. With `may_block`, first contact and SMC-R run here too (and

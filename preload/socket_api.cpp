@@ -216,6 +216,12 @@ bool start_background(entry* e, int fd, Job&& job) {
 // as long each time, 8 times (until about 2.5 s after accept()).
 constexpr int untouched_first_ms = 10;
 constexpr uint8_t untouched_max_looks = 8;
+// An SMC-R connection cannot follow its socket to another process (its
+// QP is this process's): a server that accepts and passes the socket on
+// (node's cluster primary, a privilege-separated acceptor) would see it
+// reset. So a look answers a Proposal that would make it SMC-R only from
+// this look on (about 150 ms after accept()); a same-host one can move.
+constexpr uint8_t untouched_rdma_look = 3;
 // How long a wake-up a corked send held back may stay owed (TCP's 200 ms).
 constexpr int cork_hold_ms = 200;
 // Bumped by every fork (in the parent; the child forgets every deadline).
@@ -301,7 +307,7 @@ state step_on(entry* e, int fd) {
   return step_on_locked(e, fd);
 }
 
-state decide_passive_locked(entry* e, int fd, bool may_block);
+state decide_passive_locked(entry* e, int fd, bool may_block, bool early_look = false);
 
 // The socket's deadline passed with nobody touching it: a step ends (timed
 // out) or, if its wait moved on meanwhile, waits on; an untouched accepted
@@ -342,7 +348,8 @@ void entry_deadline(core::deadlines::item* it) {
     } else if (s == state::undecided && now == e && e->untouched_looks < untouched_max_looks &&
                e->untouched_gen == g_untouched_gen.load(std::memory_order_relaxed)) {
       core::stats::count_untouched_look();
-      if (decide_passive_locked(e, fd, false) == state::undecided &&
+      const bool early = e->untouched_looks < untouched_rdma_look;
+      if (decide_passive_locked(e, fd, false, early) == state::undecided &&
           ++e->untouched_looks < untouched_max_looks) {
         arm_timer(e, fd, now_ms() + (untouched_first_ms << e->untouched_looks));
       }
@@ -360,7 +367,7 @@ state decide_passive(entry* e, int fd, bool may_block) {
 
 namespace {
 
-state decide_passive_locked(entry* e, int fd, bool may_block) {
+state decide_passive_locked(entry* e, int fd, bool may_block, bool early_look) {
   state s = e->st.load();
   if (s != state::undecided && s != state::strip) {
     return s;
@@ -383,6 +390,9 @@ state decide_passive_locked(entry* e, int fd, bool may_block) {
     }
   }
   if (!may_block && s == state::undecided && k == core::start_kind::match) {
+    if (early_look && core::proposal_wants_rdma(fd, len, hs_params())) {
+      return s;  // the application may still pass it on (untouched_rdma_look)
+    }
     // The caller must not wait for the peer: the handshake goes on in
     // steps (the Proposal answered now; over a same-host link the Confirm
     // is taken when it comes), or on a background thread.

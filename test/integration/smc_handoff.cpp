@@ -5,7 +5,7 @@
 //
 //   smc_handoff server [--addr A] [--port P] [--portfile F] --count N
 //                      --mode undecided|established --worker fork|exec
-//                      --reader blocking|epoll [--timeout S]
+//                      --reader blocking|epoll [--pass-delay-ms D] [--timeout S]
 //       The acceptor. Starts ONE worker first (fork: a child running the
 //       worker loop; exec: fork + execv(/proc/self/exe, worker ...), a fresh
 //       image that inherits only the unix socket), then listens. For each of
@@ -14,6 +14,8 @@
 //       the fd over with those 64 bytes in the message. It closes its own
 //       copy after each handoff, tells the worker "done, N connections",
 //       waits for it and exits with its status. Prints "worker pid=P" first.
+//       --pass-delay-ms D: a slow acceptor, which hands each connection
+//       over D ms after accept() (undecided: touching nothing meanwhile).
 //   smc_handoff worker --sock FD --reader blocking|epoll [--timeout S]
 //       Receives fds (SCM_RIGHTS, exactly one per message, no MSG_CTRUNC) and
 //       echoes each connection: the 64-byte prefix (if handed one) first,
@@ -90,7 +92,7 @@ std::string err_text(const std::string& what) { return what + ": " + std::strerr
                "smc_handoff: %s\n"
                "usage: smc_handoff server [--addr A] [--port P] [--portfile F] --count N\n"
                "                          --mode undecided|established --worker fork|exec\n"
-               "                          --reader blocking|epoll [--timeout S]\n"
+               "                          --reader blocking|epoll [--pass-delay-ms D] [--timeout S]\n"
                "       smc_handoff worker --sock FD --reader blocking|epoll [--timeout S]\n"
                "       smc_handoff client --addr A --port P --conns C --bytes B [--parallel K]\n"
                "                          [--seed S] [--expect ok|reset] [--timeout S]\n",
@@ -546,6 +548,7 @@ struct server_options : smc_test::endpoint_options {
   std::string mode;
   std::string worker;
   std::string reader;
+  uint64_t pass_delay_ms = 0;
 };
 
 // Waits for the worker; returns its exit code (it printed its own reason
@@ -634,6 +637,14 @@ int acceptor(const server_options& o, unsigned timeout) {
     int fd = ::accept4(ls, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) {
       die(err_text("accept"));
+    }
+    if (o.pass_delay_ms > 0) {
+      // What is under test is this pause (a slow acceptor), not a wait for
+      // anything: nothing else happens meanwhile.
+      timespec ts{static_cast<time_t>(o.pass_delay_ms / 1000),
+                  static_cast<long>(o.pass_delay_ms % 1000) * 1000000L};
+      while (::nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+      }
     }
     handoff_msg m{};
     std::memcpy(m.kind, "CONN", 4);
@@ -829,6 +840,8 @@ int main(int argc, char** argv) {
       if (so.mode != "undecided" && so.mode != "established") {
         usage("--mode must be undecided or established");
       }
+    } else if (n == "--pass-delay-ms" && role == "server") {
+      so.pass_delay_ms = args.size_value("bad value for ");
     } else if (n == "--worker" && role == "server") {
       so.worker = args.value();
       if (so.worker != "fork" && so.worker != "exec") {

@@ -5,7 +5,10 @@
 # test/vm/run.sh through scripts/vm/rxe-vm.sh, from the repository root.
 #   - undecided (passed right after accept, before any byte): the worker
 #     decides the connection itself, over SMC-R, and echoes every byte
-#     (forked worker with blocking reads; exec'd worker with an epoll loop)
+#     (forked worker with blocking reads; exec'd worker with an epoll loop),
+#     also from a slow acceptor that passes each socket 60 ms after accept():
+#     the library's own looks at an untouched socket answer an SMC-R
+#     Proposal only from about 150 ms on, so the socket moves undecided
 #   - established (the acceptor read the first record, so the SMC-R
 #     handshake ran in the acceptor): an SMC-R connection cannot follow its
 #     fd into another process (its QP is the acceptor's link group), so the
@@ -13,8 +16,9 @@
 #     within 5 s and never a wrong byte, the acceptor counts the resets, and
 #     nothing hangs
 #
-# ARGS (optional): the cases to run, each MODE:WORKER:READER:EXPECT (default
-# the three above), e.g. established:fork:blocking:ok to see the check fail.
+# ARGS (optional): the cases to run, each MODE:WORKER:READER:EXPECT[:DELAY_MS]
+# (default the four above), e.g. established:fork:blocking:ok to see the
+# check fail.
 # SMC_LOG_LEVEL from the host's environment applies (logs to server.log and
 # client.log of each case, in the results dir).
 set -u
@@ -52,18 +56,19 @@ stat_of() {
   echo "${v:--}"
 }
 
-# handoff MODE WORKER READER EXPECT: one acceptor (under smc_run -t rdma)
+# handoff MODE WORKER READER EXPECT [DELAY_MS]: one acceptor (under smc_run -t rdma)
 # handing $conns connections to its one worker, and a client sending $bytes
 # on each and verifying the echo (EXPECT ok) or a reset (EXPECT reset).
 handoff() {
-  local mode=$1 worker=$2 reader=$3 expect=$4
-  local name="handoff ${mode} x ${worker} x ${reader} (expect $expect)"
+  local mode=$1 worker=$2 reader=$3 expect=$4 delay=${5:-0}
+  local name="handoff ${mode} x ${worker} x ${reader}${5:+ x passed after ${delay} ms} (expect $expect)"
   ncase=$((ncase + 1))
   local d=$tmp/handoff$ncase-$mode-$worker-$reader-$expect t0=$SECONDS spid crc src wpid acc wk n0
   mkdir -p "$d"
   SMC_STATS_FILE=$d/server.%p.json SMC_LOG_FILE=$d/server.log timeout -k 5 150 "$smc_run" \
     "$build/smc_handoff" server --addr "$ip" --portfile "$d/port" --count "$conns" \
-    --mode "$mode" --worker "$worker" --reader "$reader" --timeout 120 > "$d/server.out" 2>&1 &
+    --mode "$mode" --worker "$worker" --reader "$reader" --pass-delay-ms "$delay" --timeout 120 \
+    > "$d/server.out" 2>&1 &
   spid=$!
   if ! retry_for 30 wait_port "$d/port"; then
     fail "$name: server did not start: $(tail -3 "$d/server.out")"
@@ -163,11 +168,12 @@ handoff() {
 ncase=0
 cases=("$@")
 if [ "${#cases[@]}" -eq 0 ]; then
-  cases=(undecided:fork:blocking:ok undecided:exec:epoll:ok established:fork:blocking:reset)
+  cases=(undecided:fork:blocking:ok undecided:exec:epoll:ok undecided:fork:epoll:ok:60
+    established:fork:blocking:reset)
 fi
 for c in "${cases[@]}"; do
-  IFS=: read -r mode worker reader expect <<< "$c"
-  handoff "$mode" "$worker" "$reader" "$expect"
+  IFS=: read -r mode worker reader expect delay <<< "$c"
+  handoff "$mode" "$worker" "$reader" "$expect" ${delay:+"$delay"}
 done
 wait 2> /dev/null
 
