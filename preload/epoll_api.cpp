@@ -85,11 +85,13 @@ struct ep_chan {
 // over the slot to the next (see bell_attach): a new connection with the
 // same peer then costs the set no EPOLL_CTL_ADD and DEL for its doorbells.
 struct ep_bell {
+  ep_set* set = nullptr;
   int fd = -1;
   uint64_t id = 0;        // data_path::bells_id() of the doorbell watched; 0: none
   unsigned forks = 0;     // g_forks when its watch was last put in place
   ep_reg* reg = nullptr;  // the registration it serves now, or none (idle)
   uint32_t tag = 0;       // which of reg's watches it is (tag_rx, tag_tx)
+  bool listed = false;    // in g_idle_bells
 };
 
 struct ep_set {
@@ -202,6 +204,47 @@ bool add_item(ep_reg* r, int slot, int fd, uint32_t events, bool as_is = false) 
   return true;
 }
 
+// The idle kept watches of every set, by fd (under g_ep_mu). A slot whose
+// next connection is registered in another set (haproxy's threads each
+// wait on a set of their own) would otherwise wake this one with each of
+// that connection's rings, for nothing: the watch goes when that happens.
+std::unordered_map<int, std::vector<ep_bell*>> g_idle_bells;
+
+void idle_list(ep_bell* b, bool on) {
+  if (b->listed == on) {
+    return;
+  }
+  b->listed = on;
+  auto& v = g_idle_bells[b->fd];
+  if (on) {
+    v.push_back(b);
+    return;
+  }
+  v.erase(std::remove(v.begin(), v.end(), b), v.end());
+  if (v.empty()) {
+    g_idle_bells.erase(b->fd);
+  }
+}
+
+// Ends the idle watches of `fd` that other sets keep. One kept from
+// before a fork is only forgotten: the set is the other process's too.
+void evict_idle_elsewhere(ep_set* s, int fd) {
+  auto it = g_idle_bells.find(fd);
+  if (it == g_idle_bells.end()) {
+    return;
+  }
+  std::vector<ep_bell*> v = it->second;
+  for (ep_bell* b : v) {
+    if (b->set != s) {
+      if (b->forks == g_forks.load(std::memory_order_relaxed)) {
+        real.epoll_ctl(b->set->epfd, EPOLL_CTL_DEL, fd, nullptr);
+      }
+      b->id = 0;
+      idle_list(b, false);
+    }
+  }
+}
+
 // Watches a doorbell of an SMC registration (tag_rx or tag_tx) in a set
 // from memory, edge-triggered. A slot of a same-host link serves one
 // connection after another with the same doorbells (bells_id), and event
@@ -214,9 +257,11 @@ bool bell_attach(ep_reg* r, uint32_t tag, int fd, uint64_t id) {
   if (id == 0) {
     return add_item(r, static_cast<int>(tag), fd, EPOLLIN | EPOLLET);
   }
+  evict_idle_elsewhere(s, fd);
   ep_bell*& at = s->bells[fd];
   if (at == nullptr) {
     at = new ep_bell();
+    at->set = s;
     at->fd = fd;
     s->bell_live.insert(at);
   }
@@ -224,6 +269,7 @@ bool bell_attach(ep_reg* r, uint32_t tag, int fd, uint64_t id) {
   if (b->reg != nullptr && b->reg != r) {
     return false;  // (as a second ADD of one fd fails)
   }
+  idle_list(b, false);
   const unsigned forks = g_forks.load(std::memory_order_relaxed);
   if (b->id == id && b->forks == forks) {
     core::stats::count_bell_watch_kept();
@@ -265,7 +311,9 @@ void bell_detach(ep_reg* r, int slot) {
   if (!keep) {
     real.epoll_ctl(r->set->epfd, EPOLL_CTL_DEL, b->fd, nullptr);
     b->id = 0;
+    return;
   }
+  idle_list(b, true);
 }
 
 // Idle kept watches go (the set turns classic: its kernel levels must be
@@ -276,6 +324,7 @@ void drop_idle_bells(ep_set* s) {
     if (b->reg == nullptr && b->id != 0 && b->forks == g_forks.load(std::memory_order_relaxed)) {
       real.epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, nullptr);
       b->id = 0;
+      idle_list(b, false);
     }
   }
 }
@@ -1206,6 +1255,7 @@ void ep_destroy_set(entry* epe) {
     unlink_reg(r);
   }
   for (auto& [fd, b] : s->bells) {
+    idle_list(b, false);
     delete b;
   }
   delete s;

@@ -30,6 +30,12 @@
 //                            disarms, nothing is reported until re-armed
 //       et_first_edge        connect, then ADD(IN|OUT|ET): the first EPOLLOUT
 //                            edge and each reply's EPOLLIN edge arrive
+//       sets_take_turns      20 connections one after another (one round
+//                            each, then close), ADDed before connect() to
+//                            two epoll sets by turns; the set not in use
+//                            reports nothing (a same-host slot serves the
+//                            connections in turn: each set keeps watches of
+//                            its doorbells while the other one uses it)
 //
 // Every wait is bounded (5 s for a due event, an alarm() watchdog of
 // --timeout seconds, default 60). Exit 0 with one "ok ..." line per case
@@ -84,7 +90,7 @@ std::string err_text(const std::string& what) { return what + ": " + std::strerr
                "usage: smc_epoll_reg server [--addr A] [--port P] [--portfile F] --count N [--epoll]\n"
                "       smc_epoll_reg client --addr A --port P --case NAME|all [--rounds R]\n"
                "cases: add_before_connect add_then_mod mod_before_connect del_during_decision\n"
-               "       oneshot et_first_edge\n",
+               "       oneshot et_first_edge sets_take_turns\n",
                why.c_str());
   std::exit(2);
 }
@@ -721,6 +727,33 @@ void case_et_first_edge(tcase& c) {
   }
 }
 
+constexpr uint64_t take_turns_conns = 20;
+
+void case_sets_take_turns(tcase& c) {
+  const int sets[2] = {::epoll_create1(EPOLL_CLOEXEC), ::epoll_create1(EPOLL_CLOEXEC)};
+  if (sets[0] < 0 || sets[1] < 0) {
+    c.fail(err_text("epoll_create1"));
+  }
+  for (uint64_t i = 0; i < take_turns_conns; ++i) {
+    c.open();
+    ::close(c.ep);
+    c.ep = sets[i % 2];
+    c.ctl(EPOLL_CTL_ADD, et_all);
+    c.start_connect();
+    connected_by_epoll(c);
+    c.round_trip(i);
+    epoll_event ev[4];
+    if (int n = ::epoll_wait(sets[(i + 1) % 2], ev, 4, 0); n != 0) {
+      c.fail("connection " + std::to_string(i) + ": the set it is not in reported " + std::to_string(n) +
+             " events (errno " + std::strerror(errno) + ")");
+    }
+    ::close(c.fd);  // (its registration goes with it)
+    c.fd = -1;
+  }
+  c.ep = sets[0];
+  ::close(sets[1]);
+}
+
 int client(const client_options& o) {
   static const struct {
     const char* name;
@@ -730,7 +763,8 @@ int client(const client_options& o) {
                {"mod_before_connect", case_mod_before_connect},
                {"del_during_decision", case_del_during_decision},
                {"oneshot", case_oneshot},
-               {"et_first_edge", case_et_first_edge}};
+               {"et_first_edge", case_et_first_edge},
+               {"sets_take_turns", case_sets_take_turns}};
   int ran = 0;
   for (const auto& k : cases) {
     if (o.which != "all" && o.which != k.name) {
