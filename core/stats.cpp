@@ -33,6 +33,7 @@ struct counters {
   std::atomic<uint64_t> shm_reused{0};
   std::atomic<uint64_t> shm_fresh{0};
   std::atomic<uint64_t> bells_kept{0};
+  std::atomic<uint64_t> poll_memory{0};
 };
 
 counters& c() {
@@ -73,6 +74,8 @@ void count_shm_link(bool reused) {
 
 void count_bell_watch_kept() { c().bells_kept.fetch_add(1, std::memory_order_relaxed); }
 
+void count_poll_from_memory() { c().poll_memory.fetch_add(1, std::memory_order_relaxed); }
+
 void reset() {
   c().shm = 0;
   c().rdma = 0;
@@ -95,6 +98,7 @@ void reset() {
   c().shm_reused = 0;
   c().shm_fresh = 0;
   c().bells_kept = 0;
+  c().poll_memory = 0;
 }
 
 std::string to_json(int pid) {
@@ -125,7 +129,8 @@ std::string to_json(int pid) {
        ull(c().handoffs[2]) + "}, \"handshakes\": {\"background\": " + ull(c().background) +
        ", \"stepped\": " + ull(c().stepped) +
        ", \"step_waits\": " + ull(c().step_waits) +
-       ", \"untouched_looks\": " + ull(c().untouched) + "}}\n";
+       ", \"untouched_looks\": " + ull(c().untouched) +
+       "}, \"waits\": {\"poll_from_memory\": " + ull(c().poll_memory) + "}}\n";
   return s;
 }
 

@@ -50,6 +50,10 @@ void count_shm_fresh_slot();
 /// this one's last registration) instead of adding one.
 void count_bell_watch_kept();
 
+/// A poll(), ppoll(), select() or pselect() on same-host SMC sockets only
+/// that their state in memory answered (no system call).
+void count_poll_from_memory();
+
 /// The JSON document for the current counters.
 std::string to_json(int pid);
 /// Writes to_json() to `path_template` (%p -> pid) via a temporary file and

@@ -13,7 +13,9 @@
 #include <cstring>
 #include <vector>
 
+#include "core/busy_wait.h"
 #include "core/log.h"
+#include "core/stats.h"
 #include "preload/preload.h"
 #include "rdma/transport.h"
 
@@ -82,6 +84,37 @@ short smc_revents(entry* e, short want) {
   return r;
 }
 
+// A call on same-host SMC sockets only: what their state in memory says,
+// busy-polled for up to SMC_SPIN_US when nothing is ready and the caller
+// would wait (a request-response peer's answer often comes within
+// microseconds). The number of fds ready, 0 if none: then the kernel is
+// asked (declared waiters, doorbells, and the TCP sockets, which are what
+// tell a dead peer).
+int from_memory(pollfd* fds, nfds_t n, const std::vector<slot_map>& map, int64_t timeout_ns) {
+  for (nfds_t i = 0; i < n; ++i) {
+    const entry* e = map[i].e;
+    if (e == nullptr || e->st.load(std::memory_order_acquire) != state::smc ||
+        e->conn->path().transport() != smc::rdma::kind::shm) {
+      return 0;
+    }
+  }
+  auto look = [&] {
+    int ready = 0;
+    for (nfds_t i = 0; i < n; ++i) {
+      fds[i].revents = smc_revents(map[i].e, fds[i].events);
+      ready += fds[i].revents != 0 ? 1 : 0;
+    }
+    return ready;
+  };
+  int ready = look();
+  const uint32_t spin = g_confined.load(std::memory_order_relaxed) ? 0 : cfg().spin_us;
+  if (ready == 0 && timeout_ns != 0 && spin > 0) {
+    const uint32_t us = timeout_ns < 0 ? spin : static_cast<uint32_t>(std::min<int64_t>(spin, timeout_ns / 1000));
+    smc::core::busy_wait(us, [] { return false; }, [&] { return (ready = look()) > 0; });
+  }
+  return ready;
+}
+
 // The core loop. timeout_ns < 0 = infinite.
 int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask) {
   std::vector<slot_map> map(n);
@@ -95,6 +128,13 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
         ep_expose(map[i].e);  // its kernel readiness is read here: keep it true
       }
     }
+  }
+  if (const int ready = from_memory(fds, n, map, timeout_ns); ready > 0) {
+    smc::core::stats::count_poll_from_memory();
+    for (auto& m : map) {
+      fd_put(m.e);
+    }
+    return ready;
   }
   const int64_t deadline = timeout_ns < 0 ? 0 : mono_ns() + timeout_ns;
   int result = 0;

@@ -962,6 +962,9 @@ scenario_diff() {
 $(head -n 20 "$DIR/diff.txt")"
   fi
   expect_stat smc connections.smc_shm -ge 40
+  # select() and poll() on SMC sockets only, data there: answered from
+  # memory (the script's readable() checks, python's waits with a timeout).
+  expect_stat smc waits.poll_from_memory -ge 10
   finish
 }
 
