@@ -39,6 +39,15 @@ inline constexpr uint16_t loopback_chid = 0xFFFF;
 /// CHID of the Proposal's extra ISM entry that carries a same-host client's
 /// link key (this project's, rdma/shm/shm_link.h; no ISM device has it).
 inline constexpr uint16_t link_key_chid = 0xFFFE;
+/// CHIDs of the two extra entries with which a same-host client lends a slot
+/// of a link it has in its Proposal (core/handshake: the server that owns
+/// that link takes it, and no Confirm follows): (link id << 32 | slot), and
+/// the token the slot's control page offers itself for.
+inline constexpr uint16_t lend_slot_chid = 0xFFFD;
+inline constexpr uint16_t lend_token_chid = 0xFFFC;
+/// In an shm Accept's extended GID above the server's slot number: the
+/// server took the slot the client's Proposal lent.
+inline constexpr uint64_t took_lent_slot = uint64_t{1} << 32;
 
 using eid_t = std::array<uint8_t, 32>;    // EBCDIC-free ASCII, blank padded
 using gid_t = std::array<uint8_t, 16>;

@@ -6,9 +6,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <sys/random.h>
+
+#include <array>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <new>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -263,10 +268,123 @@ uint32_t slot_of(uint64_t gid_ext) {
   return gid_ext <= UINT32_MAX ? static_cast<uint32_t>(gid_ext) : 0;
 }
 
+// Client: which same-host link served a destination last (dest_key ->
+// link id), so that the next Proposal to it can lend a slot of that link.
+// Bounded: forgotten all at once when full.
+std::mutex g_hint_mu;
+std::unordered_map<uint64_t, uint32_t> g_hints;
+constexpr size_t max_hints = 1024;
+
+void remember_link(uint64_t dest, uint32_t link_id) {
+  if (dest == 0) {
+    return;
+  }
+  std::lock_guard<std::mutex> g(g_hint_mu);
+  try {
+    if (g_hints.size() >= max_hints) {
+      g_hints.clear();
+    }
+    g_hints[dest] = link_id;
+  } catch (...) {
+  }
+}
+
+uint32_t link_for(uint64_t dest) {
+  std::lock_guard<std::mutex> g(g_hint_mu);
+  auto it = g_hints.find(dest);
+  return it == g_hints.end() ? 0 : it->second;
+}
+
+// The token a lent slot offers itself for: random (a server that saw it
+// could otherwise guess the next), its top bit set (never 0, never the
+// claimed mark). getrandom once per 32.
+uint64_t lend_token() {
+  static std::mutex mu;
+  static std::array<uint64_t, 32> pool;
+  static size_t left = 0;
+  std::lock_guard<std::mutex> g(mu);
+  if (left == 0) {
+    if (getrandom(pool.data(), sizeof pool, 0) == static_cast<ssize_t>(sizeof pool)) {
+      left = pool.size();
+    } else {
+      return rdma::shm::random64() | (uint64_t{1} << 63);
+    }
+  }
+  return pool[--left] | (uint64_t{1} << 63);
+}
+
+// Client: a slot of ours lent in the Proposal, on the link that served the
+// same destination last (docs/ARCHITECTURE.md, "Same-host links"). The
+// server that owns that link takes it (link::take_peer with `claim`) and
+// says so in its Accept; then no Confirm follows.
+struct lent_slot {
+  std::shared_ptr<rdma::shm::link> l;
+  std::unique_ptr<rdma::shm::local_side> me;
+  uint64_t token = 0;
+
+  // Not taken by this connection: idle again if the offer was still there,
+  // else the peer's until it releases it (a server that saw the Proposal
+  // elsewhere may have made the link's owner take it).
+  void abandon() noexcept {
+    if (l && me) {
+      if (rdma::shm::link::withdraw(*me, token)) {
+        l->put_back(std::move(me));
+      } else {
+        l->give_back(std::move(me), nullptr, true);
+      }
+    }
+    me.reset();
+    l.reset();
+  }
+  ~lent_slot() { abandon(); }
+};
+
+// Client, before the Proposal: lends a slot of the link that served `dest`
+// last, if there is one alive.
+void lend_first(lent_slot& lend, const hs_params& p) {
+  const uint32_t id = p.dest != 0 ? link_for(p.dest) : 0;
+  auto l = id != 0 ? rdma::shm::find_link(link_end::client, id) : nullptr;
+  if (!l) {
+    return;
+  }
+  auto me = take_own(*l, p.rmb_size);
+  if (!me) {
+    return;
+  }
+  lend.token = lend_token();
+  rdma::shm::link::offer(*me, lend.token);
+  lend.me = std::move(me);
+  lend.l = std::move(l);
+}
+
 // Client, the server reuses the link between our two processes (its Accept
-// is not first contact): both sides lend slots; no rendezvous.
+// is not first contact): both sides lend slots; no rendezvous. If it took
+// the slot our Proposal lent, that is all; else ours is named in a Confirm.
 hs_outcome client_shm_link(int fd, const clc::accept_confirm_d& acc, const hs_params& p,
-                           int64_t deadline, uint64_t me_id) {
+                           int64_t deadline, uint64_t me_id, lent_slot& lend, uint64_t dest) {
+  if ((acc.gid_ext & clc::took_lent_slot) != 0) {
+    // The server believes the connection is SMC already: what goes wrong
+    // from here cannot go back to TCP.
+    const uint64_t rest = acc.gid_ext & ~clc::took_lent_slot;
+    if (!lend.me || acc.link_id != lend.l->id() || rest == 0 || rest > UINT32_MAX) {
+      return broken(reason::clc_malformed);
+    }
+    auto l = lend.l;
+    auto peer = l->take_peer(acc.token, static_cast<uint32_t>(rest), rmb_code_to_size(acc.dmbe_size_code));
+    if (!peer) {
+      return broken(reason::rendezvous_failed);
+    }
+    lend.l.reset();
+    auto path = rdma::shm::make_path(std::move(lend.me), std::move(peer), l);
+    if (!path) {
+      return broken(reason::out_of_memory);
+    }
+    stats::count_shm_link(true);
+    stats::count_shm_lent_first();
+    remember_link(dest, acc.link_id);
+    return smc(std::move(path));
+  }
+  lend.abandon();
   auto fail = [&](reason r) {
     SMC_LOG(info, "fd %d: shm link not usable (%s)", fd, std::strerror(errno));
     send_decline(fd, r, deadline);
@@ -298,6 +416,7 @@ hs_outcome client_shm_link(int fd, const clc::accept_confirm_d& acc, const hs_pa
     return broken(reason::internal);
   }
   stats::count_shm_link(true);
+  remember_link(dest, acc.link_id);
   return smc(std::move(path));
 }
 
@@ -386,6 +505,10 @@ struct hs_step {
   std::shared_ptr<rdma::shm::link> l;          // server: the link our Accept names
   std::unique_ptr<rdma::shm::local_side> me;   //   and the slot it lends
   uint64_t token = 0;                          //   (its server token)
+  lent_slot lend;                              // client: the slot our Proposal lends
+  uint64_t dest = 0;                           //   and where to (hs_params::dest)
+  uint64_t lent_link_slot = 0;                 // server: (link id << 32 | slot) the
+  uint64_t lent_token = 0;                     //   client's Proposal lends, and its token
   ~hs_step() {
     if (l && me) {
       l->discard(std::move(me), nullptr);
@@ -408,13 +531,35 @@ bool link_accept(hs_step& s, int fd, std::shared_ptr<rdma::shm::link> l, const h
   if (!me) {
     return false;
   }
+  // The slot the client lent in its Proposal, if it is one of this link's
+  // and still offered for that Proposal's token: then this Accept ends the
+  // handshake.
+  std::unique_ptr<rdma::shm::remote_side> lent;
+  if (s.lent_token != 0 && (s.lent_link_slot >> 32) == l->id()) {
+    lent = l->take_peer(s.lent_token, static_cast<uint32_t>(s.lent_link_slot), 0, true);
+  }
   rdma::shm::link::offer(*me, me->token);
   const clc::accept_confirm_d acc =
       shm_message(clc::msg_type::accept, false, s.me_id, me->token, me->rmb->size(), l->id(),
                   me->slot, p);
-  if (!send_all(fd, clc::encode(acc), s.deadline)) {
-    l->discard(std::move(me), nullptr);
+  clc::accept_confirm_d sent = acc;
+  if (lent) {
+    sent.gid_ext |= clc::took_lent_slot;
+  }
+  if (!send_all(fd, clc::encode(sent), s.deadline)) {
+    l->discard(std::move(me), std::move(lent));
     out = broken(reason::internal);
+    return true;
+  }
+  if (lent) {
+    auto path = rdma::shm::make_path(std::move(me), std::move(lent), l);
+    if (!path) {
+      out = broken(reason::out_of_memory);  // the client believes it is SMC
+      return true;
+    }
+    stats::count_shm_link(true);
+    stats::count_shm_lent_first();
+    out = smc(std::move(path));
     return true;
   }
   s.token = me->token;
@@ -478,6 +623,7 @@ hs_step_ptr client_propose(int fd, const hs_params& p, hs_outcome& out) {
   s->deadline = s->wait_until = deadline;
   s->me_id = host_id();
   s->want_shm = p.transport != config::transport_mode::rdma;
+  s->dest = p.dest;
   if (p.transport != config::transport_mode::shm) {
     s->gid = smcr::local_gid(fd, p.devices);
   }
@@ -493,6 +639,11 @@ hs_step_ptr client_propose(int fd, const hs_params& p, hs_outcome& out) {
   if (s->want_shm) {
     prop.ism_v2.push_back({s->me_id, clc::loopback_chid});
     prop.ism_v2.push_back({rdma::shm::link_key(), clc::link_key_chid});
+    lend_first(s->lend, p);
+    if (s->lend.me) {
+      prop.ism_v2.push_back({(uint64_t{s->lend.l->id()} << 32) | s->lend.me->slot, clc::lend_slot_chid});
+      prop.ism_v2.push_back({s->lend.token, clc::lend_token_chid});
+    }
   }
   if (s->gid) {
     // Our peer id names this process (its own link groups): the server
@@ -591,7 +742,7 @@ step_result client_answer(hs_step& s, int fd, const hs_params& p, bool may_block
     return decline(reason::no_ueid);
   }
   if (!acc.first_contact) {
-    out = client_shm_link(fd, acc, p, deadline, s.me_id);
+    out = client_shm_link(fd, acc, p, deadline, s.me_id, s.lend, s.dest);
     return step_result::done;
   }
   rdma::shm::local_side me;
@@ -619,6 +770,9 @@ step_result client_answer(hs_step& s, int fd, const hs_params& p, bool may_block
   if (!send_all(fd, clc::encode(conf), deadline)) {
     out = broken(reason::internal);
   } else {
+    if (link_id != 0) {
+      remember_link(s.dest, link_id);  // (if it did not become a link, nothing finds it)
+    }
     out = smc(std::move(path));
   }
   return step_result::done;
@@ -830,6 +984,8 @@ hs_step_ptr server_begin(int fd, size_t msg_len, const hs_params& p, hs_outcome&
   // that could lend no slot, it stays this connection's own).
   for (const auto& e : prop.ism_v2) {
     s->client_key = e.chid == clc::link_key_chid ? e.gid : s->client_key;
+    s->lent_link_slot = e.chid == clc::lend_slot_chid ? e.gid : s->lent_link_slot;
+    s->lent_token = e.chid == clc::lend_token_chid ? e.gid : s->lent_token;
   }
   s->want_link = s->client_key != 0;
   return s;
@@ -975,6 +1131,35 @@ hs_outcome hs_finish(hs_step& s, int fd, const hs_params& p) {
     }
     wait_more(fd, s.prefix, s.wait_until);  // (past it, the next look ends the step)
   }
+}
+
+uint64_t dest_key(const sockaddr* addr, socklen_t len) {
+  if (addr == nullptr || len <= 0) {
+    return 0;
+  }
+  // FNV-1a over the family, address and port (not sin6's flow info).
+  uint64_t h = 0xcbf29ce484222325ULL;
+  auto mix = [&h](const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    for (size_t i = 0; i < n; ++i) {
+      h = (h ^ b[i]) * 0x100000001b3ULL;
+    }
+  };
+  if (addr->sa_family == AF_INET && len >= static_cast<socklen_t>(sizeof(sockaddr_in))) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(addr);
+    mix(&a->sin_family, sizeof a->sin_family);
+    mix(&a->sin_addr, sizeof a->sin_addr);
+    mix(&a->sin_port, sizeof a->sin_port);
+  } else if (addr->sa_family == AF_INET6 && len >= static_cast<socklen_t>(sizeof(sockaddr_in6))) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(addr);
+    mix(&a->sin6_family, sizeof a->sin6_family);
+    mix(&a->sin6_addr, sizeof a->sin6_addr);
+    mix(&a->sin6_port, sizeof a->sin6_port);
+    mix(&a->sin6_scope_id, sizeof a->sin6_scope_id);
+  } else {
+    return 0;
+  }
+  return h == 0 ? 1 : h;
 }
 
 hs_outcome hs_abandon(hs_step& s, int fd, reason why) {

@@ -5,6 +5,8 @@
 // bytes that are not a valid CLC message are never consumed.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -27,7 +29,14 @@ struct hs_params {
   int timeout_ms = 5000;  // for each wait on the peer
   std::vector<std::string> devices;  // SMC_DEVICES (empty = any RDMA device)
   std::string ueid = default_ueid();  // SMC_UEID: the EID both sides must share
+  /// Client: the server's address and port (dest_key()), 0 if unknown. A
+  /// same-host link that served this destination last gets a slot of ours
+  /// lent in the Proposal.
+  uint64_t dest = 0;
 };
+
+/// A hash of a socket address (family, address, port) for hs_params::dest.
+uint64_t dest_key(const sockaddr* addr, socklen_t len);
 
 struct hs_outcome {
   std::unique_ptr<rdma::data_path> path;  // set: the connection is SMC

@@ -33,6 +33,7 @@ struct counters {
   std::atomic<uint64_t> shm_reused{0};
   std::atomic<uint64_t> shm_fresh{0};
   std::atomic<uint64_t> bells_kept{0};
+  std::atomic<uint64_t> lent_first{0};
   std::atomic<uint64_t> poll_memory{0};
 };
 
@@ -72,6 +73,7 @@ void count_shm_link(bool reused) {
   (reused ? c().shm_reused : c().shm_links).fetch_add(1, std::memory_order_relaxed);
 }
 
+void count_shm_lent_first() { c().lent_first.fetch_add(1, std::memory_order_relaxed); }
 void count_bell_watch_kept() { c().bells_kept.fetch_add(1, std::memory_order_relaxed); }
 
 void count_poll_from_memory() { c().poll_memory.fetch_add(1, std::memory_order_relaxed); }
@@ -98,6 +100,7 @@ void reset() {
   c().shm_reused = 0;
   c().shm_fresh = 0;
   c().bells_kept = 0;
+  c().lent_first = 0;
   c().poll_memory = 0;
 }
 
@@ -121,6 +124,7 @@ std::string to_json(int pid) {
   s += "}, \"shm_links\": {\"made\": " + ull(c().shm_links) +
        ", \"connections_reusing\": " + ull(c().shm_reused) +
        ", \"fresh_slots\": " + ull(c().shm_fresh) +
+       ", \"lent_first\": " + ull(c().lent_first) +
        ", \"bell_watches_kept\": " + ull(c().bells_kept);
   s += "}, \"bytes\": {\"smc_tx\": " + ull(c().tx) + ", \"smc_rx\": " + ull(c().rx) +
        "}, \"rdma_cq_events\": {\"engine\": " + ull(c().cq_engine) +

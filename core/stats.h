@@ -45,6 +45,9 @@ void count_shm_link(bool reused);
 /// earlier connection released).
 void count_shm_fresh_slot();
 
+/// A connection over a same-host link whose server took the slot the
+/// client lent in its Proposal: no Confirm (counted on both sides).
+void count_shm_lent_first();
 /// A registration in an epoll set took over the watch of a same-host
 /// slot's doorbell left there idle (by the slot's last connection, or by
 /// this one's last registration) instead of adding one.

@@ -133,6 +133,7 @@ struct entry {
   std::atomic<state> st{state::fresh};
   int family = 0;
   bool believed = false;          // the peer is in SMC_PEERS or sent SMC's TCP option
+  uint64_t dest = 0;              // connect()'s address (core::dest_key), 0: none
   unsigned strip_mask = 0;        // state::strip: CLC types to strip
   int64_t partial_since_ms = 0;   // undecided: when a CLC prefix was first seen
   bool linger0 = false;           // SO_LINGER with l_linger 0: close resets

@@ -465,7 +465,9 @@ state finish_connect(entry* e, int fd, uint32_t seen) {
     // A non-blocking connect's caller must not wait for the server either:
     // the Proposal goes out now, the server's answer is taken when it comes.
     core::hs_outcome out;
-    if (core::hs_step_ptr step = core::client_propose(fd, hs_params(), out)) {
+    core::hs_params params = hs_params();
+    params.dest = e->dest;
+    if (core::hs_step_ptr step = core::client_propose(fd, params, out)) {
       return begin_step(e, fd, std::move(step));
     }
     apply(e, fd, std::move(out));
@@ -807,6 +809,7 @@ __attribute__((visibility("default"))) int connect(int fd, const sockaddr* addr,
       return real.connect(fd, addr, len);
     }
     e->believed = believed;
+    e->dest = smc::core::dest_key(addr, len);
     if (believed) {
       smc::core::client_warm_up(hs_params());
     }
@@ -823,7 +826,9 @@ __attribute__((visibility("default"))) int connect(int fd, const sockaddr* addr,
     {
       std::lock_guard<std::mutex> lk(e->mu);
       if (believed || smc::core::tcp_option::peer_said(fd) == smc::core::tcp_option::peer::smc) {
-        apply(e.get(), fd, smc::core::client_handshake(fd, hs_params()));
+        smc::core::hs_params params = hs_params();
+        params.dest = e->dest;
+        apply(e.get(), fd, smc::core::client_handshake(fd, params));
       } else {
         become_tcp(e.get(), fd, reason::peer_not_configured);
       }

@@ -324,7 +324,45 @@ void link::offer(local_side& me, uint64_t token) {
   me.rmb->ctl()->offer.store(token, std::memory_order_release);
 }
 
-std::unique_ptr<remote_side> link::take_peer(uint64_t token, uint32_t slot, uint32_t rmb_size) {
+namespace {
+// What a claimed offer reads (no token is 1: shm_link's lent tokens have
+// their top bit set, server tokens are random or counted from a random
+// start, and a collision only costs that connection its slot).
+constexpr uint64_t offer_claimed = 1;
+}  // namespace
+
+bool link::withdraw(local_side& me, uint64_t token) {
+  return me.rmb->ctl()->offer.compare_exchange_strong(token, 0, std::memory_order_acq_rel);
+}
+
+void link::put_back(std::unique_ptr<local_side> me) noexcept {
+  if (!me) {
+    return;
+  }
+  if (gen_ != g_gen.load(std::memory_order_relaxed)) {
+    return;  // a fork retired the link
+  }
+  std::lock_guard<std::mutex> g(st_->mu);
+  state& s = *st_;
+  const uint32_t slot = me->slot;
+  s.own_lent.erase(slot);
+  const bool doomed = s.own_doomed.erase(slot) != 0;
+  try {
+    if (s.fd >= 0 && !doomed && charge(own_fds)) {
+      s.free.push_back(std::move(me));
+      return;
+    }
+  } catch (...) {
+    refund(own_fds);
+  }
+  me.reset();
+  if (s.fd >= 0 && !doomed) {
+    s.send(m_drop_own, 0, slot, 0);
+  }
+}
+
+std::unique_ptr<remote_side> link::take_peer(uint64_t token, uint32_t slot, uint32_t rmb_size,
+                                             bool claim) {
   std::lock_guard<std::mutex> g(st_->mu);
   state& s = *st_;
   auto it = s.peer_idle.find(slot);
@@ -338,8 +376,14 @@ std::unique_ptr<remote_side> link::take_peer(uint64_t token, uint32_t slot, uint
   it = s.peer_idle.find(slot);
   // The offer is in the slot's own control page, which only its owner and
   // we can write: a third process that names the slot gets nothing.
-  if (it == s.peer_idle.end() || it->second.half->rmb->size() != rmb_size ||
-      it->second.half->rmb->ctl()->offer.load(std::memory_order_acquire) != token) {
+  if (it == s.peer_idle.end() || (rmb_size != 0 && it->second.half->rmb->size() != rmb_size)) {
+    errno = EPROTO;
+    return nullptr;
+  }
+  auto& offer = it->second.half->rmb->ctl()->offer;
+  uint64_t expected = token;
+  if (claim ? !offer.compare_exchange_strong(expected, offer_claimed, std::memory_order_acq_rel)
+            : offer.load(std::memory_order_acquire) != token) {
     errno = EPROTO;
     return nullptr;
   }

@@ -70,11 +70,21 @@ class link final : public slot_home {
   /// Offers our slot to the connection whose server token is `token` (in its
   /// control page, before the CLC message that names the slot is sent).
   static void offer(local_side& me, uint64_t token);
-  /// The peer's slot `slot` of `rmb_size` bytes for the connection with
-  /// server token `token`: only if the slot came over this link, offers
-  /// itself for that token, and is not lent already. nullptr + errno
-  /// (EPROTO).
-  std::unique_ptr<remote_side> take_peer(uint64_t token, uint32_t slot, uint32_t rmb_size);
+  /// Takes back an offer nobody claimed (take_peer with `claim`): true if
+  /// it was still there, false if the peer took the slot meanwhile (it is
+  /// then the peer's until it releases it: give_back).
+  static bool withdraw(local_side& me, uint64_t token);
+  /// The peer's slot `slot` of `rmb_size` bytes (0: any size) for the
+  /// connection with server token `token`: only if the slot came over this
+  /// link, offers itself for that token, and is not lent already. With
+  /// `claim` the offer is taken in the same step (a client's slot lent in
+  /// its Proposal, which the client may withdraw meanwhile). nullptr +
+  /// errno (EPROTO).
+  std::unique_ptr<remote_side> take_peer(uint64_t token, uint32_t slot, uint32_t rmb_size,
+                                         bool claim = false);
+  /// A slot of ours taken for a connection that did not use it, and that
+  /// the peer never had: idle again, as one the peer released.
+  void put_back(std::unique_ptr<local_side> me) noexcept;
   /// A half taken above that no path got (the handshake failed): destroyed,
   /// and the peer told not to reuse it.
   void discard(std::unique_ptr<local_side> me, std::unique_ptr<remote_side> peer) noexcept;

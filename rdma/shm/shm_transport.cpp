@@ -232,10 +232,12 @@ class shm_path final : public data_path {
       : me_(std::move(me)), peer_(std::move(peer)), home_(std::move(home)) {}
   ~shm_path() override {
     if (home_) {
-      // Whether our doorbells may hold rings: a flag still up, or rings
-      // left queued by re-arms since the last drain.
-      me_->maybe_rung = mine()->ctl()->rx_rung.load() != 0 || theirs()->ctl()->tx_rung.load() != 0 ||
-                        undrained_rx_.load() != 0 || undrained_tx_.load() != 0;
+      // What our doorbells may hold now: what the slot carried in (unless
+      // this path drained it), re-arms since the last drain, a flag up.
+      me_->queued_rx = (drained_rx_.load() ? 0 : me_->queued_rx) + undrained_rx_.load() +
+                       (mine()->ctl()->rx_rung.load() != 0 ? 1 : 0);
+      me_->queued_tx = (drained_tx_.load() ? 0 : me_->queued_tx) + undrained_tx_.load() +
+                       (theirs()->ctl()->tx_rung.load() != 0 ? 1 : 0);
       home_->give_back(std::move(me_), std::move(peer_), !exported_.load());
     }
   }
@@ -316,11 +318,13 @@ class shm_path final : public data_path {
   bool drain_rx() override {
     const bool ok = bell_drain(me_->rx_bell, confined_.load(std::memory_order_relaxed));
     mine()->ctl()->rx_rung.store(0, std::memory_order_seq_cst);
+    drained_rx_.store(true, std::memory_order_relaxed);
     return ok;
   }
   bool drain_tx() override {
     const bool ok = bell_drain(me_->tx_bell, confined_.load(std::memory_order_relaxed));
     theirs()->ctl()->tx_rung.store(0, std::memory_order_seq_cst);
+    drained_tx_.store(true, std::memory_order_relaxed);
     return ok;
   }
   // Clearing the rung flag lets the next ring through; the ring that set it
@@ -361,6 +365,8 @@ class shm_path final : public data_path {
   }
   std::atomic<uint32_t> undrained_rx_{0};
   std::atomic<uint32_t> undrained_tx_{0};
+  std::atomic<bool> drained_rx_{false};  // emptied what the slot carried in
+  std::atomic<bool> drained_tx_{false};
   std::unique_ptr<local_side> me_;
   std::unique_ptr<remote_side> peer_;
   std::shared_ptr<slot_home> home_;
@@ -555,19 +561,28 @@ local_side::local_side(local_side&& o) noexcept
       token(o.token),
       slot(o.slot),
       bell_id(o.bell_id),
-      maybe_rung(o.maybe_rung),
+      queued_rx(o.queued_rx),
+      queued_tx(o.queued_tx),
       reuses(o.reuses) {}
 
 bool local_side::reset_for_reuse() {
-  // Empty first, then clear the flags (drain_rx's order): a peer that
-  // released the slot rings no more, so nothing lands in between. A ring
-  // that raced the last drain with its flag already cleared may stay: the
-  // periodic drain bounds those (one per reuse at most) below a flood.
+  // Empty (when due) first, then clear the flags (drain_rx's order): a
+  // peer that released the slot rings no more, so nothing lands in
+  // between. Rings left queued are counted (queued_rx, queued_tx) and
+  // drained before they could ever add up to a flood.
   ++reuses;
-  const bool drain = maybe_rung || reuses % 32 == 0;
-  const bool rx_ok = !drain || bell_drain(rx_bell, false);
-  const bool tx_ok = !drain || bell_drain(tx_bell, false);
-  maybe_rung = false;
+  // A ring may have come after the last path's count: the peer's rx ring
+  // shows in our flag; its tx ring's flag is in its own page, so one is
+  // assumed.
+  queued_rx += rmb->ctl()->rx_rung.load(std::memory_order_seq_cst) != 0 ? 1 : 0;
+  queued_tx += 1;
+  const bool every = reuses % 32 == 0;
+  const bool drain_rx = every || queued_rx > max_carried_rings;
+  const bool drain_tx = every || queued_tx > max_carried_rings;
+  const bool rx_ok = !drain_rx || bell_drain(rx_bell, false);
+  const bool tx_ok = !drain_tx || bell_drain(tx_bell, false);
+  queued_rx = drain_rx ? 0 : queued_rx;
+  queued_tx = drain_tx ? 0 : queued_tx;
   control* c = rmb->ctl();
   c->prod.store(0, std::memory_order_relaxed);
   c->prod_flags.store(0, std::memory_order_relaxed);

@@ -121,7 +121,14 @@ struct local_side {
   // number; never 0): what an epoll set that keeps watching them across
   // the connections the slot serves checks (data_path::bells_id).
   uint64_t bell_id = 0;
-  bool maybe_rung = true;  // its doorbells may hold rings (the last path's word)
+  // At most this many rings may be queued on each doorbell (what its last
+  // paths left there: rung flags up and re-arms since their last drain).
+  // reset_for_reuse drains a doorbell only once it may hold more than
+  // max_carried_rings, and every 32nd reuse: a drain is a system call per
+  // connection otherwise, and a ring left queued only makes a level
+  // watcher look once for nothing (then it drains).
+  uint32_t queued_rx = 0;
+  uint32_t queued_tx = 0;
   uint32_t reuses = 0;
   local_side() = default;
   local_side(local_side&& o) noexcept;  // takes o's fds
@@ -130,8 +137,9 @@ struct local_side {
   /// Creates RMB + doorbells; false + errno on failure.
   bool init(uint32_t rmb_size);
   /// Readies a slot the peer released for its next connection: doorbells
-  /// emptied (when the last path may have left rings there, and every 32nd
-  /// time regardless), control page and state page cleared, a new token
+  /// emptied (when the last paths may have left more than max_carried_rings
+  /// there, and every 32nd time regardless), control page and state page
+  /// cleared, a new token
   /// (the next number, after a random first: a reused slot's token travels
   /// only to its peer). False if a doorbell held more rings than a peer that
   /// follows the protocol leaves.
@@ -176,6 +184,10 @@ class slot_home {
 /// peer that rings without end (ours rings once until drained): the
 /// connection ends.
 inline constexpr int max_queued_rings = 64;
+/// What a reused slot's doorbell may carry into its next connection
+/// undrained (local_side::queued_rx): with a connection's own (a rung flag,
+/// re-arms until every 8th drains) far below max_queued_rings.
+inline constexpr uint32_t max_carried_rings = 16;
 
 /// Server end of the rendezvous: an abstract unix listener named after the
 /// host id and a random link id (both go into the CLC Accept).

@@ -33,9 +33,9 @@
 //       sets_take_turns      20 connections one after another (one round
 //                            each, then close), ADDed before connect() to
 //                            two epoll sets by turns; the set not in use
-//                            reports nothing (a same-host slot serves the
-//                            connections in turn: each set keeps watches of
-//                            its doorbells while the other one uses it)
+//                            reports nothing (same-host slots serve the
+//                            connections in turn, and each set keeps
+//                            watches of the doorbells of some of them)
 //
 // Every wait is bounded (5 s for a due event, an alarm() watchdog of
 // --timeout seconds, default 60). Exit 0 with one "ok ..." line per case
