@@ -507,6 +507,7 @@ struct hs_step {
   uint64_t token = 0;                          //   (its server token)
   lent_slot lend;                              // client: the slot our Proposal lends
   uint64_t dest = 0;                           //   and where to (hs_params::dest)
+  bool lend_waited = false;                    //   it was taken: waited once more
   uint64_t lent_link_slot = 0;                 // server: (link id << 32 | slot) the
   uint64_t lent_token = 0;                     //   client's Proposal lends, and its token
   ~hs_step() {
@@ -681,6 +682,23 @@ step_result client_answer(hs_step& s, int fd, const hs_params& p, bool may_block
       if (now_ms() < s.wait_until) {
         s.prefix = prefix;
         return step_result::wait;
+      }
+      if (s.lend.me && !prefix) {
+        if (!rdma::shm::link::withdraw(*s.lend.me, s.lend.token)) {
+          // The server took the slot we lent: it is SMC already, and its
+          // Accept says so. A Decline now would break the connection;
+          // wait as long once more, then give up on it.
+          if (s.lend_waited) {
+            out = broken(reason::clc_timeout);
+            return step_result::done;
+          }
+          s.lend_waited = true;
+          s.wait_until = now_ms() + p.timeout_ms;
+          return step_result::wait;
+        }
+        s.lend.token = 0;  // (withdrawn: abandon() finds nothing to take back)
+        s.lend.l->put_back(std::move(s.lend.me));
+        s.lend.l.reset();
       }
       if (prefix) {
         out = broken(reason::clc_timeout);
@@ -1174,6 +1192,12 @@ hs_outcome hs_abandon(hs_step& s, int fd, reason why) {
     bool prefix = false;
     if (peek_message(fd, buf, h, mask_reply, prefix) != peeked::whole || !consume(fd, h.length)) {
       return broken(why);
+    }
+    clc::accept_confirm_d acc;
+    if (h.type == clc::msg_type::accept && h.typev1 != clc::type_r &&
+        clc::decode({buf, h.length}, acc) == clc::error::ok &&
+        (acc.gid_ext & clc::took_lent_slot) != 0) {
+      return broken(why);  // the server took the slot we lent: it is SMC already
     }
   }
   SMC_LOG(info, "fd %d: declining SMC (%s)", fd, to_name(why));

@@ -1094,3 +1094,151 @@ TEST_CASE("after a link's Accept the server takes a Decline, and breaks on anyth
   CHECK(s2.path);
   CHECK(c2.path);
 }
+
+// ---------------------------------------------------------------------------
+// The client lends first (docs/ARCHITECTURE.md, "Same-host links")
+// ---------------------------------------------------------------------------
+
+namespace {
+
+// What a client's Proposal at the head of `fd` lends: (link id << 32 |
+// slot) and token, and its link key; all 0 when it lends nothing.
+struct lend_seen {
+  uint64_t link_slot = 0;
+  uint64_t token = 0;
+  uint64_t key = 0;
+};
+
+lend_seen peek_lend(int fd) {
+  size_t len = 0;
+  REQUIRE(smc::core::peek_clc(fd, smc::core::mask_proposal, len) == start_kind::match);
+  bytes b(len);
+  REQUIRE(::recv(fd, b.data(), b.size(), MSG_PEEK) == static_cast<ssize_t>(len));
+  clc::proposal prop;
+  REQUIRE(clc::decode(b, prop) == clc::error::ok);
+  lend_seen l;
+  for (const auto& e : prop.ism_v2) {
+    l.link_slot = e.chid == clc::lend_slot_chid ? e.gid : l.link_slot;
+    l.token = e.chid == clc::lend_token_chid ? e.gid : l.token;
+    l.key = e.chid == clc::link_key_chid ? e.gid : l.key;
+  }
+  return l;
+}
+
+// As a server that saw the Proposal elsewhere and replayed it to the
+// link's owner would make that owner do: the lent slot, claimed.
+std::unique_ptr<smc::rdma::shm::remote_side> claim_lent(const lend_seen& l) {
+  auto link = smc::rdma::shm::find_link(smc::rdma::shm::link_end::server, l.key);
+  REQUIRE(link);
+  auto half = link->take_peer(l.token, static_cast<uint32_t>(l.link_slot), 0, true);
+  REQUIRE(half);
+  return half;
+}
+
+constexpr uint64_t some_dest = 0x5eed5eed5eed5eedULL;
+
+}  // namespace
+
+TEST_CASE("to an address its link served last, the client lends first: no Confirm",
+          "[handshake][step][lend]") {
+  hs_params p;
+  p.rmb_size = 16 * 1024;
+  p.dest = some_dest;
+  make_link(p);  // (remembers the link for that address)
+  for (int i = 0; i < 3; ++i) {
+    INFO("connection " << i);
+    tcp_pair t;
+    hs_outcome co;
+    hs_outcome so;
+    auto cs = smc::core::client_propose(t.c, p, co);
+    REQUIRE(cs);
+    const lend_seen seen = peek_lend(t.s);
+    CHECK(seen.token != 0);
+    CHECK(seen.link_slot != 0);
+    size_t len = 0;
+    REQUIRE(smc::core::peek_clc(t.s, smc::core::mask_proposal, len) == start_kind::match);
+    auto ss = smc::core::server_begin(t.s, len, p, so);
+    REQUIRE(ss);
+    // The server took the lent slot: its Accept ends the handshake.
+    step_result r = smc::core::hs_advance(*ss, t.s, p, false, so);
+    INFO("server " << step_name(r) << " " << smc::core::to_name(so.why));
+    REQUIRE(r == step_result::done);
+    REQUIRE(so.path);
+    r = smc::core::hs_advance(*cs, t.c, p, false, co);
+    INFO("client " << step_name(r) << " " << smc::core::to_name(co.why));
+    REQUIRE(r == step_result::done);
+    REQUIRE(co.path);
+    CHECK(stream_empty(t.s));  // no Confirm
+    CHECK(stream_empty(t.c));
+    set_timeouts(t.c, 10000);
+    set_timeouts(t.s, 10000);
+    conn cc(std::move(co.path), t.c, 0);
+    conn sc(std::move(so.path), t.s, 0);
+    exchange_data(cc, sc, 100000);
+  }
+}
+
+TEST_CASE("a lent slot someone else had claimed: the Confirm follows with another one",
+          "[handshake][step][lend]") {
+  hs_params p;
+  p.rmb_size = 16 * 1024;
+  p.dest = some_dest + 1;
+  make_link(p);
+  tcp_pair t;
+  hs_outcome co;
+  hs_outcome so;
+  auto cs = smc::core::client_propose(t.c, p, co);
+  REQUIRE(cs);
+  const lend_seen seen = peek_lend(t.s);
+  REQUIRE(seen.token != 0);
+  auto stolen = claim_lent(seen);
+  size_t len = 0;
+  REQUIRE(smc::core::peek_clc(t.s, smc::core::mask_proposal, len) == start_kind::match);
+  auto ss = smc::core::server_begin(t.s, len, p, so);
+  REQUIRE(ss);
+  REQUIRE(smc::core::hs_advance(*ss, t.s, p, false, so) == step_result::wait);  // a Confirm to come
+  REQUIRE(smc::core::hs_advance(*cs, t.c, p, false, co) == step_result::done);
+  REQUIRE(co.path);
+  REQUIRE(smc::core::hs_advance(*ss, t.s, p, false, so) == step_result::done);
+  REQUIRE(so.path);
+  set_timeouts(t.c, 10000);
+  set_timeouts(t.s, 10000);
+  conn cc(std::move(co.path), t.c, 0);
+  conn sc(std::move(so.path), t.s, 0);
+  exchange_data(cc, sc, 100000);
+  // The claimed slot is the claimer's until it lets it go.
+  auto link = smc::rdma::shm::find_link(smc::rdma::shm::link_end::server, seen.key);
+  REQUIRE(link);
+  link->give_back(nullptr, std::move(stolen), true);
+}
+
+TEST_CASE("a lent slot taken and no Accept: the client waits once more, then breaks, never declines",
+          "[handshake][step][lend]") {
+  hs_params p;
+  p.rmb_size = 16 * 1024;
+  p.dest = some_dest + 2;
+  make_link(p);
+  p.timeout_ms = 100;
+  tcp_pair t;
+  hs_outcome co;
+  auto cs = smc::core::client_propose(t.c, p, co);
+  REQUIRE(cs);
+  const lend_seen seen = peek_lend(t.s);
+  REQUIRE(seen.token != 0);
+  auto stolen = claim_lent(seen);
+  outlive(*cs);
+  // Whoever took the slot believes in the connection: no Decline yet.
+  REQUIRE(smc::core::hs_advance(*cs, t.c, p, false, co) == step_result::wait);
+  outlive(*cs);
+  REQUIRE(smc::core::hs_advance(*cs, t.c, p, false, co) == step_result::done);
+  CHECK(co.why == reason::clc_timeout);
+  CHECK(co.broken);
+  size_t len = 0;
+  REQUIRE(smc::core::peek_clc(t.s, smc::core::mask_proposal, len) == start_kind::match);
+  REQUIRE(smc::core::discard_clc(t.s, len));
+  CHECK(stream_empty(t.s));  // the Proposal, and nothing after it
+  cs.reset();
+  auto link = smc::rdma::shm::find_link(smc::rdma::shm::link_end::server, seen.key);
+  REQUIRE(link);
+  link->give_back(nullptr, std::move(stolen), true);
+}
