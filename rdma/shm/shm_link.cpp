@@ -197,6 +197,43 @@ struct link::state {
     }
   }
 
+  // Our slot back from a connection: idle again if it may be reused, on
+  // `free` when the peer never had it or released it, else on `closing`
+  // until it does; otherwise (or out of memory for the list entry)
+  // destroyed and the peer told, unless it unmapped it already.
+  void return_own(std::unique_ptr<local_side> me, bool reusable, bool released) noexcept {
+    const uint32_t slot = me->slot;
+    own_lent.erase(slot);
+    const bool doomed = own_doomed.erase(slot) != 0;  // the peer unmapped it
+    bool kept = false;
+    if (reusable && fd >= 0 && !doomed && charge(own_fds)) {
+      try {
+        if (released) {
+          free.push_back(std::move(me));
+        } else {
+          closing.push_back(std::move(me));
+        }
+        kept = true;
+      } catch (...) {
+        refund(own_fds);
+      }
+    }
+    if (kept) {
+      if (!released && closing.size() > max_closing) {
+        const uint32_t old = closing.front()->slot;
+        closing.pop_front();
+        refund(own_fds);
+        send(m_drop_own, 0, old, 0);
+      }
+      return;
+    }
+    const bool tell = fd >= 0 && !doomed;
+    me.reset();
+    if (tell) {
+      send(m_drop_own, 0, slot, 0);
+    }
+  }
+
   // Takes what the peer sent so far. False when the link is (now) dead.
   bool pump() {
     for (int i = 0; i < pump_batch && fd >= 0; ++i) {
@@ -336,29 +373,11 @@ bool link::withdraw(local_side& me, uint64_t token) {
 }
 
 void link::put_back(std::unique_ptr<local_side> me) noexcept {
-  if (!me) {
-    return;
-  }
-  if (gen_ != g_gen.load(std::memory_order_relaxed)) {
-    return;  // a fork retired the link
+  if (!me || gen_ != g_gen.load(std::memory_order_relaxed)) {
+    return;  // (a fork retired the link: the slot is simply destroyed)
   }
   std::lock_guard<std::mutex> g(st_->mu);
-  state& s = *st_;
-  const uint32_t slot = me->slot;
-  s.own_lent.erase(slot);
-  const bool doomed = s.own_doomed.erase(slot) != 0;
-  try {
-    if (s.fd >= 0 && !doomed && charge(own_fds)) {
-      s.free.push_back(std::move(me));
-      return;
-    }
-  } catch (...) {
-    refund(own_fds);
-  }
-  me.reset();
-  if (s.fd >= 0 && !doomed) {
-    s.send(m_drop_own, 0, slot, 0);
-  }
+  st_->return_own(std::move(me), true, true);
 }
 
 std::unique_ptr<remote_side> link::take_peer(uint64_t token, uint32_t slot, uint32_t rmb_size,
@@ -426,23 +445,7 @@ void link::give_back(std::unique_ptr<local_side> me, std::unique_ptr<remote_side
       }
     }
     if (me) {
-      const uint32_t slot = me->slot;
-      s.own_lent.erase(slot);
-      const bool doomed = s.own_doomed.erase(slot) != 0;  // the peer unmapped it
-      if (reusable && live && !doomed && charge(own_fds)) {
-        s.closing.push_back(std::move(me));
-        if (s.closing.size() > max_closing) {
-          const uint32_t old = s.closing.front()->slot;
-          s.closing.pop_front();
-          refund(own_fds);
-          s.send(m_drop_own, 0, old, 0);
-        }
-      } else {
-        me.reset();
-        if (live && !doomed) {
-          s.send(m_drop_own, 0, slot, 0);
-        }
-      }
+      s.return_own(std::move(me), reusable, false);
     }
   } catch (...) {
     // Out of memory for a table entry: the halves are destroyed below.
