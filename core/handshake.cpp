@@ -322,16 +322,22 @@ struct lent_slot {
   std::unique_ptr<rdma::shm::local_side> me;
   uint64_t token = 0;
 
+  // Takes the offer back: true (and the slot idle again) if it was still
+  // there; false if the peer took the slot.
+  bool withdraw() noexcept {
+    if (!rdma::shm::link::withdraw(*me, token)) {
+      return false;
+    }
+    l->put_back(std::move(me));
+    l.reset();
+    return true;
+  }
   // Not taken by this connection: idle again if the offer was still there,
   // else the peer's until it releases it (a server that saw the Proposal
   // elsewhere may have made the link's owner take it).
   void abandon() noexcept {
-    if (l && me) {
-      if (rdma::shm::link::withdraw(*me, token)) {
-        l->put_back(std::move(me));
-      } else {
-        l->give_back(std::move(me), nullptr, true);
-      }
+    if (l && me && !withdraw()) {
+      l->give_back(std::move(me), nullptr, true);
     }
     me.reset();
     l.reset();
@@ -684,7 +690,7 @@ step_result client_answer(hs_step& s, int fd, const hs_params& p, bool may_block
         return step_result::wait;
       }
       if (s.lend.me && !prefix) {
-        if (!rdma::shm::link::withdraw(*s.lend.me, s.lend.token)) {
+        if (!s.lend.withdraw()) {
           // The server took the slot we lent: it is SMC already, and its
           // Accept says so. A Decline now would break the connection;
           // wait as long once more, then give up on it.
@@ -696,9 +702,6 @@ step_result client_answer(hs_step& s, int fd, const hs_params& p, bool may_block
           s.wait_until = now_ms() + p.timeout_ms;
           return step_result::wait;
         }
-        s.lend.token = 0;  // (withdrawn: abandon() finds nothing to take back)
-        s.lend.l->put_back(std::move(s.lend.me));
-        s.lend.l.reset();
       }
       if (prefix) {
         out = broken(reason::clc_timeout);
