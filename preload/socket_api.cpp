@@ -442,6 +442,17 @@ state decide_passive_locked(entry* e, int fd, bool may_block, bool early_look) {
 
 }  // namespace
 
+namespace {
+
+// A client's handshake parameters: hs_params() and where it connected.
+core::hs_params client_params(const entry* e) {
+  core::hs_params p = hs_params();
+  p.dest = e->dest;
+  return p;
+}
+
+}  // namespace
+
 state finish_connect(entry* e, int fd, uint32_t seen) {
   std::lock_guard<std::mutex> lk(e->mu);
   if (e->st.load() != state::connecting) {
@@ -465,9 +476,7 @@ state finish_connect(entry* e, int fd, uint32_t seen) {
     // A non-blocking connect's caller must not wait for the server either:
     // the Proposal goes out now, the server's answer is taken when it comes.
     core::hs_outcome out;
-    core::hs_params params = hs_params();
-    params.dest = e->dest;
-    if (core::hs_step_ptr step = core::client_propose(fd, params, out)) {
+    if (core::hs_step_ptr step = core::client_propose(fd, client_params(e), out)) {
       return begin_step(e, fd, std::move(step));
     }
     apply(e, fd, std::move(out));
@@ -826,9 +835,7 @@ __attribute__((visibility("default"))) int connect(int fd, const sockaddr* addr,
     {
       std::lock_guard<std::mutex> lk(e->mu);
       if (believed || smc::core::tcp_option::peer_said(fd) == smc::core::tcp_option::peer::smc) {
-        smc::core::hs_params params = hs_params();
-        params.dest = e->dest;
-        apply(e.get(), fd, smc::core::client_handshake(fd, params));
+        apply(e.get(), fd, smc::core::client_handshake(fd, client_params(e.get())));
       } else {
         become_tcp(e.get(), fd, reason::peer_not_configured);
       }
