@@ -260,6 +260,16 @@ void set_timeouts(int fd, int ms) {
   REQUIRE(setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) == 0);
 }
 
+// Both ends of a handshake that made the connection SMC carry data both
+// ways over it.
+void exchange_over(tcp_pair& t, hs_outcome& co, hs_outcome& so, size_t n) {
+  set_timeouts(t.c, 10000);
+  set_timeouts(t.s, 10000);
+  conn cc(std::move(co.path), t.c, 0);
+  conn sc(std::move(so.path), t.s, 0);
+  exchange_data(cc, sc, n);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -327,11 +337,7 @@ TEST_CASE("successful handshakes back to back get independent paths", "[handshak
     hs_outcome co = client.get();
     REQUIRE(so.path);
     REQUIRE(co.path);
-    set_timeouts(t.c, 10000);
-    set_timeouts(t.s, 10000);
-    conn cc(std::move(co.path), t.c, 0);
-    conn sc(std::move(so.path), t.s, 0);
-    exchange_data(cc, sc, 100000);
+    exchange_over(t, co, so, 100000);
   }
 }
 
@@ -977,11 +983,7 @@ TEST_CASE("over a same-host link a handshake runs in steps, no thread and no wai
     REQUIRE(so.path);
     CHECK(stream_empty(t.c));
     CHECK(stream_empty(t.s));
-    set_timeouts(t.c, 10000);
-    set_timeouts(t.s, 10000);
-    conn cc(std::move(co.path), t.c, 0);
-    conn sc(std::move(so.path), t.s, 0);
-    exchange_data(cc, sc, 100000);
+    exchange_over(t, co, so, 100000);
   }
 }
 
@@ -1170,11 +1172,7 @@ TEST_CASE("to an address its link served last, the client lends first: no Confir
     REQUIRE(co.path);
     CHECK(stream_empty(t.s));  // no Confirm
     CHECK(stream_empty(t.c));
-    set_timeouts(t.c, 10000);
-    set_timeouts(t.s, 10000);
-    conn cc(std::move(co.path), t.c, 0);
-    conn sc(std::move(so.path), t.s, 0);
-    exchange_data(cc, sc, 100000);
+    exchange_over(t, co, so, 100000);
   }
 }
 
@@ -1201,11 +1199,7 @@ TEST_CASE("a lent slot someone else had claimed: the Confirm follows with anothe
   REQUIRE(co.path);
   REQUIRE(smc::core::hs_advance(*ss, t.s, p, false, so) == step_result::done);
   REQUIRE(so.path);
-  set_timeouts(t.c, 10000);
-  set_timeouts(t.s, 10000);
-  conn cc(std::move(co.path), t.c, 0);
-  conn sc(std::move(so.path), t.s, 0);
-  exchange_data(cc, sc, 100000);
+  exchange_over(t, co, so, 100000);
   // The claimed slot is the claimer's until it lets it go.
   auto link = smc::rdma::shm::find_link(smc::rdma::shm::link_end::server, seen.key);
   REQUIRE(link);
