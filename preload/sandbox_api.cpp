@@ -162,7 +162,11 @@ __attribute__((visibility("default"), no_sanitize_address)) int prctl(int option
   return next_fn(real.prctl, "prctl")(option, a2, a3, a4, a5);
 }
 
-// libseccomp and others install filters through syscall(SYS_seccomp, ...).
+// libseccomp and others install filters through syscall(SYS_seccomp, ...);
+// libuv (node) closes every fd with syscall(SYS_close, fd), past close():
+// what we recorded for the number must go with it, as close() lets it go
+// (otherwise the next pipe, file or eventfd on that number would be served
+// as the closed socket).
 __attribute__((visibility("default"), no_sanitize_address)) long syscall(long number, ...) {
   va_list ap;
   va_start(ap, number);
@@ -177,6 +181,12 @@ __attribute__((visibility("default"), no_sanitize_address)) long syscall(long nu
       (a1 == SECCOMP_SET_MODE_FILTER || a1 == SECCOMP_SET_MODE_STRICT)) {
     ensure_init();
     confine_process(a1 == SECCOMP_SET_MODE_STRICT ? "seccomp strict mode" : "a seccomp filter");
+  }
+  if (number == SYS_close) {
+    return close(static_cast<int>(a1));
+  }
+  if (number == SYS_close_range) {
+    return close_range(static_cast<unsigned>(a1), static_cast<unsigned>(a2), static_cast<int>(a3));
   }
   return next_fn(real.syscall, "syscall")(number, a1, a2, a3, a4, a5, a6);
 }

@@ -668,8 +668,11 @@ scenario_handoff() {
       for reader in blocking epoll; do
         begin "handoff_${mode}_${worker}_${reader}" || continue
         lo0=$(lo_bytes "$NS")
+        # An exec'd worker's acceptor closes its copies as Node.js does
+        # (syscall(SYS_close)), behind close()'s back.
         start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_handoff" server \
-          --count "$conns" --mode "$mode" --worker "$worker" --reader "$reader"
+          --count "$conns" --mode "$mode" --worker "$worker" --reader "$reader" \
+          $([ "$worker" = exec ] && echo --raw-close)
         if [ -n "$PORT" ]; then
           launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- "$BUILD/smc_handoff" client \
             --port "$PORT" --conns "$conns" --bytes 4M

@@ -5,7 +5,8 @@
 // (pipe -> socket, socket -> pipe), sendfile from a socket into a pipe,
 // sendmmsg/recvmmsg with many iovecs, writev/readv with IOV_MAX iovecs,
 // MSG_MORE, TCP_CORK, FIONREAD, SIOCOUTQ; the connection is closed with
-// close_range() and the fd number reused by a pipe must then work as a pipe.
+// close_range() (modes sendfile, splice) or syscall(SYS_close) (mmsg, iov:
+// libuv's way) and the fd number reused by a pipe must then work as a pipe.
 // Mode linger0: the client closes with SO_LINGER 0 and the server must see
 // ECONNRESET. Mode eintr: signals hit the client's blocking recv; with
 // SA_RESTART handlers (signal(), sigaction) it carries on and returns the
@@ -537,21 +538,25 @@ void set_nonblock(int fd) {
   }
 }
 
-// Closes the connection with close_range(), then checks that the fd number,
-// reused by a pipe, behaves as that pipe (stale per-fd state would make the
-// preload serve it as the old connection).
-void close_with_close_range(int fd) {
-  if (::close_range(static_cast<unsigned>(fd), static_cast<unsigned>(fd), 0) != 0) {
-    fail_exit(err_text("close_range"));
+// Closes the connection with close_range(), or as libuv (node) closes every
+// fd, with syscall(SYS_close), then checks that the fd number, reused by a
+// pipe, behaves as that pipe (stale per-fd state would make the preload
+// serve it as the old connection).
+void close_and_reuse(int fd, bool raw) {
+  const char* how = raw ? "syscall(SYS_close)" : "close_range";
+  const long rc = raw ? ::syscall(SYS_close, fd)
+                      : ::close_range(static_cast<unsigned>(fd), static_cast<unsigned>(fd), 0);
+  if (rc != 0) {
+    fail_exit(err_text(how));
   }
   int p[2];
   if (::pipe(p) != 0) {
     fail_exit(err_text("pipe"));
   }
   if (p[0] != fd && p[1] != fd) {
-    fail_exit("close_range: the closed fd number was not reused (test setup)");
+    fail_exit(std::string(how) + ": the closed fd number was not reused (test setup)");
   }
-  const char msg[] = "pipe-after-close_range";
+  const char msg[] = "pipe-after-close";
   if (::write(p[1], msg, sizeof msg) != static_cast<ssize_t>(sizeof msg)) {
     fail_exit(err_text("write to the pipe on the reused fd"));
   }
@@ -1128,7 +1133,8 @@ int run(int fd, const options& o) {
   if (got != o.bytes) {
     fail_exit("received " + std::to_string(got) + " bytes, expected " + std::to_string(o.bytes));
   }
-  close_with_close_range(fd);
+  // (mmsg and iov close as libuv does)
+  close_and_reuse(fd, o.mode == "mmsg" || o.mode == "iov");
   std::printf("ok mode=%s bytes=%llu each way, verified\n", o.mode.c_str(),
               static_cast<unsigned long long>(o.bytes));
   return 0;

@@ -5,7 +5,8 @@
 //
 //   smc_handoff server [--addr A] [--port P] [--portfile F] --count N
 //                      --mode undecided|established --worker fork|exec
-//                      --reader blocking|epoll [--pass-delay-ms D] [--timeout S]
+//                      --reader blocking|epoll [--pass-delay-ms D] [--raw-close]
+//                      [--timeout S]
 //       The acceptor. Starts ONE worker first (fork: a child running the
 //       worker loop; exec: fork + execv(/proc/self/exe, worker ...), a fresh
 //       image that inherits only the unix socket), then listens. For each of
@@ -16,6 +17,8 @@
 //       waits for it and exits with its status. Prints "worker pid=P" first.
 //       --pass-delay-ms D: a slow acceptor, which hands each connection
 //       over D ms after accept() (undecided: touching nothing meanwhile).
+//       --raw-close: it closes its copy with syscall(SYS_close), as Node.js
+//       (libuv) closes every fd.
 //   smc_handoff worker --sock FD --reader blocking|epoll [--timeout S]
 //       Receives fds (SCM_RIGHTS, exactly one per message, no MSG_CTRUNC) and
 //       echoes each connection: the 64-byte prefix (if handed one) first,
@@ -44,6 +47,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -92,7 +96,8 @@ std::string err_text(const std::string& what) { return what + ": " + std::strerr
                "smc_handoff: %s\n"
                "usage: smc_handoff server [--addr A] [--port P] [--portfile F] --count N\n"
                "                          --mode undecided|established --worker fork|exec\n"
-               "                          --reader blocking|epoll [--pass-delay-ms D] [--timeout S]\n"
+               "                          --reader blocking|epoll [--pass-delay-ms D] [--raw-close]\n"
+               "                          [--timeout S]\n"
                "       smc_handoff worker --sock FD --reader blocking|epoll [--timeout S]\n"
                "       smc_handoff client --addr A --port P --conns C --bytes B [--parallel K]\n"
                "                          [--seed S] [--expect ok|reset] [--timeout S]\n",
@@ -549,6 +554,7 @@ struct server_options : smc_test::endpoint_options {
   std::string worker;
   std::string reader;
   uint64_t pass_delay_ms = 0;
+  bool raw_close = false;
 };
 
 // Waits for the worker; returns its exit code (it printed its own reason
@@ -661,7 +667,11 @@ int acceptor(const server_options& o, unsigned timeout) {
     if (!send_handoff(sp[0], m, fd)) {
       worker_gone(pid);
     }
-    ::close(fd);
+    if (o.raw_close) {
+      ::syscall(SYS_close, fd);
+    } else {
+      ::close(fd);
+    }
   }
   ::close(ls);
   handoff_msg d{};
@@ -842,6 +852,8 @@ int main(int argc, char** argv) {
       }
     } else if (n == "--pass-delay-ms" && role == "server") {
       so.pass_delay_ms = args.size_value("bad value for ");
+    } else if (n == "--raw-close" && role == "server") {
+      so.raw_close = true;
     } else if (n == "--worker" && role == "server") {
       so.worker = args.value();
       if (so.worker != "fork" && so.worker != "exec") {
