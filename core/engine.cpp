@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "core/log.h"
+#include "rdma/sys.h"
 
 namespace smc::core::engine {
 
@@ -34,11 +35,15 @@ struct state {
 std::mutex g_mu;
 state* g_state = nullptr;  // leaked at exit on purpose: the thread may still run
 
+// Every call into Asio runs under rdma::engine_calls (see rdma/sys.h): the
+// system calls it makes through libc are the engine's own, not the
+// application's.
 state* get() {
   std::lock_guard<std::mutex> lk(g_mu);
   if (g_state != nullptr) {
     return g_state;
   }
+  rdma::engine_calls own;
   auto* s = new (std::nothrow) state();
   if (s == nullptr) {
     return nullptr;
@@ -51,6 +56,7 @@ state* get() {
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     s->thread = std::thread([s] {
+      ++rdma::t_engine_calls;  // for the thread's life
       s->id = std::this_thread::get_id();
       for (;;) {
         try {
@@ -92,6 +98,7 @@ class fd_watch final : public watch {
     std::mutex m;
     std::condition_variable cv;
     bool done = false;
+    rdma::engine_calls own;
     asio::post(s_->io, [&] {
       sd->cancel();
       sd->release();
@@ -133,6 +140,7 @@ std::unique_ptr<watch> watch_fd(int fd, std::function<void()> on_readable) {
     return nullptr;
   }
   try {
+    rdma::engine_calls own;
     return std::make_unique<fd_watch>(s, fd, std::move(on_readable));
   } catch (...) {
     return nullptr;
@@ -145,6 +153,7 @@ bool post(std::function<void()> f, uint32_t ms) {
     return false;
   }
   try {
+    rdma::engine_calls own;
     if (ms == 0) {
       asio::post(s->io, std::move(f));
       return true;

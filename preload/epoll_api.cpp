@@ -68,6 +68,7 @@
 #include "core/log.h"
 #include "core/stats.h"
 #include "preload/preload.h"
+#include "rdma/sys.h"
 #include "rdma/transport.h"
 
 using namespace smc::preload;
@@ -1304,7 +1305,9 @@ __attribute__((visibility("default"))) int epoll_create(int size) {
   if (fd >= 0 && g_enabled) {
     int saved = errno;
     fd_fresh(fd);
-    ep_note_created(fd);
+    if (smc::rdma::t_engine_calls == 0) {  // (the engine's own set is never the application's)
+      ep_note_created(fd);
+    }
     errno = saved;
   }
   return fd;
@@ -1316,7 +1319,9 @@ __attribute__((visibility("default"))) int epoll_create1(int flags) {
   if (fd >= 0 && g_enabled) {
     int saved = errno;
     fd_fresh(fd);
-    ep_note_created(fd);
+    if (smc::rdma::t_engine_calls == 0) {  // (the engine's own set is never the application's)
+      ep_note_created(fd);
+    }
     errno = saved;
   }
   return fd;
@@ -1325,7 +1330,7 @@ __attribute__((visibility("default"))) int epoll_create1(int flags) {
 __attribute__((visibility("default"))) int epoll_ctl(int epfd, int op, int fd,
                                                      epoll_event* event) noexcept {
   ensure_init();
-  if (g_enabled && op == EPOLL_CTL_ADD) {
+  if (g_enabled && op == EPOLL_CTL_ADD && smc::rdma::t_engine_calls == 0) {
     ep_note_added(fd);  // an epoll set put into another one: see ep_set::classic
   }
   if (!g_enabled || !fd_maybe(fd)) {

@@ -7,6 +7,7 @@
 
 #include "core/log.h"
 #include "preload/preload.h"
+#include "rdma/sys.h"
 
 namespace smc::preload {
 
@@ -83,13 +84,21 @@ entry::~entry() {
   }
 }
 
-bool fd_maybe(int fd) {
+namespace {
+
+bool recorded(int fd) {
   if (fd < 0 || fd >= max_chunks * chunk_size) {
     return false;
   }
   slot* s = g_chunks[fd >> chunk_bits].load(std::memory_order_acquire);
   return s != nullptr && s[fd & (chunk_size - 1)].load(std::memory_order_acquire) != nullptr;
 }
+
+}  // namespace
+
+// The engine's own calls (rdma::t_engine_calls) see nothing recorded: its
+// fds are never the application's sockets.
+bool fd_maybe(int fd) { return recorded(fd) && rdma::t_engine_calls == 0; }
 
 entry* fd_get(int fd) {
   slot* s = find_slot(fd, false);
@@ -166,7 +175,7 @@ void fd_release(int fd) {
 void fd_fresh(int fd) {
   // The kernel handed out this number, so whatever we recorded for it was
   // closed behind our back (fclose, close_range, a raw syscall): forget it.
-  if (fd_maybe(fd)) {
+  if (recorded(fd)) {
     fd_release(fd);
   }
 }

@@ -41,6 +41,24 @@ struct sys_calls {
 /// entry before the first socket is handled.
 sys_calls& sys();
 
+/// Non-zero on a thread while the library's own code calls libc functions
+/// the preload interposes without going through sys(): Boost.Asio, inside
+/// core/engine.cpp, calls epoll_create1, epoll_ctl, epoll_wait, read and
+/// write itself. The interposers then pass every call through untouched: the
+/// engine's fds are never the application's sockets, even when one takes a
+/// number the application closed behind the preload's back (an fd table
+/// entry that has not been forgotten yet). Set for good on the engine
+/// thread, and around each call into Asio from other threads (engine_calls).
+extern thread_local unsigned t_engine_calls __attribute__((tls_model("initial-exec")));
+
+class engine_calls {
+ public:
+  engine_calls() { ++t_engine_calls; }
+  ~engine_calls() { --t_engine_calls; }
+  engine_calls(const engine_calls&) = delete;
+  engine_calls& operator=(const engine_calls&) = delete;
+};
+
 // ---- where our own fds go ----
 
 /// Fds the transports make or receive that outlive the call (a link's
