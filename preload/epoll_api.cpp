@@ -137,6 +137,7 @@ struct ep_reg {
   int chan_fd = -1;       // the set's ep_chan this registration uses
   int kept_sock = -1;     // reinstall: the socket's watch left in the set for install to MOD
   uint32_t sock_events = 0;  // what the socket's watch (items[tag_sock]) asks for
+  uint32_t sock_seen = 0;    // what the kernel reported for that watch since it was put in place
 };
 
 namespace {
@@ -194,13 +195,15 @@ bool add_item(ep_reg* r, int slot, int fd, uint32_t events, bool as_is = false) 
   ev.data.u64 = reinterpret_cast<uintptr_t>(r) | static_cast<uintptr_t>(slot);
   const bool kept = slot == tag_sock && r->kept_sock == fd;
   r->kept_sock = kept ? -1 : r->kept_sock;
-  if (!(kept && as_is && r->sock_events == events) &&
+  const bool unchanged = kept && as_is && r->sock_events == events;
+  if (!unchanged &&
       real.epoll_ctl(r->set->epfd, kept ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) != 0) {
     return false;
   }
   r->items[slot] = fd;
   if (slot == tag_sock) {
     r->sock_events = events;
+    r->sock_seen = unchanged ? r->sock_seen : 0;
   }
   return true;
 }
@@ -508,7 +511,16 @@ int install_watches(ep_reg* r, state s) {
         bell_attach(r, tag_tx, c.path().tx_fd(), id);
       }
       if (!c.finished()) {
-        add_item(r, tag_sock, r->fd, EPOLLIN | EPOLLRDHUP);
+        // The socket's watch only learns that the peer's TCP end went. An
+        // edge-triggered one the handshake's last message came through
+        // stays as it is (one epoll_ctl less per connection) over shm,
+        // where the peer's close flags say the rest, unless the kernel
+        // reported that end already: then a level-triggered one says it
+        // again. (Over RDMA a FIN may overtake Linux's closing CDC: its
+        // grace needs the level.)
+        const bool edge = et != 0 && c.path().transport() == rdma::kind::shm &&
+                          (r->sock_seen & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) == 0;
+        add_item(r, tag_sock, r->fd, EPOLLIN | EPOLLRDHUP | (edge ? et : 0u), edge);
       }
       note_changed(r);
       return 0;
@@ -994,6 +1006,8 @@ int translate(ep_set* s, epoll_event* ev, int m, uint64_t gen) {
       } else if (s->live.count(r) == 0) {
         ev[n++] = ev[i];  // the application's
         continue;
+      } else if (tag == tag_sock) {
+        r->sock_seen |= ev[i].events;
       }
       auto it = std::find_if(list.begin(), list.end(), [&](const fired& f) { return f.r == r; });
       if (it != list.end()) {
@@ -1027,8 +1041,8 @@ int translate(ep_set* s, epoll_event* ev, int m, uint64_t gen) {
     state st = r->e->st.load();
     if (st == state::smc) {
       // Just decided: what stirred its TCP socket was the handshake's last
-      // message (its watch there is level-triggered: anything after it
-      // reports again).
+      // message (anything after it reports again: an edge-triggered watch
+      // stays only if this report did not carry the peer's end).
       smc_fired(r, f.driven ? f.tags & ~(1u << tag_sock) : f.tags, gen, ev, n, m);
       continue;
     }

@@ -300,7 +300,7 @@ scenario_half_close() {
 # c. peer killed mid-transfer: the reader must see EOF/ECONNRESET within 2 s.
 scenario_peer_killed() {
   local mode
-  for mode in blocking epoll; do
+  for mode in blocking epoll epollet; do
     begin "peer_killed_$mode" || continue
     start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$PAIR" server --source --mode "$mode"
     if [ -n "$PORT" ]; then
