@@ -202,6 +202,9 @@ void fd_release(int fd);
 void fd_fresh(int fd);
 /// fd_release for every recorded fd in [first, last] (close_range).
 void fd_release_range(unsigned first, unsigned last);
+/// close(), close_range() and their syscall() forms: what we recorded for
+/// the fds they close goes first (close_range's flags as it takes them).
+void forget_closed(unsigned first, unsigned last, int flags);
 /// f(fd, entry) for every recorded fd (each entry referenced during its call).
 void fd_for_each(const std::function<void(int, entry*)>& f);
 /// Atfork hooks for the table's locks.

@@ -182,11 +182,13 @@ __attribute__((visibility("default"), no_sanitize_address)) long syscall(long nu
     ensure_init();
     confine_process(a1 == SECCOMP_SET_MODE_STRICT ? "seccomp strict mode" : "a seccomp filter");
   }
-  if (number == SYS_close) {
-    return close(static_cast<int>(a1));
-  }
-  if (number == SYS_close_range) {
-    return close_range(static_cast<unsigned>(a1), static_cast<unsigned>(a2), static_cast<int>(a3));
+  if (number == SYS_close || number == SYS_close_range) {
+    // No ensure_init() here: jemalloc closes with syscall(SYS_close) while
+    // it initialises under its own lock, which ours would need (a
+    // deadlock). Before our init nothing is recorded anyway.
+    const bool one = number == SYS_close;
+    forget_closed(static_cast<unsigned>(a1), static_cast<unsigned>(one ? a1 : a2),
+                  one ? 0 : static_cast<int>(a3));
   }
   return next_fn(real.syscall, "syscall")(number, a1, a2, a3, a4, a5, a6);
 }

@@ -736,6 +736,29 @@ ssize_t finish_io(io_status s, int saved_errno) {
   return s.n;
 }
 
+// What closing [first, last] ends (close(), close_range(), and the same
+// system calls made through syscall()): our state for every recorded fd
+// in the range, released before the kernel closes them.
+// CLOSE_RANGE_CLOEXEC closes nothing now (exec ends the image and its table).
+void forget_closed(unsigned first, unsigned last, int flags) {
+  if (!g_enabled || first > last || (flags & ~(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC)) != 0 ||
+      (flags & CLOSE_RANGE_CLOEXEC) != 0) {
+    return;
+  }
+  const int saved = errno;
+  if (first == last) {
+    if (fd_maybe(static_cast<int>(first))) {
+      fd_release(static_cast<int>(first));
+    }
+  } else {
+    try {
+      fd_release_range(first, last);
+    } catch (...) {
+    }
+  }
+  errno = saved;
+}
+
 }  // namespace smc::preload
 
 namespace {
@@ -926,29 +949,16 @@ __attribute__((visibility("default"))) int accept4(int fd, sockaddr* addr, sockl
 
 __attribute__((visibility("default"))) int close(int fd) {
   ensure_init();
-  if (g_enabled && fd_maybe(fd)) {
-    int saved = errno;
-    fd_release(fd);
-    errno = saved;
-  }
+  smc::preload::forget_closed(static_cast<unsigned>(fd), static_cast<unsigned>(fd), 0);
   return real.close(fd);
 }
 
 // close_range closes behind close()'s back: release our state for every
 // recorded fd in the range first, exactly as close() does for one fd.
-// CLOSE_RANGE_CLOEXEC closes nothing now (exec ends the image and its table).
 __attribute__((visibility("default"))) int close_range(unsigned first, unsigned last,
                                                        int flags) noexcept {
   ensure_init();
-  if (g_enabled && first <= last && (flags & ~(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC)) == 0 &&
-      (flags & CLOSE_RANGE_CLOEXEC) == 0) {
-    int saved = errno;
-    try {
-      fd_release_range(first, last);
-    } catch (...) {
-    }
-    errno = saved;
-  }
+  smc::preload::forget_closed(first, last, flags);
   return real.close_range(first, last, flags);
 }
 
