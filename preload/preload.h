@@ -103,7 +103,7 @@ extern bool g_enabled;
 /// carry on confined (core::conn::confine), new ones stay TCP.
 extern std::atomic<bool> g_confined;
 const config::config& cfg();
-core::hs_params hs_params();
+const core::hs_params& hs_params();
 
 enum class state : uint8_t {
   fresh,       // socket() done, not yet connected or listening

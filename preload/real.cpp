@@ -202,12 +202,17 @@ void atfork_child();
 
 const config::config& cfg() { return *g_cfg; }
 
-core::hs_params hs_params() {
-  core::hs_params p;
-  p.transport = g_cfg->transport;
-  p.rmb_size = g_cfg->rmb_size;
-  p.devices = g_cfg->devices;
-  p.ueid = g_cfg->ueid;
+const core::hs_params& hs_params() {
+  // Made once, at the first handshake (after init): the configuration does
+  // not change afterwards, and a copy per handshake step allocated.
+  static const core::hs_params p = [] {
+    core::hs_params q;
+    q.transport = g_cfg->transport;
+    q.rmb_size = g_cfg->rmb_size;
+    q.devices = g_cfg->devices;
+    q.ueid = g_cfg->ueid;
+    return q;
+  }();
   return p;
 }
 
