@@ -18,7 +18,10 @@
 //       --pass-delay-ms D: a slow acceptor, which hands each connection
 //       over D ms after accept() (undecided: touching nothing meanwhile).
 //       --raw-close: it closes its copy with syscall(SYS_close), as Node.js
-//       (libuv) closes every fd.
+//       (libuv) closes every fd. --asm-close: with the system call
+//       instruction itself (x86-64), which no interposer sees: the number's
+//       next user may be the preload's own engine (its handoff listener's
+//       accepted requests), which must not take it for the closed socket.
 //   smc_handoff worker --sock FD --reader blocking|epoll [--timeout S]
 //       Receives fds (SCM_RIGHTS, exactly one per message, no MSG_CTRUNC) and
 //       echoes each connection: the 64-byte prefix (if handed one) first,
@@ -96,7 +99,8 @@ std::string err_text(const std::string& what) { return what + ": " + std::strerr
                "smc_handoff: %s\n"
                "usage: smc_handoff server [--addr A] [--port P] [--portfile F] --count N\n"
                "                          --mode undecided|established --worker fork|exec\n"
-               "                          --reader blocking|epoll [--pass-delay-ms D] [--raw-close]\n"
+               "                          --reader blocking|epoll [--pass-delay-ms D]\n"
+               "                          [--raw-close|--asm-close]\n"
                "                          [--timeout S]\n"
                "       smc_handoff worker --sock FD --reader blocking|epoll [--timeout S]\n"
                "       smc_handoff client --addr A --port P --conns C --bytes B [--parallel K]\n"
@@ -555,7 +559,20 @@ struct server_options : smc_test::endpoint_options {
   std::string reader;
   uint64_t pass_delay_ms = 0;
   bool raw_close = false;
+  bool asm_close = false;
 };
+
+// close(2) by the system call instruction: past every interposer.
+long asm_close(int fd) {
+#if defined(__x86_64__)
+  long r;
+  asm volatile("syscall" : "=a"(r) : "a"(static_cast<long>(SYS_close)), "D"(static_cast<long>(fd))
+               : "rcx", "r11", "memory");
+  return r;
+#else
+  return ::syscall(SYS_close, fd);
+#endif
+}
 
 // Waits for the worker; returns its exit code (it printed its own reason
 // when that is not 0).
@@ -667,7 +684,9 @@ int acceptor(const server_options& o, unsigned timeout) {
     if (!send_handoff(sp[0], m, fd)) {
       worker_gone(pid);
     }
-    if (o.raw_close) {
+    if (o.asm_close) {
+      asm_close(fd);
+    } else if (o.raw_close) {
       ::syscall(SYS_close, fd);
     } else {
       ::close(fd);
@@ -854,6 +873,8 @@ int main(int argc, char** argv) {
       so.pass_delay_ms = args.size_value("bad value for ");
     } else if (n == "--raw-close" && role == "server") {
       so.raw_close = true;
+    } else if (n == "--asm-close" && role == "server") {
+      so.asm_close = true;
     } else if (n == "--worker" && role == "server") {
       so.worker = args.value();
       if (so.worker != "fork" && so.worker != "exec") {
