@@ -95,19 +95,29 @@ class fd_watch final : public watch {
       sd->release();
       return;
     }
-    std::mutex m;
-    std::condition_variable cv;
-    bool done = false;
-    rdma::engine_calls own;
-    asio::post(s_->io, [&] {
-      sd->cancel();
-      sd->release();
-      std::lock_guard<std::mutex> lk(m);
-      done = true;
-      cv.notify_one();
-    });
-    std::unique_lock<std::mutex> lk(m);
-    cv.wait_for(lk, std::chrono::seconds(5), [&] { return done; });
+    // What the engine thread signals through is shared with it: after the
+    // 5 s bound this thread goes, and the handler may still run later.
+    struct signal {
+      std::mutex m;
+      std::condition_variable cv;
+      bool done = false;
+    };
+    try {
+      auto sig = std::make_shared<signal>();
+      rdma::engine_calls own;
+      asio::post(s_->io, [sd, sig] {
+        sd->cancel();
+        sd->release();
+        std::lock_guard<std::mutex> lk(sig->m);
+        sig->done = true;
+        sig->cv.notify_one();
+      });
+      std::unique_lock<std::mutex> lk(sig->m);
+      sig->cv.wait_for(lk, std::chrono::seconds(5), [&] { return sig->done; });
+    } catch (...) {
+      // Out of memory: the descriptor stays with Asio (the fd is the
+      // creator's to close; Asio never closes it).
+    }
   }
 
  private:
