@@ -81,6 +81,8 @@ struct real_fns {
   int (*close_range)(unsigned, unsigned, int);
   int (*prctl)(int, ...);
   long (*syscall)(long, ...);
+  int (*getrlimit)(__rlimit_resource_t, rlimit*);
+  int (*getrlimit64)(__rlimit_resource_t, rlimit64*);
   int (*setrlimit)(__rlimit_resource_t, const rlimit*);
   int (*setrlimit64)(__rlimit_resource_t, const rlimit64*);
   int (*prlimit)(pid_t, enum __rlimit_resource, const rlimit*, rlimit*);

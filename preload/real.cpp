@@ -133,6 +133,8 @@ void resolve_all() {
   }
   SMC_RESOLVE(prctl, prctl);
   SMC_RESOLVE(syscall, syscall);
+  SMC_RESOLVE(getrlimit, getrlimit);
+  SMC_RESOLVE(getrlimit64, getrlimit64);
   SMC_RESOLVE(setrlimit, setrlimit);
   SMC_RESOLVE(setrlimit64, setrlimit64);
   SMC_RESOLVE(prlimit, prlimit);

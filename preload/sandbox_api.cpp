@@ -101,11 +101,12 @@ void before_limit(int res, const rlimit* rl) {
   }
 }
 
-// The real call of an application's setrlimit/prlimit. A change of
-// RLIMIT_NOFILE waits for a placement of one of our fds under way
+// The real call of an application's getrlimit/setrlimit/prlimit. A change
+// of RLIMIT_NOFILE waits for a placement of one of our fds under way
 // (rdma::place_fd raises and restores the soft limit around it), so the
-// restore cannot undo it. Not instrumented: ASan's own start-up sets
-// limits before it can run instrumented code.
+// restore cannot undo it, and a read waits too, so it never sees the
+// raised value. Not instrumented: ASan's own start-up sets limits before
+// it can run instrumented code.
 template <class Fn, class... Args>
 __attribute__((no_sanitize_address)) int limit_call(bool nofile, Fn fn, Args... args) {
   if (!nofile) {
@@ -193,6 +194,16 @@ __attribute__((visibility("default"), no_sanitize_address)) long syscall(long nu
   return next_fn(real.syscall, "syscall")(number, a1, a2, a3, a4, a5, a6);
 }
 
+__attribute__((visibility("default"), no_sanitize_address)) int getrlimit(__rlimit_resource_t res,
+                                                                          rlimit* rl) {
+  return limit_call(res == RLIMIT_NOFILE, next_fn(real.getrlimit, "getrlimit"), res, rl);
+}
+
+__attribute__((visibility("default"), no_sanitize_address)) int getrlimit64(
+    __rlimit_resource_t res, rlimit64* rl) {
+  return limit_call(res == RLIMIT_NOFILE, next_fn(real.getrlimit64, "getrlimit64"), res, rl);
+}
+
 __attribute__((visibility("default"), no_sanitize_address)) int setrlimit(__rlimit_resource_t res,
                                                                           const rlimit* rl) {
   if (res == RLIMIT_NOFILE || res == RLIMIT_FSIZE) {
@@ -217,7 +228,7 @@ __attribute__((visibility("default"), no_sanitize_address)) int prlimit(
     ensure_init();
     before_limit(res, rl);
   }
-  return limit_call(res == RLIMIT_NOFILE && rl != nullptr && (pid == 0 || pid == getpid()),
+  return limit_call(res == RLIMIT_NOFILE && (pid == 0 || pid == getpid()),
                     next_fn(real.prlimit, "prlimit"), pid, res, rl, old);
 }
 
@@ -227,7 +238,7 @@ __attribute__((visibility("default"), no_sanitize_address)) int prlimit64(
     ensure_init();
     before_limit64(res, rl);
   }
-  return limit_call(res == RLIMIT_NOFILE && rl != nullptr && (pid == 0 || pid == getpid()),
+  return limit_call(res == RLIMIT_NOFILE && (pid == 0 || pid == getpid()),
                     next_fn(real.prlimit64, "prlimit64"), pid, res, rl, old);
 }
 

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <climits>
 #include <mutex>
 #include <utility>
 
@@ -73,11 +74,8 @@ thread_local unsigned t_engine_calls __attribute__((tls_model("initial-exec"))) 
 
 int high_fd_base() {
   static const int base = [] {
-    rlimit rl{};
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) {
-      return 512;
-    }
-    return static_cast<int>(std::min<rlim_t>(rl.rlim_cur / 2, 1 << 20));
+    const long soft = nofile_soft_limit();
+    return soft < 0 ? 512 : static_cast<int>(std::min<long>(soft / 2, 1 << 20));
   }();
   return base;
 }
@@ -124,6 +122,15 @@ int move_high(int fd) {
 }
 
 }  // namespace
+
+long nofile_soft_limit() {
+  rlimit rl{};
+  std::lock_guard<std::mutex> lk(g_nofile_mu);
+  if (!nofile_limit(nullptr, &rl) || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > LONG_MAX) {
+    return -1;
+  }
+  return static_cast<long>(rl.rlim_cur);
+}
 
 void nofile_lock() { g_nofile_mu.lock(); }
 void nofile_unlock() { g_nofile_mu.unlock(); }

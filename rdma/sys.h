@@ -82,17 +82,22 @@ class engine_calls {
 /// Event loops size their tables by the fd numbers they expect too (wrk:
 /// 10 + 3 per connection). Five system calls per fd, paid when a link or
 /// a slot is made, not per connection. The application's own changes of
-/// the limit (setrlimit, prlimit) wait for a placement under way
-/// (nofile_lock()).
+/// the limit (setrlimit, prlimit), and its reads of it (getrlimit too),
+/// wait for a placement under way (nofile_lock()): none sees the raised
+/// value.
 ///
 /// Half the soft RLIMIT_NOFILE (512 if unlimited or unknown), read once.
 int high_fd_base();
+/// The soft RLIMIT_NOFILE as the process set it (never a placement's
+/// raised one), or -1 if unlimited or unknown.
+long nofile_soft_limit();
 /// fd renumbered as above (close-on-exec), or -1 with errno EMFILE (fd
 /// closed); fd < 0 is passed through.
 int place_fd(int fd);
 /// Held while the soft RLIMIT_NOFILE is raised for a placement: the
-/// preload's setrlimit/prlimit of RLIMIT_NOFILE take it too, so the
-/// restore never undoes the application's own change. Taken last of the
+/// preload's getrlimit/setrlimit/prlimit of RLIMIT_NOFILE take it too, so
+/// the restore never undoes the application's own change, and no read sees
+/// the raised value. Taken last of the
 /// library's locks before fork(), released in parent and child.
 void nofile_lock();
 void nofile_unlock();

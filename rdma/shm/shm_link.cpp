@@ -63,11 +63,8 @@ std::atomic<int> g_fresh{0};
 std::atomic<int> g_idle_fds{0};
 int idle_budget() {
   static const int b = [] {
-    rlimit r{};
-    long cur = getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur != RLIM_INFINITY
-                   ? static_cast<long>(r.rlim_cur)
-                   : 1024;
-    return static_cast<int>(std::clamp(cur / 8, 48L, 8192L));
+    const long soft = nofile_soft_limit();
+    return static_cast<int>(std::clamp((soft < 0 ? 1024L : soft) / 8, 48L, 8192L));
   }();
   return b;
 }
