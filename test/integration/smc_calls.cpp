@@ -22,7 +22,9 @@
 // socket's registration ready. Mode threads
 // (client only, against an echo server such as smc_fork's): 16 threads each
 // create and connect a socket at once, then one thread writes 1 MiB while
-// another reads the echo back on the same fd. Plain POSIX, nothing about SMC: the same binary runs plain or
+// another reads the echo back on the same fd; meanwhile another thread
+// keeps reading RLIMIT_NOFILE (getrlimit, prlimit), which must never read
+// other than what the process set. Plain POSIX, nothing about SMC: the same binary runs plain or
 // under scripts/smc_run.
 //
 //   smc_calls server [--addr A] [--port P] [--portfile F] --mode M [opts]
@@ -43,6 +45,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -1010,6 +1013,39 @@ int run_threads_client(int first, const options& o) {
   const int nthreads = 16;
   std::atomic<int> ready{0};
   std::atomic<bool> go{false};
+  std::atomic<bool> done{false};
+  // Meanwhile one more thread keeps reading RLIMIT_NOFILE: it must always
+  // be what the process set (whatever a library does with it meanwhile).
+  // A soft limit below the hard one, as systemd starts services with
+  // (1024:524288): what a library may raise for a moment.
+  rlimit base{};
+  if (::getrlimit(RLIMIT_NOFILE, &base) != 0) {
+    fail_exit(err_text("getrlimit"));
+  }
+  if (base.rlim_max == RLIM_INFINITY || base.rlim_max > 4096) {
+    base.rlim_cur = std::min<rlim_t>(base.rlim_cur, 4096);
+    if (::setrlimit(RLIMIT_NOFILE, &base) != 0) {
+      fail_exit(err_text("setrlimit"));
+    }
+  }
+  uint64_t looks = 0;
+  std::string limit_seen;
+  std::thread limits([&] {
+    while (!done.load() && limit_seen.empty()) {
+      rlimit a{};
+      rlimit b{};
+      if (::getrlimit(RLIMIT_NOFILE, &a) != 0 || ::prlimit(0, RLIMIT_NOFILE, nullptr, &b) != 0) {
+        limit_seen = err_text("getrlimit/prlimit");
+      } else if (a.rlim_cur != base.rlim_cur || b.rlim_cur != base.rlim_cur ||
+                 a.rlim_max != base.rlim_max || b.rlim_max != base.rlim_max) {
+        limit_seen = "RLIMIT_NOFILE read as " + std::to_string(a.rlim_cur) + ":" +
+                     std::to_string(a.rlim_max) + " / " + std::to_string(b.rlim_cur) + ":" +
+                     std::to_string(b.rlim_max) + ", set to " + std::to_string(base.rlim_cur) +
+                     ":" + std::to_string(base.rlim_max);
+      }
+      ++looks;
+    }
+  });
   std::vector<std::thread> ts;
   for (int i = 0; i < nthreads; ++i) {
     ts.emplace_back([&, i] {
@@ -1034,6 +1070,11 @@ int run_threads_client(int first, const options& o) {
   echo_both_ways(first, o.seed, o.bytes);  // the main thread's connection too
   for (auto& t : ts) {
     t.join();
+  }
+  done = true;
+  limits.join();
+  if (!limit_seen.empty()) {
+    fail_exit(limit_seen + " (after " + std::to_string(looks) + " looks)");
   }
   ::close(first);
   std::printf("ok mode=threads client conns=%d bytes=%llu each way, verified\n", nthreads + 1,
