@@ -26,7 +26,7 @@ class foreign_path final : public data_path {
   foreign_path() : efd_(rdma::place_fd(::eventfd(1, EFD_NONBLOCK | EFD_CLOEXEC))) {}
   ~foreign_path() override {
     if (efd_ >= 0) {
-      ::close(efd_);
+      rdma::sys().close(efd_);
     }
   }
 

@@ -7,6 +7,8 @@
 
 #include <atomic>
 
+#include "rdma/sys.h"
+
 namespace smc::core {
 
 namespace {
@@ -25,8 +27,8 @@ uint64_t compute() {
   char boot[64] = {};
   int fd = ::open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
   if (fd >= 0) {
-    ssize_t n = ::read(fd, boot, sizeof(boot));
-    ::close(fd);
+    ssize_t n = rdma::sys().read(fd, boot, sizeof(boot));
+    rdma::sys().close(fd);
     if (n > 0) {
       h = fnv1a(h, boot, static_cast<size_t>(n));
     }

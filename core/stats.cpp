@@ -11,6 +11,8 @@
 #include <atomic>
 #include <cstdio>
 
+#include "rdma/sys.h"
+
 namespace smc::core::stats {
 
 namespace {
@@ -165,8 +167,10 @@ bool write_file(const std::string& path_template, int pid) {
   }
   ::fchmod(fd, 0644);
   std::string body = to_json(pid);
-  bool ok = ::write(fd, body.data(), body.size()) == static_cast<ssize_t>(body.size());
-  ok = (::close(fd) == 0) && ok;
+  // Past the interposers (rdma::sys): a number the application closed
+  // behind our back may still be recorded as its socket.
+  bool ok = rdma::sys().write(fd, body.data(), body.size()) == static_cast<ssize_t>(body.size());
+  ok = (rdma::sys().close(fd) == 0) && ok;
   if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
     ::unlink(tmp.c_str());
     return false;
