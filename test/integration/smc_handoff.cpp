@@ -562,18 +562,6 @@ struct server_options : smc_test::endpoint_options {
   bool asm_close = false;
 };
 
-// close(2) by the system call instruction: past every interposer.
-long asm_close(int fd) {
-#if defined(__x86_64__)
-  long r;
-  asm volatile("syscall" : "=a"(r) : "a"(static_cast<long>(SYS_close)), "D"(static_cast<long>(fd))
-               : "rcx", "r11", "memory");
-  return r;
-#else
-  return ::syscall(SYS_close, fd);
-#endif
-}
-
 // Waits for the worker; returns its exit code (it printed its own reason
 // when that is not 0).
 int wait_worker(pid_t pid) {
@@ -685,7 +673,7 @@ int acceptor(const server_options& o, unsigned timeout) {
       worker_gone(pid);
     }
     if (o.asm_close) {
-      asm_close(fd);
+      smc_test::close_unseen(fd);
     } else if (o.raw_close) {
       ::syscall(SYS_close, fd);
     } else {
