@@ -39,7 +39,7 @@ int open_log_file(const std::string& path) {
                   0600);
   struct stat st {};
   if (fd >= 0 && (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
-    ::close(fd);
+    rdma::sys().close(fd);
     fd = -1;
   }
   return fd;

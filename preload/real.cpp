@@ -172,6 +172,7 @@ void resolve_all() {
   s.epoll_create1 = real.epoll_create1;
   s.epoll_ctl = real.epoll_ctl;
   s.epoll_wait = real.epoll_wait;
+  s.shutdown = real.shutdown;
 }
 
 core::log::level to_log_level(config::log_level l) {

@@ -23,7 +23,7 @@ sys_calls& sys() {
   static sys_calls table{
       ::socket, ::connect, ::bind, ::listen, ::accept4, ::recv, ::send, ::recvmsg, ::sendmsg,
       ::read, ::write, ::close, ::poll, ::fcntl, ::getsockopt, ::setsockopt,
-      ::epoll_create1, ::epoll_ctl, ::epoll_wait, ::recvmmsg,
+      ::epoll_create1, ::epoll_ctl, ::epoll_wait, ::recvmmsg, ::shutdown,
   };
   return table;
 }
@@ -175,7 +175,7 @@ int drain_untrusted_at(int sock, int max, int depth);
 // A unix socket a peer can queue on: shut for reading (nothing more can be
 // queued), then emptied, its passed fds closed untrusted.
 void shut_and_drain(int sock, int depth) {
-  ::shutdown(sock, SHUT_RD);
+  sys().shutdown(sock, SHUT_RD);
   drain_untrusted_at(sock, 1 << 12, depth);
 }
 

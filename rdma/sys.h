@@ -35,6 +35,7 @@ struct sys_calls {
   int (*epoll_ctl)(int, int, int, epoll_event*);
   int (*epoll_wait)(int, epoll_event*, int, int);
   int (*recvmmsg)(int, mmsghdr*, unsigned, int, timespec*);
+  int (*shutdown)(int, int);
 };
 
 /// The table in use. Defaults to libc's functions; the preload replaces every

@@ -447,7 +447,7 @@ bool check_ring(int fd) {
 }
 
 void tame_ring(int fd) {
-  ::shutdown(fd, SHUT_RD);
+  sys().shutdown(fd, SHUT_RD);
   drain_untrusted(fd, 1 << 12);
 }
 
