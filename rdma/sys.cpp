@@ -11,9 +11,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstdint>
 #include <cstring>
-#include <climits>
 #include <mutex>
 #include <utility>
 
