@@ -35,7 +35,7 @@ struct state {
 std::mutex g_mu;
 state* g_state = nullptr;  // leaked at exit on purpose: the thread may still run
 
-// Every call into Asio runs under rdma::engine_calls (see rdma/sys.h): the
+// Every call into Asio runs under rdma::library_calls (see rdma/sys.h): the
 // system calls it makes through libc are the engine's own, not the
 // application's.
 state* get() {
@@ -43,7 +43,7 @@ state* get() {
   if (g_state != nullptr) {
     return g_state;
   }
-  rdma::engine_calls own;
+  rdma::library_calls own;
   auto* s = new (std::nothrow) state();
   if (s == nullptr) {
     return nullptr;
@@ -56,7 +56,7 @@ state* get() {
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     s->thread = std::thread([s] {
-      ++rdma::t_engine_calls;  // for the thread's life
+      ++rdma::t_library_calls;  // for the thread's life
       s->id = std::this_thread::get_id();
       for (;;) {
         try {
@@ -104,7 +104,7 @@ class fd_watch final : public watch {
     };
     try {
       auto sig = std::make_shared<signal>();
-      rdma::engine_calls own;
+      rdma::library_calls own;
       asio::post(s_->io, [sd, sig] {
         sd->cancel();
         sd->release();
@@ -150,7 +150,7 @@ std::unique_ptr<watch> watch_fd(int fd, std::function<void()> on_readable) {
     return nullptr;
   }
   try {
-    rdma::engine_calls own;
+    rdma::library_calls own;
     return std::make_unique<fd_watch>(s, fd, std::move(on_readable));
   } catch (...) {
     return nullptr;
@@ -163,7 +163,7 @@ bool post(std::function<void()> f, uint32_t ms) {
     return false;
   }
   try {
-    rdma::engine_calls own;
+    rdma::library_calls own;
     if (ms == 0) {
       asio::post(s->io, std::move(f));
       return true;

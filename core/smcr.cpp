@@ -347,6 +347,7 @@ bool link_group::post_recv(uint32_t i) {
   wr.wr_id = i;
   wr.sg_list = &sge;
   wr.num_sge = 1;
+  rdma::library_calls own;  // (a software provider's post is a write() on its fd)
   return ibv_post_recv(qp_->qp(), &wr, &bad) == 0;
 }
 
@@ -379,6 +380,7 @@ uint64_t link_group::post(ibv_send_wr* first, int count, bool sig) {
     last_signaled_ = seq;
   }
   ibv_send_wr* bad = nullptr;
+  rdma::library_calls own;  // (rxe's post_send is a write() on its fd)
   if (ibv_post_send(qp_->qp(), first, &bad) != 0) {
     lk.unlock();
     fail("post_send failed");

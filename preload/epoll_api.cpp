@@ -1319,7 +1319,7 @@ __attribute__((visibility("default"))) int epoll_create(int size) {
   if (fd >= 0 && g_enabled) {
     int saved = errno;
     fd_fresh(fd);
-    if (smc::rdma::t_engine_calls == 0) {  // (the engine's own set is never the application's)
+    if (smc::rdma::t_library_calls == 0) {  // (the engine's own set is never the application's)
       ep_note_created(fd);
     }
     errno = saved;
@@ -1333,7 +1333,7 @@ __attribute__((visibility("default"))) int epoll_create1(int flags) {
   if (fd >= 0 && g_enabled) {
     int saved = errno;
     fd_fresh(fd);
-    if (smc::rdma::t_engine_calls == 0) {  // (the engine's own set is never the application's)
+    if (smc::rdma::t_library_calls == 0) {  // (the engine's own set is never the application's)
       ep_note_created(fd);
     }
     errno = saved;
@@ -1344,7 +1344,7 @@ __attribute__((visibility("default"))) int epoll_create1(int flags) {
 __attribute__((visibility("default"))) int epoll_ctl(int epfd, int op, int fd,
                                                      epoll_event* event) noexcept {
   ensure_init();
-  if (g_enabled && op == EPOLL_CTL_ADD && smc::rdma::t_engine_calls == 0) {
+  if (g_enabled && op == EPOLL_CTL_ADD && smc::rdma::t_library_calls == 0) {
     ep_note_added(fd);  // an epoll set put into another one: see ep_set::classic
   }
   if (!g_enabled || !fd_maybe(fd)) {

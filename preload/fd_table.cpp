@@ -96,9 +96,9 @@ bool recorded(int fd) {
 
 }  // namespace
 
-// The engine's own calls (rdma::t_engine_calls) see nothing recorded: its
-// fds are never the application's sockets.
-bool fd_maybe(int fd) { return recorded(fd) && rdma::t_engine_calls == 0; }
+// The library's own calls through libc (rdma::t_library_calls: Asio's,
+// libibverbs') see nothing recorded: their fds are never the application's.
+bool fd_maybe(int fd) { return recorded(fd) && rdma::t_library_calls == 0; }
 
 entry* fd_get(int fd) {
   slot* s = find_slot(fd, false);

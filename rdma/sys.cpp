@@ -70,7 +70,7 @@ bool send_with_fds(int sock, const void* data, size_t len, const int* fds, size_
   return n == static_cast<ssize_t>(len);
 }
 
-thread_local unsigned t_engine_calls __attribute__((tls_model("initial-exec"))) = 0;
+thread_local unsigned t_library_calls __attribute__((tls_model("initial-exec"))) = 0;
 
 int high_fd_base() {
   static const int base = [] {

@@ -42,22 +42,24 @@ struct sys_calls {
 /// entry before the first socket is handled.
 sys_calls& sys();
 
-/// Non-zero on a thread while the library's own code calls libc functions
-/// the preload interposes without going through sys(): Boost.Asio, inside
-/// core/engine.cpp, calls epoll_create1, epoll_ctl, epoll_wait, read and
-/// write itself. The interposers then pass every call through untouched: the
-/// engine's fds are never the application's sockets, even when one takes a
-/// number the application closed behind the preload's back (an fd table
-/// entry that has not been forgotten yet). Set for good on the engine
-/// thread, and around each call into Asio from other threads (engine_calls).
-extern thread_local unsigned t_engine_calls __attribute__((tls_model("initial-exec")));
+/// Non-zero on a thread while the library's own code calls, without going
+/// through sys(), libc functions the preload interposes: Boost.Asio inside
+/// core/engine.cpp (epoll_create1, epoll_ctl, epoll_wait, read, write) and
+/// rdma-core's libibverbs (write, read and ioctl on the device's fds, in
+/// commands and in a software provider's post_send). The interposers then
+/// pass every call through untouched: those fds are never the
+/// application's sockets, even when one takes a number the application
+/// closed behind the preload's back (an fd table entry not forgotten yet).
+/// Set for good on the engine thread, and around each call into Asio or
+/// libibverbs from other threads (library_calls).
+extern thread_local unsigned t_library_calls __attribute__((tls_model("initial-exec")));
 
-class engine_calls {
+class library_calls {
  public:
-  engine_calls() { ++t_engine_calls; }
-  ~engine_calls() { --t_engine_calls; }
-  engine_calls(const engine_calls&) = delete;
-  engine_calls& operator=(const engine_calls&) = delete;
+  library_calls() { ++t_library_calls; }
+  ~library_calls() { --t_library_calls; }
+  library_calls(const library_calls&) = delete;
+  library_calls& operator=(const library_calls&) = delete;
 };
 
 // ---- where our own fds go ----

@@ -12,6 +12,8 @@
 #include <cstring>
 #include <new>
 
+#include "rdma/sys.h"
+
 namespace smc::rdma::verbs {
 
 namespace {
@@ -65,6 +67,7 @@ int mtu_bytes(ibv_mtu m) {
 }
 
 std::vector<std::string> device_names() {
+  library_calls own;
   std::vector<std::string> out;
   int n = 0;
   ibv_device** list = ibv_get_device_list(&n);
@@ -97,6 +100,7 @@ bool ip_to_gid(const sockaddr* sa, socklen_t len, std::array<uint8_t, 16>& gid) 
 }
 
 std::vector<gid_choice> all_gids(const std::vector<std::string>& allow) {
+  library_calls own;
   std::vector<gid_choice> out;
   int n = 0;
   ibv_device** list = ibv_get_device_list(&n);
@@ -159,6 +163,7 @@ std::optional<gid_choice> find_gid(const sockaddr* local, socklen_t len,
 }
 
 device::~device() {
+  library_calls own;
   if (pd_ != nullptr) {
     ibv_dealloc_pd(pd_);
   }
@@ -168,6 +173,7 @@ device::~device() {
 }
 
 std::shared_ptr<device> device::open(const std::string& name) {
+  library_calls own;
   int n = 0;
   ibv_device** list = ibv_get_device_list(&n);
   if (list == nullptr) {
@@ -194,6 +200,7 @@ std::shared_ptr<device> device::open(const std::string& name) {
 }
 
 memory_region::~memory_region() {
+  library_calls own;
   if (mr_ != nullptr) {
     ibv_dereg_mr(mr_);
   }
@@ -204,6 +211,7 @@ memory_region::~memory_region() {
 
 std::unique_ptr<memory_region> memory_region::create(const std::shared_ptr<device>& dev,
                                                      size_t size, bool remote_write) {
+  library_calls own;
   std::unique_ptr<memory_region> m(new (std::nothrow) memory_region());
   if (!m) {
     errno = ENOMEM;
@@ -225,6 +233,7 @@ std::unique_ptr<memory_region> memory_region::create(const std::shared_ptr<devic
 }
 
 completion_queue::~completion_queue() {
+  library_calls own;
   if (cq_ != nullptr) {
     if (unsigned n = unacked_.load(); n != 0) {
       ibv_ack_cq_events(cq_, n);
@@ -238,6 +247,7 @@ completion_queue::~completion_queue() {
 
 std::unique_ptr<completion_queue> completion_queue::create(const std::shared_ptr<device>& dev,
                                                            int entries) {
+  library_calls own;
   std::unique_ptr<completion_queue> q(new (std::nothrow) completion_queue());
   if (!q) {
     errno = ENOMEM;
@@ -258,9 +268,13 @@ std::unique_ptr<completion_queue> completion_queue::create(const std::shared_ptr
   return q;
 }
 
-bool completion_queue::arm() { return ibv_req_notify_cq(cq_, 0) == 0; }
+bool completion_queue::arm() {
+  library_calls own;
+  return ibv_req_notify_cq(cq_, 0) == 0;
+}
 
 bool completion_queue::take_event() {
+  library_calls own;
   ibv_cq* cq = nullptr;
   void* ctx = nullptr;
   if (ibv_get_cq_event(channel_, &cq, &ctx) != 0) {
@@ -276,6 +290,7 @@ bool completion_queue::take_event() {
 }
 
 rc_qp::~rc_qp() {
+  library_calls own;
   if (qp_ != nullptr) {
     ibv_destroy_qp(qp_);
   }
@@ -284,6 +299,7 @@ rc_qp::~rc_qp() {
 std::unique_ptr<rc_qp> rc_qp::create(const std::shared_ptr<device>& dev, completion_queue& send_cq,
                                      completion_queue& recv_cq, uint32_t send_wr,
                                      uint32_t recv_wr) {
+  library_calls own;
   std::unique_ptr<rc_qp> q(new (std::nothrow) rc_qp());
   if (!q) {
     errno = ENOMEM;
@@ -313,6 +329,7 @@ std::unique_ptr<rc_qp> rc_qp::create(const std::shared_ptr<device>& dev, complet
 }
 
 bool rc_qp::to_init(uint8_t port) {
+  library_calls own;
   ibv_qp_attr a{};
   a.qp_state = IBV_QPS_INIT;
   a.pkey_index = 0;
@@ -323,6 +340,7 @@ bool rc_qp::to_init(uint8_t port) {
 }
 
 bool rc_qp::to_rtr(uint8_t port, uint32_t sgid_index, const peer_qp& peer) {
+  library_calls own;
   ibv_qp_attr a{};
   a.qp_state = IBV_QPS_RTR;
   a.path_mtu = peer.mtu;
@@ -341,6 +359,7 @@ bool rc_qp::to_rtr(uint8_t port, uint32_t sgid_index, const peer_qp& peer) {
 }
 
 bool rc_qp::to_rts() {
+  library_calls own;
   ibv_qp_attr a{};
   a.qp_state = IBV_QPS_RTS;
   a.timeout = 15;   // 4.096 us * 2^15 ~ 134 ms, as Linux
@@ -353,6 +372,7 @@ bool rc_qp::to_rts() {
 }
 
 bool rc_qp::to_error() {
+  library_calls own;
   ibv_qp_attr a{};
   a.qp_state = IBV_QPS_ERR;
   return ibv_modify_qp(qp_, &a, IBV_QP_STATE) == 0;
