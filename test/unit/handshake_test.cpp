@@ -937,6 +937,15 @@ void make_link(const hs_params& p) {
 
 // Sleeps until the step's deadline has passed (waiting for the deadline
 // itself, which is what the test is about).
+// The server's first step on the Proposal waiting on fd (which must be one).
+smc::core::hs_step_ptr begin_server(int fd, const hs_params& p, hs_outcome& so) {
+  size_t len = 0;
+  REQUIRE(smc::core::peek_clc(fd, smc::core::mask_proposal, len) == start_kind::match);
+  auto ss = smc::core::server_begin(fd, len, p, so);
+  REQUIRE(ss);
+  return ss;
+}
+
 void outlive(const smc::core::hs_step& s) {
   for (;;) {
     const int64_t left = smc::core::hs_deadline(s) - smc::rdma::shm::now_ms();
@@ -963,10 +972,7 @@ TEST_CASE("over a same-host link a handshake runs in steps, no thread and no wai
     REQUIRE(cs);
     // Nothing from the server yet: the client waits (and sent nothing more).
     CHECK(smc::core::hs_advance(*cs, t.c, p, false, co) == step_result::wait);
-    size_t len = 0;
-    REQUIRE(smc::core::peek_clc(t.s, smc::core::mask_proposal, len) == start_kind::match);
-    auto ss = smc::core::server_begin(t.s, len, p, so);
-    REQUIRE(ss);
+    auto ss = begin_server(t.s, p, so);
     // The server's Accept names the link: sent at once, the Confirm awaited.
     step_result r = smc::core::hs_advance(*ss, t.s, p, false, so);
     INFO("server " << step_name(r));
@@ -1047,10 +1053,7 @@ TEST_CASE("after a link's Accept the server takes a Decline, and breaks on anyth
   hs_outcome so;
   auto cs = smc::core::client_propose(t.c, p, co);
   REQUIRE(cs);
-  size_t len = 0;
-  REQUIRE(smc::core::peek_clc(t.s, smc::core::mask_proposal, len) == start_kind::match);
-  auto ss = smc::core::server_begin(t.s, len, p, so);
-  REQUIRE(ss);
+  auto ss = begin_server(t.s, p, so);
   REQUIRE(smc::core::hs_advance(*ss, t.s, p, false, so) == step_result::wait);
   size_t alen = 0;
   REQUIRE(smc::core::peek_clc(t.c, smc::core::mask_reply, alen) == start_kind::match);
@@ -1090,6 +1093,7 @@ TEST_CASE("after a link's Accept the server takes a Decline, and breaks on anyth
   // The slot went back unused: the link still serves the next connection.
   tcp_pair u;
   auto client = std::async(std::launch::async, [&] { return smc::core::client_handshake(u.c, p); });
+  size_t len = 0;
   REQUIRE(wait_for_proposal(u.s, len) == start_kind::match);
   hs_outcome s2 = smc::core::server_handshake(u.s, len, p);
   hs_outcome c2 = client.get();
@@ -1157,10 +1161,7 @@ TEST_CASE("to an address its link served last, the client lends first: no Confir
     const lend_seen seen = peek_lend(t.s);
     CHECK(seen.token != 0);
     CHECK(seen.link_slot != 0);
-    size_t len = 0;
-    REQUIRE(smc::core::peek_clc(t.s, smc::core::mask_proposal, len) == start_kind::match);
-    auto ss = smc::core::server_begin(t.s, len, p, so);
-    REQUIRE(ss);
+    auto ss = begin_server(t.s, p, so);
     // The server took the lent slot: its Accept ends the handshake.
     step_result r = smc::core::hs_advance(*ss, t.s, p, false, so);
     INFO("server " << step_name(r) << " " << smc::core::to_name(so.why));
@@ -1190,10 +1191,7 @@ TEST_CASE("a lent slot someone else had claimed: the Confirm follows with anothe
   const lend_seen seen = peek_lend(t.s);
   REQUIRE(seen.token != 0);
   auto stolen = claim_lent(seen);
-  size_t len = 0;
-  REQUIRE(smc::core::peek_clc(t.s, smc::core::mask_proposal, len) == start_kind::match);
-  auto ss = smc::core::server_begin(t.s, len, p, so);
-  REQUIRE(ss);
+  auto ss = begin_server(t.s, p, so);
   REQUIRE(smc::core::hs_advance(*ss, t.s, p, false, so) == step_result::wait);  // a Confirm to come
   REQUIRE(smc::core::hs_advance(*cs, t.c, p, false, co) == step_result::done);
   REQUIRE(co.path);
