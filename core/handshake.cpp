@@ -3,10 +3,9 @@
 #include "core/handshake.h"
 
 #include <poll.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <sys/random.h>
 
 #include <array>
 #include <cerrno>
@@ -19,6 +18,7 @@
 
 #include "core/clc.h"
 #include "core/cursor.h"
+#include "core/hash.h"
 #include "core/host_id.h"
 #include "core/log.h"
 #include "core/smcr.h"
@@ -1159,13 +1159,8 @@ uint64_t dest_key(const sockaddr* addr, socklen_t len) {
     return 0;
   }
   // FNV-1a over the family, address and port (not sin6's flow info).
-  uint64_t h = 0xcbf29ce484222325ULL;
-  auto mix = [&h](const void* p, size_t n) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    for (size_t i = 0; i < n; ++i) {
-      h = (h ^ b[i]) * 0x100000001b3ULL;
-    }
-  };
+  uint64_t h = fnv1a_basis;
+  auto mix = [&h](const void* p, size_t n) { h = fnv1a(h, p, n); };
   if (addr->sa_family == AF_INET && len >= static_cast<socklen_t>(sizeof(sockaddr_in))) {
     const auto* a = reinterpret_cast<const sockaddr_in*>(addr);
     mix(&a->sin_family, sizeof a->sin_family);

@@ -7,23 +7,15 @@
 
 #include <atomic>
 
+#include "core/hash.h"
 #include "rdma/sys.h"
 
 namespace smc::core {
 
 namespace {
 
-uint64_t fnv1a(uint64_t h, const void* p, size_t n) {
-  const auto* b = static_cast<const unsigned char*>(p);
-  for (size_t i = 0; i < n; ++i) {
-    h ^= b[i];
-    h *= 1099511628211ULL;
-  }
-  return h;
-}
-
 uint64_t compute() {
-  uint64_t h = 14695981039346656037ULL;
+  uint64_t h = fnv1a_basis;
   char boot[64] = {};
   int fd = ::open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
   if (fd >= 0) {
