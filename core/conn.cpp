@@ -16,6 +16,7 @@
 #include <cstring>
 #include <functional>
 #include <mutex>
+#include <new>
 #include <unordered_set>
 
 #include "core/busy_wait.h"
@@ -142,6 +143,7 @@ void conn_registry_unlock() { g_registry_mu.unlock(); }
 
 void note_fork_child() {
   g_self.store(static_cast<int>(::getpid()), std::memory_order_relaxed);
+  note_fork_for_wakes();
   // The child holds what the parent held (the lock is still taken from the
   // parent's prepare handler, and no other thread exists here).
   if (g_registry != nullptr) {
@@ -165,6 +167,16 @@ void conn::note_forked() {
   if (own_ == nullptr) {
     sh_->holders.fetch_add(1);  // shared with the parent: the child holds it too
   }
+  // The parent's sleepers are not the child's (its one thread is not
+  // waiting); their entries stay as memory nobody lists. The lock may have
+  // been held by another thread of the parent's at the fork.
+  new (&wmu_) std::mutex();
+  for (waiter* w = waiters_; w != nullptr; w = w->next) {
+    w->in = nullptr;
+  }
+  waiters_ = nullptr;
+  listed_rx_.store(0);
+  listed_tx_.store(0);
 }
 
 namespace {
@@ -319,8 +331,7 @@ void conn::abort_locally(int err) {
     uint8_t f = sh_->my_flags.fetch_or(cdc::conn_abnormal) | cdc::conn_abnormal;
     path_->publish_prod(sh_->tx_prod.load(), f);
   }
-  path_->kick_rx();
-  path_->kick_tx();
+  kick(true, true);
 }
 
 int conn::block_timeout_ms(bool rx, int flags) {
@@ -388,9 +399,10 @@ bool conn::spin_tx() {
 }
 
 template <class Ready>
-int conn::wait_poll(bool rx, int timeout_ms, Ready& ready) {
-  pollfd p[3] = {{rx ? path_->rx_fd() : path_->tx_fd(), POLLIN, 0},
+int conn::wait_poll(bool rx, int timeout_ms, Ready& ready, waiter* self) {
+  pollfd p[4] = {{rx ? path_->rx_fd() : path_->tx_fd(), POLLIN, 0},
                  {tcp_fd_, POLLIN | POLLRDHUP, 0},
+                 {-1, POLLIN, 0},
                  {-1, POLLIN, 0}};
   // After the peer's FIN the TCP socket stays readable: stop watching it,
   // and while its meaning is open (check_tcp()) look again every few ms.
@@ -399,6 +411,12 @@ int conn::wait_poll(bool rx, int timeout_ms, Ready& ready) {
     timeout_ms = 10;
   }
   nfds_t nfds = fin ? 1 : 2;
+  // Our own state changes and others' drains wake us through the thread's
+  // wake_fd (core/wake.h).
+  const nfds_t wi = self != nullptr ? nfds++ : 0;
+  if (self != nullptr) {
+    p[wi] = {self->wake->fd(), POLLIN, 0};
+  }
   // What we wait for may come through the transport's own queue: wait on
   // it too, and dispatch it here (data_path::begin_direct_wait).
   const int direct = path_->begin_direct_wait();
@@ -409,6 +427,9 @@ int conn::wait_poll(bool rx, int timeout_ms, Ready& ready) {
   const int err = errno;
   if (direct >= 0) {
     path_->end_direct_wait(n > 0 && p[nfds - 1].revents != 0);
+  }
+  if (self != nullptr && n > 0 && p[wi].revents != 0) {
+    self->wake->consume();  // (before the caller looks at the state again)
   }
   if (n > 0 && !fin && p[1].revents != 0) {
     tcp_stirred_.store(true);
@@ -422,7 +443,7 @@ int conn::wait_poll(bool rx, int timeout_ms, Ready& ready) {
   if (p[0].revents != 0 && !ready()) {
     // A doorbell rung for a state that is gone again: reset it (the caller
     // looks once more).
-    reset_doorbell(rx);
+    reset_doorbell(rx, false, self);
   }
   return 0;
 }
@@ -483,9 +504,11 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
     // change: only its close or abort ends that wait. (Counting done_writing
     // here made a writer blocked on a half-closed peer's full ring spin
     // through the send loop at full CPU instead of sleeping on the doorbell.)
+    // A writer is done too once this side was shut down for writing.
     const bool peer_end =
         rx ? peer_done()
-           : (path_->peer_conn_flags() & (cdc::conn_closed | cdc::conn_abnormal)) != 0;
+           : (path_->peer_conn_flags() & (cdc::conn_closed | cdc::conn_abnormal)) != 0 ||
+                 (sh_->my_flags.load() & (cdc::conn_done_writing | cdc::conn_closed)) != 0;
     if (sh_->err.load() != 0 || sh_->gone.load() || peer_end) {
       return true;
     }
@@ -494,6 +517,14 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
     bool ok = rx ? rx_look(n) : tx_look(n);
     return !ok || n >= (rx ? need : 1) || (rx && sh_->shut_rd.load());
   };
+  // Listed before arming (see set_waiter); a confined connection makes no
+  // new fd, and rings its doorbells for itself.
+  const bool confined = confined_.load(std::memory_order_relaxed);
+  waiter self;
+  self.wake = confined ? nullptr : thread_wake_fd();
+  if (self.wake != nullptr) {
+    set_waiter(&self, rx ? wait_rx : wait_tx);
+  }
   if (rx) {
     path_->arm_rx(1);
   } else {
@@ -501,8 +532,8 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
   }
   int rc = 0;
   if (!ready()) {  // re-check after arming: the peer rings only for declared waiters
-    rc = confined_.load(std::memory_order_relaxed) ? wait_confined(rx, timeout_ms, ready)
-                                                    : wait_poll(rx, timeout_ms, ready);
+    rc = confined ? wait_confined(rx, timeout_ms, ready)
+                  : wait_poll(rx, timeout_ms, ready, self.wake != nullptr ? &self : nullptr);
     if (rc != 0 && rc != EAGAIN && rc != EINTR) {
       // Our own wait failed (the process's limits or filter refuse it):
       // that is no error of the application's call. The connection cannot
@@ -517,6 +548,9 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
     path_->arm_rx(-1);
   } else {
     path_->arm_tx(-1);
+  }
+  if (self.wake != nullptr) {
+    set_waiter(&self, 0);
   }
   return rc;
 }
@@ -735,6 +769,11 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
     if (sh_->err.load() != 0) {  // aborted while we waited
       return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : aborted();
     }
+    if ((sh_->my_flags.load() & (cdc::conn_done_writing | cdc::conn_closed)) != 0) {
+      // Another thread shut the connection down for writing while this one
+      // waited for space: as on TCP, what went is returned, else EPIPE.
+      return sent > 0 ? io_result{static_cast<ssize_t>(sent), 0} : epipe();
+    }
     uint8_t pf = path_->peer_conn_flags();
     if ((pf & cdc::conn_abnormal) != 0 || (sh_->gone.load() && sh_->gone_reset.load())) {
       if (sent > 0) {
@@ -752,8 +791,7 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
         return {static_cast<ssize_t>(sent), 0};
       }
       note_error(err_pending_epipe);
-      path_->kick_rx();
-      path_->kick_tx();
+      kick(true, true);
       return {static_cast<ssize_t>(want), 0};
     }
     uint32_t space = 0;
@@ -842,13 +880,13 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
 int conn::shutdown(int how) {
   if (how == SHUT_RD || how == SHUT_RDWR) {
     sh_->shut_rd.store(true);
-    path_->kick_rx();
+    kick(true, false);
   }
   if (how == SHUT_WR || how == SHUT_RDWR) {
     std::lock_guard<robust_mutex> lk(sh_->tx_mu);
     uint8_t f = sh_->my_flags.fetch_or(cdc::conn_done_writing) | cdc::conn_done_writing;
     path_->publish_prod(sh_->tx_prod.load(), f);
-    path_->kick_tx();
+    kick(false, true);
   }
   return 0;
 }
@@ -950,9 +988,9 @@ void conn::flooded(bool rx) {
   abort_locally(ECONNRESET);
 }
 
-void conn::rearm_doorbell(bool rx, bool armed) {
+void conn::rearm_doorbell(bool rx, bool armed, const waiter* self) {
   if (level_watchers_.load(std::memory_order_relaxed) > 0) {
-    reset_doorbell(rx, true);  // its level must hold for a watcher that reads it
+    reset_doorbell(rx, true, self);  // its level must hold for a watcher that reads it
     return;
   }
   const int r = rx ? path_->rearm_rx() : path_->rearm_tx();
@@ -961,26 +999,95 @@ void conn::rearm_doorbell(bool rx, bool armed) {
     return;
   }
   if (r > 0) {
-    ring_if_due(rx, events(), armed ? 1 : 0);
+    ring_if_due(rx, events(), armed ? 1 : 0, self);
   }
 }
 
-void conn::ring_if_due(bool rx, poll_mask ev, int above) {
-  if ((ev & (rx ? POLLIN : POLLOUT)) == 0 ||
-      static_cast<int64_t>(rx ? path_->rx_waiters() : path_->tx_waiters()) <= above) {
+void conn::set_waiter(waiter* w, uint32_t dirs) {
+  std::lock_guard<std::mutex> lk(wmu_);
+  const uint32_t was = w->in == this ? w->dirs : 0;
+  if (dirs != 0 && w->in != this) {
+    w->in = this;
+    w->prev = nullptr;
+    w->next = waiters_;
+    if (waiters_ != nullptr) {
+      waiters_->prev = w;
+    }
+    waiters_ = w;
+  } else if (dirs == 0 && w->in == this) {
+    (w->prev != nullptr ? w->prev->next : waiters_) = w->next;
+    if (w->next != nullptr) {
+      w->next->prev = w->prev;
+    }
+    w->in = nullptr;
+    w->prev = w->next = nullptr;
+  }
+  w->dirs = dirs;
+  listed_rx_.fetch_add(((dirs & wait_rx) != 0 ? 1 : 0) - ((was & wait_rx) != 0 ? 1 : 0));
+  listed_tx_.fetch_add(((dirs & wait_tx) != 0 ? 1 : 0) - ((was & wait_tx) != 0 ? 1 : 0));
+}
+
+void conn::wake_listed(uint32_t dirs, const waiter* except) {
+  if (listed_rx_.load() + listed_tx_.load() == 0) {
     return;
   }
-  if (rx) {
-    path_->kick_rx();
-  } else {
-    path_->kick_tx();
+  const wake_fd* mine = own_wake_fd();
+  std::lock_guard<std::mutex> lk(wmu_);
+  for (waiter* w = waiters_; w != nullptr; w = w->next) {
+    const uint32_t d = w->dirs & dirs;
+    if (w == except || d == 0 || w->wake == mine) {
+      continue;
+    }
+    if (w->on_kick != nullptr) {
+      w->on_kick(w, d);
+    }
+    w->wake->wake();
+    stats::count_wake(true);
   }
 }
 
-poll_mask conn::reset_doorbell(bool rx, bool edge) {
+bool conn::unlisted_waiters(bool rx, int above) const {
+  // (After the state change that the waiters must see: a waiter declares
+  // itself, then looks at the state; this looks at the declarations after
+  // changing it.)
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const int64_t declared = rx ? path_->rx_waiters() : path_->tx_waiters();
+  const int64_t listed = (rx ? listed_rx_ : listed_tx_).load();
+  return declared - listed > above;
+}
+
+void conn::kick(bool rx, bool tx) {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  wake_listed((rx ? wait_rx : 0u) | (tx ? wait_tx : 0u), nullptr);
+  for (bool r : {true, false}) {
+    if ((r ? rx : tx) && unlisted_waiters(r, 0)) {
+      r ? path_->kick_rx() : path_->kick_tx();
+      stats::count_wake(false);
+    }
+  }
+}
+
+void conn::ring_if_due(bool rx, poll_mask ev, int above, const waiter* self) {
+  if ((ev & (rx ? POLLIN : POLLOUT)) == 0) {
+    return;
+  }
+  wake_listed(rx ? wait_rx : wait_tx, self);
+  // `above`: how many declarations are the caller's own (-1: it needs the
+  // doorbell's level itself). A caller on the list is woken through its
+  // wake_fd and looks at the state again by itself: only unlisted
+  // waiters need the ring then.
+  const bool listed_self = self != nullptr && self->in == this &&
+                           (self->dirs & (rx ? wait_rx : wait_tx)) != 0;
+  if (unlisted_waiters(rx, listed_self ? 0 : above)) {
+    rx ? path_->kick_rx() : path_->kick_tx();
+    stats::count_wake(false);
+  }
+}
+
+poll_mask conn::reset_doorbell(bool rx, bool edge, const waiter* self) {
   drain_doorbell(rx);
   const poll_mask ev = events();
-  ring_if_due(rx, ev, edge ? 1 : -1);
+  ring_if_due(rx, ev, edge ? 1 : -1, self);
   return ev;
 }
 
@@ -1162,8 +1269,7 @@ bool conn::check_tcp() {
   sh_->gone_reset.store(n < 0 || (!orderly && unread_by_peer) || (pf & cdc::conn_abnormal) != 0);
   sh_->gone.store(true, std::memory_order_release);
   SMC_LOG(debug, "fd %d: peer TCP closed (%s)", tcp_fd_, sh_->gone_reset.load() ? "reset" : "eof");
-  path_->kick_rx();
-  path_->kick_tx();
+  kick(true, true);
   return true;
 }
 

@@ -27,6 +27,7 @@
 #include <mutex>
 
 #include "core/cursor.h"
+#include "core/wake.h"
 #include "rdma/transport.h"
 
 namespace smc::core {
@@ -236,7 +237,7 @@ class conn {
   /// or another set, or another thread's poll) rely on. `edge`: the caller
   /// is an edge-triggered registration that reports the state itself; ring
   /// again only if someone else waits on the doorbell too.
-  poll_mask reset_doorbell(bool rx, bool edge = false);
+  poll_mask reset_doorbell(bool rx, bool edge = false, const waiter* self = nullptr);
   /// Resets a doorbell the caller does not wait on (a confined wait polls
   /// both through one waiter): rung again only if what it signals holds
   /// and someone declared a waiter for it.
@@ -244,15 +245,27 @@ class conn {
   /// A doorbell whose ring an edge-triggered watch delivered: lets the peer
   /// ring it again (data_path::rearm_rx), without a system call most times.
   /// The caller looks at the state afterwards. `armed`: the caller counts
-  /// among the doorbell's declared waiters. When the doorbell had to be
-  /// drained and others watch it too (another epoll set, a poll, a blocked
-  /// call, another process), it is rung again if what it signals holds,
-  /// so that the edge they had pending is not lost to them.
-  void rearm_doorbell(bool rx, bool armed);
+  /// among the doorbell's declared waiters; `self`: its waiter, if it is on
+  /// the connection's list. When the doorbell had to be drained and others
+  /// wait on it too (another epoll set, a poll, a blocked call, another
+  /// process), they are woken if what it signals holds, so that the edge
+  /// they had pending is not lost to them: this process's listed waiters
+  /// through their wake_fds, any others by ringing the doorbell again.
+  void rearm_doorbell(bool rx, bool armed, const waiter* self = nullptr);
   /// A watcher in this process that needs the doorbells' levels true (a
   /// level-triggered watch of them that others read: a nested epoll set)
   /// comes (+1) or goes (-1); while there is one, rearm_doorbell drains.
   void watch_level(int delta) { level_watchers_.fetch_add(delta, std::memory_order_relaxed); }
+
+  /// This process's sleepers on the connection (core/wake.h). `w` (its
+  /// wake_fd set) is listed for the directions `dirs` it declared waiters
+  /// for, or taken off the list when `dirs` is 0. List it before arming
+  /// and take directions off after disarming: the connection rings its
+  /// doorbells only for declared waiters beyond the listed ones.
+  void set_waiter(waiter* w, uint32_t dirs);
+  /// Own state changes (abort, shutdown, the peer gone, a write that found
+  /// the peer closed): wakes the waiters of those directions.
+  void kick(bool rx, bool tx);
 
   // ---- waiting, for poll/select/epoll ----
   rdma::data_path& path() { return *path_; }
@@ -288,7 +301,12 @@ class conn {
   void flooded(bool rx);
   /// Rings our own doorbell (`rx`, else the tx one) if what it signals
   /// holds in `ev` and more than `above` waiters are declared on it.
-  void ring_if_due(bool rx, poll_mask ev, int above);
+  void ring_if_due(bool rx, poll_mask ev, int above, const waiter* self = nullptr);
+  /// Wakes the listed waiters of `dirs` (but `except`).
+  void wake_listed(uint32_t dirs, const waiter* except);
+  /// Whether more than `above` of the declared waiters of a direction are
+  /// not on the list (another process's, a classic set's, a confined wait).
+  bool unlisted_waiters(bool rx, int above) const;
   int block_timeout_ms(bool rx, int flags);
   // Before a blocking wait: whether check_tcp() is worth its system call.
   bool tcp_needs_look();
@@ -305,7 +323,7 @@ class conn {
 
   void init_shared(bool fresh, bool join);
   template <class Ready>
-  int wait_poll(bool rx, int timeout_ms, Ready& ready);
+  int wait_poll(bool rx, int timeout_ms, Ready& ready, waiter* self);
   template <class Ready>
   int wait_confined(bool rx, int timeout_ms, Ready& ready);
   // What the TCP socket holds, without consuming it: -2 nothing (yet), -1
@@ -327,6 +345,12 @@ class conn {
   // poll since check_tcp() last looked; true at first. (Per process: a hint.)
   std::atomic<bool> tcp_stirred_{true};
   std::atomic<int> level_watchers_{0};
+  // This process's sleepers (set_waiter), and how many of them declared
+  // each direction.
+  std::mutex wmu_;
+  waiter* waiters_ = nullptr;
+  std::atomic<int> listed_rx_{0};
+  std::atomic<int> listed_tx_{0};
   // Confined (see confine()): what the socket's blocking mode and timeouts
   // are, as this process last knew them, and the waiter.
   std::atomic<bool> confined_{false};

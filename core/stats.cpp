@@ -37,6 +37,8 @@ struct counters {
   std::atomic<uint64_t> bells_kept{0};
   std::atomic<uint64_t> lent_first{0};
   std::atomic<uint64_t> poll_memory{0};
+  std::atomic<uint64_t> wakes_listed{0};
+  std::atomic<uint64_t> wakes_rung{0};
 };
 
 counters& c() {
@@ -79,6 +81,9 @@ void count_shm_lent_first() { c().lent_first.fetch_add(1, std::memory_order_rela
 void count_bell_watch_kept() { c().bells_kept.fetch_add(1, std::memory_order_relaxed); }
 
 void count_poll_from_memory() { c().poll_memory.fetch_add(1, std::memory_order_relaxed); }
+void count_wake(bool listed) {
+  (listed ? c().wakes_listed : c().wakes_rung).fetch_add(1, std::memory_order_relaxed);
+}
 
 void reset() {
   c().shm = 0;
@@ -104,6 +109,8 @@ void reset() {
   c().bells_kept = 0;
   c().lent_first = 0;
   c().poll_memory = 0;
+  c().wakes_listed = 0;
+  c().wakes_rung = 0;
 }
 
 std::string to_json(int pid) {
@@ -136,7 +143,9 @@ std::string to_json(int pid) {
        ", \"stepped\": " + ull(c().stepped) +
        ", \"step_waits\": " + ull(c().step_waits) +
        ", \"untouched_looks\": " + ull(c().untouched) +
-       "}, \"waits\": {\"poll_from_memory\": " + ull(c().poll_memory) + "}}\n";
+       "}, \"waits\": {\"poll_from_memory\": " + ull(c().poll_memory) +
+       ", \"wakes_listed\": " + ull(c().wakes_listed) + ", \"wakes_rung\": " + ull(c().wakes_rung) +
+       "}}\n";
   return s;
 }
 

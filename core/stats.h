@@ -56,6 +56,10 @@ void count_bell_watch_kept();
 /// A poll(), ppoll(), select() or pselect() on same-host SMC sockets only
 /// that their state in memory answered (no system call).
 void count_poll_from_memory();
+/// A connection woke a sleeper of this process for a change of its own or
+/// a drain (core/wake.h): through the sleeper's wake_fd (`listed`), or by
+/// ringing its own doorbell for waiters not on its list.
+void count_wake(bool listed);
 
 /// The JSON document for the current counters.
 std::string to_json(int pid);

@@ -59,6 +59,8 @@
 #include <array>
 #include <atomic>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -114,6 +116,18 @@ struct ep_set {
   // forked child) can only ever report on whatever its object serves now.
   std::unordered_map<int, ep_bell*> bells;
   std::unordered_set<ep_bell*> bell_live;  // pointers from the kernel are checked against this
+  // From memory: what connections wake the set with when they change by
+  // themselves or a drain took a ring meant for it (core/wake.h), made with
+  // the first registration that needs it, and its watch (edge-triggered,
+  // under a tag_bell of its own). The registrations their connections
+  // woke wait in `kicked` (its own lock: connections add to it while
+  // kicking, under their locks) for the set's next look.
+  std::unique_ptr<core::wake_fd> wake;
+  bool wake_failed = false;
+  ep_bell wake_bell;
+  std::mutex kick_mu;
+  std::vector<ep_reg*> kicked;
+  std::atomic<bool> any_kicked{false};
 };
 
 struct ep_reg {
@@ -138,6 +152,8 @@ struct ep_reg {
   int kept_sock = -1;     // reinstall: the socket's watch left in the set for install to MOD
   uint32_t sock_events = 0;  // what the socket's watch (items[tag_sock]) asks for
   uint32_t sock_seen = 0;    // what the kernel reported for that watch since it was put in place
+  core::waiter hook;      // on its connection's list while armed (from memory, with a set wake)
+  bool kicked = false;    // on set->kicked (under set->kick_mu)
 };
 
 namespace {
@@ -396,15 +412,103 @@ void hot_drop(ep_reg* r) {
   }
 }
 
+// The set's wake (see ep_set), made and put into the kernel's set when a
+// registration first needs it; nullptr if it cannot be had (then the
+// connections ring their doorbells for the set, as for a classic one).
+core::wake_fd* set_wake(ep_set* s) {
+  if (s->wake != nullptr || s->wake_failed) {
+    return s->wake.get();
+  }
+  s->wake_failed = true;
+  if (g_confined.load(std::memory_order_relaxed)) {
+    return nullptr;  // (a confined process makes no new fds)
+  }
+  auto w = std::make_unique<core::wake_fd>();
+  if (!w->ok()) {
+    return nullptr;
+  }
+  s->wake_bell.set = s;
+  s->wake_bell.fd = w->fd();
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLET;
+  ev.data.u64 = reinterpret_cast<uintptr_t>(&s->wake_bell) | tag_bell;
+  if (real.epoll_ctl(s->epfd, EPOLL_CTL_ADD, w->fd(), &ev) != 0) {
+    return nullptr;
+  }
+  s->bell_live.insert(&s->wake_bell);
+  s->wake = std::move(w);
+  s->wake_failed = false;
+  return s->wake.get();
+}
+
+// A connection woke the registration (core::waiter::on_kick, under the
+// connection's waiter lock): the set's next look takes it.
+void on_kick(core::waiter* w, uint32_t /*dirs*/) {
+  auto* r = static_cast<ep_reg*>(w->owner);
+  ep_set* s = r->set;
+  std::lock_guard<std::mutex> lk(s->kick_mu);
+  if (!r->kicked) {
+    r->kicked = true;
+    s->kicked.push_back(r);
+  }
+  s->any_kicked.store(true, std::memory_order_release);
+}
+
+void check_add(ep_reg* r);
+
+// Moves the registrations connections woke onto the check list (under g_ep_mu).
+void take_kicked(ep_set* s) {
+  if (!s->any_kicked.load(std::memory_order_acquire)) {
+    return;
+  }
+  std::vector<ep_reg*> v;
+  {
+    std::lock_guard<std::mutex> lk(s->kick_mu);
+    v.swap(s->kicked);
+    s->any_kicked.store(false, std::memory_order_relaxed);
+    for (ep_reg* r : v) {
+      r->kicked = false;
+    }
+  }
+  for (ep_reg* r : v) {
+    check_add(r);
+  }
+}
+
+// The registration leaves its connection's list and the set's kicked ones.
+void unlist(ep_reg* r) {
+  if (r->hook.in != nullptr) {
+    r->e->conn->set_waiter(&r->hook, 0);
+  }
+  std::lock_guard<std::mutex> lk(r->set->kick_mu);
+  if (r->kicked) {
+    auto& v = r->set->kicked;
+    v.erase(std::remove(v.begin(), v.end(), r), v.end());
+    r->kicked = false;
+  }
+}
+
 // Declares (or withdraws) the registration's waiters to match its interest.
 // A hot registration declares them only while a thread sleeps on the set:
 // awake, the set looks at it in every wait anyway, and the peer's rings
 // would be system calls for nothing.
 void arm_to_interest(ep_reg* r) {
-  auto& p = r->e->conn->path();
+  auto& c = *r->e->conn;
+  auto& p = c.path();
   const bool on = !r->disabled && (!r->hot || r->set->hot_armed);
   const bool rx = on && (r->ev.events & in_bits) != 0;
   const bool tx = on && (r->ev.events & out_bits) != 0;
+  // Listed with the connection for what it declares (core::conn::set_waiter):
+  // directions added before arming them, dropped after disarming.
+  ep_set* s = r->set;
+  const bool listed = !s->classic && ((rx || tx) ? set_wake(s) : s->wake.get()) != nullptr;
+  const uint32_t dirs = listed ? (rx ? core::wait_rx : 0u) | (tx ? core::wait_tx : 0u) : 0u;
+  if (listed && (dirs & ~r->hook.dirs) != 0) {
+    r->hook.wake = s->wake.get();
+    r->hook.on_kick = on_kick;
+    r->hook.owner = r;
+    c.set_waiter(&r->hook, r->hook.dirs | dirs);
+  }
   if (rx != r->armed_rx) {
     p.arm_rx(rx ? 1 : -1);
     r->armed_rx = rx;
@@ -412,6 +516,9 @@ void arm_to_interest(ep_reg* r) {
   if (tx != r->armed_tx) {
     p.arm_tx(tx ? 1 : -1);
     r->armed_tx = tx;
+  }
+  if (r->hook.in != nullptr && r->hook.dirs != dirs) {
+    c.set_waiter(&r->hook, dirs);
   }
   // The receive channel (SMC-R) follows the interest, not the waiters: a
   // hot registration's wait busy-polls and dispatches it while awake too.
@@ -440,10 +547,12 @@ void uninstall(ep_reg* r) {
     r->disabled = was;
   }
   chan_release(r);
+  unlist(r);
   r->armed_rx = r->armed_tx = false;
 }
 
 void unlink_reg(ep_reg* r) {
+  unlist(r);
   auto& v = r->e->regs;
   v.erase(std::remove(v.begin(), v.end(), r), v.end());
   auto& s = r->set->regs;
@@ -478,7 +587,12 @@ void note_changed(ep_reg* r) {
   }
   check_add(r);
   if (r->set->sleepers > 0) {
-    level_to_truth(r);
+    if (r->set->wake != nullptr) {
+      r->set->wake->wake();  // the sleeper looks at the check list
+      core::stats::count_wake(true);
+    } else {
+      level_to_truth(r);
+    }
   }
 }
 
@@ -787,11 +901,14 @@ uint32_t hot_due(ep_reg* r) {
   return ev;
 }
 
+// Its waiter on the connection's list, if it is there.
+const core::waiter* self_of(const ep_reg* r) { return r->hook.in != nullptr ? &r->hook : nullptr; }
+
 // Re-arms both of a registration's doorbells (conn::rearm_doorbell); the
 // caller looks at the state afterwards.
 void rearm_both(ep_reg* r) {
-  r->e->conn->rearm_doorbell(true, r->armed_rx);
-  r->e->conn->rearm_doorbell(false, r->armed_tx);
+  r->e->conn->rearm_doorbell(true, r->armed_rx, self_of(r));
+  r->e->conn->rearm_doorbell(false, r->armed_tx, self_of(r));
 }
 
 // Looks at the hot registrations (see arm_to_interest), reporting the
@@ -882,10 +999,10 @@ int look_memory(ep_set* s, epoll_event* out, int cap, uint64_t gen) {
     if (ev == 0) {
       // Not ready: from here on only a ring tells.
       if (r->armed_rx) {
-        c.rearm_doorbell(true, true);
+        c.rearm_doorbell(true, true, self_of(r));
       }
       if (r->armed_tx) {
-        c.rearm_doorbell(false, true);
+        c.rearm_doorbell(false, true, self_of(r));
       }
       ev = app_events(r, c.events());
     }
@@ -938,11 +1055,14 @@ void smc_fired(ep_reg* r, uint32_t tags, uint64_t gen, epoll_event* out, int& n,
     if (ev != 0) {
       r->idle_rings = 0;
     }
+    const core::waiter* self = self_of(r);
     if (rx) {
-      idle ? static_cast<void>(c.reset_doorbell(true, true)) : c.rearm_doorbell(true, r->armed_rx);
+      idle ? static_cast<void>(c.reset_doorbell(true, true, self))
+           : c.rearm_doorbell(true, r->armed_rx, self);
     }
     if (tx) {
-      idle ? static_cast<void>(c.reset_doorbell(false, true)) : c.rearm_doorbell(false, r->armed_tx);
+      idle ? static_cast<void>(c.reset_doorbell(false, true, self))
+           : c.rearm_doorbell(false, r->armed_tx, self);
     }
     // An edge-triggered registration reports a ring only for what its last
     // report did not cover: the ring of data a look in memory reported
@@ -996,6 +1116,16 @@ int translate(ep_set* s, epoll_event* ev, int m, uint64_t gen) {
         auto* b = reinterpret_cast<ep_bell*>(static_cast<uintptr_t>(u) & ~tag_mask);
         if (s->bell_live.count(b) == 0) {
           ev[n++] = ev[i];  // the application's
+          continue;
+        }
+        if (b == &s->wake_bell) {
+          // Connections woke the set: their registrations are looked at
+          // next. (A forked child's copy of a set, classic, leaves the
+          // wake to the parent's.)
+          if (!s->classic && s->wake != nullptr) {
+            s->wake->consume();
+            take_kicked(s);
+          }
           continue;
         }
         if (b->reg == nullptr) {
@@ -1160,6 +1290,7 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
     try {
       std::lock_guard<std::mutex> lk(g_ep_mu);
       check_forked(s);
+      take_kicked(s);
       gen = ++s->gen;
       if (!s->check.empty() || !s->hot.empty()) {
         // What memory has is reported without the kernel, max_streak

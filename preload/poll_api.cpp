@@ -41,7 +41,34 @@ struct slot_map {
   bool armed_rx = false;
   bool armed_tx = false;
   bool chan_seen = false;  // its channel is in the call's list (or none)
+  // Listed with the connection for the directions armed (core/wake.h),
+  // when the call has a wake_fd.
+  smc::core::waiter hook;
 };
+
+// Arms the directions `rx`/`tx` of m's connection that are not yet, listing
+// its hook before (core::conn::set_waiter).
+void arm_slot(slot_map& m, bool rx, bool tx, smc::core::wake_fd* wf) {
+  auto& c = *m.e->conn;
+  rx = rx && !m.armed_rx;
+  tx = tx && !m.armed_tx;
+  if (!rx && !tx) {
+    return;
+  }
+  if (wf != nullptr) {
+    m.hook.wake = wf;
+    c.set_waiter(&m.hook, (m.armed_rx || rx ? smc::core::wait_rx : 0u) |
+                              (m.armed_tx || tx ? smc::core::wait_tx : 0u));
+  }
+  if (rx) {
+    c.path().arm_rx(1);
+    m.armed_rx = true;
+  }
+  if (tx) {
+    c.path().arm_tx(1);
+    m.armed_tx = true;
+  }
+}
 
 
 // The distinct receive channels of a call's SMC-R connections: `v` the ones
@@ -138,6 +165,11 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
   }
   const int64_t deadline = timeout_ns < 0 ? 0 : mono_ns() + timeout_ns;
   int result = 0;
+  // The thread's wake_fd, for the state changes connections make themselves
+  // (core/wake.h): made when a wait first needs it, never in a confined
+  // process (it makes no new fds).
+  smc::core::wake_fd* wf = nullptr;
+  bool wf_tried = g_confined.load(std::memory_order_relaxed);
   for (;;) {
     k.clear();
     int ready = 0;
@@ -156,19 +188,17 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       if (s == state::smc) {
         auto& c = *m.e->conn;
         m.one = -1;
+        if (!wf_tried && !c.confined()) {
+          wf_tried = true;
+          wf = smc::core::thread_wake_fd();
+        }
+        arm_slot(m, (fds[i].events & in_mask) != 0, (fds[i].events & out_mask) != 0,
+                 c.confined() ? nullptr : wf);
         if ((fds[i].events & in_mask) != 0) {
-          if (!m.armed_rx) {
-            c.path().arm_rx(1);
-            m.armed_rx = true;
-          }
           m.rx = static_cast<int>(k.size());
           k.push_back({c.path().rx_fd(), POLLIN, 0});
         }
         if ((fds[i].events & out_mask) != 0) {
-          if (!m.armed_tx) {
-            c.path().arm_tx(1);
-            m.armed_tx = true;
-          }
           m.tx = static_cast<int>(k.size());
           k.push_back({c.path().tx_fd(), POLLIN, 0});
         }
@@ -242,6 +272,10 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       left_ns = 100000000;
     }
     int kn = 0;
+    const size_t wi = k.size();
+    if (wf != nullptr) {
+      k.push_back({wf->fd(), POLLIN, 0});
+    }
     const size_t base = k.size();
     // (A confined process does not spin: a spin yields the CPU, which its
     // filter may forbid.)
@@ -281,6 +315,9 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       result = -1;
       break;
     }
+    if (wf != nullptr && kn > 0 && k[wi].revents != 0) {
+      wf->consume();  // (before the states are looked at below)
+    }
     ready = 0;
     bool decided = false;
     for (nfds_t i = 0; i < n; ++i) {
@@ -308,12 +345,13 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
           fds[i].revents = smc_revents(m.e, fds[i].events);
         }
         // A doorbell that fired for a state already gone again: reset it.
+        const smc::core::waiter* self = m.hook.in != nullptr ? &m.hook : nullptr;
         if (m.rx >= 0 && k[m.rx].revents != 0 && (fds[i].revents & POLLIN) == 0) {
-          c.reset_doorbell(true);
+          c.reset_doorbell(true, false, self);
           fds[i].revents = smc_revents(m.e, fds[i].events);
         }
         if (m.tx >= 0 && k[m.tx].revents != 0 && (fds[i].revents & POLLOUT) == 0) {
-          c.reset_doorbell(false);
+          c.reset_doorbell(false, false, self);
           fds[i].revents = smc_revents(m.e, fds[i].events);
         }
       } else if (m.sock >= 0) {
@@ -368,6 +406,9 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       }
       if (m.armed_tx) {
         m.e->conn->path().arm_tx(-1);
+      }
+      if (m.hook.in != nullptr) {
+        m.e->conn->set_waiter(&m.hook, 0);
       }
       fd_put(m.e);
     }
