@@ -554,6 +554,25 @@ scenario_calls() {
   # must not surface as EINTR; without SA_RESTART, or with SO_RCVTIMEO, EINTR.
   calls_pair calls_eintr "smc_calls server --mode eintr" "smc_calls client --mode eintr" \
     client '^ok mode=eintr client ' -ge 1
+  # Threads asleep on a connection (a blocking recv, poll, epoll_wait, a
+  # blocking send) wake when another thread shuts it down: through their
+  # own wake fds (core/wake.h), the connection's doorbells never rung for a
+  # change of its own while every waiter is this process's.
+  begin calls_kicks || return 0
+  start_server "$DIR/server" smc "$PEERS_OK" "$(stats_env server)" -- "$BUILD/smc_calls" server \
+    --mode kicks
+  if [ -n "$PORT" ]; then
+    launch "$DIR/client" smc "$PEERS_OK" "$(stats_env client)" -- "$BUILD/smc_calls" client \
+      --port "$PORT" --mode kicks
+    expect_exit "$PID" "$DIR/client" client
+  fi
+  expect_server_exit "$SPID" "$DIR/server"
+  expect_line "$DIR/client.out" '^ok mode=kicks client conns=4' client
+  expect_line "$DIR/server.out" '^ok mode=kicks server conns=4' server
+  expect_stat client connections.smc_shm -eq 4
+  expect_stat client waits.wakes_listed -ge 4
+  expect_stat client waits.wakes_rung -eq 0
+  finish
 }
 
 # fork_exec_pair CHILD_EXPECT [SERVER_FLAG]: smc_fork's echo server for 3

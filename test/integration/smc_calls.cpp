@@ -27,12 +27,16 @@
 // create and connect a socket at once, then one thread writes 1 MiB while
 // another reads the echo back on the same fd; meanwhile another thread
 // keeps reading RLIMIT_NOFILE (getrlimit, prlimit), which must never read
-// other than what the process set. Plain POSIX, nothing about SMC: the same binary runs plain or
+// other than what the process set. Mode kicks: on four connections, a thread
+// asleep in a blocking recv, a poll and an epoll_wait must wake when another
+// thread shuts the socket down for reading, and one asleep in a blocking send
+// must come back (a short count or EPIPE) when another shuts it down for
+// writing. Plain POSIX, nothing about SMC: the same binary runs plain or
 // under scripts/smc_run.
 //
 //   smc_calls server [--addr A] [--port P] [--portfile F] --mode M [opts]
 //   smc_calls client --port P --mode M [opts]
-//   modes: sendfile splice mmsg iov linger0 eintr epoll_sets threads
+//   modes: sendfile splice mmsg iov linger0 eintr epoll_sets threads kicks
 //   opts: --bytes N[K|M|G] --seed S --nonblock
 //
 // Exit 0 with one "ok ..." line on stdout, or 1 with "smc_calls: FAIL why"
@@ -710,6 +714,33 @@ int run_eintr_server(int fd) {
 // ---------------------------------------------------------------- epoll_sets
 // Which of `want` the set reports for its one registration (0: none), after
 // waiting up to timeout_ms.
+// Until thread `tid` (0: not started yet) sleeps in one of the system calls
+// `nrs` (as /proc/self/task/TID/syscall says), or `done` is set. False if
+// it was never seen there.
+bool wait_asleep(const std::atomic<pid_t>& tid, const std::vector<long>& nrs,
+                 const std::atomic<uint32_t>& done) {
+  for (int i = 0; i < 100000 && done.load() == 0; ++i) {
+    const pid_t t = tid.load();
+    if (t != 0) {
+      char path[64];
+      std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", static_cast<int>(t));
+      FILE* f = std::fopen(path, "r");
+      long nr = -1;
+      if (f != nullptr) {
+        if (std::fscanf(f, "%ld", &nr) != 1) {
+          nr = -1;
+        }
+        std::fclose(f);
+      }
+      if (std::find(nrs.begin(), nrs.end(), nr) != nrs.end()) {
+        return true;
+      }
+    }
+    std::this_thread::yield();
+  }
+  return false;
+}
+
 uint32_t ep_events(int ep, int timeout_ms) {
   epoll_event ev[4];
   int n;
@@ -906,28 +937,7 @@ int run_epoll_sets_client(int fd, const options& o) {
       woke.store(ep_events(ws, 10000) | 0x80000000u);
     });
     // Until the sleeper is in the system call (epoll_wait, epoll_pwait).
-    bool asleep = false;
-    for (int i = 0; i < 100000 && !asleep && woke.load() == 0; ++i) {
-      const pid_t t = tid.load();
-      if (t == 0) {
-        std::this_thread::yield();
-        continue;
-      }
-      char path[64];
-      std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", static_cast<int>(t));
-      FILE* f = std::fopen(path, "r");
-      long nr = -1;
-      if (f != nullptr) {
-        if (std::fscanf(f, "%ld", &nr) != 1) {
-          nr = -1;
-        }
-        std::fclose(f);
-      }
-      asleep = nr == SYS_epoll_wait || nr == SYS_epoll_pwait;
-      if (!asleep) {
-        std::this_thread::yield();
-      }
-    }
+    const bool asleep = wait_asleep(tid, {SYS_epoll_wait, SYS_epoll_pwait}, woke);
     epoll_event mev{};
     mev.events = EPOLLIN | EPOLLOUT;
     mev.data.u64 = 0x7878;
@@ -979,6 +989,131 @@ int run_epoll_sets_server(int fd, const options& o) {
   }
   ::close(fd);
   std::printf("ok mode=epoll_sets server bytes=%llu\n", static_cast<unsigned long long>(sent));
+  return 0;
+}
+
+// ---------------------------------------------------------------- kicks
+// Every system call a thread of ours may sleep in while blocked on a socket:
+// the kernel's own (plain TCP), or the library's waits.
+const std::vector<long> blocking_calls = {
+#ifdef SYS_poll
+    SYS_poll,
+#endif
+    SYS_ppoll, SYS_epoll_wait, SYS_epoll_pwait, SYS_recvfrom, SYS_sendto, SYS_read, SYS_write};
+
+// The server: takes `conns` connections, then waits on each (without
+// reading) until its peer shut it down for writing or closed it.
+int run_kicks_server(int listener, int conns) {
+  std::vector<int> fds;
+  for (int i = 0; i < conns; ++i) {
+    int fd = ::accept(listener, nullptr, nullptr);
+    if (fd < 0) {
+      fail_exit(err_text("accept"));
+    }
+    fds.push_back(fd);
+  }
+  for (int fd : fds) {
+    pollfd p{fd, POLLRDHUP, 0};
+    while ((p.revents & (POLLRDHUP | POLLHUP | POLLERR)) == 0) {
+      if (::poll(&p, 1, 30000) <= 0) {
+        fail_exit("a client connection never ended");
+      }
+    }
+    ::close(fd);
+  }
+  std::printf("ok mode=kicks server conns=%d\n", conns);
+  return 0;
+}
+
+// One thread blocks in `op` (which returns what it saw, | 0x80000000) on a
+// socket of its own; once it sleeps, this thread calls `kick`: the sleeper
+// must wake and `op` come back (a sleeper that never does ends the process
+// by its alarm).
+template <typename Op, typename Kick>
+uint32_t kicked(const char* what, Op op, Kick kick) {
+  std::atomic<pid_t> tid{0};
+  std::atomic<uint32_t> out{0};
+  std::thread t([&] {
+    tid.store(static_cast<pid_t>(::syscall(SYS_gettid)));
+    out.store(op() | 0x80000000u);
+  });
+  const bool asleep = wait_asleep(tid, blocking_calls, out);
+  kick();
+  t.join();
+  if (!asleep) {
+    fail_exit(std::string(what) + ": the thread was never seen asleep");
+  }
+  return out.load() & 0x7fffffffu;
+}
+
+// The client: four connections, on each one thread asleep and another that
+// changes the connection under it, as TCP wakes its sleepers: shutdown
+// (SHUT_RD) under a blocking recv, a poll and an epoll_wait for input, and
+// shutdown (SHUT_WR) under a blocking send that fills the server's buffers.
+int run_kicks_client(int first, const options& o) {
+  std::vector<int> fds{first};
+  std::string error;
+  while (fds.size() < 4) {
+    int fd = smc_test::dial(o.addr, o.port, error);
+    if (fd < 0) {
+      fail_exit(error);
+    }
+    fds.push_back(fd);
+  }
+  // A blocking call that is never woken fails the test by this (no
+  // timeouts on the sockets: a send that timed out would return a short
+  // count too).
+  ::alarm(120);
+  const uint32_t rd = kicked(
+      "recv", [&] {
+        char c;
+        const ssize_t n = ::recv(fds[0], &c, 1, 0);
+        return n == 0 ? 1u : (n < 0 ? 2u : 3u);
+      },
+      [&] { ::shutdown(fds[0], SHUT_RD); });
+  if (rd != 1) {
+    fail_exit(std::string("shutdown(SHUT_RD) under a blocking recv: ") +
+              (rd == 2 ? "it failed" : "it read data") + ", not EOF");
+  }
+  const uint32_t pl = kicked(
+      "poll", [&] {
+        pollfd p{fds[1], POLLIN, 0};
+        return ::poll(&p, 1, 10000) > 0 ? static_cast<uint32_t>(p.revents) : 0u;
+      },
+      [&] { ::shutdown(fds[1], SHUT_RD); });
+  if ((pl & POLLIN) == 0) {
+    fail_exit("shutdown(SHUT_RD) under poll: no POLLIN");
+  }
+  const int ep = ep_with(fds[2], EPOLLIN, 0x4b4b);
+  const uint32_t ew = kicked(
+      "epoll_wait", [&] { return ep_events(ep, 10000); }, [&] { ::shutdown(fds[2], SHUT_RD); });
+  if ((ew & EPOLLIN) == 0) {
+    fail_exit("shutdown(SHUT_RD) under epoll_wait: no EPOLLIN");
+  }
+  ::close(ep);
+  // 64 MiB: more than the server's receive buffer and our send buffer hold.
+  std::vector<uint8_t> big(64 << 20, 0x6b);
+  std::atomic<ssize_t> sent{0};
+  std::atomic<int> send_err{0};
+  const uint32_t wr = kicked(
+      "send", [&] {
+        const ssize_t n = ::send(fds[3], big.data(), big.size(), MSG_NOSIGNAL);
+        sent.store(n);
+        send_err.store(errno);
+        return n < 0 && errno == EPIPE ? 1u : (n > 0 && static_cast<size_t>(n) < big.size() ? 2u : 3u);
+      },
+      [&] { ::shutdown(fds[3], SHUT_WR); });
+  if (wr != 1 && wr != 2) {
+    fail_exit("shutdown(SHUT_WR) under a blocking send: it returned " + std::to_string(sent.load()) +
+              (sent.load() < 0 ? std::string(" (") + std::strerror(send_err.load()) + ")"
+                               : std::string()) +
+              ", not a short count or EPIPE");
+  }
+  ::alarm(0);
+  for (int fd : fds) {
+    ::close(fd);
+  }
+  std::printf("ok mode=kicks client conns=4\n");
   return 0;
 }
 
@@ -1097,6 +1232,9 @@ int run(int fd, const options& o) {
   }
   if (o.mode == "eintr") {
     return o.server ? run_eintr_server(fd) : run_eintr_client(fd);
+  }
+  if (o.mode == "kicks" && !o.server) {
+    return run_kicks_client(fd, o);
   }
   const stream out(o.seed, o.server ? 1 : 0);
   const stream in(o.seed, o.server ? 0 : 1);
@@ -1217,7 +1355,7 @@ int main(int argc, char** argv) {
   }
   if (o.mode != "sendfile" && o.mode != "splice" && o.mode != "mmsg" && o.mode != "iov" &&
       o.mode != "linger0" && o.mode != "eintr" && o.mode != "epoll_sets" &&
-      o.mode != "threads") {
+      o.mode != "threads" && o.mode != "kicks") {
     usage("bad --mode " + o.mode);
   }
   ::signal(SIGPIPE, SIG_IGN);
@@ -1227,6 +1365,9 @@ int main(int argc, char** argv) {
     int s = smc_test::open_listener(o.addr, o.port, 4, o.portfile, error);
     if (s < 0) {
       fail_exit(error);
+    }
+    if (o.mode == "kicks") {
+      return run_kicks_server(s, 4);
     }
     fd = ::accept(s, nullptr, nullptr);
     if (fd < 0) {
