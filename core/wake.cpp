@@ -57,10 +57,9 @@ wake_fd* thread_wake_fd() {
   const unsigned gen = g_wake_gen.load(std::memory_order_relaxed);
   if (t.w != nullptr && t.gen != gen) {
     // Made before a fork: the parent's thread sleeps on the same eventfd.
-    const int fd = t.w->release();
-    if (fd >= 0) {
-      rdma::sys().close(fd);
-    }
+    // Left open, not closed: the child may have closed that number itself
+    // (closefrom before exec) and reused it for something of its own.
+    t.w->release();
     delete t.w;
     t.w = nullptr;
   }

@@ -31,8 +31,7 @@ class wake_fd {
   void wake();
   /// Takes a pending wake (after the fd was found readable, or any time).
   void consume();
-  /// In a forked child: the fd is the parent's too; forget it (not closed:
-  /// the caller decides).
+  /// In a forked child: the fd is the parent's too; forget it (not closed).
   int release() {
     const int fd = fd_;
     fd_ = -1;

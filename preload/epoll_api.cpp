@@ -61,6 +61,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -728,6 +729,15 @@ void make_classic(ep_set* s) {
 void check_forked(ep_set* s) {
   if (s->fork_gen != g_fork_gen.load(std::memory_order_relaxed)) {
     s->fork_gen = g_fork_gen.load(std::memory_order_relaxed);
+    // The parent's kicks are not ours (its connections' waiter lists were
+    // emptied in the child), and a thread of the parent's may have held
+    // the lock at the fork.
+    new (&s->kick_mu) std::mutex();
+    s->kicked.clear();
+    s->any_kicked.store(false, std::memory_order_relaxed);
+    for (ep_reg* r : s->regs) {
+      r->kicked = false;
+    }
     make_classic(s);
   }
 }

@@ -3095,3 +3095,44 @@ TEST_CASE("a reset is reported once, by SO_ERROR first if asked: then EOF and EP
   CHECK(r.n == -1);
   CHECK(r.err == EPIPE);
 }
+
+// core/wake.h: a change the connection makes itself (here a shutdown) wakes
+// the waiters listed with it through their wake fds and leaves its doorbell
+// alone; the doorbell is rung only for a declared waiter that is not listed
+// (another process's, a classic set's, a confined wait's).
+TEST_CASE("a connection's own changes wake listed waiters through their wake fds",
+          "[conn][wake]") {
+  conn_pair p(0);
+  smc::core::wake_fd w;
+  REQUIRE(w.ok());
+  smc::core::waiter hook;
+  hook.wake = &w;
+  p.b->set_waiter(&hook, smc::core::wait_rx);  // listed, then declared
+  p.b->path().arm_rx(1);
+  CHECK_FALSE(fd_readable(w.fd()));
+  SECTION("every waiter listed: the wake fd, not the doorbell") {
+    REQUIRE(p.b->shutdown(SHUT_RD) == 0);
+    CHECK(fd_readable(w.fd()));
+    CHECK_FALSE(fd_readable(p.b->path().rx_fd()));
+    w.consume();
+    CHECK_FALSE(fd_readable(w.fd()));
+  }
+  SECTION("a waiter that is not listed: the doorbell too") {
+    p.b->path().arm_rx(1);  // declared, not listed
+    REQUIRE(p.b->shutdown(SHUT_RD) == 0);
+    CHECK(fd_readable(w.fd()));
+    CHECK(fd_readable(p.b->path().rx_fd()));
+    p.b->path().arm_rx(-1);
+  }
+  SECTION("a waiter for the other direction only is left asleep") {
+    p.b->set_waiter(&hook, smc::core::wait_tx);
+    p.b->path().arm_rx(-1);
+    p.b->path().arm_tx(1);
+    REQUIRE(p.b->shutdown(SHUT_RD) == 0);
+    CHECK_FALSE(fd_readable(w.fd()));
+    p.b->path().arm_tx(-1);
+    p.b->path().arm_rx(1);
+  }
+  p.b->path().arm_rx(-1);
+  p.b->set_waiter(&hook, 0);
+}
