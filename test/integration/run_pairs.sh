@@ -435,12 +435,12 @@ scenario_concurrent() {
   finish
 }
 
-# calls_pair NAME "SERVER_PROG ARGS" "CLIENT_PROG ARGS" ROLE REGEX OP N: one
-# scenario of a server and a client program from $BUILD, both under the
-# preload; ROLE's output must match REGEX and both sides' stats must count
-# shm SMC connections OP N.
+# calls_pair NAME "SERVER_PROG ARGS" "CLIENT_PROG ARGS" ROLE REGEX OP N
+# ["STAT OP N"]: one scenario of a server and a client program from $BUILD,
+# both under the preload; ROLE's output must match REGEX, both sides' stats
+# must count shm SMC connections OP N, and the client's STAT OP N if given.
 calls_pair() {
-  local name=$1 role=$4 regex=$5 op=$6 n=$7
+  local name=$1 role=$4 regex=$5 op=$6 n=$7 extra=${8:-}
   local -a srv cli
   read -r -a srv <<<"$2"
   read -r -a cli <<<"$3"
@@ -455,6 +455,10 @@ calls_pair() {
   expect_line "$DIR/$role.out" "$regex" "$role"
   expect_stat server connections.smc_shm "$op" "$n"
   expect_stat client connections.smc_shm "$op" "$n"
+  if [ -n "$extra" ]; then
+    # shellcheck disable=SC2086  # (a stat, an operator and a number)
+    expect_stat client $extra
+  fi
   finish
 }
 
@@ -544,8 +548,11 @@ scenario_calls() {
   # kernel fd in a set with a socket that stays readable is not starved;
   # two edge-triggered sets both see every edge; an EPOLL_CTL_MOD wakes a
   # thread asleep on the set.
+  # The EPOLL_CTL_MOD wakes the sleeper through the set's wake fd
+  # (core/wake.h): waits.wakes_listed counts it.
   calls_pair calls_epoll_sets "smc_calls server --mode epoll_sets" \
-    "smc_calls client --mode epoll_sets" client '^ok mode=epoll_sets client rounds=50 bytes=213000' -ge 1
+    "smc_calls client --mode epoll_sets" client '^ok mode=epoll_sets client rounds=50 bytes=213000' -ge 1 \
+    "waits.wakes_listed -ge 1"
   # Sockets created and connected by 16 threads at once; on each, one thread
   # writes while another reads the echo (smc_fork's echo server).
   calls_pair calls_threads "smc_fork server --count 17" "smc_calls client --mode threads --bytes 1M" \
