@@ -31,7 +31,8 @@
 // asleep in a blocking recv, a poll and an epoll_wait must wake when another
 // thread shuts the socket down for reading, and one asleep in a blocking send
 // must come back (a short count or EPIPE) when another shuts it down for
-// writing. Plain POSIX, nothing about SMC: the same binary runs plain or
+// writing; on a fifth, a forked child's blocking recv must return EOF when
+// the parent shuts the connection they share down for reading. Plain POSIX, nothing about SMC: the same binary runs plain or
 // under scripts/smc_run.
 //
 //   smc_calls server [--addr A] [--port P] [--portfile F] --mode M [opts]
@@ -57,6 +58,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -714,16 +716,17 @@ int run_eintr_server(int fd) {
 // ---------------------------------------------------------------- epoll_sets
 // Which of `want` the set reports for its one registration (0: none), after
 // waiting up to timeout_ms.
-// Until thread `tid` (0: not started yet) sleeps in one of the system calls
-// `nrs` (as /proc/self/task/TID/syscall says), or `done` is set. False if
-// it was never seen there.
+// Until thread `tid` (0: not started yet) of process `pid` (0: this one)
+// sleeps in one of the system calls `nrs` (as /proc/PID/task/TID/syscall
+// says), or `done` is set. False if it was never seen there.
 bool wait_asleep(const std::atomic<pid_t>& tid, const std::vector<long>& nrs,
-                 const std::atomic<uint32_t>& done) {
+                 const std::atomic<uint32_t>& done, pid_t pid = 0) {
   for (int i = 0; i < 100000 && done.load() == 0; ++i) {
     const pid_t t = tid.load();
     if (t != 0) {
       char path[64];
-      std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", static_cast<int>(t));
+      std::snprintf(path, sizeof path, "/proc/%d/task/%d/syscall",
+                    static_cast<int>(pid != 0 ? pid : ::getpid()), static_cast<int>(t));
       FILE* f = std::fopen(path, "r");
       long nr = -1;
       if (f != nullptr) {
@@ -1001,8 +1004,10 @@ const std::vector<long> blocking_calls = {
 #endif
     SYS_ppoll, SYS_epoll_wait, SYS_epoll_pwait, SYS_recvfrom, SYS_sendto, SYS_read, SYS_write};
 
-// The server: takes `conns` connections, then waits on each (without
-// reading) until its peer shut it down for writing or closed it.
+// The server: takes `conns` connections, then reads each, in order, to
+// its end, throwing away what came (the client's blocked send needs the
+// server not to read that connection while the first is open; TCP's FIN
+// only comes after the data queued before it).
 int run_kicks_server(int listener, int conns) {
   std::vector<int> fds;
   for (int i = 0; i < conns; ++i) {
@@ -1012,13 +1017,12 @@ int run_kicks_server(int listener, int conns) {
     }
     fds.push_back(fd);
   }
+  std::vector<char> buf(65536);
   for (int fd : fds) {
-    pollfd p{fd, POLLRDHUP, 0};
-    while ((p.revents & (POLLRDHUP | POLLHUP | POLLERR)) == 0) {
-      if (::poll(&p, 1, 30000) <= 0) {
-        fail_exit("a client connection never ended");
-      }
-    }
+    ssize_t n;
+    do {
+      n = ::recv(fd, buf.data(), buf.size(), 0);
+    } while (n > 0 || (n < 0 && errno == EINTR));
     ::close(fd);
   }
   std::printf("ok mode=kicks server conns=%d\n", conns);
@@ -1046,14 +1050,16 @@ uint32_t kicked(const char* what, Op op, Kick kick) {
   return out.load() & 0x7fffffffu;
 }
 
-// The client: four connections, on each one thread asleep and another that
+// The client: five connections, on each one thread asleep and another that
 // changes the connection under it, as TCP wakes its sleepers: shutdown
 // (SHUT_RD) under a blocking recv, a poll and an epoll_wait for input, and
-// shutdown (SHUT_WR) under a blocking send that fills the server's buffers.
+// shutdown (SHUT_WR) under a blocking send that fills the server's buffers;
+// then a forked child asleep in a blocking recv on the connection both
+// hold, which the parent shuts down for reading.
 int run_kicks_client(int first, const options& o) {
   std::vector<int> fds{first};
   std::string error;
-  while (fds.size() < 4) {
+  while (fds.size() < 5) {
     int fd = smc_test::dial(o.addr, o.port, error);
     if (fd < 0) {
       fail_exit(error);
@@ -1109,11 +1115,36 @@ int run_kicks_client(int first, const options& o) {
                                : std::string()) +
               ", not a short count or EPIPE");
   }
+  std::fflush(nullptr);
+  const pid_t child = ::fork();
+  if (child < 0) {
+    fail_exit(err_text("fork"));
+  }
+  if (child == 0) {
+    char c;
+    const ssize_t n = ::recv(fds[4], &c, 1, 0);
+    ::_exit(n == 0 ? 0 : 3);  // (no statistics of the child's: one file)
+  }
+  std::atomic<pid_t> ctid{child};
+  const std::atomic<uint32_t> never{0};
+  const bool child_asleep = wait_asleep(ctid, blocking_calls, never, child);
+  ::shutdown(fds[4], SHUT_RD);
+  int status = 0;
+  if (::waitpid(child, &status, 0) != child) {
+    fail_exit(err_text("waitpid"));
+  }
+  if (!child_asleep) {
+    fail_exit("the forked child was never seen asleep in its recv");
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    fail_exit("shutdown(SHUT_RD) in the parent under the child's blocking recv: the child's recv "
+              "did not return EOF (status " + std::to_string(status) + ")");
+  }
   ::alarm(0);
   for (int fd : fds) {
     ::close(fd);
   }
-  std::printf("ok mode=kicks client conns=4\n");
+  std::printf("ok mode=kicks client conns=5\n");
   return 0;
 }
 
@@ -1367,7 +1398,7 @@ int main(int argc, char** argv) {
       fail_exit(error);
     }
     if (o.mode == "kicks") {
-      return run_kicks_server(s, 4);
+      return run_kicks_server(s, 5);
     }
     fd = ::accept(s, nullptr, nullptr);
     if (fd < 0) {
