@@ -79,6 +79,7 @@ struct real_fns {
   ssize_t (*preadv2)(int, const iovec*, int, off_t, int);
   ssize_t (*pwritev2)(int, const iovec*, int, off_t, int);
   int (*close_range)(unsigned, unsigned, int);
+  void (*closefrom)(int);
   int (*prctl)(int, ...);
   long (*syscall)(long, ...);
   int (*getrlimit)(__rlimit_resource_t, rlimit*);

@@ -79,6 +79,13 @@ int enosys_close_range(unsigned, unsigned, int) {
   return -1;
 }
 
+// glibc < 2.34 has no closefrom (so nothing calls it).
+void no_closefrom(int lowfd) {
+  if (lowfd >= 0) {
+    real.close_range(static_cast<unsigned>(lowfd), ~0U, 0);
+  }
+}
+
 void resolve_all() {
 #define SMC_RESOLVE(field, sym) resolve(real.field, #sym, reinterpret_cast<void*>(&::sym))
   SMC_RESOLVE(socket, socket);
@@ -130,6 +137,10 @@ void resolve_all() {
   resolve(real.close_range, "close_range", reinterpret_cast<void*>(&::close_range), true);
   if (real.close_range == nullptr) {
     real.close_range = enosys_close_range;  // glibc < 2.34
+  }
+  resolve(real.closefrom, "closefrom", reinterpret_cast<void*>(&::closefrom), true);
+  if (real.closefrom == nullptr) {
+    real.closefrom = no_closefrom;
   }
   SMC_RESOLVE(prctl, prctl);
   SMC_RESOLVE(syscall, syscall);

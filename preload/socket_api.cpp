@@ -962,6 +962,16 @@ __attribute__((visibility("default"))) int close_range(unsigned first, unsigned 
   return real.close_range(first, last, flags);
 }
 
+// closefrom() closes through glibc's own close_range, which close_range()
+// above never sees: the same first.
+__attribute__((visibility("default"))) void closefrom(int lowfd) noexcept {
+  ensure_init();
+  if (lowfd >= 0) {
+    smc::preload::forget_closed(static_cast<unsigned>(lowfd), ~0U, 0);
+  }
+  real.closefrom(lowfd);
+}
+
 __attribute__((visibility("default"))) int shutdown(int fd, int how) noexcept {
   ensure_init();
   entry_ref e(fd);

@@ -610,6 +610,25 @@ scenario_fork() {
   finish
 }
 
+# i2. the child of a fork closes every fd from its inherited connection's up
+# with closefrom(), as before an exec (glibc closes them behind close()'s and
+# close_range()'s back): the library forgets the connection there, so a
+# pipe that gets its number works as a pipe; the parent's copy is untouched.
+scenario_fork_closefrom() {
+  begin fork_closefrom || return 0
+  start_server "$DIR/server" smc "$(stats_env server)" -- "$BUILD/smc_fork" server --count 2
+  if [ -n "$PORT" ]; then
+    launch "$DIR/client" smc "$PEERS_OK" -- "$BUILD/smc_fork" client --port "$PORT" \
+      --child-expect closefrom
+    expect_exit "$PID" "$DIR/client" client
+  fi
+  expect_server_exit "$SPID" "$DIR/server"
+  expect_line "$DIR/client.out" '^ok child-expect=closefrom' client
+  expect_line "$DIR/server.out" '^ok served 2' server
+  expect_stat server connections.smc_shm -eq 2
+  finish
+}
+
 # j. a listener inherited across exec() (socket activation, a server that
 # re-executes itself): the new image's connections negotiate SMC too, instead
 # of reading the client's Proposal as data.
@@ -1081,6 +1100,7 @@ scenario_concurrent
 scenario_links
 scenario_calls
 scenario_fork
+scenario_fork_closefrom
 scenario_exec_listener
 scenario_exec_conn
 scenario_exec_inherited

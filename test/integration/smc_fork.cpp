@@ -12,7 +12,7 @@
 //                                  without reading, forks, and the child
 //                                  exec()s `smc_fork server --serve-fd N`,
 //                                  which echoes over the inherited socket
-//   smc_fork client --addr A --port P [--child-expect reset|untouched|exec-reset]
+//   smc_fork client --addr A --port P [--child-expect reset|untouched|exec-reset|closefrom]
 //
 // The client opens connection 1 and echoes 1 MiB over it (verified), then
 // forks. The child, with its inherited copy of connection 1:
@@ -21,6 +21,9 @@
 //   untouched: leaves it alone (shm: it would work, for one process at a time),
 //   exec-reset: exec()s smc_fork again, and that new image must find the
 //          connection reset (its buffers stayed in the image before exec),
+//   closefrom: closes every fd from connection 1's up with closefrom(), as a
+//          child does before exec; a pipe made next gets that number and must
+//          work as a pipe, and the child exits there,
 // then closes that copy, opens connection 2 of its own and echoes 1 MiB over
 // it. After the child exited 0, the parent echoes 1 MiB more over connection
 // 1 (the child's close must not have touched it) and 256 KiB over a new
@@ -52,7 +55,8 @@ namespace {
   std::fprintf(stderr,
                "smc_fork: %s\n"
                "usage: smc_fork server [--addr A] [--portfile F] [--count N] [--exec-listener|--exec-conn]\n"
-               "       smc_fork client --addr A --port P [--child-expect reset|untouched|exec-reset]\n",
+               "       smc_fork client --addr A --port P "
+               "[--child-expect reset|untouched|exec-reset|closefrom]\n",
                why.c_str());
   std::exit(2);
 }
@@ -235,6 +239,26 @@ int client(const smc_test::endpoint_options& o, const std::string& expect) {
               port.c_str(), "--inherited-fd", fd.c_str(), static_cast<char*>(nullptr));
       die(std::string("exec: ") + std::strerror(errno));
     }
+    if (expect == "closefrom") {
+      // The library's own fds (above the soft limit) go too: the child
+      // makes no further connection, and leaves without its exit handlers.
+      ::closefrom(c1);
+      int p[2];
+      if (::pipe(p) != 0) {
+        die(std::string("child: pipe: ") + std::strerror(errno));
+      }
+      if (p[0] != c1) {
+        die("child: the pipe did not get connection 1's number (test setup)");
+      }
+      const char msg[] = "pipe-after-closefrom";
+      char back[sizeof msg] = {};
+      if (::write(p[1], msg, sizeof msg) != static_cast<ssize_t>(sizeof msg) ||
+          ::read(p[0], back, sizeof back) != static_cast<ssize_t>(sizeof msg) ||
+          std::memcmp(msg, back, sizeof msg) != 0) {
+        die("child: the pipe on connection 1's number after closefrom() does not work as a pipe");
+      }
+      ::_exit(0);
+    }
     child_part(o, c1, expect == "reset");
   }
   int status = 0;
@@ -281,8 +305,9 @@ int main(int argc, char** argv) {
       inherited_fd = static_cast<int>(args.size_value("bad value for "));
     } else if (args.name() == "--child-expect") {
       expect = args.value();
-      if (expect != "reset" && expect != "untouched" && expect != "exec-reset") {
-        usage("--child-expect must be reset, untouched or exec-reset");
+      if (expect != "reset" && expect != "untouched" && expect != "exec-reset" &&
+          expect != "closefrom") {
+        usage("--child-expect must be reset, untouched, exec-reset or closefrom");
       }
     } else {
       usage("unknown option " + args.name());
