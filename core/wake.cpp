@@ -45,7 +45,12 @@ namespace {
 struct thread_wake {
   wake_fd* w = nullptr;
   unsigned gen = 0;
-  ~thread_wake() { delete w; }
+  ~thread_wake() {
+    if (w != nullptr && gen != g_wake_gen.load(std::memory_order_relaxed)) {
+      w->release();  // the parent's (see thread_wake_fd)
+    }
+    delete w;
+  }
 };
 
 thread_local thread_wake t_wake;
