@@ -1046,24 +1046,27 @@ void conn::wake_listed(uint32_t dirs, const waiter* except) {
   }
 }
 
-bool conn::unlisted_waiters(bool rx, int above) const {
+void conn::ring_for_unlisted(bool rx, int above) {
   // (After the state change that the waiters must see: a waiter declares
   // itself, then looks at the state; this looks at the declarations after
   // changing it.)
   std::atomic_thread_fence(std::memory_order_seq_cst);
   const int64_t declared = rx ? path_->rx_waiters() : path_->tx_waiters();
   const int64_t listed = (rx ? listed_rx_ : listed_tx_).load();
-  return declared - listed > above;
+  if (declared - listed > above) {
+    rx ? path_->kick_rx() : path_->kick_tx();
+    stats::count_wake(false);
+  }
 }
 
 void conn::kick(bool rx, bool tx) {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   wake_listed((rx ? wait_rx : 0u) | (tx ? wait_tx : 0u), nullptr);
-  for (bool r : {true, false}) {
-    if ((r ? rx : tx) && unlisted_waiters(r, 0)) {
-      r ? path_->kick_rx() : path_->kick_tx();
-      stats::count_wake(false);
-    }
+  if (rx) {
+    ring_for_unlisted(true, 0);
+  }
+  if (tx) {
+    ring_for_unlisted(false, 0);
   }
 }
 
@@ -1078,10 +1081,7 @@ void conn::ring_if_due(bool rx, poll_mask ev, int above, const waiter* self) {
   // waiters need the ring then.
   const bool listed_self = self != nullptr && self->in == this &&
                            (self->dirs & (rx ? wait_rx : wait_tx)) != 0;
-  if (unlisted_waiters(rx, listed_self ? 0 : above)) {
-    rx ? path_->kick_rx() : path_->kick_tx();
-    stats::count_wake(false);
-  }
+  ring_for_unlisted(rx, listed_self ? 0 : above);
 }
 
 poll_mask conn::reset_doorbell(bool rx, bool edge, const waiter* self) {

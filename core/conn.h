@@ -304,9 +304,10 @@ class conn {
   void ring_if_due(bool rx, poll_mask ev, int above, const waiter* self = nullptr);
   /// Wakes the listed waiters of `dirs` (but `except`).
   void wake_listed(uint32_t dirs, const waiter* except);
-  /// Whether more than `above` of the declared waiters of a direction are
-  /// not on the list (another process's, a classic set's, a confined wait).
-  bool unlisted_waiters(bool rx, int above) const;
+  /// Rings our own doorbell (`rx`, else the tx one) if more than `above`
+  /// of its declared waiters are not on the list (another process's, a
+  /// classic set's, a confined wait's).
+  void ring_for_unlisted(bool rx, int above);
   int block_timeout_ms(bool rx, int flags);
   // Before a blocking wait: whether check_tcp() is worth its system call.
   bool tcp_needs_look();

@@ -45,12 +45,17 @@ namespace {
 struct thread_wake {
   wake_fd* w = nullptr;
   unsigned gen = 0;
-  ~thread_wake() {
+  // Made before a fork, the eventfd is the parent's thread's too: it is
+  // left open, not closed, since the child may have closed that number
+  // itself (closefrom before exec) and reused it for something of its own.
+  void drop() {
     if (w != nullptr && gen != g_wake_gen.load(std::memory_order_relaxed)) {
-      w->release();  // the parent's (see thread_wake_fd)
+      w->forget();
     }
     delete w;
+    w = nullptr;
   }
+  ~thread_wake() { drop(); }
 };
 
 thread_local thread_wake t_wake;
@@ -61,12 +66,7 @@ wake_fd* thread_wake_fd() {
   thread_wake& t = t_wake;
   const unsigned gen = g_wake_gen.load(std::memory_order_relaxed);
   if (t.w != nullptr && t.gen != gen) {
-    // Made before a fork: the parent's thread sleeps on the same eventfd.
-    // Left open, not closed: the child may have closed that number itself
-    // (closefrom before exec) and reused it for something of its own.
-    t.w->release();
-    delete t.w;
-    t.w = nullptr;
+    t.drop();  // made before a fork: the parent's
   }
   if (t.w == nullptr) {
     auto* w = new (std::nothrow) wake_fd();

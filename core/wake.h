@@ -32,11 +32,7 @@ class wake_fd {
   /// Takes a pending wake (after the fd was found readable, or any time).
   void consume();
   /// In a forked child: the fd is the parent's too; forget it (not closed).
-  int release() {
-    const int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
+  void forget() { fd_ = -1; }
 
  private:
   int fd_ = -1;
@@ -55,7 +51,7 @@ const wake_fd* own_wake_fd();
 inline constexpr uint32_t wait_rx = 1;
 inline constexpr uint32_t wait_tx = 2;
 
-/// A sleeper's entry in a connection's list (conn::add_waiter). `dirs`
+/// A sleeper's entry in a connection's list (conn::set_waiter). `dirs`
 /// are the directions it has declared waiters for on the connection
 /// (data_path::arm_rx/arm_tx), kept equal to them by its owner: what is
 /// registered here is what the connection need not ring its doorbells
