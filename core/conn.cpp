@@ -177,6 +177,7 @@ void conn::note_forked() {
   waiters_ = nullptr;
   listed_rx_.store(0);
   listed_tx_.store(0);
+  listed_levels_.store(0);
 }
 
 namespace {
@@ -617,6 +618,7 @@ io_result conn::recv(const iovec* iov, int iovcnt, int flags) {
       cons = curs_add(size, cons, static_cast<uint32_t>(n));
       sh_->rx_cons.store(curs_pack(cons), std::memory_order_release);
       path_->publish_cons(curs_pack(cons));
+      drop_false_levels();
       stats::add_rx(n);
       got += n;
       if (got == want || !waitall) {
@@ -818,6 +820,7 @@ io_result conn::send(const iovec* iov, int iovcnt, int flags) {
         cork_owed_.store(false, std::memory_order_relaxed);
         held_ = 0;
       }
+      drop_false_levels();
       stats::add_tx(n);
       sent += n;
       if (sent == want) {
@@ -1025,6 +1028,43 @@ void conn::set_waiter(waiter* w, uint32_t dirs) {
   w->dirs = dirs;
   listed_rx_.fetch_add(((dirs & wait_rx) != 0 ? 1 : 0) - ((was & wait_rx) != 0 ? 1 : 0));
   listed_tx_.fetch_add(((dirs & wait_tx) != 0 ? 1 : 0) - ((was & wait_tx) != 0 ? 1 : 0));
+  if (w->level) {
+    listed_levels_.fetch_add((dirs != 0 ? 1 : 0) - (was != 0 ? 1 : 0));
+  }
+}
+
+void conn::drop_false_levels() {
+  if (listed_levels_.load(std::memory_order_relaxed) == 0) {
+    return;
+  }
+  bool quiet_rx = false;
+  bool quiet_tx = false;
+  {
+    // The state is looked at under the lock that wakes take: a wake made
+    // before is for a change seen here, one made after sets the level again.
+    std::lock_guard<std::mutex> lk(wmu_);
+    const poll_mask ev = events();
+    for (waiter* w = waiters_; w != nullptr; w = w->next) {
+      if (!w->level) {
+        continue;
+      }
+      const bool rx = (w->dirs & wait_rx) != 0;
+      const bool tx = (w->dirs & wait_tx) != 0;
+      if (!((rx && (ev & POLLIN) != 0) || (tx && (ev & POLLOUT) != 0))) {
+        w->wake->clear();
+      }
+      quiet_rx = quiet_rx || (rx && (ev & POLLIN) == 0);
+      quiet_tx = quiet_tx || (tx && (ev & POLLOUT) == 0);
+    }
+  }
+  // Such a waiter watches the doorbells too, level-triggered: a ring left
+  // queued while the state held would keep it ready.
+  if (quiet_rx) {
+    quiet_doorbell(true);
+  }
+  if (quiet_tx) {
+    quiet_doorbell(false);
+  }
 }
 
 void conn::wake_listed(uint32_t dirs, const waiter* except) {

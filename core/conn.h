@@ -304,6 +304,10 @@ class conn {
   void ring_if_due(bool rx, poll_mask ev, int above, const waiter* self = nullptr);
   /// Wakes the listed waiters of `dirs` (but `except`).
   void wake_listed(uint32_t dirs, const waiter* except);
+  /// Clears the levels of listed waiters (waiter::level) none of whose
+  /// directions is ready now: after a read or a write, so that a set whose
+  /// readiness others read follows the reads, as a kernel socket's does.
+  void drop_false_levels();
   /// Rings our own doorbell (`rx`, else the tx one) if more than `above`
   /// of its declared waiters are not on the list (another process's, a
   /// classic set's, a confined wait's).
@@ -352,6 +356,7 @@ class conn {
   waiter* waiters_ = nullptr;
   std::atomic<int> listed_rx_{0};
   std::atomic<int> listed_tx_{0};
+  std::atomic<int> listed_levels_{0};  // listed waiters that are levels
   // Confined (see confine()): what the socket's blocking mode and timeouts
   // are, as this process last knew them, and the waiter.
   std::atomic<bool> confined_{false};

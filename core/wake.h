@@ -31,6 +31,13 @@ class wake_fd {
   void wake();
   /// Takes a pending wake (after the fd was found readable, or any time).
   void consume();
+  /// Takes a pending wake, without a system call when none is pending: a
+  /// level (waiter::level) that what it held for no longer holds.
+  void clear() {
+    if (pending_.load(std::memory_order_relaxed)) {
+      consume();
+    }
+  }
   /// In a forked child: the fd is the parent's too; forget it (not closed).
   void forget() { fd_ = -1; }
 
@@ -64,6 +71,11 @@ struct waiter {
   /// look at. Must not take locks that are held while kicking.
   void (*on_kick)(waiter*, uint32_t dirs) = nullptr;
   void* owner = nullptr;
+  /// Its wake_fd is a level that others read (a registration of an epoll
+  /// set nested in another one, or given to poll()): set by the wakes,
+  /// and cleared by the connection's own reads and writes once none of
+  /// its directions is ready any more (conn::drop_false_levels).
+  bool level = false;
   // The connection's list (intrusive; `in` is the list it is on, or none).
   const void* in = nullptr;
   waiter* prev = nullptr;

@@ -29,9 +29,11 @@
 // - Truthful kernel levels ("classic"), for a set whose kernel readiness
 //   somebody else reads: one nested in another epoll set, one given to
 //   poll()/select(), and a set a forked child waits on. The doorbells are
-//   watched with the application's own triggering and kept readable exactly
-//   while their condition holds (drained when it is gone, rung when it holds
-//   at registration).
+//   watched with the application's own triggering and drained when their
+//   condition is gone (by the reads and writes that end it, too), and each
+//   registration has a level of its own, an eventfd in the set that the
+//   connection's state sets and clears (level_make): ready at registration,
+//   or after a drain elsewhere took the ring, without a ring of ours.
 //
 // Sockets that may still become SMC (fresh, not yet connected: nginx and
 // twemproxy register their upstream sockets before connect(); connecting;
@@ -153,8 +155,14 @@ struct ep_reg {
   int kept_sock = -1;     // reinstall: the socket's watch left in the set for install to MOD
   uint32_t sock_events = 0;  // what the socket's watch (items[tag_sock]) asks for
   uint32_t sock_seen = 0;    // what the kernel reported for that watch since it was put in place
-  core::waiter hook;      // on its connection's list while armed (from memory, with a set wake)
+  core::waiter hook;      // on its connection's list while armed (with a set wake, or a level)
   bool kicked = false;    // on set->kicked (under set->kick_mu)
+  // A classic set's SMC registration: its level (see level_make), watched
+  // with the application's triggering under level_bell, and the process
+  // generation that made it.
+  std::unique_ptr<core::wake_fd> level;
+  ep_bell level_bell;
+  unsigned level_gen = 0;
 };
 
 namespace {
@@ -164,6 +172,9 @@ constexpr uint32_t tag_sock = 0;
 constexpr uint32_t tag_rx = 1;
 constexpr uint32_t tag_tx = 2;
 constexpr uint32_t tag_bell = 3;  // an ep_bell, not an ep_reg
+// What a registration's level fired as (only among the tags of `fired`:
+// its watch goes under tag_bell, with its ep_bell).
+constexpr uint32_t tag_level = 3;
 constexpr uintptr_t tag_mask = 3;
 constexpr uint32_t in_bits = EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLPRI;
 constexpr uint32_t out_bits = EPOLLOUT | EPOLLWRNORM;
@@ -501,12 +512,15 @@ void arm_to_interest(ep_reg* r) {
   const bool tx = on && (r->ev.events & out_bits) != 0;
   // Listed with the connection for what it declares (core::conn::set_waiter):
   // directions added before arming them, dropped after disarming.
+  // A classic set's registration is listed with its level: a wake sets it.
   ep_set* s = r->set;
-  const bool listed = !s->classic && ((rx || tx) ? set_wake(s) : s->wake.get()) != nullptr;
+  const bool listed = s->classic ? r->level != nullptr
+                                 : ((rx || tx) ? set_wake(s) : s->wake.get()) != nullptr;
   const uint32_t dirs = listed ? (rx ? core::wait_rx : 0u) | (tx ? core::wait_tx : 0u) : 0u;
   if (listed && (dirs & ~r->hook.dirs) != 0) {
-    r->hook.wake = s->wake.get();
-    r->hook.on_kick = on_kick;
+    r->hook.wake = s->classic ? r->level.get() : s->wake.get();
+    r->hook.on_kick = s->classic ? nullptr : on_kick;
+    r->hook.level = s->classic;
     r->hook.owner = r;
     c.set_waiter(&r->hook, r->hook.dirs | dirs);
   }
@@ -531,6 +545,59 @@ void arm_to_interest(ep_reg* r) {
   }
 }
 
+// A classic set's SMC registration gets a level of its own: an eventfd in
+// the kernel's set, with the application's triggering, that is readable
+// while the state it waits for holds and its doorbells may not say so
+// (the state held before anything rang, or a drain elsewhere took the
+// ring). level_to_truth and the connection's wakes set it; a look that
+// finds nothing ready, and the connection's reads and writes that leave
+// nothing ready (conn::drop_false_levels), clear it. So no ring of our own
+// is ever kept on a doorbell to hold a level. False if it cannot be made (a
+// confined process makes no new fds): then the doorbells are rung instead.
+bool level_make(ep_reg* r) {
+  if (r->level != nullptr) {
+    return true;
+  }
+  if (g_confined.load(std::memory_order_relaxed)) {
+    return false;
+  }
+  auto w = std::make_unique<core::wake_fd>();
+  if (!w->ok()) {
+    return false;
+  }
+  r->level_bell.set = r->set;
+  r->level_bell.fd = w->fd();
+  r->level_bell.reg = r;
+  r->level_bell.tag = tag_level;
+  epoll_event ev{};
+  ev.events = EPOLLIN | (r->ev.events & EPOLLET);
+  ev.data.u64 = reinterpret_cast<uintptr_t>(&r->level_bell) | tag_bell;
+  if (real.epoll_ctl(r->set->epfd, EPOLL_CTL_ADD, w->fd(), &ev) != 0) {
+    return false;
+  }
+  r->set->bell_live.insert(&r->level_bell);
+  r->level = std::move(w);
+  r->level_gen = g_fork_gen.load(std::memory_order_relaxed);
+  return true;
+}
+
+// The level goes (after its waiter left the connection's list). One made
+// before a fork is the parent's too, in the set they share: left there,
+// and its number left open (the child may have reused it).
+void level_drop(ep_reg* r) {
+  if (r->level == nullptr) {
+    return;
+  }
+  r->set->bell_live.erase(&r->level_bell);
+  if (r->level_gen != g_fork_gen.load(std::memory_order_relaxed)) {
+    r->level->forget();
+  } else if (!r->set->closing) {
+    real.epoll_ctl(r->set->epfd, EPOLL_CTL_DEL, r->level->fd(), nullptr);
+  }
+  r->level.reset();
+  r->hook.level = false;
+}
+
 void uninstall(ep_reg* r) {
   for (int slot = 0; slot < 3; ++slot) {
     del_item(r, slot);
@@ -549,11 +616,13 @@ void uninstall(ep_reg* r) {
   }
   chan_release(r);
   unlist(r);
+  level_drop(r);
   r->armed_rx = r->armed_tx = false;
 }
 
 void unlink_reg(ep_reg* r) {
   unlist(r);
+  level_drop(r);
   auto& v = r->e->regs;
   v.erase(std::remove(v.begin(), v.end(), r), v.end());
   auto& s = r->set->regs;
@@ -564,17 +633,30 @@ void unlink_reg(ep_reg* r) {
 }
 
 // After arming an SMC registration's doorbells, looks at the state (the
-// doorbell protocol's Dekker order) and sets their level to its truth: a
-// doorbell the state says is ready is rung (no system call while one is
-// queued already).
+// doorbell protocol's Dekker order) and sets its level to the truth: its
+// own (level_make), or else its doorbells', a doorbell the state says is
+// ready being rung (no system call while one is queued already).
+uint32_t app_events(ep_reg* r, uint32_t ev);
+
 void level_to_truth(ep_reg* r) {
   auto& c = *r->e->conn;
   const uint32_t ev = c.events();
+  if (r->level != nullptr) {
+    if (app_events(r, ev) != 0) {
+      r->level->wake();
+      core::stats::count_wake(true);
+    } else {
+      r->level->clear();
+    }
+    return;
+  }
   if ((ev & EPOLLIN) != 0 && r->armed_rx) {
     c.path().kick_rx();
+    core::stats::count_wake(false);
   }
   if ((ev & EPOLLOUT) != 0 && r->armed_tx) {
     c.path().kick_tx();
+    core::stats::count_wake(false);
   }
 }
 
@@ -609,6 +691,9 @@ int install_watches(ep_reg* r, state s) {
   switch (s) {
     case state::smc: {
       auto& c = *r->e->conn;
+      if (r->set->classic) {
+        level_make(r);  // (before arming: the waiter is listed with it)
+      }
       arm_to_interest(r);
       if (r->set->classic) {
         c.watch_level(1);
@@ -737,8 +822,17 @@ void check_forked(ep_set* s) {
     s->any_kicked.store(false, std::memory_order_relaxed);
     for (ep_reg* r : s->regs) {
       r->kicked = false;
+      r->hook.in = nullptr;  // (the child's connection lists start empty)
+      r->hook.dirs = 0;
     }
     make_classic(s);
+    // Listed again, with the child's connections (a set classic already
+    // was not reinstalled): their wakes set the levels the set shares.
+    for (ep_reg* r : s->regs) {
+      if (r->e->st.load() == state::smc && r->e->conn) {
+        arm_to_interest(r);
+      }
+    }
   }
 }
 
@@ -1086,11 +1180,12 @@ void smc_fired(ep_reg* r, uint32_t tags, uint64_t gen, epoll_event* out, int& n,
     return;
   }
   const bool et = (r->ev.events & EPOLLET) != 0;
+  const core::waiter* self = self_of(r);
   if (rx && et) {
-    c.reset_doorbell(true, true);  // edge-triggered: the next produce rings again
+    c.reset_doorbell(true, true, self);  // edge-triggered: the next produce rings again
   }
   if (tx && et) {
-    c.reset_doorbell(false, true);
+    c.reset_doorbell(false, true, self);
   }
   uint32_t ev = c.events();
   if (!et) {
@@ -1104,6 +1199,17 @@ void smc_fired(ep_reg* r, uint32_t tags, uint64_t gen, epoll_event* out, int& n,
     }
     if (tx && (app_events(r, ev) & EPOLLOUT) == 0) {
       ev = c.reset_doorbell(false);
+    }
+  }
+  if (r->level != nullptr && (et || app_events(r, ev) == 0)) {
+    // Edge-triggered: its edge is taken (the next wake makes another);
+    // level-triggered: it holds only while something is ready (looked at
+    // again after clearing it: a wake it took meanwhile set it for a
+    // state that has changed by then).
+    r->level->clear();
+    ev = c.events();
+    if (!et && app_events(r, ev) != 0) {
+      r->level->wake();
     }
   }
   report(r, app_events(r, ev), gen, out, n, cap);

@@ -954,6 +954,54 @@ int run_epoll_sets_client(int fd, const options& o) {
     }
     ::close(ws);
   }
+  // Data that came while no set watched the socket, then a set nested in
+  // another one (level-triggered, and edge-triggered): the outer set is
+  // ready at once, a poll() of the inner one too, and both go quiet once
+  // everything is read. (Their readiness is the registration's level,
+  // set from the connection's state: client stat waits.wakes_rung stays
+  // 0, no ring of our own on the connection's doorbell.)
+  for (const bool edge : {false, true}) {
+    if (!smc_test::send_all(fd, "n", 1)) {
+      fail_exit(err_text("send ask"));
+    }
+    if ((ep_events(lt, 10000) & EPOLLIN) == 0) {
+      fail_exit("late nested set: the data did not come");
+    }
+    // (All 3000 bytes: the server sends them in one write.)
+    for (int i = 0; i < 100; ++i) {
+      int avail = 0;
+      if (::ioctl(fd, FIONREAD, &avail) != 0) {
+        fail_exit(err_text("FIONREAD"));
+      }
+      if (avail >= 3000) {
+        break;
+      }
+      ep_events(et, 100);  // (the next arrival)
+    }
+    const std::string what = std::string(edge ? "edge" : "level") + "-triggered set nested late";
+    int in2 = ep_with(fd, EPOLLIN | (edge ? EPOLLET : 0u), 0xC0C0);
+    int out2 = ep_with(in2, EPOLLIN, 0xD0D0);
+    if ((ep_events(out2, 0) & EPOLLIN) == 0) {
+      fail_exit(what + ": the outer set is not ready with data unread");
+    }
+    pollfd pf{in2, POLLIN, 0};
+    if (::poll(&pf, 1, 0) != 1 || (pf.revents & POLLIN) == 0) {
+      fail_exit(what + ": poll() of the inner set is not ready with data unread");
+    }
+    if ((ep_events(in2, 0) & EPOLLIN) == 0) {
+      fail_exit(what + ": the inner set does not report the data");
+    }
+    if (edge && ep_events(in2, 0) != 0) {
+      fail_exit(what + ": reported twice for one arrival");
+    }
+    read_chunk("recv late nested");
+    pf.revents = 0;
+    if (ep_events(out2, 0) != 0 || ::poll(&pf, 1, 0) != 0) {
+      fail_exit(what + ": still ready with nothing to read");
+    }
+    ::close(out2);
+    ::close(in2);
+  }
   ::shutdown(fd, SHUT_WR);
   // The server's EOF: every set reports it.
   if ((ep_events(lt, 10000) & (EPOLLIN | EPOLLRDHUP)) != (EPOLLIN | EPOLLRDHUP)) {
