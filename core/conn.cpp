@@ -206,14 +206,18 @@ void robust_mutex::lock() {
 
 void robust_mutex::unlock() { pthread_mutex_unlock(&m_); }
 
+namespace {
+std::atomic<uint64_t> g_serial{0};
+}  // namespace
+
 conn::conn(std::unique_ptr<rdma::data_path> path, int tcp_fd, uint32_t spin_us)
-    : path_(std::move(path)), tcp_fd_(tcp_fd), spin_us_(spin_us) {
+    : path_(std::move(path)), tcp_fd_(tcp_fd), serial_(g_serial.fetch_add(1) + 1), spin_us_(spin_us) {
   init_shared(true, false);
 }
 
 conn::conn(attach_t, std::unique_ptr<rdma::data_path> path, int tcp_fd, uint32_t spin_us,
            bool join)
-    : path_(std::move(path)), tcp_fd_(tcp_fd), spin_us_(spin_us) {
+    : path_(std::move(path)), tcp_fd_(tcp_fd), serial_(g_serial.fetch_add(1) + 1), spin_us_(spin_us) {
   init_shared(false, join);
 }
 
@@ -450,6 +454,41 @@ int conn::wait_poll(bool rx, int timeout_ms, Ready& ready, waiter* self) {
 }
 
 template <class Ready>
+int conn::wait_edge(bool rx, int timeout_ms, Ready& ready, waiter& self, wait_set& ws) {
+  // After the peer's FIN its TCP socket reports no further edge: while
+  // its meaning is open (check_tcp()), look again every few ms.
+  if (sh_->fin_ms.load() != 0 && !finished() && (timeout_ms < 0 || timeout_ms > 10)) {
+    timeout_ms = 10;
+  }
+  epoll_event ev[4];
+  const int n = sys().epoll_wait(ws.fd(), ev, 4, timeout_ms);
+  if (n < 0) {
+    return errno;
+  }
+  if (n == 0) {
+    return EAGAIN;
+  }
+  bool bell = false;
+  for (int i = 0; i < n; ++i) {
+    if (ev[i].data.u64 == wait_set::tag_wake) {
+      self.wake->consume();  // (before the caller looks at the state again)
+    } else if (ev[i].data.u64 == wait_set::tag_tcp) {
+      tcp_stirred_.store(true);
+    } else if (ev[i].data.u64 == (rx ? wait_set::tag_rx : wait_set::tag_tx)) {
+      bell = true;
+    }
+  }
+  // A ring that brought nothing we wait for (a partial MSG_WAITALL, the
+  // peer's stray rings): emptied, so that a peer that floods the doorbell
+  // is caught here. (A ring for what we wait for stays queued: the next
+  // wait re-arms the doorbell without a system call.)
+  if (bell && !ready()) {
+    reset_doorbell(rx, false, &self);
+  }
+  return 0;
+}
+
+template <class Ready>
 int conn::wait_confined(bool rx, int timeout_ms, Ready& ready) {
   // One fd: the waiter (both doorbells and the TCP socket), or, without
   // one (or once the TCP socket's end is known and it would stay readable),
@@ -526,15 +565,31 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
   if (self.wake != nullptr) {
     set_waiter(&self, rx ? wait_rx : wait_tx);
   }
+  // Over shm, on the thread's wait set (core/wake.h): its watches are in
+  // place before the look below, so a ring after it is an edge there.
+  wait_set* ws = nullptr;
+  if (self.wake != nullptr && path_->transport() == rdma::kind::shm) {
+    ws = thread_wait_set();
+    if (ws != nullptr && !ws->watch(path_->bells_id(), path_->rx_fd(), path_->tx_fd(), serial_,
+                                    tcp_fd_, self.wake->fd())) {
+      ws = nullptr;
+    }
+  }
   if (rx) {
     path_->arm_rx(1);
   } else {
     path_->arm_tx(1);
   }
+  if (ws != nullptr) {
+    // A ring whose edge an earlier wait took may still hold the rung flag
+    // up: down with it, so that the peer rings for what comes next.
+    rearm_doorbell(rx, true, &self);
+  }
   int rc = 0;
   if (!ready()) {  // re-check after arming: the peer rings only for declared waiters
-    rc = confined ? wait_confined(rx, timeout_ms, ready)
-                  : wait_poll(rx, timeout_ms, ready, self.wake != nullptr ? &self : nullptr);
+    rc = confined      ? wait_confined(rx, timeout_ms, ready)
+         : ws != nullptr ? wait_edge(rx, timeout_ms, ready, self, *ws)
+                         : wait_poll(rx, timeout_ms, ready, self.wake != nullptr ? &self : nullptr);
     if (rc != 0 && rc != EAGAIN && rc != EINTR) {
       // Our own wait failed (the process's limits or filter refuse it):
       // that is no error of the application's call. The connection cannot

@@ -331,12 +331,16 @@ class conn {
   int wait_poll(bool rx, int timeout_ms, Ready& ready, waiter* self);
   template <class Ready>
   int wait_confined(bool rx, int timeout_ms, Ready& ready);
+  // On the thread's wait_set (core/wake.h), edge-triggered.
+  template <class Ready>
+  int wait_edge(bool rx, int timeout_ms, Ready& ready, waiter& self, wait_set& ws);
   // What the TCP socket holds, without consuming it: -2 nothing (yet), -1
   // an error, 0 end of stream, 1 data.
   ssize_t peek_tcp();
 
   std::unique_ptr<rdma::data_path> path_;
   int tcp_fd_;
+  uint64_t serial_ = 0;  // this process's number for it (a thread's wait_set keeps its watches by it)
   uint32_t spin_us_;
   std::unique_ptr<conn_shared> own_;  // the state, when the transport keeps none
   conn_shared* sh_ = nullptr;

@@ -1,5 +1,6 @@
 #include "core/wake.h"
 
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 
 #include <cstdint>
@@ -81,6 +82,118 @@ wake_fd* thread_wake_fd() {
 }
 
 const wake_fd* own_wake_fd() { return t_wake.w; }
+
+wait_set::wait_set() : ep_(rdma::place_fd(rdma::sys().epoll_create1(EPOLL_CLOEXEC))) {}
+
+wait_set::~wait_set() {
+  if (ep_ >= 0) {
+    rdma::sys().close(ep_);
+  }
+}
+
+bool wait_set::put(int fd, uint64_t tag, uint32_t events) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = tag;
+  if (rdma::sys().epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev) == 0) {
+    return true;
+  }
+  // (The same open file under the same number: watched already.)
+  return errno == EEXIST && rdma::sys().epoll_ctl(ep_, EPOLL_CTL_MOD, fd, &ev) == 0;
+}
+
+void wait_set::drop(int& fd) {
+  // The number may name another file by now (the kernel dropped the watch
+  // when the old one closed): then this finds nothing, harmlessly.
+  if (fd >= 0) {
+    (void)rdma::sys().epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
+    fd = -1;
+  }
+}
+
+bool wait_set::watch(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, int wake) {
+  const bool same_bells = bells != 0 && bells == bells_ && rx == rx_ && tx == tx_;
+  const bool same_tcp = serial == serial_ && tcp == tcp_;
+  if (!same_bells) {
+    drop(rx_);
+    drop(tx_);
+    bells_ = 0;
+  }
+  if (!same_tcp) {
+    drop(tcp_);
+    serial_ = 0;
+  }
+  if (wake != wake_) {
+    drop(wake_);
+  }
+  // Every number not kept was dropped above, before any is added: one that
+  // changed hands since (the last connection's TCP socket closed, its
+  // number reused by this one's) is added afresh.
+  if (!same_bells) {
+    if (!put(rx, tag_rx, EPOLLIN | EPOLLET) || !put(tx, tag_tx, EPOLLIN | EPOLLET)) {
+      rx_ = rx;
+      tx_ = tx;
+      drop(rx_);
+      drop(tx_);
+      return false;
+    }
+    rx_ = rx;
+    tx_ = tx;
+    bells_ = bells;
+  }
+  if (!same_tcp) {
+    if (!put(tcp, tag_tcp, EPOLLIN | EPOLLRDHUP | EPOLLET)) {
+      return false;
+    }
+    tcp_ = tcp;
+    serial_ = serial;
+  }
+  if (wake != wake_) {
+    if (!put(wake, tag_wake, EPOLLIN)) {
+      return false;
+    }
+    wake_ = wake;
+  }
+  return true;
+}
+
+namespace {
+
+struct thread_wait {
+  wait_set* w = nullptr;
+  unsigned gen = 0;
+  // As thread_wake: one made before a fork is the parent's thread's too.
+  void drop() {
+    if (w != nullptr && gen != g_wake_gen.load(std::memory_order_relaxed)) {
+      w->forget();
+    }
+    delete w;
+    w = nullptr;
+  }
+  ~thread_wait() { drop(); }
+};
+
+thread_local thread_wait t_wait;
+
+}  // namespace
+
+wait_set* thread_wait_set() {
+  thread_wait& t = t_wait;
+  const unsigned gen = g_wake_gen.load(std::memory_order_relaxed);
+  if (t.w != nullptr && t.gen != gen) {
+    t.drop();  // made before a fork: the parent's
+  }
+  if (t.w == nullptr) {
+    auto* w = new (std::nothrow) wait_set();
+    if (w == nullptr || !w->ok()) {
+      delete w;
+      return nullptr;
+    }
+    t.w = w;
+    t.gen = gen;
+  }
+  return t.w;
+}
 
 void note_fork_for_wakes() { g_wake_gen.fetch_add(1, std::memory_order_relaxed); }
 

@@ -82,8 +82,54 @@ struct waiter {
   waiter* next = nullptr;
 };
 
+/// A thread's wait set: the epoll instance its blocked calls on same-host
+/// connections sleep on. It watches, edge-triggered, the doorbells and TCP
+/// socket of the connection the thread last waited for (kept from one wait
+/// to the next), and the thread's wake_fd (level-triggered). Edge-triggered,
+/// a ring already queued wakes nobody again, so a waiter never drains a
+/// doorbell to sleep (a level-triggered poll() of it had to, and a drain
+/// may take a ring that others wait for).
+class wait_set {
+ public:
+  /// What woke a wait (epoll_event::data.u64).
+  static constexpr uint64_t tag_rx = 1;
+  static constexpr uint64_t tag_tx = 2;
+  static constexpr uint64_t tag_tcp = 3;
+  static constexpr uint64_t tag_wake = 4;
+  /// Makes the epoll instance (placed as the library's fds are); check ok().
+  wait_set();
+  ~wait_set();
+  wait_set(const wait_set&) = delete;
+  wait_set& operator=(const wait_set&) = delete;
+  bool ok() const { return ep_ >= 0; }
+  int fd() const { return ep_; }
+  /// Watches doorbells `rx` and `tx` (kept while `bells` is the same
+  /// non-zero value: a same-host link's slot serves one connection after
+  /// another with them, data_path::bells_id), the TCP socket `tcp` of
+  /// connection `serial`, and the wake_fd `wake`. False if a watch cannot
+  /// be put in place: then the caller waits another way.
+  bool watch(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, int wake);
+  /// In a forked child: the instance is the parent's too; forget it (not closed).
+  void forget() { ep_ = -1; }
+
+ private:
+  bool put(int fd, uint64_t tag, uint32_t events);
+  void drop(int& fd);
+  int ep_ = -1;
+  uint64_t bells_ = 0;
+  uint64_t serial_ = 0;
+  int rx_ = -1;
+  int tx_ = -1;
+  int tcp_ = -1;
+  int wake_ = -1;
+};
+
+/// This thread's wait_set, made when it first needs one (a new one in a
+/// forked child); nullptr if none can be made.
+wait_set* thread_wait_set();
+
 /// Bumped in every forked child (conn's note_fork_child): thread wake_fds
-/// made before are the parent's too.
+/// and wait sets made before are the parent's too.
 void note_fork_for_wakes();
 
 }  // namespace smc::core
