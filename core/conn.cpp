@@ -233,14 +233,15 @@ void conn::init_shared(bool fresh, bool join) {
   if (fresh) {
     auto* s = new (mem) conn_shared();
     s->magic = conn_shared::magic_value;
-    s->version = 1;
+    s->version = 2;
     s->holders.store(1);
     s->rx_mu.init();
     s->tx_mu.init();
+    s->bell_mu.init();
     sh_ = s;
   } else {
     auto* s = static_cast<conn_shared*>(mem);
-    if (s->magic != conn_shared::magic_value || s->version != 1) {
+    if (s->magic != conn_shared::magic_value || s->version != 2) {
       return;
     }
     if (join) {
@@ -462,6 +463,13 @@ int conn::wait_edge(bool rx, int timeout_ms, Ready& ready, waiter& self, wait_se
   }
   epoll_event ev[4];
   const int n = sys().epoll_wait(ws.fd(), ev, 4, timeout_ms);
+  if (n < 0 && (errno == EBADF || errno == EINVAL)) {
+    // The application closed the set's number behind our back (closefrom,
+    // close_range), perhaps reused it: the thread makes a new set, and
+    // the caller looks and waits again.
+    lose_thread_wait_set();
+    return 0;
+  }
   if (n < 0) {
     return errno;
   }
@@ -570,8 +578,10 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
   wait_set* ws = nullptr;
   if (self.wake != nullptr && path_->transport() == rdma::kind::shm) {
     ws = thread_wait_set();
-    if (ws != nullptr && !ws->watch(path_->bells_id(), path_->rx_fd(), path_->tx_fd(), serial_,
-                                    tcp_fd_, self.wake->fd())) {
+    // (Doorbells that serve this connection only are named by it.)
+    const uint64_t bells = path_->bells_id() != 0 ? path_->bells_id() : serial_ | uint64_t{1} << 63;
+    if (ws != nullptr &&
+        !ws->watch(bells, path_->rx_fd(), path_->tx_fd(), serial_, tcp_fd_, self.wake->fd())) {
       ws = nullptr;
     }
   }
@@ -1056,9 +1066,46 @@ void conn::rearm_doorbell(bool rx, bool armed, const waiter* self) {
     flooded(rx);
     return;
   }
+  poll_mask ev = 0;
+  if (r == 2 && counted_drain(rx, false, ev)) {
+    return;
+  }
   if (r > 0) {
+    if (r == 2) {
+      drain_doorbell(rx);  // (it could not count after all)
+    }
     ring_if_due(rx, events(), armed ? 1 : 0, self);
   }
+}
+
+bool conn::counted_drain(bool rx, bool fired, poll_mask& ev) {
+  if (!path_->counts_rings()) {
+    return false;
+  }
+  // One at a time (in every process that holds the connection): two that
+  // counted the same rings would take twice as many.
+  std::lock_guard<robust_mutex> lk(sh_->bell_mu);
+  // The flag first, then the count, then the state: a ring that lands
+  // after the flag went down is either counted, and then what it
+  // announces is seen below (the peer publishes before it rings), or not
+  // counted, and then it is not taken.
+  rx ? path_->unrung_rx() : path_->unrung_tx();
+  const int n = rx ? path_->queued_rx() : path_->queued_tx();
+  ev = events();
+  if (n < 0 || (n == 0 && fired)) {
+    return false;
+  }
+  // What it announces holds: one ring stays, so that a watcher whose
+  // edge-triggered event is pending still finds it readable (epoll drops
+  // such an event at harvest otherwise), and a level-triggered one wakes.
+  const int take = (ev & (rx ? POLLIN : POLLOUT)) != 0 ? n - 1 : n;
+  if (take > 0) {
+    if (!(rx ? path_->take_rx(take) : path_->take_tx(take))) {
+      flooded(rx);
+    }
+    ev = events();  // (what came meanwhile rang, and is reported now too)
+  }
+  return true;
 }
 
 void conn::set_waiter(waiter* w, uint32_t dirs) {
@@ -1180,13 +1227,21 @@ void conn::ring_if_due(bool rx, poll_mask ev, int above, const waiter* self) {
 }
 
 poll_mask conn::reset_doorbell(bool rx, bool edge, const waiter* self) {
+  poll_mask ev = 0;
+  if (counted_drain(rx, true, ev)) {
+    return ev;  // (no ring taken that anyone needs: none to put back)
+  }
   drain_doorbell(rx);
-  const poll_mask ev = events();
+  ev = events();
   ring_if_due(rx, ev, edge ? 1 : -1, self);
   return ev;
 }
 
 void conn::quiet_doorbell(bool rx) {
+  poll_mask ev = 0;
+  if (counted_drain(rx, false, ev)) {
+    return;
+  }
   drain_doorbell(rx);
   ring_if_due(rx, events(), 0);
 }

@@ -114,6 +114,7 @@ struct conn_shared {
   std::atomic<uint32_t> notsent_lowat;  // the application's TCP_NOTSENT_LOWAT
   std::atomic<uint32_t> notsent_lowat_set;  // 0: it never set one (the system default)
   std::atomic<uint32_t> rcvlowat;       // the application's SO_RCVLOWAT (0, 1: none)
+  robust_mutex bell_mu;  // one counted drain of the doorbells at a time (conn::counted_drain)
 };
 
 class conn {
@@ -298,6 +299,13 @@ class conn {
   void abort_locally(int err);
   // Drains a doorbell; a peer that flooded it loses the connection.
   void drain_doorbell(bool rx);
+  // A drain that takes only rings whose news is looked at, and leaves one
+  // if what the doorbell announces holds: no waiter anywhere loses a
+  // wake-up to it, so no ring is ever put back. `ev` gets the state after.
+  // False if the transport cannot count its rings (nothing was done), or
+  // `fired` (a waiter woke on the doorbell) and none was counted: a ring
+  // that is not one byte (a peer's stray message) is drained whole then.
+  bool counted_drain(bool rx, bool fired, poll_mask& ev);
   void flooded(bool rx);
   /// Rings our own doorbell (`rx`, else the tx one) if what it signals
   /// holds in `ev` and more than `above` waiters are declared on it.

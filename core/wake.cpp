@@ -171,11 +171,23 @@ struct thread_wait {
     w = nullptr;
   }
   ~thread_wait() { drop(); }
+  void t_drop_now() {
+    delete w;
+    w = nullptr;
+  }
 };
 
 thread_local thread_wait t_wait;
 
 }  // namespace
+
+void lose_thread_wait_set() {
+  thread_wait& t = t_wait;
+  if (t.w != nullptr) {
+    t.w->forget();
+    t.t_drop_now();
+  }
+}
 
 wait_set* thread_wait_set() {
   thread_wait& t = t_wait;

@@ -105,8 +105,9 @@ class wait_set {
   int fd() const { return ep_; }
   /// Watches doorbells `rx` and `tx` (kept while `bells` is the same
   /// non-zero value: a same-host link's slot serves one connection after
-  /// another with them, data_path::bells_id), the TCP socket `tcp` of
-  /// connection `serial`, and the wake_fd `wake`. False if a watch cannot
+  /// another with them, data_path::bells_id; other doorbells are named by
+  /// their connection), the TCP socket `tcp` of connection `serial`, and
+  /// the wake_fd `wake`. False if a watch cannot
   /// be put in place: then the caller waits another way.
   bool watch(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, int wake);
   /// In a forked child: the instance is the parent's too; forget it (not closed).
@@ -127,6 +128,9 @@ class wait_set {
 /// This thread's wait_set, made when it first needs one (a new one in a
 /// forked child); nullptr if none can be made.
 wait_set* thread_wait_set();
+/// Its number is no longer the set's (the application closed it): the
+/// next thread_wait_set() makes another, leaving that number alone.
+void lose_thread_wait_set();
 
 /// Bumped in every forked child (conn's note_fork_child): thread wake_fds
 /// and wait sets made before are the parent's too.

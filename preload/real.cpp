@@ -184,6 +184,7 @@ void resolve_all() {
   s.epoll_ctl = real.epoll_ctl;
   s.epoll_wait = real.epoll_wait;
   s.shutdown = real.shutdown;
+  s.ioctl = real.ioctl;
 }
 
 core::log::level to_log_level(config::log_level l) {

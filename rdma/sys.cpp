@@ -2,6 +2,7 @@
 #include "rdma/sys.h"
 
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -23,7 +24,7 @@ sys_calls& sys() {
   static sys_calls table{
       ::socket, ::connect, ::bind, ::listen, ::accept4, ::recv, ::send, ::recvmsg, ::sendmsg,
       ::read, ::write, ::close, ::poll, ::fcntl, ::getsockopt, ::setsockopt,
-      ::epoll_create1, ::epoll_ctl, ::epoll_wait, ::recvmmsg, ::shutdown,
+      ::epoll_create1, ::epoll_ctl, ::epoll_wait, ::recvmmsg, ::shutdown, ::ioctl,
   };
   return table;
 }

@@ -36,6 +36,7 @@ struct sys_calls {
   int (*epoll_wait)(int, epoll_event*, int, int);
   int (*recvmmsg)(int, mmsghdr*, unsigned, int, timespec*);
   int (*shutdown)(int, int);
+  int (*ioctl)(int, unsigned long, ...);
 };
 
 /// The table in use. Defaults to libc's functions; the preload replaces every

@@ -115,6 +115,19 @@ class data_path {
   /// readable meanwhile: level watchers must drain instead.
   virtual int rearm_rx() { return drain_rx() ? 1 : -1; }
   virtual int rearm_tx() { return drain_tx() ? 1 : -1; }
+  /// Counted drains, for a transport whose doorbells can say how many
+  /// rings they hold (counts_rings()): rearm_rx/rearm_tx return 2 instead
+  /// of draining themselves when a drain is due, and the caller drains
+  /// with these (core::conn's counted drain): lower the rung flag, count
+  /// what is queued (-1: cannot), look at the state, and take the oldest
+  /// `n` rings (false: the peer rang far more than the protocol lets it).
+  virtual bool counts_rings() const { return false; }
+  virtual void unrung_rx() {}
+  virtual void unrung_tx() {}
+  virtual int queued_rx() { return -1; }
+  virtual int queued_tx() { return -1; }
+  virtual bool take_rx(int /*n*/) { return drain_rx(); }
+  virtual bool take_tx(int /*n*/) { return drain_tx(); }
   /// Make our own doorbell readable (local state change, e.g. peer gone).
   virtual void kick_rx() = 0;
   virtual void kick_tx() = 0;

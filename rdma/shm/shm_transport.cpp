@@ -6,6 +6,7 @@
 #include <linux/memfd.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -225,6 +226,38 @@ bool bell_drain(int bell, bool confined) {
   return false;
 }
 
+// How many rings a doorbell holds (each is one byte), -1 if it cannot say.
+int bell_queued(int bell) {
+  int n = 0;
+  return sys().ioctl(bell, FIONREAD, &n) == 0 ? n : -1;
+}
+
+// Takes the `n` oldest rings off a doorbell; false if it held more than a
+// peer that follows the protocol can have put there.
+bool bell_take(int bell, int n) {
+  if (n > max_queued_rings) {
+    return false;
+  }
+  if (g_bells_take_fds.load(std::memory_order_relaxed)) {
+    drain_untrusted(bell, n);
+    return true;
+  }
+  mmsghdr m[max_queued_rings];
+  char buf[max_queued_rings][1];
+  iovec v[max_queued_rings];
+  std::memset(m, 0, sizeof m);
+  for (int i = 0; i < n; ++i) {
+    v[i] = {buf[i], sizeof buf[i]};
+    m[i].msg_hdr.msg_iov = &v[i];
+    m[i].msg_hdr.msg_iovlen = 1;
+  }
+  int got;
+  do {
+    got = sys().recvmmsg(bell, m, static_cast<unsigned>(n), MSG_DONTWAIT, nullptr);
+  } while (got < 0 && errno == EINTR);
+  return true;
+}
+
 class shm_path final : public data_path {
  public:
   shm_path(std::unique_ptr<local_side> me, std::unique_ptr<remote_side> peer,
@@ -333,6 +366,23 @@ class shm_path final : public data_path {
   // far below what counts as a flood.
   int rearm_rx() override { return rearm(mine()->ctl()->rx_rung, undrained_rx_, true); }
   int rearm_tx() override { return rearm(theirs()->ctl()->tx_rung, undrained_tx_, false); }
+  // Counted drains (data_path::counts_rings): not in a confined process,
+  // whose filter may allow read() on a doorbell and nothing else.
+  bool counts_rings() const override { return !confined_.load(std::memory_order_relaxed); }
+  void unrung_rx() override { mine()->ctl()->rx_rung.store(0, std::memory_order_seq_cst); }
+  void unrung_tx() override { theirs()->ctl()->tx_rung.store(0, std::memory_order_seq_cst); }
+  int queued_rx() override { return bell_queued(me_->rx_bell); }
+  int queued_tx() override { return bell_queued(me_->tx_bell); }
+  // (What a take leaves, one ring at most, counts among the rings the slot
+  // may carry into its next connection: undrained = 1.)
+  bool take_rx(int n) override {
+    undrained_rx_.store(1, std::memory_order_relaxed);
+    return bell_take(me_->rx_bell, n);
+  }
+  bool take_tx(int n) override {
+    undrained_tx_.store(1, std::memory_order_relaxed);
+    return bell_take(me_->tx_bell, n);
+  }
   // Our own rings go through the same rung flag as the peer's: at most one
   // ring is queued at a time (more would pile up in the socket's queue:
   // every epoll_ctl(MOD) of a writable connection rings its tx doorbell, and
@@ -361,6 +411,9 @@ class shm_path final : public data_path {
       return 0;
     }
     undrained.store(0, std::memory_order_relaxed);
+    if (counts_rings()) {
+      return 2;  // the caller drains, counted
+    }
     return (rx ? drain_rx() : drain_tx()) ? 1 : -1;
   }
   std::atomic<uint32_t> undrained_rx_{0};

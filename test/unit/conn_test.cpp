@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -1805,18 +1806,28 @@ TEST_CASE("tx doorbell: a reset racing a consume leaves it readable while space 
   p.a->path().arm_tx(-1);
 }
 
-// An edge-triggered registration reports the state itself after the reset:
-// it rings again only if another waiter shares the doorbell.
-TEST_CASE("rx doorbell: an edge reset rings again only for another waiter", "[conn][wake]") {
+// A reset takes only the rings it counted, and leaves one while what the
+// doorbell announces holds: a watcher elsewhere (another set, a poll in
+// another thread, another process) whose wake-up is pending keeps it,
+// with no ring put back. Once the data is read, a reset empties it.
+TEST_CASE("rx doorbell: a reset leaves one ring while data waits, none once it is read",
+          "[conn][wake]") {
   conn_pair p(0);
   p.b->path().arm_rx(1);
   REQUIRE(send_str(*p.a, "1").n == 1);
   CHECK((p.b->reset_doorbell(true, true) & POLLIN) != 0);
-  CHECK_FALSE(fd_readable(p.b->path().rx_fd()));
-  p.b->path().arm_rx(1);  // a second waiter (another set, a poll in another thread)
-  CHECK((p.b->reset_doorbell(true, true) & POLLIN) != 0);
   CHECK(fd_readable(p.b->path().rx_fd()));
-  p.b->path().arm_rx(-2);
+  REQUIRE(send_str(*p.a, "2").n == 1);  // rings again (the reset lowered the flag)
+  CHECK((p.b->reset_doorbell(true, true) & POLLIN) != 0);
+  int queued = -1;
+  REQUIRE(::ioctl(p.b->path().rx_fd(), FIONREAD, &queued) == 0);
+  CHECK(queued == 1);
+  CHECK(recv_str(*p.b, 10, MSG_DONTWAIT) == "12");
+  CHECK((p.b->reset_doorbell(true, true) & POLLIN) == 0);
+  CHECK_FALSE(fd_readable(p.b->path().rx_fd()));
+  REQUIRE(send_str(*p.a, "3").n == 1);
+  CHECK(fd_readable(p.b->path().rx_fd()));
+  p.b->path().arm_rx(-1);
 }
 
 // poll() in one thread looks at the cursors while another thread sends or
@@ -2485,13 +2496,13 @@ TEST_CASE("attaching to a state page that holds no connection is not valid", "[c
     REQUIRE(path);
     conn_shared* sh = shared_of(*p.b);
     const size_t with_pair = count_conns();
-    sh->version = 2;
+    sh->version = 3;
     {
       conn c(conn::attach_t{}, std::move(path), t0.fd, 0, true);
       CHECK_FALSE(c.valid());
       CHECK(count_conns() == with_pair);
     }
-    sh->version = 1;
+    sh->version = 2;
     CHECK(sh->holders.load() == 1);
   }
   CHECK(count_conns() == conns_before);
@@ -2621,10 +2632,12 @@ class poll_fail_hook {
     return real_(p, n, timeout);
   }
   // A blocked call that is not confined waits on its thread's wait set
-  // (core/wake.h), an epoll instance: its waits fail the same way.
+  // (core/wake.h), an epoll instance: its waits fail as a filter refuses
+  // them (EBADF and EINVAL mean that the application closed the set's
+  // number: the thread makes another).
   static int hooked_ep(int ep, epoll_event* ev, int n, int timeout) {
     if (hits_.fetch_add(1) < 100) {
-      errno = EINVAL;
+      errno = EPERM;
       return -1;
     }
     return real_ep_(ep, ev, n, timeout);
@@ -2636,6 +2649,73 @@ class poll_fail_hook {
 };
 
 }  // namespace
+
+// A thread blocked in recv sleeps on its wait set (core/wake.h), where the
+// doorbell is watched edge-triggered: the ring that woke its last wait,
+// still queued, does not wake its next one (a level-triggered poll() of
+// the doorbell did, and drained it: two system calls more per wait).
+TEST_CASE("a blocked recv's next wait is not woken by the ring its last one woke on",
+          "[conn][wake]") {
+  conn_pair p(0);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
+  std::atomic<int> stage{0};
+  std::string got1;
+  std::string got2;
+  std::thread t([&] {
+    got1 = recv_str(*p.b, 10);
+    stage.store(1);
+    REQUIRE(spin_until([&] { return stage.load() == 2; }));
+    got2 = recv_str(*p.b, 10);
+  });
+  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  REQUIRE(send_str(*p.a, "1").n == 1);
+  REQUIRE(spin_until([&] { return stage.load() == 1; }));
+  CHECK(got1 == "1");
+  CHECK(p.b_ctl->rx_rung.load() == 1);  // the ring that woke it, still queued
+  {
+    read_hook drained(p.b->path().rx_fd(), [] {});  // (fires on a drain of the doorbell)
+    sys_tally tally;
+    stage.store(2);
+    REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+    CHECK(p.b_ctl->rx_rung.load() == 0);  // lowered for the next ring, nothing drained
+    REQUIRE(send_str(*p.a, "2").n == 1);
+    t.join();
+    CHECK(got2 == "2");
+    CHECK_FALSE(drained.fired());
+    CHECK(tally.of("epoll_wait") >= 1);
+  }
+}
+
+// closefrom() or close_range() in the application can close the thread's
+// wait set under it: the next blocked call makes another and carries on,
+// and the connection is not ended for a wait that could not be made.
+TEST_CASE("a blocked recv whose thread's wait set was closed under it makes another",
+          "[conn][wake]") {
+  conn_pair p(0);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
+  auto send_when_waited = [&](const char* what) {
+    return std::async(std::launch::async, [&p, what] {
+      REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+      REQUIRE(send_str(*p.a, what).n == 1);
+    });
+  };
+  auto s1 = send_when_waited("1");
+  CHECK(recv_str(*p.b, 10) == "1");  // (on this thread's wait set)
+  s1.get();
+  smc::core::wait_set* ws = smc::core::thread_wait_set();
+  REQUIRE(ws != nullptr);
+  REQUIRE(::close(ws->fd()) == 0);
+  auto s2 = send_when_waited("2");
+  io_result r{};
+  CHECK(recv_str(*p.b, 10, 0, &r) == "2");
+  s2.get();
+  CHECK(p.b->take_error() == 0);
+  smc::core::wait_set* again = smc::core::thread_wait_set();
+  REQUIRE(again != nullptr);
+  pollfd pf{again->fd(), POLLIN, 0};
+  CHECK(::poll(&pf, 1, 0) >= 0);
+  CHECK((pf.revents & POLLNVAL) == 0);
+}
 
 TEST_CASE("confined: one waiter, and blocking calls still wake for data, space, the peer's end",
           "[conn][confine]") {
