@@ -43,43 +43,47 @@ void wake_fd::consume() {
 
 namespace {
 
-struct thread_wake {
-  wake_fd* w = nullptr;
+// A thread's own wake_fd or wait_set: made when it is first needed (a new
+// one in a forked child). One made before a fork is the parent's thread's
+// too: it is left open, not closed, since the child may have closed that
+// number itself (closefrom before exec) and reused it for something of
+// its own.
+template <class T>
+struct thread_owned {
+  T* w = nullptr;
   unsigned gen = 0;
-  // Made before a fork, the eventfd is the parent's thread's too: it is
-  // left open, not closed, since the child may have closed that number
-  // itself (closefrom before exec) and reused it for something of its own.
-  void drop() {
-    if (w != nullptr && gen != g_wake_gen.load(std::memory_order_relaxed)) {
+  void drop(bool forget) {
+    if (w != nullptr && forget) {
       w->forget();
     }
     delete w;
     w = nullptr;
   }
-  ~thread_wake() { drop(); }
+  ~thread_owned() { drop(w != nullptr && gen != g_wake_gen.load(std::memory_order_relaxed)); }
+  T* get() {
+    const unsigned now = g_wake_gen.load(std::memory_order_relaxed);
+    if (w != nullptr && gen != now) {
+      drop(true);  // made before a fork: the parent's
+    }
+    if (w == nullptr) {
+      auto* made = new (std::nothrow) T();
+      if (made == nullptr || !made->ok()) {
+        delete made;
+        return nullptr;
+      }
+      w = made;
+      gen = now;
+    }
+    return w;
+  }
 };
 
-thread_local thread_wake t_wake;
+thread_local thread_owned<wake_fd> t_wake;
+thread_local thread_owned<wait_set> t_wait;
 
 }  // namespace
 
-wake_fd* thread_wake_fd() {
-  thread_wake& t = t_wake;
-  const unsigned gen = g_wake_gen.load(std::memory_order_relaxed);
-  if (t.w != nullptr && t.gen != gen) {
-    t.drop();  // made before a fork: the parent's
-  }
-  if (t.w == nullptr) {
-    auto* w = new (std::nothrow) wake_fd();
-    if (w == nullptr || !w->ok()) {
-      delete w;
-      return nullptr;
-    }
-    t.w = w;
-    t.gen = gen;
-  }
-  return t.w;
-}
+wake_fd* thread_wake_fd() { return t_wake.get(); }
 
 const wake_fd* own_wake_fd() { return t_wake.w; }
 
@@ -157,55 +161,9 @@ bool wait_set::watch(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, i
   return true;
 }
 
-namespace {
+void lose_thread_wait_set() { t_wait.drop(true); }
 
-struct thread_wait {
-  wait_set* w = nullptr;
-  unsigned gen = 0;
-  // As thread_wake: one made before a fork is the parent's thread's too.
-  void drop() {
-    if (w != nullptr && gen != g_wake_gen.load(std::memory_order_relaxed)) {
-      w->forget();
-    }
-    delete w;
-    w = nullptr;
-  }
-  ~thread_wait() { drop(); }
-  void t_drop_now() {
-    delete w;
-    w = nullptr;
-  }
-};
-
-thread_local thread_wait t_wait;
-
-}  // namespace
-
-void lose_thread_wait_set() {
-  thread_wait& t = t_wait;
-  if (t.w != nullptr) {
-    t.w->forget();
-    t.t_drop_now();
-  }
-}
-
-wait_set* thread_wait_set() {
-  thread_wait& t = t_wait;
-  const unsigned gen = g_wake_gen.load(std::memory_order_relaxed);
-  if (t.w != nullptr && t.gen != gen) {
-    t.drop();  // made before a fork: the parent's
-  }
-  if (t.w == nullptr) {
-    auto* w = new (std::nothrow) wait_set();
-    if (w == nullptr || !w->ok()) {
-      delete w;
-      return nullptr;
-    }
-    t.w = w;
-    t.gen = gen;
-  }
-  return t.w;
-}
+wait_set* thread_wait_set() { return t_wait.get(); }
 
 void note_fork_for_wakes() { g_wake_gen.fetch_add(1, std::memory_order_relaxed); }
 
