@@ -454,6 +454,12 @@ int conn::wait_poll(bool rx, int timeout_ms, Ready& ready, waiter* self) {
   return 0;
 }
 
+bool conn::watch_on(wait_set& ws, int wake) {
+  // (Doorbells that serve this connection only are named by it.)
+  const uint64_t bells = path_->bells_id() != 0 ? path_->bells_id() : serial_ | uint64_t{1} << 63;
+  return ws.watch(bells, path_->rx_fd(), path_->tx_fd(), serial_, tcp_fd_, wake);
+}
+
 template <class Ready>
 int conn::wait_edge(bool rx, int timeout_ms, Ready& ready, waiter& self, wait_set& ws) {
   // After the peer's FIN its TCP socket reports no further edge: while
@@ -497,7 +503,7 @@ int conn::wait_edge(bool rx, int timeout_ms, Ready& ready, waiter& self, wait_se
 }
 
 template <class Ready>
-int conn::wait_confined(bool rx, int timeout_ms, Ready& ready) {
+int conn::wait_confined(bool rx, int timeout_ms, Ready& ready, waiter& self) {
   // One fd: the waiter (both doorbells and the TCP socket), or, without
   // one (or once the TCP socket's end is known and it would stay readable),
   // the doorbell alone, with a look at the TCP socket every 100 ms.
@@ -505,6 +511,14 @@ int conn::wait_confined(bool rx, int timeout_ms, Ready& ready) {
   // level must hold for that one, and it would keep the waiter readable.
   const bool whole = waiter_ >= 0 && !finished() && sh_->fin_ms.load() == 0 &&
                      (rx ? path_->tx_waiters() : path_->rx_waiters()) == 0;
+  if (!whole && self.in == this) {
+    // The doorbell alone: wakes must ring it. Off the list (a wake made
+    // before went with a change that the look below sees), and ringable.
+    set_waiter(&self, 0);
+    if (ready()) {
+      return 0;
+    }
+  }
   pollfd p{whole ? waiter_ : (rx ? path_->rx_fd() : path_->tx_fd()), POLLIN, 0};
   if (!whole && !finished() && (timeout_ms < 0 || timeout_ms > 100)) {
     timeout_ms = 100;
@@ -513,6 +527,9 @@ int conn::wait_confined(bool rx, int timeout_ms, Ready& ready) {
   const int err = errno;
   if (n < 0) {
     return err;
+  }
+  if (whole && self.wake != nullptr) {
+    self.wake->clear();  // (before the caller looks at the state again)
   }
   tcp_stirred_.store(true);  // the TCP socket may be what woke us, or time passed
   if (n == 0) {
@@ -565,23 +582,21 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
     bool ok = rx ? rx_look(n) : tx_look(n);
     return !ok || n >= (rx ? need : 1) || (rx && sh_->shut_rd.load());
   };
-  // Listed before arming (see set_waiter); a confined connection makes no
-  // new fd, and rings its doorbells for itself.
+  // Listed before arming (see set_waiter), with the thread's wake fd, or a
+  // confined connection's own (made by confine(): a confined process makes
+  // no new fds).
   const bool confined = confined_.load(std::memory_order_relaxed);
   waiter self;
-  self.wake = confined ? nullptr : thread_wake_fd();
+  self.wake = confined ? confined_wake_.get() : thread_wake_fd();
   if (self.wake != nullptr) {
     set_waiter(&self, rx ? wait_rx : wait_tx);
   }
   // Over shm, on the thread's wait set (core/wake.h): its watches are in
   // place before the look below, so a ring after it is an edge there.
   wait_set* ws = nullptr;
-  if (self.wake != nullptr && path_->transport() == rdma::kind::shm) {
+  if (!confined && self.wake != nullptr && path_->transport() == rdma::kind::shm) {
     ws = thread_wait_set();
-    // (Doorbells that serve this connection only are named by it.)
-    const uint64_t bells = path_->bells_id() != 0 ? path_->bells_id() : serial_ | uint64_t{1} << 63;
-    if (ws != nullptr &&
-        !ws->watch(bells, path_->rx_fd(), path_->tx_fd(), serial_, tcp_fd_, self.wake->fd())) {
+    if (ws != nullptr && !watch_on(*ws, self.wake->fd())) {
       ws = nullptr;
     }
   }
@@ -597,7 +612,7 @@ int conn::wait(bool rx, int timeout_ms, uint32_t need) {
   }
   int rc = 0;
   if (!ready()) {  // re-check after arming: the peer rings only for declared waiters
-    rc = confined      ? wait_confined(rx, timeout_ms, ready)
+    rc = confined      ? wait_confined(rx, timeout_ms, ready, self)
          : ws != nullptr ? wait_edge(rx, timeout_ms, ready, self, *ws)
                          : wait_poll(rx, timeout_ms, ready, self.wake != nullptr ? &self : nullptr);
     if (rc != 0 && rc != EAGAIN && rc != EINTR) {
@@ -1360,6 +1375,14 @@ bool conn::confine() {
     if (!ok) {
       sys().close(w);
       w = -1;
+    }
+  }
+  if (w >= 0) {
+    auto wf = std::make_unique<wake_fd>();
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    if (wf->ok() && sys().epoll_ctl(w, EPOLL_CTL_ADD, wf->fd(), &ev) == 0) {
+      confined_wake_ = std::move(wf);
     }
   }
   waiter_ = w;

@@ -173,12 +173,13 @@ class conn {
   void reset_connection() { abort_locally(ECONNRESET); }
   /// The process restricts itself (it installs a seccomp filter, or
   /// lowers RLIMIT_NOFILE below what our waits need): from now on the
-  /// connection makes no system call but read/write on its doorbells and a
-  /// poll on one fd. Called before the restriction is in place: it takes
+  /// connection makes no system call but read/write on its doorbells and
+  /// its wake fd, and a poll on one fd. Called before the restriction is in place: it takes
   /// the socket's blocking mode and timeouts now (kept current after by
   /// note_nonblock/note_timeout from the application's own calls) and
   /// makes the waiter, one epoll fd that is readable when either doorbell
-  /// rings or the TCP socket stirs. Returns whether the waiter exists
+  /// rings or the TCP socket stirs, or its own wake_fd is woken (a blocked
+  /// call waits listed with it). Returns whether the waiter exists
   /// (without one a wait polls the doorbell and looks at the TCP socket
   /// every 100 ms).
   bool confine();
@@ -269,6 +270,10 @@ class conn {
   void kick(bool rx, bool tx);
 
   // ---- waiting, for poll/select/epoll ----
+  /// Puts this connection's doorbells and TCP socket into a thread's wait
+  /// set (edge-triggered, core/wake.h), with the thread's wake fd `wake`;
+  /// false if it cannot (the caller waits another way).
+  bool watch_on(wait_set& ws, int wake);
   rdma::data_path& path() { return *path_; }
   int tcp_fd() const { return tcp_fd_; }
   /// Checks the TCP socket without blocking: EOF/RST without the peer's SMC
@@ -338,7 +343,7 @@ class conn {
   template <class Ready>
   int wait_poll(bool rx, int timeout_ms, Ready& ready, waiter* self);
   template <class Ready>
-  int wait_confined(bool rx, int timeout_ms, Ready& ready);
+  int wait_confined(bool rx, int timeout_ms, Ready& ready, waiter& self);
   // On the thread's wait_set (core/wake.h), edge-triggered.
   template <class Ready>
   int wait_edge(bool rx, int timeout_ms, Ready& ready, waiter& self, wait_set& ws);
@@ -376,6 +381,9 @@ class conn {
   std::atomic<int> c_rcvtimeo_{-1};
   std::atomic<int> c_sndtimeo_{-1};
   int waiter_ = -1;
+  // In the waiter too: what a confined wait is listed with (set_waiter),
+  // made with it, since a confined process makes no new fds.
+  std::unique_ptr<wake_fd> confined_wake_;
 };
 
 }  // namespace smc::core

@@ -25,6 +25,10 @@ extern "C" int __poll_chk(pollfd* fds, nfds_t n, int timeout, size_t fdslen);
 
 namespace {
 
+// epoll_pwait2 failed with ENOSYS or EPERM once (an older kernel, a
+// filter that does not know it): not tried again.
+std::atomic<bool> g_no_pwait2{false};
+
 int64_t mono_ns() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -41,6 +45,7 @@ struct slot_map {
   bool armed_rx = false;
   bool armed_tx = false;
   bool chan_seen = false;  // its channel is in the call's list (or none)
+  bool edge = false;       // watched on the thread's wait set (edge-triggered)
   // Listed with the connection for the directions armed (core/wake.h),
   // when the call has a wake_fd.
   smc::core::waiter hook;
@@ -170,12 +175,26 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
   // process (it makes no new fds).
   smc::core::wake_fd* wf = nullptr;
   bool wf_tried = g_confined.load(std::memory_order_relaxed);
+  // A call on one same-host connection (and any kernel fds) sleeps on the
+  // thread's wait set (core/wake.h) for it: its doorbells are watched
+  // edge-triggered there, so a ring that woke an earlier wait, still
+  // queued, wakes this one no more (nor has to be drained for it to sleep).
+  smc::core::wait_set* ws = nullptr;
+  bool ws_tried = false;
   for (;;) {
     k.clear();
     int ready = 0;
     bool deciding = false;
     bool sliced = false;
     bool again = false;
+    nfds_t edge_i = n;  // the one such connection's slot (n: none, or more than one)
+    for (nfds_t i = 0, seen = 0; i < n && !g_confined.load(std::memory_order_relaxed); ++i) {
+      const entry* e = map[i].e;
+      if (e != nullptr && e->st.load(std::memory_order_acquire) == state::smc && !e->conn->confined() &&
+          e->conn->path().transport() == smc::rdma::kind::shm) {
+        edge_i = ++seen == 1 ? i : n;
+      }
+    }
     for (nfds_t i = 0; i < n; ++i) {
       slot_map& m = map[i];
       m.rx = m.tx = m.sock = m.dec = -1;
@@ -194,17 +213,37 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
         }
         arm_slot(m, (fds[i].events & in_mask) != 0, (fds[i].events & out_mask) != 0,
                  c.confined() ? nullptr : wf);
-        if ((fds[i].events & in_mask) != 0) {
-          m.rx = static_cast<int>(k.size());
-          k.push_back({c.path().rx_fd(), POLLIN, 0});
+        m.edge = false;
+        if (i == edge_i && wf != nullptr) {
+          if (!ws_tried) {
+            ws_tried = true;
+            ws = smc::core::thread_wait_set();
+          }
+          m.edge = ws != nullptr && c.watch_on(*ws, wf->fd());
         }
-        if ((fds[i].events & out_mask) != 0) {
-          m.tx = static_cast<int>(k.size());
-          k.push_back({c.path().tx_fd(), POLLIN, 0});
-        }
-        if (!c.finished()) {
-          m.sock = static_cast<int>(k.size());
-          k.push_back({fds[i].fd, POLLIN | POLLRDHUP, 0});
+        if (m.edge) {
+          // Its watches were kept from an earlier wait: a rung flag still
+          // up would hold the next ring back. (Down before the look below.)
+          const smc::core::waiter* self = m.hook.in != nullptr ? &m.hook : nullptr;
+          if (m.armed_rx) {
+            c.rearm_doorbell(true, true, self);
+          }
+          if (m.armed_tx) {
+            c.rearm_doorbell(false, true, self);
+          }
+        } else {
+          if ((fds[i].events & in_mask) != 0) {
+            m.rx = static_cast<int>(k.size());
+            k.push_back({c.path().rx_fd(), POLLIN, 0});
+          }
+          if ((fds[i].events & out_mask) != 0) {
+            m.tx = static_cast<int>(k.size());
+            k.push_back({c.path().tx_fd(), POLLIN, 0});
+          }
+          if (!c.finished()) {
+            m.sock = static_cast<int>(k.size());
+            k.push_back({fds[i].fd, POLLIN | POLLRDHUP, 0});
+          }
         }
         if (c.confined()) {
           // One fd for the connection, as the application has one here (its
@@ -272,8 +311,15 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       left_ns = 100000000;
     }
     int kn = 0;
+    epoll_event hev[4];
+    int hn = -2;  // the wait set's events, if they were taken while sleeping
+    bool lost = false;
+    // The wake fd, or the wait set that watches it (and the edge slot).
+    const bool edge = edge_i < n && map[edge_i].edge;
     const size_t wi = k.size();
-    if (wf != nullptr) {
+    if (edge) {
+      k.push_back({ws->fd(), POLLIN, 0});
+    } else if (wf != nullptr) {
       k.push_back({wf->fd(), POLLIN, 0});
     }
     const size_t base = k.size();
@@ -306,7 +352,36 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
         }
       }
       timespec ts{static_cast<time_t>(left_ns / 1000000000), static_cast<long>(left_ns % 1000000000)};
-      kn = real.ppoll(k.data(), k.size(), left_ns < 0 ? nullptr : &ts, sigmask);
+      if (edge && wi == 0 && k.size() == 1) {
+        // The wait set alone: sleep on it, and take its events in the same
+        // call (epoll_pwait2 keeps the caller's nanoseconds; a kernel or a
+        // filter without it gets epoll_pwait, in milliseconds rounded up).
+        hn = -1;
+        errno = ENOSYS;
+        if (real.epoll_pwait2 != nullptr && !g_no_pwait2.load(std::memory_order_relaxed)) {
+          hn = real.epoll_pwait2(ws->fd(), hev, 4, left_ns < 0 ? nullptr : &ts, sigmask);
+          if (hn < 0 && (errno == ENOSYS || errno == EPERM)) {
+            g_no_pwait2.store(true, std::memory_order_relaxed);
+          }
+        }
+        if (hn < 0 && (errno == ENOSYS || errno == EPERM)) {
+          const int ms = left_ns < 0 ? -1
+                                     : static_cast<int>(std::min<int64_t>((left_ns + 999999) / 1000000,
+                                                                          INT_MAX));
+          hn = real.epoll_pwait(ws->fd(), hev, 4, ms, sigmask);
+        }
+        if (hn < 0 && (errno == EBADF || errno == EINVAL)) {
+          lost = true;  // (closed under us: another one next time)
+          hn = 0;
+        }
+        kn = hn;
+        if (hn > 0 || lost) {
+          kn = 1;
+          k[wi].revents = POLLIN;
+        }
+      } else {
+        kn = real.ppoll(k.data(), k.size(), left_ns < 0 ? nullptr : &ts, sigmask);
+      }
     }
     if (k.size() > base) {
       end_channels(chans.v.begin(), chans.v.end(), k.data() + base, kn);
@@ -315,7 +390,38 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       result = -1;
       break;
     }
-    if (wf != nullptr && kn > 0 && k[wi].revents != 0) {
+    bool edge_rx = false;
+    bool edge_tx = false;
+    bool edge_tcp = false;
+    if (edge && kn > 0 && k[wi].revents != 0) {
+      // What the wait set has (taken, so that it is quiet again).
+      if (hn == -2) {
+        hn = real.epoll_wait(ws->fd(), hev, 4, 0);
+        lost = hn < 0 && (errno == EBADF || errno == EINVAL);
+      }
+      if (lost) {
+        smc::core::lose_thread_wait_set();  // (closed under us: another one next time)
+        ws = nullptr;
+        ws_tried = false;
+        edge_rx = edge_tx = edge_tcp = true;  // (look at everything)
+      }
+      for (int j = 0; j < hn; ++j) {
+        switch (hev[j].data.u64) {
+          case smc::core::wait_set::tag_wake:
+            wf->consume();  // (before the states are looked at below)
+            break;
+          case smc::core::wait_set::tag_rx:
+            edge_rx = true;
+            break;
+          case smc::core::wait_set::tag_tx:
+            edge_tx = true;
+            break;
+          default:
+            edge_tcp = true;
+            break;
+        }
+      }
+    } else if (!edge && wf != nullptr && kn > 0 && k[wi].revents != 0) {
       wf->consume();  // (before the states are looked at below)
     }
     ready = 0;
@@ -327,10 +433,22 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
         // Decided meanwhile or not: nothing to report for it this round.
       } else if (s == state::smc) {
         auto& c = *m.e->conn;
-        if ((m.sock >= 0 && k[m.sock].revents != 0) || m.one >= 0) {
+        if ((m.sock >= 0 && k[m.sock].revents != 0) || m.one >= 0 || (m.edge && edge_tcp)) {
           c.check_tcp();  // the peer's TCP end closed: it is gone
         }
         fds[i].revents = smc_revents(m.e, fds[i].events);
+        if (m.edge) {
+          // A ring that brought nothing the call waits for is drained (a
+          // peer that floods is caught here); one that did stays queued.
+          const smc::core::waiter* self = m.hook.in != nullptr ? &m.hook : nullptr;
+          if (edge_rx && m.armed_rx && (fds[i].revents & POLLIN) == 0) {
+            c.reset_doorbell(true, false, self);
+          }
+          if (edge_tx && m.armed_tx && (fds[i].revents & POLLOUT) == 0) {
+            c.reset_doorbell(false, false, self);
+          }
+          fds[i].revents = smc_revents(m.e, fds[i].events);
+        }
         if (m.one >= 0 && k[m.one].revents != 0 && fds[i].revents == 0) {
           // What rang is nothing the caller waits for: quiet the doorbells
           // (one it waits on rings again if its condition holds, another if

@@ -1050,6 +1050,9 @@ const std::vector<long> blocking_calls = {
 #ifdef SYS_poll
     SYS_poll,
 #endif
+#ifdef SYS_epoll_pwait2
+    SYS_epoll_pwait2,  // (a poll on one same-host connection sleeps on the thread's wait set)
+#endif
     SYS_ppoll, SYS_epoll_wait, SYS_epoll_pwait, SYS_recvfrom, SYS_sendto, SYS_read, SYS_write};
 
 // The server: takes `conns` connections, then reads each, in order, to

@@ -50,6 +50,7 @@
 #include "core/cdc.h"
 #include "core/conn.h"
 #include "core/cursor.h"
+#include "core/stats.h"
 #include "rdma/shm/shm_transport.h"
 #include "rdma/sys.h"
 
@@ -2715,6 +2716,31 @@ TEST_CASE("a blocked recv whose thread's wait set was closed under it makes anot
   pollfd pf{again->fd(), POLLIN, 0};
   CHECK(::poll(&pf, 1, 0) >= 0);
   CHECK((pf.revents & POLLNVAL) == 0);
+}
+
+// A confined connection's blocked call waits listed with a wake fd the
+// waiter holds (made by confine()): what the connection changes by itself
+// wakes it through that, not by a ring of its doorbell.
+TEST_CASE("a confined blocked recv is woken through its own wake fd and no ring", "[conn][confine][wake]") {
+  conn_pair p(0);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
+  REQUIRE(p.b->confine());
+  smc::core::stats::reset();
+  auto f = std::async(std::launch::async, [&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    io_result r{};
+    recv_str(*p.b, 10, 0, &r);
+    return std::make_pair(r, elapsed_ms(t0));
+  });
+  REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0; }));
+  REQUIRE(p.b->shutdown(SHUT_RD) == 0);
+  auto [r, ms] = f.get();
+  CHECK(r.n == 0);  // EOF after SHUT_RD
+  CHECK(ms < 2500);
+  const std::string stats = smc::core::stats::to_json(1);
+  INFO(stats);
+  CHECK(stats.find("\"wakes_rung\": 0") != std::string::npos);
+  CHECK(stats.find("\"wakes_listed\": 0") == std::string::npos);
 }
 
 TEST_CASE("confined: one waiter, and blocking calls still wake for data, space, the peer's end",
