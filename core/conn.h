@@ -232,13 +232,16 @@ class conn {
   /// afterwards reads see EOF and writes EPIPE, as on a TCP socket.
   int take_error();
   /// Resets a doorbell (`rx`: data, else space) that fired, and returns the
-  /// current readiness. If what the doorbell signals holds after the reset
-  /// (the peer moved between a caller's check and the reset, and saw the
-  /// doorbell still rung), rings it again: a doorbell is readable whenever
-  /// its condition holds, which level-triggered epoll registrations (in this
-  /// or another set, or another thread's poll) rely on. `edge`: the caller
-  /// is an edge-triggered registration that reports the state itself; ring
-  /// again only if someone else waits on the doorbell too.
+  /// current readiness. Over shm (but in a confined process) the drain is
+  /// counted (counted_drain): it takes only the rings it counted, and
+  /// leaves one while what the doorbell signals holds. Elsewhere it empties
+  /// the doorbell, and if what it signals holds after the reset (the peer
+  /// moved between a caller's check and the reset, and saw the doorbell
+  /// still rung), rings it again: a doorbell is readable whenever its
+  /// condition holds, which level-triggered watchers (in this or another
+  /// set, or another thread's poll) rely on. `edge`: the caller is an
+  /// edge-triggered registration that reports the state itself; ring again
+  /// only if someone else waits on the doorbell too.
   poll_mask reset_doorbell(bool rx, bool edge = false, const waiter* self = nullptr);
   /// Resets a doorbell the caller does not wait on (a confined wait polls
   /// both through one waiter): rung again only if what it signals holds

@@ -7,8 +7,11 @@
 // makes itself (an abort, a shutdown, the peer's TCP end seen, a drain that
 // took a ring another waiter had pending) then wakes those waiters through
 // their wake_fds, without touching the doorbells; the doorbell is rung
-// only for waiters that are not registered (another process's, a set whose
-// kernel level others read, a confined connection's).
+// only for waiters that are not registered (another process's, a confined
+// process's poll() calls and classic sets). A registration of a set whose
+// kernel level others read registers with a wake_fd that is its level
+// (waiter::level); a confined connection's blocked call with one its
+// waiter holds.
 #pragma once
 
 #include <atomic>
@@ -83,7 +86,8 @@ struct waiter {
 };
 
 /// A thread's wait set: the epoll instance its blocked calls on same-host
-/// connections sleep on. It watches, edge-triggered, the doorbells and TCP
+/// connections (and its poll() calls on one such connection) sleep on. It
+/// watches, edge-triggered, the doorbells and TCP
 /// socket of the connection the thread last waited for (kept from one wait
 /// to the next), and the thread's wake_fd (level-triggered). Edge-triggered,
 /// a ring already queued wakes nobody again, so a waiter never drains a
@@ -107,8 +111,8 @@ class wait_set {
   /// non-zero value: a same-host link's slot serves one connection after
   /// another with them, data_path::bells_id; other doorbells are named by
   /// their connection), the TCP socket `tcp` of connection `serial`, and
-  /// the wake_fd `wake`. False if a watch cannot
-  /// be put in place: then the caller waits another way.
+  /// the wake_fd `wake`. False if a watch cannot be put in place: then the
+  /// caller waits another way.
   bool watch(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, int wake);
   /// In a forked child: the instance is the parent's too; forget it (not closed).
   void forget() { ep_ = -1; }

@@ -632,12 +632,12 @@ void unlink_reg(ep_reg* r) {
   delete r;
 }
 
+uint32_t app_events(ep_reg* r, uint32_t ev);
+
 // After arming an SMC registration's doorbells, looks at the state (the
 // doorbell protocol's Dekker order) and sets its level to the truth: its
 // own (level_make), or else its doorbells', a doorbell the state says is
 // ready being rung (no system call while one is queued already).
-uint32_t app_events(ep_reg* r, uint32_t ev);
-
 void level_to_truth(ep_reg* r) {
   auto& c = *r->e->conn;
   const uint32_t ev = c.events();
