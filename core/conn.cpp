@@ -1081,14 +1081,9 @@ void conn::rearm_doorbell(bool rx, bool armed, const waiter* self) {
     flooded(rx);
     return;
   }
-  poll_mask ev = 0;
-  if (r == 2 && counted_drain(rx, false, ev)) {
-    return;
-  }
-  if (r > 0) {
-    if (r == 2) {
-      drain_doorbell(rx);  // (it could not count after all)
-    }
+  if (r == 2) {
+    settle_doorbell(rx, false, armed ? 1 : 0, self);  // (a drain is due)
+  } else if (r > 0) {
     ring_if_due(rx, events(), armed ? 1 : 0, self);
   }
 }
@@ -1241,25 +1236,22 @@ void conn::ring_if_due(bool rx, poll_mask ev, int above, const waiter* self) {
   ring_for_unlisted(rx, listed_self ? 0 : above);
 }
 
-poll_mask conn::reset_doorbell(bool rx, bool edge, const waiter* self) {
+poll_mask conn::settle_doorbell(bool rx, bool fired, int above, const waiter* self) {
   poll_mask ev = 0;
-  if (counted_drain(rx, true, ev)) {
+  if (counted_drain(rx, fired, ev)) {
     return ev;  // (no ring taken that anyone needs: none to put back)
   }
   drain_doorbell(rx);
   ev = events();
-  ring_if_due(rx, ev, edge ? 1 : -1, self);
+  ring_if_due(rx, ev, above, self);
   return ev;
 }
 
-void conn::quiet_doorbell(bool rx) {
-  poll_mask ev = 0;
-  if (counted_drain(rx, false, ev)) {
-    return;
-  }
-  drain_doorbell(rx);
-  ring_if_due(rx, events(), 0);
+poll_mask conn::reset_doorbell(bool rx, bool edge, const waiter* self) {
+  return settle_doorbell(rx, true, edge ? 1 : -1, self);
 }
+
+void conn::quiet_doorbell(bool rx) { settle_doorbell(rx, false, 0, nullptr); }
 
 uint32_t conn::readable_bytes() {
   uint32_t avail = 0;

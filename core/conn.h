@@ -174,12 +174,12 @@ class conn {
   /// The process restricts itself (it installs a seccomp filter, or
   /// lowers RLIMIT_NOFILE below what our waits need): from now on the
   /// connection makes no system call but read/write on its doorbells and
-  /// its wake fd, and a poll on one fd. Called before the restriction is in place: it takes
-  /// the socket's blocking mode and timeouts now (kept current after by
-  /// note_nonblock/note_timeout from the application's own calls) and
-  /// makes the waiter, one epoll fd that is readable when either doorbell
-  /// rings or the TCP socket stirs, or its own wake_fd is woken (a blocked
-  /// call waits listed with it). Returns whether the waiter exists
+  /// its wake fd, and a poll on one fd. Called before the restriction is in
+  /// place: it takes the socket's blocking mode and timeouts now (kept
+  /// current after by note_nonblock/note_timeout from the application's own
+  /// calls) and makes the waiter, one epoll fd that is readable when either
+  /// doorbell rings or the TCP socket stirs, or its own wake_fd is woken (a
+  /// blocked call waits listed with it). Returns whether the waiter exists
   /// (without one a wait polls the doorbell and looks at the TCP socket
   /// every 100 ms).
   bool confine();
@@ -314,6 +314,10 @@ class conn {
   // `fired` (a waiter woke on the doorbell) and none was counted: a ring
   // that is not one byte (a peer's stray message) is drained whole then.
   bool counted_drain(bool rx, bool fired, poll_mask& ev);
+  // A drain, counted where the transport can count, else whole and then
+  // ring_if_due(rx, state, above, self) for the waiters it may have taken
+  // a ring from; the readiness after. `fired`: as counted_drain's.
+  poll_mask settle_doorbell(bool rx, bool fired, int above, const waiter* self);
   void flooded(bool rx);
   /// Rings our own doorbell (`rx`, else the tx one) if what it signals
   /// holds in `ev` and more than `above` waiters are declared on it.
@@ -326,7 +330,8 @@ class conn {
   void drop_false_levels();
   /// Rings our own doorbell (`rx`, else the tx one) if more than `above`
   /// of its declared waiters are not on the list (another process's, a
-  /// classic set's, a confined wait's).
+  /// confined process's poll() or classic set's, a confined call that polls
+  /// the doorbell alone).
   void ring_for_unlisted(bool rx, int above);
   int block_timeout_ms(bool rx, int flags);
   // Before a blocking wait: whether check_tcp() is worth its system call.

@@ -4,9 +4,9 @@
 
 #include <fcntl.h>
 #include <linux/memfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/random.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -188,30 +188,38 @@ void bell_ring(int ring, bool confined) {
   // there any more (the peer is gone; its TCP end says so).
 }
 
+// Takes up to `max` (at most max_queued_rings + 1) of a doorbell's oldest
+// rings in one recvmmsg (or, where the doorbell may hold fds,
+// drain_untrusted); how many, -1 if none.
+int bell_recv(int bell, int max) {
+  if (g_bells_take_fds.load(std::memory_order_relaxed)) {
+    const int n = drain_untrusted(bell, max);
+    return n > 0 ? n : -1;
+  }
+  mmsghdr m[max_queued_rings + 1];
+  char buf[max_queued_rings + 1][1];
+  iovec v[max_queued_rings + 1];
+  std::memset(m, 0, sizeof m);
+  for (int i = 0; i < max; ++i) {
+    v[i] = {buf[i], sizeof buf[i]};
+    m[i].msg_hdr.msg_iov = &v[i];
+    m[i].msg_hdr.msg_iovlen = 1;
+  }
+  int n;
+  do {
+    n = sys().recvmmsg(bell, m, static_cast<unsigned>(max), MSG_DONTWAIT, nullptr);
+  } while (n < 0 && errno == EINTR);
+  return n;
+}
+
 // Empties a doorbell; false if it held more rings than a peer that follows
 // the protocol can have put there. (The waiting end's description is ours
 // and our holders' alone, non-blocking from its creation.) One recvmmsg
 // takes every queued ring at once; a confined process, which may be allowed
 // read() only, reads them one by one.
 bool bell_drain(int bell, bool confined) {
-  if (g_bells_take_fds.load(std::memory_order_relaxed)) {
-    return drain_untrusted(bell, max_queued_rings + 1) <= max_queued_rings;
-  }
-  if (!confined) {
-    mmsghdr m[max_queued_rings + 1];
-    char buf[max_queued_rings + 1][1];
-    iovec v[max_queued_rings + 1];
-    std::memset(m, 0, sizeof m);
-    for (int i = 0; i <= max_queued_rings; ++i) {
-      v[i] = {buf[i], sizeof buf[i]};
-      m[i].msg_hdr.msg_iov = &v[i];
-      m[i].msg_hdr.msg_iovlen = 1;
-    }
-    int n;
-    do {
-      n = sys().recvmmsg(bell, m, max_queued_rings + 1, MSG_DONTWAIT, nullptr);
-    } while (n < 0 && errno == EINTR);
-    return n <= max_queued_rings;  // (-1: empty, or nothing left to read)
+  if (!confined || g_bells_take_fds.load(std::memory_order_relaxed)) {
+    return bell_recv(bell, max_queued_rings + 1) <= max_queued_rings;  // (-1: empty)
   }
   char buf[8];
   for (int i = 0; i < max_queued_rings; ++i) {
@@ -238,23 +246,7 @@ bool bell_take(int bell, int n) {
   if (n > max_queued_rings) {
     return false;
   }
-  if (g_bells_take_fds.load(std::memory_order_relaxed)) {
-    drain_untrusted(bell, n);
-    return true;
-  }
-  mmsghdr m[max_queued_rings];
-  char buf[max_queued_rings][1];
-  iovec v[max_queued_rings];
-  std::memset(m, 0, sizeof m);
-  for (int i = 0; i < n; ++i) {
-    v[i] = {buf[i], sizeof buf[i]};
-    m[i].msg_hdr.msg_iov = &v[i];
-    m[i].msg_hdr.msg_iovlen = 1;
-  }
-  int got;
-  do {
-    got = sys().recvmmsg(bell, m, static_cast<unsigned>(n), MSG_DONTWAIT, nullptr);
-  } while (got < 0 && errno == EINTR);
+  bell_recv(bell, n);
   return true;
 }
 
