@@ -416,6 +416,13 @@ int conn::wait_poll(bool rx, int timeout_ms, Ready& ready, waiter* self) {
   if (fin && !finished() && (timeout_ms < 0 || timeout_ms > 10)) {
     timeout_ms = 10;
   }
+  // Without a wake fd (none could be made) nothing reaches a same-host
+  // wait but the peer's rings: what the connection changes by itself is
+  // looked at every 100 ms.
+  if (self == nullptr && path_->transport() == rdma::kind::shm &&
+      (timeout_ms < 0 || timeout_ms > look_every_ms)) {
+    timeout_ms = look_every_ms;
+  }
   nfds_t nfds = fin ? 1 : 2;
   // Our own state changes and others' drains wake us through the thread's
   // wake_fd (core/wake.h).
@@ -455,9 +462,16 @@ int conn::wait_poll(bool rx, int timeout_ms, Ready& ready, waiter* self) {
 }
 
 bool conn::watch_on(wait_set& ws, int wake) {
+  return ws.watch(bells_name(), path_->rx_fd(), path_->tx_fd(), serial_, tcp_fd_, wake);
+}
+
+int conn::watch_among(wait_set& ws, uint32_t taken) {
+  return ws.watch_any(bells_name(), path_->rx_fd(), path_->tx_fd(), serial_, tcp_fd_, taken);
+}
+
+uint64_t conn::bells_name() const {
   // (Doorbells that serve this connection only are named by it.)
-  const uint64_t bells = path_->bells_id() != 0 ? path_->bells_id() : serial_ | uint64_t{1} << 63;
-  return ws.watch(bells, path_->rx_fd(), path_->tx_fd(), serial_, tcp_fd_, wake);
+  return path_->bells_id() != 0 ? path_->bells_id() : serial_ | uint64_t{1} << 63;
 }
 
 template <class Ready>
@@ -502,26 +516,41 @@ int conn::wait_edge(bool rx, int timeout_ms, Ready& ready, waiter& self, wait_se
   return 0;
 }
 
+bool conn::ended(bool rx) const {
+  if (finished()) {
+    return true;
+  }
+  const uint8_t pf = path_->peer_conn_flags();
+  if (rx) {
+    return sh_->shut_rd.load() || (pf & (peer_eof_flags | cdc::conn_abnormal)) != 0;
+  }
+  return (sh_->my_flags.load() & (cdc::conn_done_writing | cdc::conn_closed)) != 0 ||
+         (pf & (cdc::conn_closed | cdc::conn_abnormal)) != 0;
+}
+
 template <class Ready>
 int conn::wait_confined(bool rx, int timeout_ms, Ready& ready, waiter& self) {
   // One fd: the waiter (both doorbells and the TCP socket), or, without
   // one (or once the TCP socket's end is known and it would stay readable),
   // the doorbell alone, with a look at the TCP socket every 100 ms.
-  // Not the waiter while the other doorbell has a waiter of its own: its
-  // level must hold for that one, and it would keep the waiter readable.
+  // Not the waiter while the other doorbell has a waiter of its own (its
+  // level must hold for that one), or once the other direction ended (its
+  // doorbell may be shut, readable for good): either would keep the
+  // waiter readable.
   const bool whole = waiter_ >= 0 && !finished() && sh_->fin_ms.load() == 0 &&
-                     (rx ? path_->tx_waiters() : path_->rx_waiters()) == 0;
+                     (rx ? path_->tx_waiters() : path_->rx_waiters()) == 0 && !ended(!rx);
   if (!whole && self.in == this) {
-    // The doorbell alone: wakes must ring it. Off the list (a wake made
-    // before went with a change that the look below sees), and ringable.
+    // The doorbell alone: off the list (a wake made before went with a
+    // change that the look below sees); what the connection changes by
+    // itself is seen at the next 100 ms slice.
     set_waiter(&self, 0);
     if (ready()) {
       return 0;
     }
   }
   pollfd p{whole ? waiter_ : (rx ? path_->rx_fd() : path_->tx_fd()), POLLIN, 0};
-  if (!whole && !finished() && (timeout_ms < 0 || timeout_ms > 100)) {
-    timeout_ms = 100;
+  if (!whole && !finished() && (timeout_ms < 0 || timeout_ms > look_every_ms)) {
+    timeout_ms = look_every_ms;
   }
   int n = sys().poll(&p, 1, timeout_ms);
   const int err = errno;
@@ -1065,9 +1094,19 @@ void conn::drain_doorbell(bool rx) {
 }
 
 void conn::flooded(bool rx) {
-  // Rung far more than the protocol lets a peer: it costs that peer its
-  // connection, and us nothing more than the drain.
-  SMC_LOG(warn, "fd %d: the peer floods the connection's %s doorbell", tcp_fd_, rx ? "rx" : "tx");
+  // Rung far more than the protocol lets a peer, or readable with no ring
+  // (an empty message; the end of file). A doorbell shut at an end (ours,
+  // or another holder's) is readable for good, which is the truth then;
+  // so is the doorbell of a peer whose process ended, which its TCP end
+  // says (then that decides between EOF and a reset). Anything else costs
+  // that peer its connection, and us nothing more than the drain (a
+  // doorbell left readable for good would keep every level-triggered
+  // watcher awake).
+  if (ended(rx) || (check_tcp() && ended(rx))) {
+    return;
+  }
+  SMC_LOG(warn, "fd %d: the peer floods or shut the connection's %s doorbell", tcp_fd_,
+          rx ? "rx" : "tx");
   abort_locally(ECONNRESET);
 }
 
@@ -1198,7 +1237,7 @@ void conn::wake_listed(uint32_t dirs, const waiter* except) {
   }
 }
 
-void conn::ring_for_unlisted(bool rx, int above) {
+void conn::ring_for_unlisted(bool rx, int above, bool end) {
   // (After the state change that the waiters must see: a waiter declares
   // itself, then looks at the state; this looks at the declarations after
   // changing it.)
@@ -1206,7 +1245,11 @@ void conn::ring_for_unlisted(bool rx, int above) {
   const int64_t declared = rx ? path_->rx_waiters() : path_->tx_waiters();
   const int64_t listed = (rx ? listed_rx_ : listed_tx_).load();
   if (declared - listed > above) {
-    rx ? path_->kick_rx() : path_->kick_tx();
+    if (end) {
+      rx ? path_->end_rx() : path_->end_tx();
+    } else {
+      rx ? path_->kick_rx() : path_->kick_tx();
+    }
     stats::count_wake(false);
   }
 }
@@ -1215,10 +1258,10 @@ void conn::kick(bool rx, bool tx) {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   wake_listed((rx ? wait_rx : 0u) | (tx ? wait_tx : 0u), nullptr);
   if (rx) {
-    ring_for_unlisted(true, 0);
+    ring_for_unlisted(true, 0, true);
   }
   if (tx) {
-    ring_for_unlisted(false, 0);
+    ring_for_unlisted(false, 0, true);
   }
 }
 

@@ -187,6 +187,9 @@ class conn {
   /// The waiter (-1: none): the one fd a confined poll() watches for this
   /// connection.
   int waiter_fd() const { return waiter_; }
+  /// The wake fd in the waiter (nullptr: none): what a confined wait that
+  /// polls the waiter is listed with (set_waiter).
+  wake_fd* confined_wake() const { return confined_wake_.get(); }
   void note_nonblock(bool on);
   void note_timeout(bool rx, int ms);
   /// In a forked child (note_fork_child): the child holds what it shares.
@@ -255,7 +258,9 @@ class conn {
   /// wait on it too (another epoll set, a poll, a blocked call, another
   /// process), they are woken if what it signals holds, so that the edge
   /// they had pending is not lost to them: this process's listed waiters
-  /// through their wake_fds, any others by ringing the doorbell again.
+  /// through their wake_fds, any others by ringing the doorbell again
+  /// where the transport can (data_path::kick_rx; over shm the drain is
+  /// counted and takes nothing they need).
   void rearm_doorbell(bool rx, bool armed, const waiter* self = nullptr);
   /// A watcher in this process that needs the doorbells' levels true (a
   /// level-triggered watch of them that others read: a nested epoll set)
@@ -268,8 +273,10 @@ class conn {
   /// and take directions off after disarming: the connection rings its
   /// doorbells only for declared waiters beyond the listed ones.
   void set_waiter(waiter* w, uint32_t dirs);
-  /// Own state changes (abort, shutdown, the peer gone, a write that found
-  /// the peer closed): wakes the waiters of those directions.
+  /// Own state changes that end those directions for good (abort,
+  /// shutdown, the peer gone, a write that found the peer closed): wakes
+  /// their listed waiters, and makes the doorbells readable for good for
+  /// any others (data_path::end_rx).
   void kick(bool rx, bool tx);
 
   // ---- waiting, for poll/select/epoll ----
@@ -277,6 +284,9 @@ class conn {
   /// set (edge-triggered, core/wake.h), with the thread's wake fd `wake`;
   /// false if it cannot (the caller waits another way).
   bool watch_on(wait_set& ws, int wake);
+  /// The same as one of several connections (a poll() call): the entry of
+  /// the set that watches it (wait_set::watch_any), -1 if none.
+  int watch_among(wait_set& ws, uint32_t taken);
   rdma::data_path& path() { return *path_; }
   int tcp_fd() const { return tcp_fd_; }
   /// Checks the TCP socket without blocking: EOF/RST without the peer's SMC
@@ -290,6 +300,12 @@ class conn {
     return sh_->gone.load(std::memory_order_acquire) || sh_->err.load() != 0 ||
            sh_->tcp_half.load();
   }
+  /// The direction (`rx`: reading, else writing) ended for good: an end
+  /// that may have shut its doorbell for reading (data_path::end_rx), in
+  /// this process or another holding the connection, which then stays
+  /// readable. A level-triggered watch of that doorbell for the other
+  /// direction's sake would wake at once, every time.
+  bool ended(bool rx) const;
 
  private:
   // Validated view of the peer's cursors; on a violation the connection
@@ -331,8 +347,9 @@ class conn {
   /// Rings our own doorbell (`rx`, else the tx one) if more than `above`
   /// of its declared waiters are not on the list (another process's, a
   /// confined process's poll() or classic set's, a confined call that polls
-  /// the doorbell alone).
-  void ring_for_unlisted(bool rx, int above);
+  /// the doorbell alone): data_path::kick_rx, or with `end` (the direction
+  /// ended for good) data_path::end_rx.
+  void ring_for_unlisted(bool rx, int above, bool end = false);
   int block_timeout_ms(bool rx, int flags);
   // Before a blocking wait: whether check_tcp() is worth its system call.
   bool tcp_needs_look();
@@ -348,6 +365,8 @@ class conn {
   bool peer_done() { return (path_->peer_conn_flags() & 0xE0) != 0; }
 
   void init_shared(bool fresh, bool join);
+  // What names this connection's doorbells in a wait_set.
+  uint64_t bells_name() const;
   template <class Ready>
   int wait_poll(bool rx, int timeout_ms, Ready& ready, waiter* self);
   template <class Ready>

@@ -95,10 +95,20 @@ wait_set::~wait_set() {
   }
 }
 
-bool wait_set::put(int fd, uint64_t tag, uint32_t events) {
+wait_set::entry* wait_set::other_entry(int fd, size_t j) {
+  for (size_t k = 0; k < max_entries; ++k) {
+    entry& o = e_[k];
+    if (k != j && (o.rx == fd || o.tx == fd || o.tcp == fd)) {
+      return &o;  // (the only one: see entry)
+    }
+  }
+  return nullptr;
+}
+
+bool wait_set::add_or_mod(int fd, uint64_t data, uint32_t events) {
   epoll_event ev{};
   ev.events = events;
-  ev.data.u64 = tag;
+  ev.data.u64 = data;
   if (rdma::sys().epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev) == 0) {
     return true;
   }
@@ -106,58 +116,103 @@ bool wait_set::put(int fd, uint64_t tag, uint32_t events) {
   return errno == EEXIST && rdma::sys().epoll_ctl(ep_, EPOLL_CTL_MOD, fd, &ev) == 0;
 }
 
-void wait_set::drop(int& fd) {
-  // The number may name another file by now (the kernel dropped the watch
-  // when the old one closed): then this finds nothing, harmlessly.
-  if (fd >= 0) {
-    (void)rdma::sys().epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
-    fd = -1;
+bool wait_set::put(size_t j, int fd, uint64_t kind, uint32_t events) {
+  // Another entry that recorded this number forgets it (and what it
+  // watched): the watch is j's from now on.
+  if (entry* o = other_entry(fd, j)) {
+    if (o->tcp == fd) {
+      o->tcp = -1;
+      o->serial = 0;
+    } else {
+      (o->rx == fd ? o->rx : o->tx) = -1;
+      o->bells = 0;
+    }
   }
+  return add_or_mod(fd, tag_of(j, kind), events);
 }
 
-bool wait_set::watch(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, int wake) {
-  const bool same_bells = bells != 0 && bells == bells_ && rx == rx_ && tx == tx_;
-  const bool same_tcp = serial == serial_ && tcp == tcp_;
+void wait_set::drop(size_t j, int& fd) {
+  // The number may name another file by now (the kernel dropped the watch
+  // when the old one closed): then this finds nothing, harmlessly, unless
+  // another entry watches that file (then it is left alone).
+  if (fd < 0) {
+    return;
+  }
+  if (other_entry(fd, j) == nullptr) {
+    (void)rdma::sys().epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
+  }
+  fd = -1;
+}
+
+bool wait_set::watch_entry(size_t j, uint64_t bells, int rx, int tx, uint64_t serial, int tcp) {
+  entry& e = e_[j];
+  const bool same_bells = bells != 0 && bells == e.bells && rx == e.rx && tx == e.tx;
+  const bool same_tcp = serial == e.serial && tcp == e.tcp;
   if (!same_bells) {
-    drop(rx_);
-    drop(tx_);
-    bells_ = 0;
+    drop(j, e.rx);
+    drop(j, e.tx);
+    e.bells = 0;
   }
   if (!same_tcp) {
-    drop(tcp_);
-    serial_ = 0;
-  }
-  if (wake != wake_) {
-    drop(wake_);
+    drop(j, e.tcp);
+    e.serial = 0;
   }
   // Every number not kept was dropped above, before any is added: one that
   // changed hands since (the last connection's TCP socket closed, its
   // number reused by this one's) is added afresh.
   if (!same_bells) {
-    if (!put(rx, tag_rx, EPOLLIN | EPOLLET) || !put(tx, tag_tx, EPOLLIN | EPOLLET)) {
-      rx_ = rx;
-      tx_ = tx;
-      drop(rx_);
-      drop(tx_);
+    if (!put(j, rx, tag_rx, EPOLLIN | EPOLLET) || !put(j, tx, tag_tx, EPOLLIN | EPOLLET)) {
+      e.rx = rx;
+      e.tx = tx;
+      drop(j, e.rx);
+      drop(j, e.tx);
       return false;
     }
-    rx_ = rx;
-    tx_ = tx;
-    bells_ = bells;
+    e.rx = rx;
+    e.tx = tx;
+    e.bells = bells;
   }
   if (!same_tcp) {
-    if (!put(tcp, tag_tcp, EPOLLIN | EPOLLRDHUP | EPOLLET)) {
+    if (!put(j, tcp, tag_tcp, EPOLLIN | EPOLLRDHUP | EPOLLET)) {
       return false;
     }
-    tcp_ = tcp;
-    serial_ = serial;
+    e.tcp = tcp;
+    e.serial = serial;
   }
-  if (wake != wake_) {
-    if (!put(wake, tag_wake, EPOLLIN)) {
-      return false;
+  return true;
+}
+
+int wait_set::watch_any(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, uint32_t taken) {
+  int free = -1;
+  for (size_t j = 0; j < max_entries; ++j) {
+    const entry& e = e_[j];
+    if (bells != 0 && e.bells == bells && e.rx == rx && e.tx == tx && e.serial == serial &&
+        e.tcp == tcp) {
+      return static_cast<int>(j);  // watched already (by an earlier call, or this one's)
     }
-    wake_ = wake;
+    if ((taken & (1u << j)) == 0 &&
+        (free < 0 || (e.rx < 0 && e.tcp < 0 && e_[static_cast<size_t>(free)].rx >= 0))) {
+      free = static_cast<int>(j);  // (an empty entry rather than one in use)
+    }
   }
+  if (free < 0 || !watch_entry(static_cast<size_t>(free), bells, rx, tx, serial, tcp)) {
+    return -1;
+  }
+  return free;
+}
+
+bool wait_set::watch_wake(int wake) {
+  if (wake == wake_) {
+    return true;
+  }
+  if (wake_ >= 0) {
+    (void)rdma::sys().epoll_ctl(ep_, EPOLL_CTL_DEL, wake_, nullptr);
+    wake_ = -1;
+  }
+  if (!add_or_mod(wake, tag_wake, EPOLLIN)) {
+    return false;
+  }
+  wake_ = wake;
   return true;
 }
 

@@ -6,9 +6,11 @@
 // connection for the directions it waits for. A change the connection
 // makes itself (an abort, a shutdown, the peer's TCP end seen, a drain that
 // took a ring another waiter had pending) then wakes those waiters through
-// their wake_fds, without touching the doorbells; the doorbell is rung
-// only for waiters that are not registered (another process's, a confined
-// process's poll() calls and classic sets). A registration of a set whose
+// their wake_fds, without touching the doorbells. Waiters that are not
+// registered (another process's; those no wake_fd could be made for) learn
+// of an end from the doorbell, shut for reading for good (same-host), or
+// rung (SMC-R's eventfds); over shm the second kind looks at the state
+// every 100 ms as well. A registration of a set whose
 // kernel level others read registers with a wake_fd that is its level
 // (waiter::level); a confined connection's blocked call with one its
 // waiter holds.
@@ -57,6 +59,11 @@ wake_fd* thread_wake_fd();
 /// looks at the connections it polls).
 const wake_fd* own_wake_fd();
 
+/// How long a wait that nothing of ours can wake (no wake_fd could be made
+/// for it, or it polls a confined connection's doorbell alone) sleeps at
+/// most before it looks at the state by itself.
+inline constexpr int look_every_ms = 100;
+
 /// Directions a waiter waits for.
 inline constexpr uint32_t wait_rx = 1;
 inline constexpr uint32_t wait_tx = 2;
@@ -64,8 +71,8 @@ inline constexpr uint32_t wait_tx = 2;
 /// A sleeper's entry in a connection's list (conn::set_waiter). `dirs`
 /// are the directions it has declared waiters for on the connection
 /// (data_path::arm_rx/arm_tx), kept equal to them by its owner: what is
-/// registered here is what the connection need not ring its doorbells
-/// for.
+/// registered here is what the connection need not ring (or shut) its
+/// doorbells for.
 struct waiter {
   wake_fd* wake = nullptr;
   uint32_t dirs = 0;
@@ -86,20 +93,28 @@ struct waiter {
 };
 
 /// A thread's wait set: the epoll instance its blocked calls on same-host
-/// connections (and its poll() calls on one such connection) sleep on. It
-/// watches, edge-triggered, the doorbells and TCP
-/// socket of the connection the thread last waited for (kept from one wait
-/// to the next), and the thread's wake_fd (level-triggered). Edge-triggered,
-/// a ring already queued wakes nobody again, so a waiter never drains a
-/// doorbell to sleep (a level-triggered poll() of it had to, and a drain
-/// may take a ring that others wait for).
+/// connections and its poll() calls on such connections sleep on. It
+/// watches, edge-triggered, the doorbells and TCP sockets of the
+/// connections the thread last waited for (up to max_entries, kept from
+/// one wait to the next), and the thread's wake_fd (level-triggered).
+/// Edge-triggered, a ring already queued wakes nobody again, so a waiter
+/// never drains a doorbell to sleep (a level-triggered poll() of it had
+/// to, and a drain may take a ring that others wait for).
 class wait_set {
  public:
-  /// What woke a wait (epoll_event::data.u64).
+  /// What woke a wait (epoll_event::data.u64): kind_of() of a
+  /// connection's watch, for the connection entry_of() names (a blocked
+  /// call's is entry 0, whose tags are the kinds themselves), or tag_wake.
   static constexpr uint64_t tag_rx = 1;
   static constexpr uint64_t tag_tx = 2;
   static constexpr uint64_t tag_tcp = 3;
   static constexpr uint64_t tag_wake = 4;
+  static constexpr size_t max_entries = 16;
+  static constexpr uint64_t tag_of(size_t entry, uint64_t kind) {
+    return (uint64_t{entry} << 3) | kind;
+  }
+  static constexpr size_t entry_of(uint64_t tag) { return static_cast<size_t>(tag >> 3); }
+  static constexpr uint64_t kind_of(uint64_t tag) { return tag & 7; }
   /// Makes the epoll instance (placed as the library's fds are); check ok().
   wait_set();
   ~wait_set();
@@ -111,21 +126,42 @@ class wait_set {
   /// non-zero value: a same-host link's slot serves one connection after
   /// another with them, data_path::bells_id; other doorbells are named by
   /// their connection), the TCP socket `tcp` of connection `serial`, and
-  /// the wake_fd `wake`. False if a watch cannot be put in place: then the
-  /// caller waits another way.
-  bool watch(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, int wake);
+  /// the wake_fd `wake`, as entry 0. False if a watch cannot be put in
+  /// place: then the caller waits another way.
+  bool watch(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, int wake) {
+    return watch_entry(0, bells, rx, tx, serial, tcp) && watch_wake(wake);
+  }
+  /// The same for several connections at once (a poll() call): the entry
+  /// that watches this connection already, else one not in `taken` (a bit
+  /// per entry), which it joins; -1 if none is left or a watch cannot be
+  /// put in place.
+  int watch_any(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, uint32_t taken);
+  bool watch_wake(int wake);
   /// In a forked child: the instance is the parent's too; forget it (not closed).
   void forget() { ep_ = -1; }
 
  private:
-  bool put(int fd, uint64_t tag, uint32_t events);
-  void drop(int& fd);
+  // What an entry watches. Each fd number is recorded by one entry at most:
+  // an ADD that finds the number watched re-tags that watch (the entry
+  // that recorded it forgets it), and a number another entry records is
+  // never deleted for an entry that drops its own (a closed file's watch
+  // is gone with it; the number may name a new file another entry watches).
+  struct entry {
+    uint64_t bells = 0;
+    uint64_t serial = 0;
+    int rx = -1;
+    int tx = -1;
+    int tcp = -1;
+  };
+  bool watch_entry(size_t j, uint64_t bells, int rx, int tx, uint64_t serial, int tcp);
+  // The entry other than j that records fd, or null.
+  entry* other_entry(int fd, size_t j);
+  // Watches fd with `data` (or changes its watch to it).
+  bool add_or_mod(int fd, uint64_t data, uint32_t events);
+  bool put(size_t j, int fd, uint64_t kind, uint32_t events);
+  void drop(size_t j, int& fd);
   int ep_ = -1;
-  uint64_t bells_ = 0;
-  uint64_t serial_ = 0;
-  int rx_ = -1;
-  int tx_ = -1;
-  int tcp_ = -1;
+  entry e_[max_entries];
   int wake_ = -1;
 };
 

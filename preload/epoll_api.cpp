@@ -131,6 +131,11 @@ struct ep_set {
   std::mutex kick_mu;
   std::vector<ep_reg*> kicked;
   std::atomic<bool> any_kicked{false};
+  // Same-host registrations that declare waiters without being on their
+  // connection's list (no wake or level fd could be made: a confined
+  // process, or no fd left): nothing but the peer rings their doorbells,
+  // so the set's waits look at them in memory every core::look_every_ms.
+  int unlisted = 0;
 };
 
 struct ep_reg {
@@ -157,6 +162,7 @@ struct ep_reg {
   uint32_t sock_seen = 0;    // what the kernel reported for that watch since it was put in place
   core::waiter hook;      // on its connection's list while armed (with a set wake, or a level)
   bool kicked = false;    // on set->kicked (under set->kick_mu)
+  bool unlisted = false;  // counted in set->unlisted
   // A classic set's SMC registration: its level (see level_make), watched
   // with the application's triggering under level_bell, and the process
   // generation that made it.
@@ -425,8 +431,8 @@ void hot_drop(ep_reg* r) {
 }
 
 // The set's wake (see ep_set), made and put into the kernel's set when a
-// registration first needs it; nullptr if it cannot be had (then the
-// connections ring their doorbells for the set, as for a classic one).
+// registration first needs it; nullptr if it cannot be had (then its
+// registrations are unlisted: set_unlisted).
 core::wake_fd* set_wake(ep_set* s) {
   if (s->wake != nullptr || s->wake_failed) {
     return s->wake.get();
@@ -500,6 +506,13 @@ void unlist(ep_reg* r) {
   }
 }
 
+void set_unlisted(ep_reg* r, bool on) {
+  if (r->unlisted != on) {
+    r->unlisted = on;
+    r->set->unlisted += on ? 1 : -1;
+  }
+}
+
 // Declares (or withdraws) the registration's waiters to match its interest.
 // A hot registration declares them only while a thread sleeps on the set:
 // awake, the set looks at it in every wait anyway, and the peer's rings
@@ -535,6 +548,7 @@ void arm_to_interest(ep_reg* r) {
   if (r->hook.in != nullptr && r->hook.dirs != dirs) {
     c.set_waiter(&r->hook, dirs);
   }
+  set_unlisted(r, (rx || tx) && r->hook.in == nullptr && p.transport() == rdma::kind::shm);
   // The receive channel (SMC-R) follows the interest, not the waiters: a
   // hot registration's wait busy-polls and dispatches it while awake too.
   const bool chan = !r->disabled && (r->ev.events & (in_bits | out_bits)) != 0;
@@ -553,7 +567,8 @@ void arm_to_interest(ep_reg* r) {
 // finds nothing ready, and the connection's reads and writes that leave
 // nothing ready (conn::drop_false_levels), clear it. So no ring of our own
 // is ever kept on a doorbell to hold a level. False if it cannot be made (a
-// confined process makes no new fds): then the doorbells are rung instead.
+// confined process makes no new fds): then the registration is unlisted
+// (set_unlisted).
 bool level_make(ep_reg* r) {
   if (r->level != nullptr) {
     return true;
@@ -618,9 +633,11 @@ void uninstall(ep_reg* r) {
   unlist(r);
   level_drop(r);
   r->armed_rx = r->armed_tx = false;
+  set_unlisted(r, false);
 }
 
 void unlink_reg(ep_reg* r) {
+  set_unlisted(r, false);
   unlist(r);
   level_drop(r);
   auto& v = r->e->regs;
@@ -637,7 +654,9 @@ uint32_t app_events(ep_reg* r, uint32_t ev);
 // After arming an SMC registration's doorbells, looks at the state (the
 // doorbell protocol's Dekker order) and sets its level to the truth: its
 // own (level_make), or else its doorbells', a doorbell the state says is
-// ready being rung (no system call while one is queued already).
+// ready being rung (no system call while one is queued already) where the
+// transport can ring its own (SMC-R); a same-host registration without a
+// level is unlisted, and its set's waits look at it by themselves.
 void level_to_truth(ep_reg* r) {
   auto& c = *r->e->conn;
   const uint32_t ev = c.events();
@@ -1403,6 +1422,7 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
     uint64_t gen = 0;
     bool sleeper = false;
     bool spin = false;
+    bool sliced = false;
     try {
       std::lock_guard<std::mutex> lk(g_ep_mu);
       check_forked(s);
@@ -1435,6 +1455,13 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
         if (s->sleepers++ == 0 && hot_sleep(s, true)) {
           left = 0;  // one of them is ready: the next look reports it
         }
+      }
+      if (left != 0 && s->unlisted > 0 && (left < 0 || left > core::look_every_ms)) {
+        // Unlisted registrations (hot ones too, armed just above): what
+        // their connections change by themselves (an end, a level made
+        // true) reaches them at the next look, not through a ring.
+        left = core::look_every_ms;
+        sliced = true;
       }
     } catch (...) {
     }
@@ -1470,6 +1497,14 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
     }
     try {
       n += translate(s, events + n, m, gen);
+      if (sliced && m == 0) {
+        std::lock_guard<std::mutex> lk(g_ep_mu);
+        for (ep_reg* r : s->regs) {
+          if (r->unlisted) {
+            check_add(r);  // looked at in memory by the next round
+          }
+        }
+      }
     } catch (...) {
     }
     if (n > 0) {
@@ -1528,6 +1563,26 @@ void ep_expose(entry* epe) {
   std::lock_guard<std::mutex> lk(g_ep_mu);
   if (epe->eps != nullptr) {
     make_classic(epe->eps);
+  }
+}
+
+void ep_confine(entry* epe) {
+  std::lock_guard<std::mutex> lk(g_ep_mu);
+  ep_set* s = epe->eps;
+  if (s == nullptr) {
+    return;
+  }
+  set_wake(s);
+  for (ep_reg* r : s->regs) {
+    if (r->e->st.load() != state::smc || r->disabled) {
+      continue;
+    }
+    if (s->classic && level_make(r)) {
+      arm_to_interest(r);
+      level_to_truth(r);
+    } else if (!s->classic) {
+      arm_to_interest(r);
+    }
   }
 }
 

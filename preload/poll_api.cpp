@@ -46,6 +46,10 @@ struct slot_map {
   bool armed_tx = false;
   bool chan_seen = false;  // its channel is in the call's list (or none)
   bool edge = false;       // watched on the thread's wait set (edge-triggered)
+  bool fired_rx = false;   // what the wait set reported for it
+  bool fired_tx = false;
+  bool fired_tcp = false;
+  bool whole = false;      // confined: its one fd is the connection's waiter
   // Listed with the connection for the directions armed (core/wake.h),
   // when the call has a wake_fd.
   smc::core::waiter hook;
@@ -175,26 +179,34 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
   // process (it makes no new fds).
   smc::core::wake_fd* wf = nullptr;
   bool wf_tried = g_confined.load(std::memory_order_relaxed);
-  // A call on one same-host connection (and any kernel fds) sleeps on the
-  // thread's wait set (core/wake.h) for it: its doorbells are watched
-  // edge-triggered there, so a ring that woke an earlier wait, still
-  // queued, wakes this one no more (nor has to be drained for it to sleep).
+  // A call on same-host connections (up to wait_set::max_entries, and any
+  // kernel fds) sleeps on the thread's wait set (core/wake.h) for them:
+  // their doorbells are watched edge-triggered there, so a ring that woke
+  // an earlier wait, still queued, wakes this one no more (nor has to be
+  // drained for it to sleep).
   smc::core::wait_set* ws = nullptr;
   bool ws_tried = false;
+  constexpr size_t max_edge = smc::core::wait_set::max_entries;
+  // (Not a confined connection's, which may not make the calls.)
+  auto on_wait_set = [](const entry* e) {
+    return e != nullptr && e->st.load(std::memory_order_acquire) == state::smc &&
+           !e->conn->confined() && e->conn->path().transport() == smc::rdma::kind::shm;
+  };
   for (;;) {
     k.clear();
     int ready = 0;
     bool deciding = false;
     bool sliced = false;
     bool again = false;
-    nfds_t edge_i = n;  // the one such connection's slot (n: none, or more than one)
-    for (nfds_t i = 0, seen = 0; i < n && !g_confined.load(std::memory_order_relaxed); ++i) {
-      const entry* e = map[i].e;
-      if (e != nullptr && e->st.load(std::memory_order_acquire) == state::smc && !e->conn->confined() &&
-          e->conn->path().transport() == smc::rdma::kind::shm) {
-        edge_i = ++seen == 1 ? i : n;
-      }
+    size_t eligible = 0;
+    for (nfds_t i = 0; i < n && !g_confined.load(std::memory_order_relaxed); ++i) {
+      eligible += on_wait_set(map[i].e) ? 1 : 0;
     }
+    const bool use_ws = eligible > 0 && eligible <= max_edge;
+    bool ws_ready = false;     // the wait set watches the wake fd this round
+    uint32_t taken = 0;        // its entries this round's slots use
+    nfds_t slot_of[max_edge];  // their slots
+    bool edge = false;         // any slot on it
     for (nfds_t i = 0; i < n; ++i) {
       slot_map& m = map[i];
       m.rx = m.tx = m.sock = m.dec = -1;
@@ -207,19 +219,28 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       if (s == state::smc) {
         auto& c = *m.e->conn;
         m.one = -1;
+        m.whole = false;
         if (!wf_tried && !c.confined()) {
           wf_tried = true;
           wf = smc::core::thread_wake_fd();
         }
         arm_slot(m, (fds[i].events & in_mask) != 0, (fds[i].events & out_mask) != 0,
-                 c.confined() ? nullptr : wf);
+                 c.confined() ? c.confined_wake() : wf);
         m.edge = false;
-        if (i == edge_i && wf != nullptr) {
+        if (use_ws && wf != nullptr && on_wait_set(m.e)) {
           if (!ws_tried) {
             ws_tried = true;
             ws = smc::core::thread_wait_set();
           }
-          m.edge = ws != nullptr && c.watch_on(*ws, wf->fd());
+          ws_ready = ws_ready || (ws != nullptr && ws->watch_wake(wf->fd()));
+          const int j = ws_ready ? c.watch_among(*ws, taken) : -1;
+          if (j >= 0) {
+            if ((taken & (1u << j)) == 0) {
+              taken |= 1u << j;
+              slot_of[j] = i;  // (the first slot of a connection listed twice)
+            }
+            m.edge = edge = true;
+          }
         }
         if (m.edge) {
           // Its watches were kept from an earlier wait: a rung flag still
@@ -251,18 +272,38 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
           // look at the TCP socket every 100 ms.
           const int first = m.rx >= 0 ? m.rx : (m.tx >= 0 ? m.tx : m.sock);
           // Not the waiter while a doorbell the call does not watch has a
-          // waiter of its own (its level must hold for that one, and would
-          // keep the waiter readable).
+          // waiter of its own (its level must hold for that one), or its
+          // direction ended (it may be shut, readable for good): either
+          // would keep the waiter readable.
           const bool whole = c.waiter_fd() >= 0 && !c.finished() &&
-                             (m.armed_rx || c.path().rx_waiters() == 0) &&
-                             (m.armed_tx || c.path().tx_waiters() == 0);
+                             (m.armed_rx || (c.path().rx_waiters() == 0 && !c.ended(true))) &&
+                             (m.armed_tx || (c.path().tx_waiters() == 0 && !c.ended(false)));
           const pollfd one{whole ? c.waiter_fd() : k[first].fd, POLLIN, 0};
           k.resize(static_cast<size_t>(first));
           m.rx = m.tx = m.sock = -1;
           m.one = static_cast<int>(k.size());
+          m.whole = whole;
           k.push_back(one);
           sliced = sliced || !whole;
+          // Listed with the connection's own wake fd, which its waiter
+          // watches, while the call polls the waiter; off the list while it
+          // polls a doorbell alone (what the look below sees, or the next
+          // slice).
+          const uint32_t dirs = whole ? (m.armed_rx ? smc::core::wait_rx : 0u) |
+                                            (m.armed_tx ? smc::core::wait_tx : 0u)
+                                      : 0u;
+          if (c.confined_wake() != nullptr && m.hook.dirs != dirs) {
+            m.hook.wake = c.confined_wake();
+            c.set_waiter(&m.hook, dirs);
+          }
           m.chan_seen = true;  // a confined wait serves no channel itself
+        }
+        if ((m.armed_rx || m.armed_tx) && m.hook.in == nullptr &&
+            c.path().transport() == smc::rdma::kind::shm) {
+          // Not listed (no wake fd could be had): nothing but the peer
+          // rings its doorbells, so what it changes by itself (an end, a
+          // drain's news) is looked at every 100 ms.
+          sliced = true;
         }
         if (!m.chan_seen && (m.armed_rx || m.armed_tx)) {
           m.chan_seen = true;
@@ -304,18 +345,20 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
     } else if (timeout_ns >= 0) {
       left_ns = std::max<int64_t>(0, deadline - mono_ns());
     }
-    if ((deciding || sliced) && (left_ns < 0 || left_ns > 100000000)) {
+    constexpr int64_t look_ns = int64_t{smc::core::look_every_ms} * 1000000;
+    if ((deciding || sliced) && (left_ns < 0 || left_ns > look_ns)) {
       // Another thread may settle a deciding socket (and consume the bytes
       // that made it readable), a confined connection without a waiter has
-      // its TCP socket looked at: again at least every 100 ms.
-      left_ns = 100000000;
+      // its TCP socket looked at, an unlisted one its state: again at least
+      // every 100 ms.
+      left_ns = look_ns;
     }
     int kn = 0;
-    epoll_event hev[4];
+    constexpr int max_hev = 3 * static_cast<int>(max_edge) + 1;
+    epoll_event hev[max_hev];
     int hn = -2;  // the wait set's events, if they were taken while sleeping
     bool lost = false;
-    // The wake fd, or the wait set that watches it (and the edge slot).
-    const bool edge = edge_i < n && map[edge_i].edge;
+    // The wake fd, or the wait set that watches it (and the edge slots).
     const size_t wi = k.size();
     if (edge) {
       k.push_back({ws->fd(), POLLIN, 0});
@@ -359,7 +402,7 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
         hn = -1;
         errno = ENOSYS;
         if (real.epoll_pwait2 != nullptr && !g_no_pwait2.load(std::memory_order_relaxed)) {
-          hn = real.epoll_pwait2(ws->fd(), hev, 4, left_ns < 0 ? nullptr : &ts, sigmask);
+          hn = real.epoll_pwait2(ws->fd(), hev, max_hev, left_ns < 0 ? nullptr : &ts, sigmask);
           if (hn < 0 && (errno == ENOSYS || errno == EPERM)) {
             g_no_pwait2.store(true, std::memory_order_relaxed);
           }
@@ -368,7 +411,7 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
           const int ms = left_ns < 0 ? -1
                                      : static_cast<int>(std::min<int64_t>((left_ns + 999999) / 1000000,
                                                                           INT_MAX));
-          hn = real.epoll_pwait(ws->fd(), hev, 4, ms, sigmask);
+          hn = real.epoll_pwait(ws->fd(), hev, max_hev, ms, sigmask);
         }
         if (hn < 0 && (errno == EBADF || errno == EINVAL)) {
           lost = true;  // (closed under us: another one next time)
@@ -390,34 +433,44 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       result = -1;
       break;
     }
-    bool edge_rx = false;
-    bool edge_tx = false;
-    bool edge_tcp = false;
+    for (auto& m : map) {
+      m.fired_rx = m.fired_tx = m.fired_tcp = false;
+    }
     if (edge && kn > 0 && k[wi].revents != 0) {
       // What the wait set has (taken, so that it is quiet again).
       if (hn == -2) {
-        hn = real.epoll_wait(ws->fd(), hev, 4, 0);
+        hn = real.epoll_wait(ws->fd(), hev, max_hev, 0);
         lost = hn < 0 && (errno == EBADF || errno == EINVAL);
       }
       if (lost) {
         smc::core::lose_thread_wait_set();  // (closed under us: another one next time)
         ws = nullptr;
         ws_tried = false;
-        edge_rx = edge_tx = edge_tcp = true;  // (look at everything)
+        for (auto& m : map) {
+          m.fired_rx = m.fired_tx = m.fired_tcp = m.edge;  // (look at everything)
+        }
       }
+      using smc::core::wait_set;
       for (int j = 0; j < hn; ++j) {
-        switch (hev[j].data.u64) {
-          case smc::core::wait_set::tag_wake:
-            wf->consume();  // (before the states are looked at below)
+        const uint64_t tag = hev[j].data.u64;
+        if (tag == wait_set::tag_wake) {
+          wf->consume();  // (before the states are looked at below)
+          continue;
+        }
+        const size_t e = wait_set::entry_of(tag);
+        if (e >= max_edge || (taken & (1u << e)) == 0) {
+          continue;  // a watch kept from an earlier call, for another connection
+        }
+        slot_map& m = map[slot_of[e]];
+        switch (wait_set::kind_of(tag)) {
+          case wait_set::tag_rx:
+            m.fired_rx = true;
             break;
-          case smc::core::wait_set::tag_rx:
-            edge_rx = true;
-            break;
-          case smc::core::wait_set::tag_tx:
-            edge_tx = true;
+          case wait_set::tag_tx:
+            m.fired_tx = true;
             break;
           default:
-            edge_tcp = true;
+            m.fired_tcp = true;
             break;
         }
       }
@@ -433,7 +486,7 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
         // Decided meanwhile or not: nothing to report for it this round.
       } else if (s == state::smc) {
         auto& c = *m.e->conn;
-        if ((m.sock >= 0 && k[m.sock].revents != 0) || m.one >= 0 || (m.edge && edge_tcp)) {
+        if ((m.sock >= 0 && k[m.sock].revents != 0) || m.one >= 0 || (m.edge && m.fired_tcp)) {
           c.check_tcp();  // the peer's TCP end closed: it is gone
         }
         fds[i].revents = smc_revents(m.e, fds[i].events);
@@ -441,12 +494,16 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
           // A ring that brought nothing the call waits for is drained (a
           // peer that floods is caught here); one that did stays queued.
           const smc::core::waiter* self = m.hook.in != nullptr ? &m.hook : nullptr;
-          if (edge_rx && m.armed_rx && (fds[i].revents & POLLIN) == 0) {
+          if (m.fired_rx && m.armed_rx && (fds[i].revents & POLLIN) == 0) {
             c.reset_doorbell(true, false, self);
           }
-          if (edge_tx && m.armed_tx && (fds[i].revents & POLLOUT) == 0) {
+          if (m.fired_tx && m.armed_tx && (fds[i].revents & POLLOUT) == 0) {
             c.reset_doorbell(false, false, self);
           }
+          fds[i].revents = smc_revents(m.e, fds[i].events);
+        }
+        if (m.one >= 0 && m.whole && k[m.one].revents != 0 && c.confined_wake() != nullptr) {
+          c.confined_wake()->clear();  // (looked at again just below)
           fds[i].revents = smc_revents(m.e, fds[i].events);
         }
         if (m.one >= 0 && k[m.one].revents != 0 && fds[i].revents == 0) {

@@ -313,6 +313,10 @@ void ep_destroy_set(entry* e);
 /// An epoll set whose kernel readiness another waiter reads (poll() on it):
 /// from now on its readiness is kept true in the kernel (epoll_api.cpp).
 void ep_expose(entry* epe);
+/// The process is confining itself (it will make no new fds): the set
+/// gets its wake fd, and a classic set's SMC registrations their levels,
+/// now, so that its registrations are on their connections' lists.
+void ep_confine(entry* epe);
 /// epoll bookkeeping: an epoll fd was made; `fd` is being added to a set
 /// (EPOLL_CTL_ADD); this process is a forked child.
 void ep_note_created(int epfd);

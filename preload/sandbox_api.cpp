@@ -69,6 +69,8 @@ void confine_process(const char* why) {
       if (s == state::smc && e->conn) {
         ++smc;
         waiters += e->conn->confine() ? 1 : 0;
+      } else if (s == state::epoll) {
+        ep_confine(e);
       }
       fd_put(e);
     }

@@ -171,7 +171,7 @@ constexpr int so_passrights = SO_PASSRIGHTS;
 #endif
 
 void close_untrusted_at(int fd, int depth);
-int drain_untrusted_at(int sock, int max, int depth);
+int drain_untrusted_at(int sock, int max, int depth, bool* empty_seen = nullptr);
 
 // A unix socket a peer can queue on: shut for reading (nothing more can be
 // queued), then emptied, its passed fds closed untrusted.
@@ -180,7 +180,7 @@ void shut_and_drain(int sock, int depth) {
   drain_untrusted_at(sock, 1 << 12, depth);
 }
 
-int drain_untrusted_at(int sock, int max, int depth) {
+int drain_untrusted_at(int sock, int max, int depth, bool* empty_seen) {
   int taken = 0;
   while (taken < max) {
     char data[64];
@@ -194,6 +194,9 @@ int drain_untrusted_at(int sock, int max, int depth) {
     const ssize_t n = sys().recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (n < 0 && errno == EINTR) {
       continue;
+    }
+    if (n == 0 && empty_seen != nullptr) {
+      *empty_seen = true;  // an empty message, or the end of file
     }
     if (n <= 0) {
       break;  // empty, closed, or not a socket to read
@@ -245,9 +248,9 @@ void close_shared_unix(int sock) {
   errno = saved;
 }
 
-int drain_untrusted(int sock, int max) {
+int drain_untrusted(int sock, int max, bool* empty_seen) {
   const int saved = errno;
-  const int n = drain_untrusted_at(sock, max, 0);
+  const int n = drain_untrusted_at(sock, max, 0, empty_seen);
   errno = saved;
   return n;
 }

@@ -126,8 +126,9 @@ void close_untrusted(int fd);
 void close_shared_unix(int sock);
 /// Empties a unix socket's receive queue without blocking; fds that came
 /// with the messages are closed with close_untrusted(). Returns how many
-/// messages it took (at most `max`).
-int drain_untrusted(int sock, int max);
+/// messages it took (at most `max`), up to the first empty one or the end
+/// of file, which sets `*empty_seen` (if given).
+int drain_untrusted(int sock, int max, bool* empty_seen = nullptr);
 
 /// Doorbells are non-blocking eventfds: ring adds one, drain empties it.
 void doorbell_ring(int efd);

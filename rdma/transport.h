@@ -128,9 +128,19 @@ class data_path {
   virtual int queued_tx() { return -1; }
   virtual bool take_rx(int /*n*/) { return drain_rx(); }
   virtual bool take_tx(int /*n*/) { return drain_tx(); }
-  /// Make our own doorbell readable (local state change, e.g. peer gone).
+  /// Make our own doorbell readable once for the waiters that are not on
+  /// the connection's list (core/wake.h): a local change they must see,
+  /// e.g. a ring a drain took from them. A transport whose doorbells only
+  /// the peer rings (shm) does nothing: there, such waiters are in another
+  /// process (which no drain of ours robs: drains are counted) or look by
+  /// themselves every so often (a confined process's).
   virtual void kick_rx() = 0;
   virtual void kick_tx() = 0;
+  /// The direction ended for good (an abort, a shutdown, the peer gone):
+  /// our doorbell readable from now on, for waiters that are not listed
+  /// (another process's, which may watch it edge-triggered).
+  virtual void end_rx() { kick_rx(); }
+  virtual void end_tx() { kick_tx(); }
 
   /// Called while a reader or writer busy-waits: a transport whose peer's
   /// messages need dispatching (SMC-R's receive queue) does it right here

@@ -53,7 +53,7 @@ constexpr size_t max_closing = 256;     // our slots ended here, not released ye
 constexpr int pump_batch = 256;         // messages taken in one look
 constexpr uint32_t pump_every = 8;      // connections between two looks at the link
                                         // when nothing is missing (its drops)
-constexpr int own_fds = 6;              // state page, RMB, two doorbells of two ends
+constexpr int own_fds = 4;              // state page, RMB, two doorbells
 constexpr int peer_fds = 3;             // the peer's RMB and two ringing ends
 
 std::atomic<uint32_t> g_gen{1};

@@ -173,8 +173,9 @@ void bell_ring(int ring, bool confined) {
   ssize_t n;
   if (confined) {
     pollfd p{ring, POLLOUT, 0};
-    if (sys().poll(&p, 1, 0) != 1 || (p.revents & POLLOUT) == 0) {
-      return;  // full (so it rings already), or gone
+    if (sys().poll(&p, 1, 0) != 1 || (p.revents & POLLOUT) == 0 ||
+        (p.revents & (POLLHUP | POLLERR)) != 0) {
+      return;  // full (so it rings already), gone, or shut by its owner (end_rx)
     }
     do {
       n = sys().write(ring, &one, 1);
@@ -190,10 +191,13 @@ void bell_ring(int ring, bool confined) {
 
 // Takes up to `max` (at most max_queued_rings + 1) of a doorbell's oldest
 // rings in one recvmmsg (or, where the doorbell may hold fds,
-// drain_untrusted); how many, -1 if none.
-int bell_recv(int bell, int max) {
+// drain_untrusted); how many, -1 if none. An empty message, or the end of
+// file (a doorbell shut for reading gives one for every message recvmmsg
+// asks for once its rings are taken), is no ring: it sets `not_ring` and
+// ends the take.
+int bell_recv(int bell, int max, bool& not_ring) {
   if (g_bells_take_fds.load(std::memory_order_relaxed)) {
-    const int n = drain_untrusted(bell, max);
+    const int n = drain_untrusted(bell, max, &not_ring);
     return n > 0 ? n : -1;
   }
   mmsghdr m[max_queued_rings + 1];
@@ -209,26 +213,37 @@ int bell_recv(int bell, int max) {
   do {
     n = sys().recvmmsg(bell, m, static_cast<unsigned>(max), MSG_DONTWAIT, nullptr);
   } while (n < 0 && errno == EINTR);
+  for (int i = 0; i < n; ++i) {
+    if (m[i].msg_len == 0) {
+      not_ring = true;
+      return i > 0 ? i : -1;
+    }
+  }
   return n;
 }
 
 // Empties a doorbell; false if it held more rings than a peer that follows
-// the protocol can have put there. (The waiting end's description is ours
-// and our holders' alone, non-blocking from its creation.) One recvmmsg
-// takes every queued ring at once; a confined process, which may be allowed
-// read() only, reads them one by one.
+// the protocol can have put there, or anything that is not a ring (an
+// empty message; the end of file: the doorbell was shut, by us at an end,
+// or by the peer through its end, or the peer's process is gone). (The
+// waiting end's description is ours and our holders' alone, non-blocking
+// from its creation.) One recvmmsg takes every queued ring at once; a
+// confined process, which may be allowed read() only, reads them one by
+// one.
 bool bell_drain(int bell, bool confined) {
   if (!confined || g_bells_take_fds.load(std::memory_order_relaxed)) {
-    return bell_recv(bell, max_queued_rings + 1) <= max_queued_rings;  // (-1: empty)
+    bool not_ring = false;
+    return bell_recv(bell, max_queued_rings + 1, not_ring) <= max_queued_rings &&  // (-1: empty)
+           !not_ring;
   }
   char buf[8];
   for (int i = 0; i < max_queued_rings; ++i) {
     ssize_t n = sys().read(bell, buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      return true;  // empty (EAGAIN), or an error that leaves nothing to read
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      return n < 0;  // empty (EAGAIN), or an error that leaves nothing to read; 0: no ring
     }
   }
   return false;
@@ -241,13 +256,15 @@ int bell_queued(int bell) {
 }
 
 // Takes the `n` oldest rings off a doorbell; false if it held more than a
-// peer that follows the protocol can have put there.
+// peer that follows the protocol can have put there, or what is no ring
+// (bell_recv).
 bool bell_take(int bell, int n) {
   if (n > max_queued_rings) {
     return false;
   }
-  bell_recv(bell, n);
-  return true;
+  bool not_ring = false;
+  bell_recv(bell, n, not_ring);
+  return !not_ring;
 }
 
 class shm_path final : public data_path {
@@ -263,7 +280,9 @@ class shm_path final : public data_path {
                        (mine()->ctl()->rx_rung.load() != 0 ? 1 : 0);
       me_->queued_tx = (drained_tx_.load() ? 0 : me_->queued_tx) + undrained_tx_.load() +
                        (theirs()->ctl()->tx_rung.load() != 0 ? 1 : 0);
-      home_->give_back(std::move(me_), std::move(peer_), !exported_.load());
+      // (A doorbell shut for good serves no later connection.)
+      home_->give_back(std::move(me_), std::move(peer_),
+                       !exported_.load() && !shut_rx_.load() && !shut_tx_.load());
     }
   }
 
@@ -275,8 +294,7 @@ class shm_path final : public data_path {
   bool export_fds(std::vector<int>& out, uint32_t& rx_size, uint32_t& tx_size) const override {
     exported_.store(true);
     out.insert(out.end(), {me_->state->fd(), me_->rmb->fd(), peer_->rmb->fd(), me_->rx_bell,
-                           me_->rx_bell_ring, me_->tx_bell, me_->tx_bell_ring, peer_->rx_ring,
-                           peer_->tx_ring});
+                           me_->tx_bell, peer_->rx_ring, peer_->tx_ring});
     rx_size = me_->rmb->size();
     tx_size = peer_->rmb->size();
     return true;
@@ -375,26 +393,30 @@ class shm_path final : public data_path {
     undrained_tx_.store(1, std::memory_order_relaxed);
     return bell_take(me_->tx_bell, n);
   }
-  // Our own rings go through the same rung flag as the peer's: at most one
-  // ring is queued at a time (more would pile up in the socket's queue:
-  // every epoll_ctl(MOD) of a writable connection rings its tx doorbell, and
-  // a level-triggered EPOLLOUT registration never drains it), so a drain
-  // that finds many can only be a peer's flood. A peer that holds the flag
-  // up keeps our own rings off its connection's doorbells: its loss.
-  void kick_rx() override {
-    if (mine()->ctl()->rx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
-      bell_ring(me_->rx_bell_ring, confined_.load(std::memory_order_relaxed));
-    }
-  }
-  void kick_tx() override {
-    if (theirs()->ctl()->tx_rung.exchange(1, std::memory_order_seq_cst) == 0) {
-      bell_ring(me_->tx_bell_ring, confined_.load(std::memory_order_relaxed));
-    }
-  }
+  // Nothing rings our doorbells but the peer: we keep no ringing end of
+  // our own (each would be an fd per doorbell). This process's waiters are
+  // woken through their wake fds (core::conn's list); a doorbell is made
+  // readable by us only when its direction ends for good (end_rx).
+  void kick_rx() override {}
+  void kick_tx() override {}
+  // Shut for reading: readable (end-of-file after the rings queued) for
+  // every process that watches it, for good, and an edge for edge-triggered
+  // watchers; the peer's rings fail from then on (EPIPE, no signal), which
+  // no longer matters. Not in a confined process, whose filter may not
+  // allow shutdown(): its waiters look every 100 ms instead.
+  void end_rx() override { end_bell(me_->rx_bell, shut_rx_); }
+  void end_tx() override { end_bell(me_->tx_bell, shut_tx_); }
   void confine() override { confined_.store(true); }
 
  private:
   static constexpr uint32_t rearm_drain_every = 8;
+  void end_bell(int bell, std::atomic<bool>& shut) {
+    if (!confined_.load(std::memory_order_relaxed) && !shut.exchange(true)) {
+      const int saved = errno;
+      sys().shutdown(bell, SHUT_RD);
+      errno = saved;
+    }
+  }
   segment* mine() const { return me_->rmb.get(); }
   segment* theirs() const { return peer_->rmb.get(); }
   int rearm(std::atomic<uint32_t>& rung, std::atomic<uint32_t>& undrained, bool rx) {
@@ -417,6 +439,8 @@ class shm_path final : public data_path {
   std::shared_ptr<slot_home> home_;
   mutable std::atomic<bool> exported_{false};
   std::atomic<bool> confined_{false};
+  std::atomic<bool> shut_rx_{false};  // end_rx() shut the doorbell
+  std::atomic<bool> shut_tx_{false};
 };
 
 }  // namespace
@@ -816,6 +840,12 @@ std::unique_ptr<data_path> make_path(local_side&& me, peer_side&& peer) {
 std::unique_ptr<data_path> make_path(std::unique_ptr<local_side> me,
                                      std::unique_ptr<remote_side> peer,
                                      std::shared_ptr<slot_home> home) {
+  // The peer has the ringing ends of our doorbells (the exchange or the
+  // link that made the slot gave them): ours go, nothing but the peer rings.
+  if (me) {
+    close_fd(me->rx_bell_ring);
+    close_fd(me->tx_bell_ring);
+  }
   auto* p = new (std::nothrow) shm_path(std::move(me), std::move(peer), std::move(home));
   if (p == nullptr) {
     if (home) {
@@ -874,9 +904,8 @@ std::unique_ptr<data_path> import_path(const int fds[export_fd_count], uint32_t 
   me->state = std::move(state);
   me->rmb = std::move(mine);
   peer->rmb = std::move(theirs);
-  int* dest[6] = {&me->rx_bell, &me->rx_bell_ring, &me->tx_bell, &me->tx_bell_ring,
-                  &peer->rx_ring, &peer->tx_ring};
-  for (size_t i = 0; i < 6; ++i) {
+  int* dest[4] = {&me->rx_bell, &me->tx_bell, &peer->rx_ring, &peer->tx_ring};
+  for (size_t i = 0; i < 4; ++i) {
     *dest[i] = own[3 + i];
     own[3 + i] = -1;
   }

@@ -7,7 +7,9 @@
 //
 // A doorbell is a SOCK_SEQPACKET socketpair: its owner waits on one end
 // (readable while it is rung) and hands the other, the ringing end, to the
-// peer, keeping a copy to ring it itself. Every ring and every drain names
+// peer, keeping no copy: only the peer rings it (the owner's own waiters
+// are woken through their wake fds, core/wake.h; when a direction ends for
+// good the owner shuts its end for reading). Every ring and every drain names
 // MSG_DONTWAIT, so a file description the peer shares cannot make us block
 // whatever flags it sets on it, and a full queue means only that the bell
 // rings already. (Eventfds, shared the same way, let a peer clear
@@ -112,7 +114,7 @@ struct local_side {
   std::unique_ptr<state_page> state;  // the connection's own state (not exchanged)
   std::unique_ptr<segment> rmb;
   int rx_bell = -1;       // we wait here; rung by the peer when it produced into our RMB
-  int rx_bell_ring = -1;  // its ringing end (the peer gets it; we keep it for our own kicks)
+  int rx_bell_ring = -1;  // its ringing end, until the peer has it (make_path closes ours)
   int tx_bell = -1;       // rung by the peer when it consumed from its RMB
   int tx_bell_ring = -1;
   uint64_t token = 0;  // our nonce (travels in our CLC Accept/Confirm)
@@ -229,10 +231,9 @@ std::unique_ptr<data_path> make_path(std::unique_ptr<local_side> me,
                                      std::shared_ptr<slot_home> home);
 
 /// How many fds data_path::export_fds() gives for an shm connection, in
-/// this order: state page, our RMB, the peer's RMB, our rx doorbell and its
-/// ringing end, our tx doorbell and its ringing end, the ringing ends of the
-/// peer's rx and tx doorbells.
-inline constexpr size_t export_fd_count = 9;
+/// this order: state page, our RMB, the peer's RMB, our rx doorbell, our tx
+/// doorbell, the ringing ends of the peer's rx and tx doorbells.
+inline constexpr size_t export_fd_count = 7;
 /// The data path of a connection another process of ours exported (an
 /// SCM_RIGHTS handoff): the fds as export_fds() ordered them, and the ring
 /// sizes. Takes ownership of every fd (closed on failure: nullptr + errno,

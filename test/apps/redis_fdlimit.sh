@@ -50,6 +50,9 @@ if wait_listen "$PORT" "$SPID"; then
     soft_now=$(awk '/^Max open files/ { print $4 }' "/proc/$rpid/limits")
     APP_RESULT="$N clients held; redis-server: $below fds below $SOFT, $total in all, soft limit $soft_now"
     [ "$below" -le $((N + 40)) ] || note "redis-server holds $below fds below $SOFT for $N clients"
+    # The fd budget so far: the TCP socket and 7 of ours per connection
+    # (docs/ARCHITECTURE.md, "The fd budget").
+    [ "$total" -le $((8 * N + 40)) ] || note "redis-server holds $total fds for $N clients: more than 8 per connection"
     [ "$soft_now" = "$SOFT" ] || note "redis-server's soft RLIMIT_NOFILE is $soft_now, not $SOFT"
     payload $((2 * N * 32 * 1024))
   fi

@@ -1523,7 +1523,7 @@ TEST_CASE("rx doorbell: a ring during the reset is not lost", "[conn][wake][race
     // may be what wakes it.)
     REQUIRE(spin_until([&] { return p.b_ctl->rx_waiters.load() != 0 || hook.fired(); }));
     if (!hook.fired()) {
-      stray_ring(bell_fds(*p.a)[7]);
+      stray_ring(bell_fds(*p.a)[5]);
     }
     CHECK(f2.get().first == "2");
     CHECK(hook.fired());
@@ -1540,9 +1540,8 @@ TEST_CASE("rx doorbell: a ring during the reset is not lost", "[conn][wake][race
 namespace {
 
 // The fds of a connection's doorbells, from its export (shm_transport.h:
-// [3] our rx doorbell, [4] its ringing end, [5] tx, [6] its ringing end,
-// [7] and [8] the ringing ends of the peer's rx and tx doorbells). Owned by
-// the path: not to be closed.
+// [3] our rx doorbell, [4] our tx doorbell, [5] and [6] the ringing ends
+// of the peer's rx and tx doorbells). Owned by the path: not to be closed.
 std::vector<int> bell_fds(conn& c) {
   std::vector<int> fds;
   uint32_t rx = 0;
@@ -1573,46 +1572,54 @@ int fill_bell(int ring) {
 TEST_CASE("a peer that clears O_NONBLOCK on a doorbell it shares and fills it cannot block us",
           "[conn][wake][hostile]") {
   conn_pair p(0);
-  const std::vector<int> a = bell_fds(*p.a);
   // A (the hostile peer) fills its own rx doorbell through its ringing end,
-  // whose description B rings it through too, and makes it blocking.
-  const int rings = fill_bell(a[4]);
+  // whose description B rings it through (B's copy is the test's handle to
+  // it: a hostile A keeps one), and makes it blocking.
+  const std::vector<int> b = bell_fds(*p.b);
+  const int rings = fill_bell(b[5]);
   CHECK(rings > 0);
-  const int fl = ::fcntl(a[4], F_GETFL);
+  const int fl = ::fcntl(b[5], F_GETFL);
   REQUIRE(fl >= 0);
-  REQUIRE(::fcntl(a[4], F_SETFL, fl & ~O_NONBLOCK) == 0);
+  REQUIRE(::fcntl(b[5], F_SETFL, fl & ~O_NONBLOCK) == 0);
   // A declares a waiter with the bell not rung: B's next send rings it.
   p.a_ctl->rx_waiters.store(1);
   p.a_ctl->rx_rung.store(0);
   auto fut = std::async(std::launch::async, [&] { return send_str(*p.b, "hello"); });
   REQUIRE(fut.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
   CHECK(fut.get().n == 5);
-  // And B's own kicks of its doorbells, through ends A shares too.
-  const std::vector<int> b = bell_fds(*p.b);
-  fill_bell(b[4]);
-  const int bfl = ::fcntl(b[4], F_GETFL);
-  REQUIRE(::fcntl(b[4], F_SETFL, bfl & ~O_NONBLOCK) == 0);
-  auto kick = std::async(std::launch::async, [&] { p.b->path().kick_rx(); });
-  REQUIRE(kick.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
   p.a_ctl->rx_waiters.store(0);
 }
 
-// Our own rings do not pile up: every epoll_ctl(MOD) of a writable
-// connection rings its tx doorbell, and a level-triggered EPOLLOUT
-// registration never drains it (redis-benchmark MODs a dozen times per
-// request). Had each ring queued a message, the next drain would have taken
-// them for a peer's flood and reset a healthy connection (it did, in 7 of 8
-// runs of redis-benchmark -c 1).
-TEST_CASE("our own rings between two drains never look like a flood", "[conn][wake]") {
+// Nothing of ours rings our doorbells: the connection keeps no ringing end
+// of its own (the peer holds the only one), and a direction that ends shuts
+// its doorbell for reading instead, for waiters on no list. A shut doorbell
+// reads end-of-file for every drain after its last ring (an empty message
+// each time recvmmsg asks): no flood then (taken for one, they reset a
+// connection whose other direction was still in use).
+TEST_CASE("a doorbell shut at an end is readable for good, and no flood", "[conn][wake]") {
   conn_pair p(0);
-  for (int i = 0; i < 10 * shm::max_queued_rings; ++i) {
-    p.b->path().kick_tx();
-    p.b->path().kick_rx();
+  std::vector<int> own;
+  uint32_t rx = 0;
+  uint32_t tx = 0;
+  REQUIRE(p.b->path().export_fds(own, rx, tx));
+  CHECK(own.size() == 7);  // state page, two RMBs, two doorbells, the peer's two ringing ends
+  pollfd pb{p.b->path().tx_fd(), POLLIN, 0};
+  CHECK(::poll(&pb, 1, 0) == 0);
+  stray_ring(bell_fds(*p.a)[6]);  // the peer rang B's tx doorbell once
+  p.b->path().arm_tx(1);  // a writer elsewhere: on no list of this process's
+  REQUIRE(p.b->shutdown(SHUT_WR) == 0);
+  p.b->path().arm_tx(-1);
+  for (int i = 0; i < 3 * shm::max_queued_rings; ++i) {
+    CHECK((p.b->reset_doorbell(false) & POLLOUT) != 0);
+    p.b->path().drain_tx();
   }
-  CHECK((p.b->reset_doorbell(false) & POLLOUT) != 0);
-  p.b->reset_doorbell(true);
-  REQUIRE(send_str(*p.b, "still up", MSG_DONTWAIT).n == 8);
-  CHECK(recv_str(*p.a, 20, MSG_DONTWAIT) == "still up");
+  CHECK(::poll(&pb, 1, 0) == 1);
+  // The other direction goes on; the peer reads B's end as EOF, no reset.
+  REQUIRE(send_str(*p.a, "and back", MSG_DONTWAIT).n == 8);
+  CHECK(recv_str(*p.b, 20, MSG_DONTWAIT) == "and back");
+  io_result r{};
+  recv_str(*p.a, 20, MSG_DONTWAIT, &r);
+  CHECK(r.n == 0);
 }
 
 // A peer that rings without end costs itself the connection; we only pay
@@ -1621,7 +1628,7 @@ TEST_CASE("a peer that floods a doorbell loses the connection", "[conn][wake][ho
   conn_pair p(0);
   set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
   const std::vector<int> a = bell_fds(*p.a);
-  const int rings = fill_bell(a[7]);  // A rings B's rx doorbell, many times over
+  const int rings = fill_bell(a[5]);  // A rings B's rx doorbell, many times over
   REQUIRE(rings > shm::max_queued_rings);
   const auto t0 = std::chrono::steady_clock::now();
   io_result r{};
@@ -1631,6 +1638,33 @@ TEST_CASE("a peer that floods a doorbell loses the connection", "[conn][wake][ho
   CHECK(elapsed_ms(t0) < 2500);  // at the first wake, not at the receive timeout
   // A reads the reset.
   recv_str(*p.a, 10, MSG_DONTWAIT, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+}
+
+// A doorbell readable with no ring in it (the peer shut its ringing end for
+// writing, which reads as end of file here; or it sent an empty message)
+// would keep every level-triggered watcher awake for good: that costs the
+// peer its connection, as a flood does.
+TEST_CASE("a peer that shuts its ringing end or sends empty messages loses the connection",
+          "[conn][wake][hostile]") {
+  conn_pair p(0);
+  const std::vector<int> a = bell_fds(*p.a);  // A's ringing ends of B's doorbells
+  const bool empty = GENERATE(false, true);
+  INFO((empty ? "an empty message on B's rx doorbell" : "A shuts its end of B's rx doorbell"));
+  if (empty) {
+    REQUIRE(::send(a[5], "", 0, MSG_DONTWAIT | MSG_NOSIGNAL) == 0);
+  } else {
+    REQUIRE(::shutdown(a[5], SHUT_WR) == 0);
+  }
+  pollfd pb{p.b->path().rx_fd(), POLLIN, 0};
+  REQUIRE(::poll(&pb, 1, 0) == 1);
+  p.b->reset_doorbell(true);  // what a watcher that woke does
+  io_result r{};
+  recv_str(*p.b, 10, MSG_DONTWAIT, &r);
+  CHECK(r.n == -1);
+  CHECK(r.err == ECONNRESET);
+  recv_str(*p.a, 10, MSG_DONTWAIT, &r);  // A reads the reset
   CHECK(r.n == -1);
   CHECK(r.err == ECONNRESET);
 }
@@ -1661,7 +1695,7 @@ TEST_CASE("tx doorbell: a ring during the reset is not lost", "[conn][wake][race
     auto f2 = blocked_send();
     REQUIRE(spin_until([&] { return p.b_ctl->tx_waiters.load() != 0 || hook.fired(); }));
     if (!hook.fired()) {
-      stray_ring(bell_fds(*p.b)[8]);
+      stray_ring(bell_fds(*p.b)[6]);
     }
     CHECK(f2.get().first.n == 1);
     CHECK(hook.fired());
@@ -2204,6 +2238,46 @@ TEST_CASE("doorbells ring across processes: a forked child blocked in recv is wo
   CHECK(shared_of(*p.b)->holders.load() == 2);  // the child exited without closing
 }
 
+// Nothing of ours rings our own doorbells (we keep no ringing end): a
+// waiter in another process, which is on no list of ours, learns of an end
+// we made from the doorbell shut for reading, readable for good.
+TEST_CASE("an end reaches a waiter in another process: its doorbell is shut for good",
+          "[conn][shared]") {
+  conn_pair p(0, ring16k, ring16k);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
+  set_sock_timeout(p.b_tcp(), SO_SNDTIMEO, 5000);
+  const bool rx = GENERATE(true, false);
+  INFO((rx ? "a blocked recv, and our SHUT_RD" : "a blocked send, and our SHUT_WR"));
+  if (!rx) {
+    std::vector<uint8_t> fill(ring16k, 'f');
+    REQUIRE(send_bytes(*p.b, fill.data(), ring16k, MSG_DONTWAIT | MSG_NOSIGNAL).n == ring16k);
+  }
+  child_proc child([&]() -> int {
+    const auto t0 = std::chrono::steady_clock::now();
+    io_result r{};
+    if (rx) {
+      recv_str(*p.b, 100, 0, &r);  // blocks: nothing sent
+      if (r.n != 0) {
+        return 1;
+      }
+    } else {
+      r = send_str(*p.b, "x", MSG_NOSIGNAL);  // blocks: A's ring is full
+      if (r.n != -1 || r.err != EPIPE) {
+        return 2;
+      }
+    }
+    return elapsed_ms(t0) < 2500 ? 0 : 3;  // woken, not timed out
+  });
+  auto& waiters = rx ? p.b_ctl->rx_waiters : p.a_ctl->tx_waiters;
+  REQUIRE(spin_until([&] { return waiters.load() != 0; }));
+  REQUIRE(p.b->shutdown(rx ? SHUT_RD : SHUT_WR) == 0);
+  CHECK(child.wait() == 0);
+  pollfd pb{rx ? p.b->path().rx_fd() : p.b->path().tx_fd(), POLLIN, 0};
+  CHECK(::poll(&pb, 1, 0) == 1);  // and stays so
+  CHECK((p.b->reset_doorbell(rx) & (rx ? POLLIN : POLLOUT)) != 0);
+  CHECK(::poll(&pb, 1, 0) == 1);
+}
+
 TEST_CASE("a child that exits without closing still holds it: the peer learns from TCP",
           "[conn][shared]") {
   // A process that ends without closing is never subtracted: the parent's
@@ -2273,7 +2347,7 @@ TEST_CASE("handoff in one process: an imported path attaches to the same connect
   CHECK(rx == 2 * ring16k);  // B's RMB
   CHECK(tx == ring16k);      // A's RMB
   CHECK(own[3] == p.b->path().rx_fd());
-  CHECK(own[5] == p.b->path().tx_fd());
+  CHECK(own[4] == p.b->path().tx_fd());
 
   export_set fds = export_dups(*p.b, rx, tx);
   auto path = shm::import_path(fds.data(), rx, tx);
@@ -2471,8 +2545,7 @@ TEST_CASE("attaching to a state page that holds no connection is not valid", "[c
     REQUIRE(fresh.init(ring16k));
     REQUIRE(other.init(ring16k));
     export_set fds = {::dup(fresh.state->fd()), ::dup(fresh.rmb->fd()), ::dup(other.rmb->fd()),
-                      ::dup(fresh.rx_bell), ::dup(fresh.rx_bell_ring), ::dup(fresh.tx_bell),
-                      ::dup(fresh.tx_bell_ring), ::dup(other.rx_bell_ring),
+                      ::dup(fresh.rx_bell), ::dup(fresh.tx_bell), ::dup(other.rx_bell_ring),
                       ::dup(other.tx_bell_ring)};
     for (int fd : fds) {
       REQUIRE(fd >= 0);
@@ -2762,11 +2835,12 @@ TEST_CASE("confined: one waiter, and blocking calls still wake for data, space, 
   // The waiter watches both doorbells.
   pollfd pw{w, POLLIN, 0};
   CHECK(::poll(&pw, 1, 0) == 0);
-  p.b->path().kick_rx();
+  const std::vector<int> a = bell_fds(*p.a);  // A's ringing ends of B's doorbells
+  stray_ring(a[5]);
   CHECK(::poll(&pw, 1, 0) == 1);
   p.b->path().drain_rx();
   CHECK(::poll(&pw, 1, 0) == 0);
-  p.b->path().kick_tx();
+  stray_ring(a[6]);
   CHECK(::poll(&pw, 1, 0) == 1);
   p.b->path().drain_tx();
   CHECK(::poll(&pw, 1, 0) == 0);
@@ -3036,6 +3110,23 @@ TEST_CASE("a blocked send ends with ECONNRESET when the connection is aborted wh
   }
 }
 
+// The polls a blocked recv on `c` makes until its receive timeout (nothing
+// comes): a wait that sleeps makes a few; one kept awake, thousands.
+namespace {
+long polls_in_timed_out_recv(conn& c) {
+  io_result r{};
+  long polls = 0;
+  {
+    sys_tally tally;
+    recv_str(c, 10, 0, &r);
+    polls = tally.of("poll");
+  }
+  INFO("polls during a blocked recv until its timeout: " << polls);
+  CHECK(r.err == EAGAIN);
+  return polls;
+}
+}  // namespace
+
 // A confined wait polls one waiter for both doorbells. When the doorbell it
 // does not wait on is held readable for another declared waiter (a
 // level-triggered epoll registration: EPOLLOUT on a writable socket,
@@ -3055,18 +3146,9 @@ TEST_CASE("a confined wait sleeps while the other doorbell is held for another w
   }
   SECTION("a recv, while an EPOLLOUT registration holds the tx doorbell") {
     p.b->path().arm_tx(1);  // what the preload's epoll does for EPOLLOUT
-    p.b->path().kick_tx();
+    stray_ring(bell_fds(*p.a)[6]);  // the peer rang it (it consumed)
     REQUIRE((p.b->reset_doorbell(false) & POLLOUT) != 0);  // space: it stays rung
-    io_result r{};
-    long polls = 0;
-    {
-      sys_tally tally;
-      recv_str(*p.b, 10, 0, &r);
-      polls = tally.of("poll");
-    }
-    INFO("polls during a 100 ms blocked recv: " << polls);
-    CHECK(r.err == EAGAIN);
-    CHECK(polls < 10);
+    CHECK(polls_in_timed_out_recv(*p.b) < 10);
     p.b->path().arm_tx(-1);
   }
   SECTION("a send, while an EPOLLIN registration holds the rx doorbell over unread data") {
@@ -3109,6 +3191,30 @@ class no_epoll {
 };
 
 }  // namespace
+
+// The other direction's end may have shut its doorbell for reading (an
+// end with a waiter in another process): readable for good. A confined
+// wait that polled the waiter, which watches both doorbells, would wake at
+// once every time; it polls its own doorbell instead.
+TEST_CASE("a confined wait is not held awake by the other direction's shut doorbell",
+          "[conn][confine]") {
+  conn_pair p(0);
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 100);
+  p.b->path().arm_tx(1);  // a writer elsewhere: on no list of this process's
+  REQUIRE(p.b->shutdown(SHUT_WR) == 0);
+  p.b->path().arm_tx(-1);
+  pollfd pt{p.b->path().tx_fd(), POLLIN, 0};
+  REQUIRE(::poll(&pt, 1, 0) == 1);  // shut for good
+  REQUIRE(p.b->confine());
+  CHECK(polls_in_timed_out_recv(*p.b) < 10);
+  // And it still wakes for data.
+  set_sock_timeout(p.b_tcp(), SO_RCVTIMEO, 5000);
+  auto fut = p.b_recv_timed(100);
+  REQUIRE(send_str(*p.a, "data").n == 4);
+  auto [got, ms] = fut.get();
+  CHECK(got == "data");
+  CHECK(ms < 2500);
+}
 
 TEST_CASE("confined without a waiter: waits poll the doorbell and look at TCP every 100 ms",
           "[conn][confine]") {
