@@ -814,10 +814,13 @@ scenario_epoll_reg() {
 # sandbox that permits plain sockets stays TCP (the server, never seeing a
 # Proposal, counts no_proposal). The sandboxed client cannot write its stats
 # file (open refused, RLIMIT_FSIZE 0): the evidence is the server's stats
-# and the loopback counter.
+# and the loopback counter. epoll: the echo on an epoll set made before the
+# sandbox, then a set made inside it (no fd of ours can be made for it:
+# only its own looks every 100 ms can see what the connection changes by
+# itself) must report another thread's shutdown(SHUT_RD).
 scenario_sandbox() {
   local mode name bytes lo0 lo1 conns spin
-  for name in ppoll blocking blocking_spin newconn; do
+  for name in ppoll blocking blocking_spin newconn epoll; do
     begin "sandbox_$name" || continue
     mode=${name%_spin}
     # blocking_spin: reads that busy-wait first (SMC_SPIN_US above the 20 us
@@ -1038,7 +1041,9 @@ $(head -n 20 "$DIR/diff.txt")"
 # every shared page, waiter counts, rung flags, close flags and cursors
 # flipped, never consuming, closing in the middle of a write, wrong fds in
 # the rendezvous (also on as many connections as the server has handshake
-# threads) and fds sent through the doorbells) must cost only its own
+# threads), fds sent through the doorbells, its ends of the server's
+# doorbells shut (which the server must answer by ending that connection))
+# must cost only its own
 # connections: while it holds, an ordinary client of the same
 # single-threaded server (poll, level-triggered epoll) under the preload is
 # answered within 0.5 s in each of 3 rounds, over SMC; the server ends every
@@ -1048,7 +1053,7 @@ scenario_evil() {
   local loop kind epid conns hold=1500 bad
   for loop in poll epoll; do
     for kind in flood_doorbells ring_storm garbage_pages flip_flags never_consume close_mid_write bad_fds \
-      bad_fds_pool bad_fds_bell bad_fds_bell_tcp bad_fds_bell_linger bad_fds_ring_linger; do
+      bad_fds_pool bad_fds_bell bad_fds_bell_tcp bad_fds_bell_linger bad_fds_ring_linger shut_rings; do
       begin "evil_${loop}_${kind}" || continue
       case $kind in  # the evil peer's connections (smc_evil_peer.cpp, "Kinds")
         flip_flags) conns=4 ;;
@@ -1071,6 +1076,11 @@ scenario_evil() {
             note "the evil peer ended before the probe did (its --hold-ms $hold is too short here)"
           fi
           expect_stat probe connections.smc_shm -ge 3
+          if [ "$kind" = shut_rings ] && [ "$loop" = poll ]; then
+            # poll watches the doorbell level-triggered: it must end that
+            # connection rather than wake for it again and again.
+            expect_line "$DIR/evil.out" "^evil shut_rings: the server ended the connection\$" "evil peer"
+          fi
         else
           note "evil peer never in place ($(grep -v '^$' "$DIR/evil.err" 2>/dev/null | tail -n 1))"
         fi

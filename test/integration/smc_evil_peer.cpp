@@ -77,6 +77,15 @@
 //   bad_fds_ring_linger  queues such a socket on its own doorbell's ringing
 //                        end (which the server holds), closes its copy of that
 //                        end and closes the connection with the SMC close flags
+//   shut_rings           sends an empty message through the server's rx
+//                        doorbell and shuts its ends of both of the server's
+//                        doorbells for writing (the server's ends then read
+//                        end of file: readable for good, with nothing to
+//                        report); says whether the server ended that
+//                        connection within 5 s (its TCP end seen), as a
+//                        level-triggered watcher must rather than be kept
+//                        awake by it (an edge-triggered one woke once, and
+//                        may leave it be)
 //
 // Every role is bounded by an alarm() watchdog (--timeout seconds, default
 // 60). Exit 0 on success; 1 with "smc_evil_peer: FAIL why" on stderr; 2 on
@@ -143,7 +152,8 @@ constexpr int linger_s = 30;
 const char* const kinds[] = {"flood_doorbells",  "ring_storm",          "garbage_pages",
                              "flip_flags",       "never_consume",       "close_mid_write",
                              "bad_fds",          "bad_fds_pool",        "bad_fds_bell",
-                             "bad_fds_bell_tcp", "bad_fds_bell_linger", "bad_fds_ring_linger"};
+                             "bad_fds_bell_tcp", "bad_fds_bell_linger", "bad_fds_ring_linger",
+                             "shut_rings"};
 
 [[noreturn]] void die(const std::string& why) { smc_test::fail(prog, why); }
 
@@ -473,8 +483,7 @@ int fill_queue(int fd, int max) {
 
 void kind_flood(evil_conn& c, background& bg, const std::string& kind) {
   // Every doorbell socket we share with the server: the ringing ends of its
-  // doorbells (its own kicks go through the very same file descriptions) and
-  // the ringing ends of ours (it rings us through them).
+  // doorbells and the ringing ends of ours (it rings us through them).
   int blocking = 0;
   for (int fd : {c.srv_rx_ring, c.srv_tx_ring, c.me->rx_bell_ring, c.me->tx_bell_ring}) {
     blocking += set_blocking(fd) ? 1 : 0;
@@ -991,6 +1000,25 @@ void kind_bell_linger(evil_conn& c, const std::string& kind) {
       kind.c_str(), sent);
 }
 
+void kind_shut_rings(evil_conn& c, const std::string& kind) {
+  if (::send(c.srv_rx_ring, "", 0, MSG_DONTWAIT | MSG_NOSIGNAL) != 0) {
+    die(err_text("evil: an empty message on the server's rx doorbell"));
+  }
+  if (::shutdown(c.srv_rx_ring, SHUT_WR) != 0 || ::shutdown(c.srv_tx_ring, SHUT_WR) != 0) {
+    die(err_text("evil: shutdown of the server's ringing ends"));
+  }
+  // The server watches its rx doorbell while it waits to read.
+  pollfd p{c.tcp, POLLIN | POLLRDHUP, 0};
+  const int n = ::poll(&p, 1, evil_io_ms);
+  char b;
+  const ssize_t r = n == 1 ? ::recv(c.tcp, &b, 1, MSG_DONTWAIT) : -2;
+  if (r == 0 || (r == -1 && errno == ECONNRESET)) {
+    say("evil %s: the server ended the connection", kind.c_str());
+  } else {
+    say("evil %s: the connection stays", kind.c_str());
+  }
+}
+
 void kind_ring_linger(evil_conn& c, const std::string& kind) {
   if (!echo_check(c, 256, 0x1198, 2000)) {
     say("evil %s: no echo before (carrying on)", kind.c_str());
@@ -1051,6 +1079,8 @@ int evil(const options& o) {
     kind_bell_tcp(c, kind);
   } else if (kind == "bad_fds_bell_linger") {
     kind_bell_linger(c, kind);
+  } else if (kind == "shut_rings") {
+    kind_shut_rings(c, kind);
   } else {
     kind_ring_linger(c, kind);
   }

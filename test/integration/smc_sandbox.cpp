@@ -7,7 +7,7 @@
 //       A plain echo server: a blocking thread per connection echoes until
 //       EOF, then closes. Exits 0 ("ok served N") after N connections ended.
 //   smc_sandbox client --addr A --port P [--bytes B[K|M|G]]
-//                      [--mode ppoll|blocking|newconn] [--trap]
+//                      [--mode ppoll|blocking|newconn|epoll] [--trap]
 //       ppoll (default): connects (blocking), makes a first 64-byte round
 //         trip, sets the socket O_NONBLOCK, then sandboxes like sshd:
 //         RLIMIT_NOFILE 1, RLIMIT_FSIZE 0, PR_SET_NO_NEW_PRIVS and a seccomp
@@ -22,6 +22,13 @@
 //         fcntl, get/setsockopt, recvfrom, sendto, getpeername,
 //         getsockname), then connects and echoes B bytes (default 1 MiB)
 //         with send()/recv() and blocking read()/write().
+//       epoll: the ppoll echo with epoll_wait() on a set made before the
+//         sandbox (RLIMIT_NOFILE 16, the filter allowing epoll_create1,
+//         epoll_ctl, epoll_wait and epoll_pwait too); then a set made
+//         inside the sandbox (the library can make no fd for it any more)
+//         sleeps while another thread, started before the sandbox, shuts
+//         the socket down for reading: the set must report it (EPOLLIN,
+//         then read() gives EOF), then shutdown(SHUT_WR) and EOF.
 //       --trap: the filter traps (SIGSYS handler naming the system call)
 //         instead of killing, to find out which call it was.
 //
@@ -50,6 +57,7 @@
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -61,6 +69,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <fstream>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -108,7 +117,7 @@ void put(int fd, const std::string& s) {
   std::fprintf(stderr,
                "smc_sandbox: %s\n"
                "usage: smc_sandbox server [--addr A] [--port P] [--portfile F] --count N\n"
-               "       smc_sandbox client --addr A --port P [--bytes B] [--mode ppoll|blocking|newconn] "
+               "       smc_sandbox client --addr A --port P [--bytes B] [--mode ppoll|blocking|newconn|epoll] "
                "[--trap]\n",
                why.c_str());
   std::exit(2);
@@ -165,7 +174,7 @@ constexpr uint32_t audit_arch = AUDIT_ARCH_AARCH64;
 
 bool g_trap = false;
 
-std::vector<long> allowed_calls(bool sockets) {
+std::vector<long> allowed_calls(bool sockets, bool epoll) {
   std::vector<long> v = {
       SYS_read, SYS_write, SYS_ppoll, SYS_pselect6, SYS_close, SYS_futex, SYS_getpid, SYS_gettid,
       SYS_clock_gettime, SYS_clock_nanosleep, SYS_nanosleep, SYS_brk, SYS_mmap, SYS_munmap,
@@ -179,6 +188,11 @@ std::vector<long> allowed_calls(bool sockets) {
       SYS_select,
 #endif
   };
+  if (epoll) {
+    for (long nr : {SYS_epoll_create1, SYS_epoll_ctl, SYS_epoll_wait, SYS_epoll_pwait}) {
+      v.push_back(nr);
+    }
+  }
   if (sockets) {
     for (long nr : {SYS_socket, SYS_connect, SYS_fcntl, SYS_getsockopt, SYS_setsockopt,
                     SYS_recvfrom, SYS_sendto, SYS_getpeername, SYS_getsockname}) {
@@ -224,7 +238,7 @@ void on_sigsys(int, siginfo_t* si, void*) {
 }
 
 // sshd's order: the limits, no new privileges, the filter.
-void sandbox(rlim_t nofile, bool fsize0, bool sockets) {
+void sandbox(rlim_t nofile, bool fsize0, bool sockets, bool epoll = false) {
   const uint32_t deny = g_trap ? SECCOMP_RET_TRAP : SECCOMP_RET_KILL_PROCESS;
   std::vector<sock_filter> f;
   f.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)));
@@ -239,7 +253,7 @@ void sandbox(rlim_t nofile, bool fsize0, bool sockets) {
     f.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(nr), 0, 1));
     f.push_back(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EACCES & SECCOMP_RET_DATA)));
   }
-  for (long nr : allowed_calls(sockets)) {
+  for (long nr : allowed_calls(sockets, epoll)) {
     f.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(nr), 0, 1));
     f.push_back(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
   }
@@ -342,9 +356,41 @@ short wait_for(int fd, short events, const char* what) {
   }
 }
 
+// epoll_wait() on `ep` (which holds fd) for `events` (poll bits, which
+// are epoll's too); dies after io_timeout_s.
+short wait_epoll(int ep, int fd, short events, const char* what) {
+  epoll_event want{};
+  want.events = static_cast<uint32_t>(events);
+  want.data.fd = fd;
+  if (::epoll_ctl(ep, EPOLL_CTL_MOD, fd, &want) != 0) {
+    die_errno(std::string(what) + ": epoll_ctl(MOD)");
+  }
+  for (;;) {
+    epoll_event got{};
+    int n = ::epoll_wait(ep, &got, 1, io_timeout_s * 1000);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      die_errno(std::string(what) + ": epoll_wait");
+    }
+    if (n == 0) {
+      die(std::string(what) + ": nothing happened for " + std::to_string(io_timeout_s) + " s");
+    }
+    if (got.data.fd != fd) {
+      die(std::string(what) + ": epoll_wait reported data " + std::to_string(got.data.fd));
+    }
+    return static_cast<short>(got.events & 0xffff);
+  }
+}
+
 // Non-blocking socket: sends while it has bytes and the socket takes them,
-// reads whatever came back, verifies it.
-void echo_ppoll(int fd, uint64_t total) {
+// reads whatever came back, verifies it; waits with ppoll(), or on the
+// epoll set `ep`. With `finish`, then shutdown(SHUT_WR) and EOF.
+void echo_ppoll(int fd, uint64_t total, int ep = -1, bool finish = true) {
+  auto wait_for = [&](int f, short events, const char* what) {
+    return ep >= 0 ? wait_epoll(ep, f, events, what) : ::wait_for(f, events, what);
+  };
   std::vector<char> out(piece), in(piece);
   uint64_t sent = 0;
   uint64_t got = 0;
@@ -386,6 +432,9 @@ void echo_ppoll(int fd, uint64_t total) {
         die_errno("echo: read at " + std::to_string(got));
       }
     }
+  }
+  if (!finish) {
+    return;
   }
   if (::shutdown(fd, SHUT_WR) != 0) {
     die_errno("shutdown(SHUT_WR)");
@@ -465,6 +514,52 @@ void echo_blocking(int fd, uint64_t total) {
   }
 }
 
+// Whether thread `tid` of this process is blocked in an epoll wait (what
+// /proc/self/task/TID/syscall names while it is in one).
+bool in_epoll_wait(pid_t tid) {
+  std::ifstream f("/proc/self/task/" + std::to_string(tid) + "/syscall");
+  long nr = -1;
+  if (!(f >> nr)) {
+    return false;  // "running"
+  }
+  return nr == SYS_epoll_wait || nr == SYS_epoll_pwait
+#ifdef SYS_epoll_pwait2
+         || nr == SYS_epoll_pwait2
+#endif
+      ;
+}
+
+// The epoll mode's end: a set made inside the sandbox, where the library
+// can make no fd for it (no wake fd: nothing of ours wakes it), sleeps;
+// `go` lets the thread that shuts the socket down for reading run once
+// it is asleep. The set must report it.
+void end_on_new_set(int fd, int go) {
+  const int ep = ::epoll_create1(EPOLL_CLOEXEC);
+  if (ep < 0) {
+    die_errno("epoll_create1 inside the sandbox");
+  }
+  epoll_event want{};
+  want.events = EPOLLIN | EPOLLRDHUP;
+  want.data.fd = fd;
+  if (::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &want) != 0) {
+    die_errno("epoll_ctl(ADD) inside the sandbox");
+  }
+  if (::write(go, "g", 1) != 1) {
+    die_errno("write to the shutting thread");
+  }
+  const short re = wait_epoll(ep, fd, EPOLLIN | EPOLLRDHUP, "the end, on a set made in the sandbox");
+  if ((re & POLLIN) == 0) {
+    die("the set made in the sandbox reported " + std::to_string(re) + ", not EPOLLIN");
+  }
+  char b;
+  ssize_t r = ::read(fd, &b, 1);
+  if (r != 0) {
+    die(r > 0 ? std::string("a byte after shutdown(SHUT_RD)")
+              : "read after shutdown(SHUT_RD): " + std::string(std::strerror(errno)));
+  }
+  ::close(ep);
+}
+
 int dial(const smc_test::endpoint_options& o) {
   std::string error;
   int fd = smc_test::dial(o.addr, o.port, error);
@@ -496,17 +591,52 @@ int dial(const smc_test::endpoint_options& o) {
       set_timeouts(fd);
     }
     hello(fd);
-    if (mode == "ppoll") {
+    if (mode == "ppoll" || mode == "epoll") {
       int fl = ::fcntl(fd, F_GETFL);
       if (fl < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) {
         die_errno("fcntl(O_NONBLOCK)");
       }
     }
-    sandbox(1, true, false);
-    if (mode == "ppoll") {
-      echo_ppoll(fd, bytes);
+    if (mode == "epoll") {
+      const int ep = ::epoll_create1(EPOLL_CLOEXEC);
+      epoll_event want{};
+      want.events = EPOLLIN;
+      want.data.fd = fd;
+      if (ep < 0 || ::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &want) != 0) {
+        die_errno("epoll set before the sandbox");
+      }
+      int go[2];
+      if (::pipe2(go, O_CLOEXEC) != 0) {
+        die_errno("pipe2");
+      }
+      const pid_t main_tid = static_cast<pid_t>(::syscall(SYS_gettid));
+      // Started before the sandbox (the filter is the main thread's).
+      std::thread shutter([fd, main_tid, rd = go[0]] {
+        char c;
+        if (::read(rd, &c, 1) != 1) {
+          die_errno("read from the main thread");
+        }
+        while (!in_epoll_wait(main_tid)) {
+          std::this_thread::yield();
+        }
+        if (::shutdown(fd, SHUT_RD) != 0) {
+          die_errno("shutdown(SHUT_RD)");
+        }
+      });
+      shutter.detach();
+      sandbox(16, true, false, true);
+      echo_ppoll(fd, bytes, ep, false);
+      end_on_new_set(fd, go[1]);
+      if (::shutdown(fd, SHUT_WR) != 0) {
+        die_errno("shutdown(SHUT_WR)");
+      }
     } else {
-      echo_blocking(fd, bytes);
+      sandbox(1, true, false);
+      if (mode == "ppoll") {
+        echo_ppoll(fd, bytes);
+      } else {
+        echo_blocking(fd, bytes);
+      }
     }
   }
   if (::close(fd) != 0) {
@@ -613,8 +743,8 @@ int main(int argc, char** argv) {
       bytes_given = true;
     } else if (args.name() == "--mode" && !server) {
       mode = args.value();
-      if (mode != "ppoll" && mode != "blocking" && mode != "newconn") {
-        usage("--mode must be ppoll, blocking or newconn");
+      if (mode != "ppoll" && mode != "blocking" && mode != "newconn" && mode != "epoll") {
+        usage("--mode must be ppoll, blocking, newconn or epoll");
       }
     } else if (args.name() == "--trap" && !server) {
       g_trap = true;
