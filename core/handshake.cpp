@@ -12,6 +12,7 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -378,6 +379,10 @@ hs_outcome client_shm_link(int fd, const clc::accept_confirm_d& acc, const hs_pa
     auto l = lend.l;
     auto peer = l->take_peer(acc.token, static_cast<uint32_t>(rest), rmb_code_to_size(acc.dmbe_size_code));
     if (!peer) {
+      const std::string dead = l->why_dead();
+      SMC_LOG(warn, "fd %d: the server's slot %u on link %08x cannot be had (%s%s%s)", fd,
+              static_cast<unsigned>(rest), l->id(), std::strerror(errno),
+              dead.empty() ? "" : "; the link: ", dead.c_str());
       return broken(reason::rendezvous_failed);
     }
     lend.l.reset();
@@ -596,6 +601,9 @@ hs_outcome link_confirm(hs_step& s, int fd, std::span<const uint8_t> reply, cons
     peer = l->take_peer(s.token, slot_of(conf.gid_ext), rmb_code_to_size(conf.dmbe_size_code));
   }
   if (!peer) {
+    const std::string dead = l->why_dead();
+    SMC_LOG(warn, "fd %d: the client's answer names no slot of link %08x we can have (%s)", fd,
+            l->id(), dead.empty() ? "the link lives" : dead.c_str());
     l->discard(std::move(me), nullptr);
     return broken(reason::clc_malformed);  // the client believes it is SMC; we cannot follow
   }

@@ -84,6 +84,8 @@ void refund(int n) { g_idle_fds.fetch_sub(n, std::memory_order_relaxed); }
 struct link::state {
   std::mutex mu;
   int fd = -1;  // -1 once dead
+  const char* why = nullptr;  // what ended it, and the errno then
+  int why_errno = 0;
   uint32_t next_slot = 2;
   std::vector<std::unique_ptr<local_side>> free;     // released by the peer (charged)
   std::deque<std::unique_ptr<local_side>> closing;   // ended here, not released yet (charged)
@@ -105,14 +107,16 @@ struct link::state {
     }
     link_msg m{msg_magic, kind, token, slot, size};
     if (!send_with_fds(fd, &m, sizeof m, fds, nfds)) {
-      kill();  // the peer is gone, or reads nothing any more
+      kill("a message to the peer failed", errno);  // gone, or reads nothing any more
       return false;
     }
     return true;
   }
 
-  void kill() {
+  void kill(const char* cause, int err = 0) {
     if (fd >= 0) {
+      why = cause;
+      why_errno = err;
       close_shared_unix(fd);
       fd = -1;
     }
@@ -231,6 +235,9 @@ struct link::state {
     }
   }
 
+  // A well-formed announcement of a new slot (whose take may still fail).
+  static bool is_announcement(const link_msg& m) { return m.magic == msg_magic && m.kind == m_new_slot; }
+
   // Takes what the peer sent so far. False when the link is (now) dead.
   bool pump() {
     for (int i = 0; i < pump_batch && fd >= 0; ++i) {
@@ -262,11 +269,16 @@ struct link::state {
             ok = false;
         }
       }
+      const int err = n < 0 ? errno : 0;
       for (int f : fds) {
         close_untrusted(f);
       }
       if (!ok) {  // gone (0 bytes: end of file), failed, or broke the protocol
-        kill();
+        const char* cause = n == 0                ? "the peer hung up"
+                            : n < 0               ? "reading the link failed"
+                            : is_announcement(m) ? "the peer announced a slot we cannot take"
+                                                  : "the peer broke the link protocol";
+        kill(cause, err);
         return false;
       }
     }
@@ -281,7 +293,7 @@ link::link(int sock, uint32_t id)
   st_->peer_lent.insert(1);
 }
 
-link::~link() { st_->kill(); }
+link::~link() { st_->kill("ended"); }
 
 bool link::alive() {
   std::lock_guard<std::mutex> g(st_->mu);
@@ -290,7 +302,19 @@ bool link::alive() {
 
 void link::retire() {
   std::lock_guard<std::mutex> g(st_->mu);
-  st_->kill();
+  st_->kill("retired");
+}
+
+std::string link::why_dead() const {
+  std::lock_guard<std::mutex> g(st_->mu);
+  if (st_->fd >= 0) {
+    return gen_ == g_gen.load(std::memory_order_relaxed) ? "" : "a fork retired it";
+  }
+  std::string w = st_->why != nullptr ? st_->why : "ended";
+  if (st_->why_errno != 0) {
+    w += std::string(": ") + std::strerror(st_->why_errno);
+  }
+  return w;
 }
 
 int link::fd_for_poll() const {
@@ -349,6 +373,10 @@ std::unique_ptr<local_side> link::take_own(uint32_t rmb_size) {
   if (!s.send(m_new_slot, 0, me->slot, rmb_size, fds, 3)) {
     errno = ENOTCONN;
     return nullptr;
+  }
+  // The peer has the ringing ends now; nothing else rings our doorbells.
+  for (int* ring : {&me->rx_bell_ring, &me->tx_bell_ring}) {
+    sys().close(std::exchange(*ring, -1));
   }
   s.own_lent.insert(me->slot);
   return me;

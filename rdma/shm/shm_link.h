@@ -27,6 +27,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "rdma/shm/shm_transport.h"
 
@@ -94,6 +95,9 @@ class link final : public slot_home {
 
   /// False once the peer went away, broke the protocol, or a fork retired it.
   bool alive();
+  /// Why the link ended ("" while it lives): for the log line of a
+  /// connection it fails.
+  std::string why_dead() const;
   /// Ends the link (nothing of it is reused any more).
   void retire();
   int fd_for_poll() const;

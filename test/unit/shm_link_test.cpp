@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "rdma/shm/shm_link.h"
@@ -272,6 +273,7 @@ TEST_CASE("whatever breaks the link protocol ends that link and closes what it b
     auto half = l->take_peer(42, 5, ring);
     CHECK(half);
     CHECK(l->alive());
+    CHECK(l->why_dead().empty());
     l->discard(nullptr, std::move(half));
     ::close(peer);
     return;
@@ -311,6 +313,10 @@ TEST_CASE("whatever breaks the link protocol ends that link and closes what it b
   REQUIRE(smc::rdma::send_with_fds(peer, &m, len, fds.data(), fds.size()));
   CHECK(l->take_peer(7, 99, ring) == nullptr);  // a slot it does not know: it looks
   CHECK_FALSE(l->alive());
+  // What ended it is there for the log line of the connection it fails.
+  const std::string why = l->why_dead();
+  CHECK((why == "the peer broke the link protocol" ||
+         why == "the peer announced a slot we cannot take"));
   CHECK(l->take_own(ring) == nullptr);
   // Every fd that came with the message is closed: with our own write end
   // closed too, the pipe reads as ended.
@@ -327,6 +333,14 @@ TEST_CASE("a link whose peer went away lends nothing") {
   REQUIRE(seqpacket_pair(sv) == 0);
   auto l = std::make_shared<shm::link>(sv[0], 1);
   ::close(sv[1]);
-  CHECK(l->take_own(ring) == nullptr);
-  CHECK_FALSE(l->alive());
+  SECTION("found announcing a slot") {
+    CHECK(l->take_own(ring) == nullptr);
+    CHECK_FALSE(l->alive());
+    CHECK(l->why_dead() == std::string("a message to the peer failed: ") + std::strerror(EPIPE));
+  }
+  SECTION("found looking for the peer's slot") {
+    CHECK(l->take_peer(7, 99, ring) == nullptr);
+    CHECK_FALSE(l->alive());
+    CHECK(l->why_dead() == "the peer hung up");
+  }
 }
