@@ -16,6 +16,7 @@
 # Every process runs under $SMC_RUN (scripts/smc_run unless SMC_RUN is set,
 # e.g. to a stub that only execs, to see the checks fail) with SMC_PEERS
 # pointing at the namespace's loopback address and its own SMC_STATS_FILE.
+# A passing app's $DIR is removed unless APPS_KEEP is set.
 set -u
 
 APPS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -77,11 +78,13 @@ app_begin() {
 }
 
 # The environment every process gets: nothing SMC_* leaks in from the caller
-# or /etc; SMC_PRELOAD_LIB and SMC_LOG_* pass through.
+# or /etc; SMC_PRELOAD_LIB and SMC_LOG_* pass through. Without SMC_LOG_LEVEL
+# from the caller, warnings go to $DIR/smc.log, shown when the app fails.
 app_env() {
-  local role=$1
+  local role=$1 logs=()
+  [ -n "${SMC_LOG_LEVEL:-}" ] || logs=(SMC_LOG_LEVEL=warn "SMC_LOG_FILE=$DIR/smc.log")
   echo env -u SMC_ENABLE -u SMC_TRANSPORT -u SMC_RMB_SIZE -u SMC_DEVICES -u SMC_SPIN_US \
-    SMC_CONFIG= SMC_PEERS=127.0.0.1 "SMC_STATS_FILE=$DIR/stats.$role.%p.json"
+    SMC_CONFIG= SMC_PEERS=127.0.0.1 "SMC_STATS_FILE=$DIR/stats.$role.%p.json" "${logs[@]}"
 }
 
 # app_launch LOG ROLE cmd...: background, stdout/stderr to $DIR/LOG.{out,err}; sets PID.
@@ -342,9 +345,13 @@ app_finish() {
   smc_tx=$(( $(sum_stat server bytes.smc_tx) + $(sum_stat client bytes.smc_tx) ))
   if [ -z "$WHY" ]; then
     echo "PASS $APP: ${APP_RESULT:-ok}; ${LO_LINE:-}; smc_tx=$smc_tx"
-    rm -rf "$DIR"
+    [ -n "${APPS_KEEP:-}" ] || rm -rf "$DIR"
     return 0
   fi
   echo "FAIL $APP: $WHY (logs: $DIR)${APP_RESULT:+ [results: $APP_RESULT]}"
+  if [ -s "$DIR/smc.log" ]; then
+    echo "  the library's warnings (the last 20 of $(wc -l <"$DIR/smc.log")):"
+    tail -n 20 "$DIR/smc.log" | sed 's/^/    /'
+  fi
   return 1
 }
