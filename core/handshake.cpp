@@ -436,7 +436,7 @@ hs_outcome client_shm_link(int fd, const clc::accept_confirm_d& acc, const hs_pa
 enum class peeked {
   partial,  // nothing yet, or a prefix of such a message (`prefix` says which)
   whole,    // all of it: its bytes in buf, its header in h
-  eof,      // the peer closed first
+  eof,      // the peer closed (or reset) first
   other,    // bytes that are not such a message
 };
 peeked peek_message(int fd, uint8_t (&buf)[clc::max_msg_len], clc::header& h,
@@ -445,8 +445,8 @@ peeked peek_message(int fd, uint8_t (&buf)[clc::max_msg_len], clc::header& h,
   // One look takes what a whole message can be (the bytes after it stay
   // where they are, unread).
   ssize_t n = sys().recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
-  if (n == 0) {
-    return peeked::eof;
+  if (n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE))) {
+    return peeked::eof;  // closed, or reset
   }
   if (n < 0) {
     return (errno == EAGAIN || errno == EINTR) ? peeked::partial : peeked::other;
@@ -721,6 +721,8 @@ step_result client_answer(hs_step& s, int fd, const hs_params& p, bool may_block
       }
       return step_result::done;
     case peeked::eof:
+      out = fallback(reason::peer_closed);  // the application reads the end as on TCP
+      return step_result::done;
     case peeked::other:
       out = fallback(reason::no_clc_reply);  // application bytes: leave them for the app
       return step_result::done;
@@ -1097,6 +1099,9 @@ step_result server_confirm(hs_step& s, int fd, hs_outcome& out) {
       out = broken(reason::clc_timeout);
       return step_result::done;
     case peeked::eof:
+      s.l->discard(std::move(s.me), nullptr);
+      out = broken(reason::peer_closed);  // what it had sent is nobody's any more
+      return step_result::done;
     case peeked::other:
       s.l->discard(std::move(s.me), nullptr);
       out = broken(reason::clc_malformed);  // the client believes it is SMC; we cannot follow

@@ -23,6 +23,7 @@ const char* to_name(reason r) {
     case reason::internal: return "internal";
     case reason::busy: return "busy";
     case reason::no_fds: return "no_fds";
+    case reason::peer_closed: return "peer_closed";
     case reason::count_: break;
   }
   return "unknown";

@@ -26,6 +26,7 @@ enum class reason : uint8_t {
   internal,             // anything else
   busy,                 // server: too many handshakes in flight; declined at once
   no_fds,               // no fd number left that is not the application's (rdma::place_fd)
+  peer_closed,          // the peer closed the TCP connection before the handshake ended
   count_,
 };
 

@@ -106,7 +106,12 @@ void apply(entry* e, int fd, core::hs_outcome&& o) {
   if (o.broken) {
     // Both ends can no longer agree on the stream: reset it rather than
     // deliver corrupt data.
-    SMC_LOG(warn, "fd %d: handshake broke the stream (%s); resetting", fd, core::to_name(o.why));
+    // (A peer that closed meanwhile is no fault: it reads nothing more.)
+    if (o.why == core::reason::peer_closed) {
+      SMC_LOG(info, "fd %d: the peer closed during the handshake; resetting", fd);
+    } else {
+      SMC_LOG(warn, "fd %d: handshake broke the stream (%s); resetting", fd, core::to_name(o.why));
+    }
     linger lg{1, 0};
     real.setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     real.shutdown(fd, SHUT_RDWR);

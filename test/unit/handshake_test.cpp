@@ -1042,6 +1042,32 @@ TEST_CASE("a client step outlives its deadline: clc_timeout, its Decline after i
   CHECK(stream_empty(t.s));
 }
 
+TEST_CASE("a client step finds the server closed: peer_closed, a fallback that reads the end",
+          "[handshake][step]") {
+  tcp_pair t;
+  hs_params p;
+  hs_outcome co;
+  auto cs = smc::core::client_propose(t.c, p, co);
+  REQUIRE(cs);
+  CHECK(smc::core::hs_advance(*cs, t.c, p, false, co) == step_result::wait);
+  SECTION("with a FIN, after it read the Proposal") {
+    size_t len = 0;
+    REQUIRE(smc::core::peek_clc(t.s, smc::core::mask_proposal, len) == start_kind::match);
+    REQUIRE(smc::core::discard_clc(t.s, len));
+    t.close_s();
+    REQUIRE(smc::core::hs_advance(*cs, t.c, p, false, co) == step_result::done);
+    char c;
+    CHECK(::recv(t.c, &c, 1, MSG_DONTWAIT) == 0);  // the application reads the end, as on TCP
+  }
+  SECTION("with a reset (the Proposal unread)") {
+    t.close_s();
+    REQUIRE(smc::core::hs_advance(*cs, t.c, p, false, co) == step_result::done);
+  }
+  CHECK(co.why == reason::peer_closed);
+  CHECK_FALSE(co.broken);
+  CHECK_FALSE(co.path);
+}
+
 TEST_CASE("after a link's Accept the server takes a Decline, and breaks on anything else",
           "[handshake][step]") {
   hs_params p;
@@ -1074,7 +1100,7 @@ TEST_CASE("after a link's Accept the server takes a Decline, and breaks on anyth
   }
   SECTION("the client closes: broken") {
     t.close_c();
-    want = reason::clc_malformed;
+    want = reason::peer_closed;
     broken = true;
   }
   SECTION("nothing until the deadline: broken") {
