@@ -1105,7 +1105,18 @@ void conn::flooded(bool rx) {
   if (ended(rx) || (check_tcp() && ended(rx))) {
     return;
   }
-  SMC_LOG(warn, "fd %d: the peer floods or shut the connection's %s doorbell", tcp_fd_,
+  if (path_->bell_hung_up(rx)) {
+    // The peer's processes let go of the ringing end: they ended, their
+    // TCP end still on its way (a process's fds close one by one), or
+    // they threw the connection away. Either way the peer is gone, as a
+    // TCP end without its SMC close would say: EOF, or a reset if it left
+    // data of ours unread.
+    SMC_LOG(info, "fd %d: the peer let go of the connection's %s doorbell: it is gone", tcp_fd_,
+            rx ? "rx" : "tx");
+    peer_gone(false);
+    return;
+  }
+  SMC_LOG(warn, "fd %d: the peer floods the connection's %s doorbell, or sent no ring", tcp_fd_,
           rx ? "rx" : "tx");
   abort_locally(ECONNRESET);
 }
@@ -1470,15 +1481,22 @@ bool conn::check_tcp() {
       return false;
     }
   }
-  // The TCP connection ended. Without the peer's SMC close flags its process
-  // died: a reset if it left data of ours unread (as TCP would send RST), else EOF.
-  bool orderly = (pf & peer_eof_flags) != 0;
-  bool unread_by_peer = curs_unpack(path_->peer_cons()) != curs_unpack(sh_->tx_prod.load());
-  sh_->gone_reset.store(n < 0 || (!orderly && unread_by_peer) || (pf & cdc::conn_abnormal) != 0);
-  sh_->gone.store(true, std::memory_order_release);
+  // The TCP connection ended.
+  peer_gone(n < 0);
   SMC_LOG(debug, "fd %d: peer TCP closed (%s)", tcp_fd_, sh_->gone_reset.load() ? "reset" : "eof");
-  kick(true, true);
   return true;
+}
+
+void conn::peer_gone(bool reset) {
+  path_->sync_rx();  // the peer's SMC close flags may still be on their way
+  const uint8_t pf = path_->peer_conn_flags();
+  // Without the peer's SMC close flags its process died: a reset if it left
+  // data of ours unread (as TCP would send RST), else EOF.
+  const bool orderly = (pf & peer_eof_flags) != 0;
+  const bool unread_by_peer = curs_unpack(path_->peer_cons()) != curs_unpack(sh_->tx_prod.load());
+  sh_->gone_reset.store(reset || (!orderly && unread_by_peer) || (pf & cdc::conn_abnormal) != 0);
+  sh_->gone.store(true, std::memory_order_release);
+  kick(true, true);
 }
 
 }  // namespace smc::core

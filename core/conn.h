@@ -306,6 +306,9 @@ class conn {
   /// readable. A level-triggered watch of that doorbell for the other
   /// direction's sake would wake at once, every time.
   bool ended(bool rx) const;
+  /// The peer is gone without (all of) its SMC close: EOF, or a reset when
+  /// `reset`, its close was abnormal, or it left data of ours unread.
+  void peer_gone(bool reset);
 
  private:
   // Validated view of the peer's cursors; on a violation the connection

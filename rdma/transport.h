@@ -141,6 +141,10 @@ class data_path {
   /// (another process's, which may watch it edge-triggered).
   virtual void end_rx() { kick_rx(); }
   virtual void end_tx() { kick_tx(); }
+  /// Our doorbell's other end is closed: every holder of it in the peer's
+  /// processes let it go (the peer is gone, or threw it away). Asked only
+  /// after a drain found no ring where one was due.
+  virtual bool bell_hung_up(bool /*rx*/) { return false; }
 
   /// Called while a reader or writer busy-waits: a transport whose peer's
   /// messages need dispatching (SMC-R's receive queue) does it right here

@@ -7,6 +7,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -406,6 +407,15 @@ class shm_path final : public data_path {
   // allow shutdown(): its waiters look every 100 ms instead.
   void end_rx() override { end_bell(me_->rx_bell, shut_rx_); }
   void end_tx() override { end_bell(me_->tx_bell, shut_tx_); }
+  // A socket pair's end reads POLLHUP once the other end is closed; our
+  // own shutdown(SHUT_RD) above does not make it.
+  bool bell_hung_up(bool rx) override {
+    const int saved = errno;
+    pollfd p{rx ? me_->rx_bell : me_->tx_bell, POLLIN, 0};
+    const bool hup = sys().poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) != 0;
+    errno = saved;
+    return hup;
+  }
   void confine() override { confined_.store(true); }
 
  private:

@@ -1669,6 +1669,40 @@ TEST_CASE("a peer that shuts its ringing end or sends empty messages loses the c
   CHECK(r.err == ECONNRESET);
 }
 
+// A peer's process that ends closes its fds one by one: the ringing ends of
+// our doorbells may go before its TCP socket does. That is the peer gone,
+// as its TCP end would say: EOF, or a reset if it left data of ours unread.
+TEST_CASE("a peer whose ringing ends close before its TCP end is gone, not a flood",
+          "[conn][gone]") {
+  conn_pair p(0);
+  const std::vector<int> a = bell_fds(*p.a);  // A's ringing ends of B's doorbells
+  io_result want{0, 0};
+  SECTION("everything of ours read: EOF") {
+    REQUIRE(send_str(*p.b, "seen").n == 4);
+    REQUIRE(recv_str(*p.a, 10, MSG_DONTWAIT) == "seen");
+  }
+  SECTION("data of ours unread: a reset") {
+    REQUIRE(send_str(*p.b, "never read").n == 10);
+    want = {-1, ECONNRESET};
+  }
+  // The ends close (another socket takes their numbers, which A's path
+  // closes later).
+  for (int ring : {a[5], a[6]}) {
+    const int other = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    REQUIRE(other >= 0);
+    REQUIRE(::dup3(other, ring, O_CLOEXEC) == ring);
+    ::close(other);
+  }
+  pollfd pb{p.b->path().rx_fd(), POLLIN, 0};
+  REQUIRE(::poll(&pb, 1, 0) == 1);
+  CHECK((pb.revents & POLLHUP) != 0);
+  p.b->reset_doorbell(true);  // what a watcher that woke does
+  io_result r{};
+  recv_str(*p.b, 10, MSG_DONTWAIT, &r);
+  CHECK(r.n == want.n);
+  CHECK(r.err == want.err);
+}
+
 TEST_CASE("tx doorbell: a ring during the reset is not lost", "[conn][wake][race]") {
   conn_pair p(0);
   set_sock_timeout(p.a_tcp(), SO_SNDTIMEO, 5000);
