@@ -465,8 +465,8 @@ bool conn::watch_on(wait_set& ws, int wake) {
   return ws.watch(bells_name(), path_->rx_fd(), path_->tx_fd(), serial_, tcp_fd_, wake);
 }
 
-int conn::watch_among(wait_set& ws, uint32_t taken) {
-  return ws.watch_any(bells_name(), path_->rx_fd(), path_->tx_fd(), serial_, tcp_fd_, taken);
+int conn::watch_among(wait_set& ws, bool& again) {
+  return ws.watch_any(bells_name(), path_->rx_fd(), path_->tx_fd(), serial_, tcp_fd_, again);
 }
 
 uint64_t conn::bells_name() const {

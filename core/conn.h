@@ -284,9 +284,9 @@ class conn {
   /// set (edge-triggered, core/wake.h), with the thread's wake fd `wake`;
   /// false if it cannot (the caller waits another way).
   bool watch_on(wait_set& ws, int wake);
-  /// The same as one of several connections (a poll() call): the entry of
-  /// the set that watches it (wait_set::watch_any), -1 if none.
-  int watch_among(wait_set& ws, uint32_t taken);
+  /// The same as one of several connections (a poll() call's round): the
+  /// entry of the set that watches it (wait_set::watch_any), -1 if none.
+  int watch_among(wait_set& ws, bool& again);
   rdma::data_path& path() { return *path_; }
   int tcp_fd() const { return tcp_fd_; }
   /// Checks the TCP socket without blocking: EOF/RST without the peer's SMC

@@ -3,6 +3,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <new>
 
@@ -87,7 +88,9 @@ wake_fd* thread_wake_fd() { return t_wake.get(); }
 
 const wake_fd* own_wake_fd() { return t_wake.w; }
 
-wait_set::wait_set() : ep_(rdma::place_fd(rdma::sys().epoll_create1(EPOLL_CLOEXEC))) {}
+wait_set::wait_set(size_t limit)
+    : ep_(rdma::place_fd(rdma::sys().epoll_create1(EPOLL_CLOEXEC))),
+      limit_(std::clamp<size_t>(limit, 1, max_entries)) {}
 
 wait_set::~wait_set() {
   if (ep_ >= 0) {
@@ -95,14 +98,9 @@ wait_set::~wait_set() {
   }
 }
 
-wait_set::entry* wait_set::other_entry(int fd, size_t j) {
-  for (size_t k = 0; k < max_entries; ++k) {
-    entry& o = e_[k];
-    if (k != j && (o.rx == fd || o.tx == fd || o.tcp == fd)) {
-      return &o;  // (the only one: see entry)
-    }
-  }
-  return nullptr;
+int wait_set::recorder(int fd) const {
+  auto it = by_fd_.find(fd);
+  return it == by_fd_.end() ? -1 : static_cast<int>(it->second);
 }
 
 bool wait_set::add_or_mod(int fd, uint64_t data, uint32_t events) {
@@ -116,19 +114,36 @@ bool wait_set::add_or_mod(int fd, uint64_t data, uint32_t events) {
   return errno == EEXIST && rdma::sys().epoll_ctl(ep_, EPOLL_CTL_MOD, fd, &ev) == 0;
 }
 
+void wait_set::forget_serial(size_t j) {
+  auto it = by_serial_.find(e_[j].serial);
+  if (it != by_serial_.end() && it->second == j) {
+    by_serial_.erase(it);
+  }
+  e_[j].serial = 0;
+}
+
 bool wait_set::put(size_t j, int fd, uint64_t kind, uint32_t events) {
   // Another entry that recorded this number forgets it (and what it
   // watched): the watch is j's from now on.
-  if (entry* o = other_entry(fd, j)) {
-    if (o->tcp == fd) {
-      o->tcp = -1;
-      o->serial = 0;
+  const int k = recorder(fd);
+  if (k >= 0 && static_cast<size_t>(k) != j) {
+    entry& o = e_[static_cast<size_t>(k)];
+    if (o.tcp == fd) {
+      o.tcp = -1;
+      forget_serial(static_cast<size_t>(k));
     } else {
-      (o->rx == fd ? o->rx : o->tx) = -1;
-      o->bells = 0;
+      (o.rx == fd ? o.rx : o.tx) = -1;
+      o.bells = 0;
     }
   }
-  return add_or_mod(fd, tag_of(j, kind), events);
+  if (!add_or_mod(fd, tag_of(j, kind), events)) {
+    if (k >= 0) {
+      by_fd_.erase(fd);  // (nobody watches it now)
+    }
+    return false;
+  }
+  by_fd_[fd] = static_cast<uint32_t>(j);
+  return true;
 }
 
 void wait_set::drop(size_t j, int& fd) {
@@ -138,67 +153,110 @@ void wait_set::drop(size_t j, int& fd) {
   if (fd < 0) {
     return;
   }
-  if (other_entry(fd, j) == nullptr) {
+  const int k = recorder(fd);
+  if (k < 0 || static_cast<size_t>(k) == j) {
+    by_fd_.erase(fd);
     (void)rdma::sys().epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
   }
   fd = -1;
 }
 
 bool wait_set::watch_entry(size_t j, uint64_t bells, int rx, int tx, uint64_t serial, int tcp) {
-  entry& e = e_[j];
-  const bool same_bells = bells != 0 && bells == e.bells && rx == e.rx && tx == e.tx;
-  const bool same_tcp = serial == e.serial && tcp == e.tcp;
-  if (!same_bells) {
-    drop(j, e.rx);
-    drop(j, e.tx);
-    e.bells = 0;
-  }
-  if (!same_tcp) {
-    drop(j, e.tcp);
-    e.serial = 0;
-  }
-  // Every number not kept was dropped above, before any is added: one that
-  // changed hands since (the last connection's TCP socket closed, its
-  // number reused by this one's) is added afresh.
-  if (!same_bells) {
-    if (!put(j, rx, tag_rx, EPOLLIN | EPOLLET) || !put(j, tx, tag_tx, EPOLLIN | EPOLLET)) {
-      e.rx = rx;
-      e.tx = tx;
+  try {
+    entry& e = e_[j];
+    const bool same_bells = bells != 0 && bells == e.bells && rx == e.rx && tx == e.tx;
+    const bool same_tcp = serial == e.serial && tcp == e.tcp;
+    if (!same_bells) {
       drop(j, e.rx);
       drop(j, e.tx);
-      return false;
+      e.bells = 0;
     }
-    e.rx = rx;
-    e.tx = tx;
-    e.bells = bells;
-  }
-  if (!same_tcp) {
-    if (!put(j, tcp, tag_tcp, EPOLLIN | EPOLLRDHUP | EPOLLET)) {
-      return false;
+    if (!same_tcp) {
+      drop(j, e.tcp);
+      forget_serial(j);
     }
-    e.tcp = tcp;
-    e.serial = serial;
+    // Every number not kept was dropped above, before any is added: one that
+    // changed hands since (the last connection's TCP socket closed, its
+    // number reused by this one's) is added afresh.
+    if (!same_bells) {
+      if (!put(j, rx, tag_rx, EPOLLIN | EPOLLET) || !put(j, tx, tag_tx, EPOLLIN | EPOLLET)) {
+        e.rx = rx;
+        e.tx = tx;
+        drop(j, e.rx);
+        drop(j, e.tx);
+        return false;
+      }
+      e.rx = rx;
+      e.tx = tx;
+      e.bells = bells;
+    }
+    if (!same_tcp) {
+      if (!put(j, tcp, tag_tcp, EPOLLIN | EPOLLRDHUP | EPOLLET)) {
+        return false;
+      }
+      e.tcp = tcp;
+      e.serial = serial;
+      by_serial_[serial] = static_cast<uint32_t>(j);
+    }
+    return true;
+  } catch (...) {
+    return false;  // (out of memory for a table entry: the caller waits another way)
   }
-  return true;
 }
 
-int wait_set::watch_any(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, uint32_t taken) {
-  int free = -1;
-  for (size_t j = 0; j < max_entries; ++j) {
+bool wait_set::watch(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, int wake) {
+  if (e_.empty()) {
+    try {
+      e_.emplace_back();
+    } catch (...) {
+      return false;
+    }
+  }
+  return watch_entry(0, bells, rx, tx, serial, tcp) && watch_wake(wake);
+}
+
+int wait_set::watch_any(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, bool& again) {
+  again = false;
+  size_t j = e_.size();
+  auto it = by_serial_.find(serial);
+  if (it != by_serial_.end()) {
+    j = it->second;
     const entry& e = e_[j];
-    if (bells != 0 && e.bells == bells && e.rx == rx && e.tx == tx && e.serial == serial &&
-        e.tcp == tcp) {
+    if (bells != 0 && e.bells == bells && e.rx == rx && e.tx == tx && e.tcp == tcp) {
+      again = e.round == round_;
+      e_[j].round = round_;
       return static_cast<int>(j);  // watched already (by an earlier call, or this one's)
     }
-    if ((taken & (1u << j)) == 0 &&
-        (free < 0 || (e.rx < 0 && e.tcp < 0 && e_[static_cast<size_t>(free)].rx >= 0))) {
-      free = static_cast<int>(j);  // (an empty entry rather than one in use)
+    if (e.round == round_) {
+      j = e_.size();  // (taken by another connection of this round)
     }
   }
-  if (free < 0 || !watch_entry(static_cast<size_t>(free), bells, rx, tx, serial, tcp)) {
+  if (j == e_.size()) {
+    if (e_.size() < limit_) {
+      try {
+        e_.emplace_back();
+      } catch (...) {
+        return -1;
+      }
+    } else {
+      // Every entry in use: one that no connection of this round took
+      // (round robin), its watches given over.
+      size_t n = 0;
+      for (; n < e_.size() && e_[evict_].round == round_; ++n) {
+        evict_ = (evict_ + 1) % e_.size();
+      }
+      if (n == e_.size()) {
+        return -1;
+      }
+      j = evict_;
+      evict_ = (evict_ + 1) % e_.size();
+    }
+  }
+  if (!watch_entry(j, bells, rx, tx, serial, tcp)) {
     return -1;
   }
-  return free;
+  e_[j].round = round_;
+  return static_cast<int>(j);
 }
 
 bool wait_set::watch_wake(int wake) {

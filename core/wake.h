@@ -17,7 +17,10 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <unordered_map>
+#include <vector>
 
 namespace smc::core {
 
@@ -95,8 +98,9 @@ struct waiter {
 /// A thread's wait set: the epoll instance its blocked calls on same-host
 /// connections and its poll() calls on such connections sleep on. It
 /// watches, edge-triggered, the doorbells and TCP sockets of the
-/// connections the thread last waited for (up to max_entries, kept from
-/// one wait to the next), and the thread's wake_fd (level-triggered).
+/// connections the thread last waited for (an entry each, up to
+/// max_entries, kept from one wait to the next), and the thread's wake_fd
+/// (level-triggered).
 /// Edge-triggered, a ring already queued wakes nobody again, so a waiter
 /// never drains a doorbell to sleep (a level-triggered poll() of it had
 /// to, and a drain may take a ring that others wait for).
@@ -109,14 +113,15 @@ class wait_set {
   static constexpr uint64_t tag_tx = 2;
   static constexpr uint64_t tag_tcp = 3;
   static constexpr uint64_t tag_wake = 4;
-  static constexpr size_t max_entries = 16;
+  static constexpr size_t max_entries = 1024;
   static constexpr uint64_t tag_of(size_t entry, uint64_t kind) {
     return (uint64_t{entry} << 3) | kind;
   }
   static constexpr size_t entry_of(uint64_t tag) { return static_cast<size_t>(tag >> 3); }
   static constexpr uint64_t kind_of(uint64_t tag) { return tag & 7; }
   /// Makes the epoll instance (placed as the library's fds are); check ok().
-  wait_set();
+  /// `limit`: entries at most (max_entries; fewer in tests).
+  explicit wait_set(size_t limit = max_entries);
   ~wait_set();
   wait_set(const wait_set&) = delete;
   wait_set& operator=(const wait_set&) = delete;
@@ -128,14 +133,19 @@ class wait_set {
   /// their connection), the TCP socket `tcp` of connection `serial`, and
   /// the wake_fd `wake`, as entry 0. False if a watch cannot be put in
   /// place: then the caller waits another way.
-  bool watch(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, int wake) {
-    return watch_entry(0, bells, rx, tx, serial, tcp) && watch_wake(wake);
-  }
-  /// The same for several connections at once (a poll() call): the entry
-  /// that watches this connection already, else one not in `taken` (a bit
-  /// per entry), which it joins; -1 if none is left or a watch cannot be
-  /// put in place.
-  int watch_any(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, uint32_t taken);
+  bool watch(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, int wake);
+  /// The same for several connections at once (a poll() call), each
+  /// call of it one round: begin_round(), then watch_any() for each
+  /// connection, which returns the entry that watches it already, else
+  /// one no connection of this round has taken (a new one while there are
+  /// fewer than max_entries), which it joins; -1 if none is left or a watch
+  /// cannot be put in place. `again`: this round had taken it already (the
+  /// connection is listed twice).
+  void begin_round() { ++round_; }
+  int watch_any(uint64_t bells, int rx, int tx, uint64_t serial, int tcp, bool& again);
+  /// Entry j watches a connection of this round (what woke the wait is
+  /// then for that connection; else a watch kept from an earlier round).
+  bool taken(size_t j) const { return j < e_.size() && e_[j].round == round_; }
   bool watch_wake(int wake);
   /// In a forked child: the instance is the parent's too; forget it (not closed).
   void forget() { ep_ = -1; }
@@ -152,16 +162,27 @@ class wait_set {
     int rx = -1;
     int tx = -1;
     int tcp = -1;
+    uint64_t round = 0;  // the poll() round that took it last
   };
   bool watch_entry(size_t j, uint64_t bells, int rx, int tx, uint64_t serial, int tcp);
-  // The entry other than j that records fd, or null.
-  entry* other_entry(int fd, size_t j);
+  // The entry that records fd (by_fd_), or -1.
+  int recorder(int fd) const;
   // Watches fd with `data` (or changes its watch to it).
   bool add_or_mod(int fd, uint64_t data, uint32_t events);
   bool put(size_t j, int fd, uint64_t kind, uint32_t events);
   void drop(size_t j, int& fd);
+  // Entry j no longer watches the TCP socket of connection `serial`.
+  void forget_serial(size_t j);
   int ep_ = -1;
-  entry e_[max_entries];
+  std::vector<entry> e_;  // (entry 0 is also a blocked call's)
+  // Which entry records an fd number, and which watches a connection's
+  // TCP socket (by its serial): a poll() call on many connections finds
+  // its entries without looking at each.
+  std::unordered_map<int, uint32_t> by_fd_;
+  std::unordered_map<uint64_t, uint32_t> by_serial_;
+  uint64_t round_ = 1;
+  size_t limit_;
+  size_t evict_ = 0;  // where the next look for an entry to take over starts
   int wake_ = -1;
 };
 

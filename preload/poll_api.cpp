@@ -151,6 +151,19 @@ int from_memory(pollfd* fds, nfds_t n, const std::vector<slot_map>& map, int64_t
   return ready;
 }
 
+// A table of `n` entries, made once per thread; false if there is no
+// memory for it (nothing thrown: a wait in progress has waiters listed).
+bool slot_table(std::vector<nfds_t>& t, size_t n) noexcept {
+  try {
+    if (t.size() < n) {
+      t.resize(n);
+    }
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
 // The core loop. timeout_ns < 0 = infinite.
 int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask) {
   std::vector<slot_map> map(n);
@@ -180,13 +193,17 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
   smc::core::wake_fd* wf = nullptr;
   bool wf_tried = g_confined.load(std::memory_order_relaxed);
   // A call on same-host connections (up to wait_set::max_entries, and any
-  // kernel fds) sleeps on the thread's wait set (core/wake.h) for them:
+  // kernel fds) sleeps on the thread's wait set (core/wake.h) for them,
+  // an entry of it for each:
   // their doorbells are watched edge-triggered there, so a ring that woke
   // an earlier wait, still queued, wakes this one no more (nor has to be
   // drained for it to sleep).
   smc::core::wait_set* ws = nullptr;
   bool ws_tried = false;
   constexpr size_t max_edge = smc::core::wait_set::max_entries;
+  // The slot of each entry of this round (its first, for a connection
+  // listed twice).
+  static thread_local std::vector<nfds_t> slot_of;
   // (Not a confined connection's, which may not make the calls.)
   auto on_wait_set = [](const entry* e) {
     return e != nullptr && e->st.load(std::memory_order_acquire) == state::smc &&
@@ -203,10 +220,11 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       eligible += on_wait_set(map[i].e) ? 1 : 0;
     }
     const bool use_ws = eligible > 0 && eligible <= max_edge;
-    bool ws_ready = false;     // the wait set watches the wake fd this round
-    uint32_t taken = 0;        // its entries this round's slots use
-    nfds_t slot_of[max_edge];  // their slots
-    bool edge = false;         // any slot on it
+    bool ws_ready = false;  // the wait set watches the wake fd this round
+    bool edge = false;      // any slot on it
+    if (ws != nullptr) {
+      ws->begin_round();
+    }
     for (nfds_t i = 0; i < n; ++i) {
       slot_map& m = map[i];
       m.rx = m.tx = m.sock = m.dec = -1;
@@ -231,13 +249,19 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
           if (!ws_tried) {
             ws_tried = true;
             ws = smc::core::thread_wait_set();
+            if (ws != nullptr) {
+              ws->begin_round();
+            }
           }
-          ws_ready = ws_ready || (ws != nullptr && ws->watch_wake(wf->fd()));
-          const int j = ws_ready ? c.watch_among(*ws, taken) : -1;
+          if (!ws_ready && ws != nullptr && slot_table(slot_of, max_edge) &&
+              ws->watch_wake(wf->fd())) {
+            ws_ready = true;
+          }
+          bool listed_twice = false;
+          const int j = ws_ready ? c.watch_among(*ws, listed_twice) : -1;
           if (j >= 0) {
-            if ((taken & (1u << j)) == 0) {
-              taken |= 1u << j;
-              slot_of[j] = i;  // (the first slot of a connection listed twice)
+            if (!listed_twice) {
+              slot_of[static_cast<size_t>(j)] = i;
             }
             m.edge = edge = true;
           }
@@ -354,7 +378,8 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       left_ns = look_ns;
     }
     int kn = 0;
-    constexpr int max_hev = 3 * static_cast<int>(max_edge) + 1;
+    // (What does not fit stays with the wait set for the next look.)
+    constexpr int max_hev = 3 * 64 + 1;
     epoll_event hev[max_hev];
     int hn = -2;  // the wait set's events, if they were taken while sleeping
     bool lost = false;
@@ -458,7 +483,7 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
           continue;
         }
         const size_t e = wait_set::entry_of(tag);
-        if (e >= max_edge || (taken & (1u << e)) == 0) {
+        if (ws == nullptr || !ws->taken(e)) {
           continue;  // a watch kept from an earlier call, for another connection
         }
         slot_map& m = map[slot_of[e]];

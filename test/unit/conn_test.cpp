@@ -43,6 +43,7 @@
 #include <future>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -2797,6 +2798,92 @@ TEST_CASE("a blocked recv's next wait is not woken by the ring its last one woke
 // closefrom() or close_range() in the application can close the thread's
 // wait set under it: the next blocked call makes another and carries on,
 // and the connection is not ended for a wait that could not be made.
+// A poll() call on many same-host connections: an entry of the thread's
+// wait set for each (not only the first 16), kept from one call to the
+// next, and what rings names the connection's entry.
+TEST_CASE("a wait set watches as many connections as a poll() call has, up to its limit",
+          "[wake]") {
+  using smc::core::wait_set;
+  wait_set ws;
+  REQUIRE(ws.ok());
+  constexpr size_t n = 40;
+  struct fake {
+    int bell[2];  // rx doorbell: [0] watched, [1] rings
+    int txb[2];
+    int tcp[2];
+  };
+  std::vector<fake> c(n);
+  for (auto& f : c) {
+    REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, f.bell) == 0);
+    REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, f.txb) == 0);
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, f.tcp) == 0);
+  }
+  auto round = [&](size_t from, size_t to, std::vector<int>& got) {
+    ws.begin_round();
+    got.clear();
+    for (size_t i = from; i < to; ++i) {
+      bool twice = false;
+      got.push_back(ws.watch_any(1000 + i, c[i].bell[0], c[i].txb[0], 5000 + i, c[i].tcp[0], twice));
+      CHECK_FALSE(twice);
+    }
+  };
+  std::vector<int> first;
+  round(0, n, first);
+  std::set<int> distinct(first.begin(), first.end());
+  CHECK(distinct.size() == n);
+  CHECK(distinct.count(-1) == 0);
+  for (int j : first) {
+    CHECK(ws.taken(static_cast<size_t>(j)));
+  }
+  // The same connections again: the same entries (their watches kept).
+  std::vector<int> second;
+  round(0, n, second);
+  CHECK(second == first);
+  // A connection listed twice in one round gets its entry once more.
+  bool twice = false;
+  CHECK(ws.watch_any(1000 + 7, c[7].bell[0], c[7].txb[0], 5000 + 7, c[7].tcp[0], twice) == first[7]);
+  CHECK(twice);
+  // A ring on connection 33's rx doorbell wakes the set with its entry.
+  const char one = 1;
+  REQUIRE(::send(c[33].bell[1], &one, 1, MSG_DONTWAIT) == 1);
+  epoll_event ev[8];
+  const int k = ::epoll_wait(ws.fd(), ev, 8, 0);
+  REQUIRE(k == 1);
+  CHECK(wait_set::entry_of(ev[0].data.u64) == static_cast<size_t>(first[33]));
+  CHECK(wait_set::kind_of(ev[0].data.u64) == wait_set::tag_rx);
+  // A round of other connections takes entries over only when it needs
+  // them: a round of the first 10 leaves the others' entries untaken.
+  std::vector<int> few;
+  round(0, 10, few);
+  CHECK(few == std::vector<int>(first.begin(), first.begin() + 10));
+  CHECK_FALSE(ws.taken(static_cast<size_t>(first[20])));
+  // At its limit, a set gives a new connection the entry of one this round
+  // did not take, and a round that needs more than the limit gets -1.
+  wait_set small(8);
+  REQUIRE(small.ok());
+  small.begin_round();
+  for (size_t i = 0; i < 8; ++i) {
+    CHECK(small.watch_any(1000 + i, c[i].bell[0], c[i].txb[0], 5000 + i, c[i].tcp[0], twice) ==
+          static_cast<int>(i));
+  }
+  CHECK(small.watch_any(1008, c[8].bell[0], c[8].txb[0], 5008, c[8].tcp[0], twice) == -1);
+  small.begin_round();
+  const int j9 = small.watch_any(1009, c[9].bell[0], c[9].txb[0], 5009, c[9].tcp[0], twice);
+  REQUIRE(j9 >= 0);
+  REQUIRE(::send(c[9].bell[1], &one, 1, MSG_DONTWAIT) == 1);
+  REQUIRE(::epoll_wait(small.fd(), ev, 8, 0) == 1);
+  CHECK(wait_set::entry_of(ev[0].data.u64) == static_cast<size_t>(j9));
+  // The connection whose entry it took is watched no more.
+  const int old = static_cast<int>(j9);  // (entries 0-7 were connections 0-7)
+  REQUIRE(::send(c[static_cast<size_t>(old)].bell[1], &one, 1, MSG_DONTWAIT) == 1);
+  CHECK(::epoll_wait(small.fd(), ev, 8, 0) == 0);
+  for (auto& f : c) {
+    for (int fd : {f.bell[0], f.bell[1], f.txb[0], f.txb[1], f.tcp[0], f.tcp[1]}) {
+      ::close(fd);
+    }
+  }
+}
+
 TEST_CASE("a blocked recv whose thread's wait set was closed under it makes another",
           "[conn][wake]") {
   conn_pair p(0);
