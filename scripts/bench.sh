@@ -22,9 +22,11 @@
 #   syscalls     strace counts: redis-server (attached) and redis-benchmark per GET,
 #                the connrr client per connection (also with the library
 #                loaded but disabled, and enabled without -p: fallback),
-#                redis-server fds per idle connection (BENCH_IDLE connections)
+#                redis-server fds per idle connection (BENCH_IDLE connections),
+#                a python poll() echo server's waits on BENCH_POLL_CONNS
+#                connections, each woken by one byte (per wait)
 # Environment: BENCH_ROUNDS (5), BENCH_WORKLOADS (instead of arguments),
-#   BENCH_IDLE (1000).
+#   BENCH_IDLE (1000), BENCH_POLL_CONNS (40).
 set -u
 root="$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)"
 build="$root/build"
@@ -37,6 +39,7 @@ all_workloads="pingpong stream redis1 redis50 nginx_ka nginx_close connrr sockpe
 workloads=${*:-${BENCH_WORKLOADS:-$all_workloads}}
 rounds=${BENCH_ROUNDS:-5}
 idle_conns=${BENCH_IDLE:-1000}
+poll_conns=${BENCH_POLL_CONNS:-40}
 bench="$build/smc_bench"
 smc_run="$root/scripts/smc_run"
 python=$(command -v /usr/bin/python3 || command -v python3)
@@ -624,13 +627,88 @@ for s in socks:
 EOF
 }
 
+write_poll_py() {
+  cat >"$tmp/pollecho.py" <<'EOF'
+# pollecho.py server PORTFILE N: a poll() echo server (select.poll: the
+#   listener and every connection in one set), until its N connections end.
+# pollecho.py client PORT N WAITS: N connections, then WAITS times one byte
+#   on the next one (round robin), its echo read, 2 ms apart.
+import os, select, socket, sys, time
+if sys.argv[1] == "server":
+    n = int(sys.argv[3])
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(128)
+    with open(sys.argv[2] + ".tmp", "w") as f:
+        f.write("%d\n" % s.getsockname()[1])
+    os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+    p = select.poll()
+    p.register(s, select.POLLIN)
+    conns, seen = {}, 0
+    while seen < n or conns:
+        for fd, ev in p.poll():
+            if fd == s.fileno():
+                c, _ = s.accept()
+                conns[c.fileno()] = c
+                p.register(c, select.POLLIN)
+                seen += 1
+                continue
+            c = conns[fd]
+            d = c.recv(4096)
+            if not d:
+                p.unregister(c)
+                c.close()
+                del conns[fd]
+                continue
+            c.sendall(d)
+else:
+    port, n, waits = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    cs = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    for i in range(waits):
+        c = cs[i % n]
+        c.sendall(b"x")
+        if c.recv(10) != b"x":
+            sys.exit("wrong echo")
+        time.sleep(0.002)
+    for c in cs:
+        c.close()
+EOF
+}
+
+# The poll() echo server, traced: (calls for 400 waits - calls for 200) / 200.
+sys_pollwait() {
+  local mode=$1 k tag i port
+  for k in 200 400; do
+    tag="sys.poll$k.$mode"
+    rm -f "$tmp/pport"
+    strace_env "$mode" "$tmp/stats/$tag.server"
+    "${NS[@]}" timeout -k 5 300 strace -f -c -o "$tmp/$tag.strace" "${SE[@]}" \
+      "$python" "$tmp/pollecho.py" server "$tmp/pport" "$poll_conns" >"$tmp/log/$tag.server" 2>&1 &
+    BG=$!
+    for ((i = 0; i < 200; i++)); do [ -s "$tmp/pport" ] && break; sleep 0.05; done
+    port=$(cat "$tmp/pport" 2>/dev/null)
+    if ! run_fg "$tag.client" "$mode" "$tag.client" 300 "$python" "$tmp/pollecho.py" client \
+      "${port:-1}" "$poll_conns" "$k"; then
+      note "$tag: poll client failed ($(log_tail "$tag.client"))"
+    fi
+    for ((i = 0; i < 200; i++)); do kill -0 "$BG" 2>/dev/null || break; sleep 0.05; done
+    stop_bg "$BG"
+  done
+  SYS["pollwait.$mode"]=$(per_op "$(strace_total "$tmp/sys.poll200.$mode.strace")" \
+    "$(strace_total "$tmp/sys.poll400.$mode.strace")" 200)
+  BRK["pollwait.$mode"]=$(breakdown "$tmp/sys.poll400.$mode.strace" 200 "$tmp/sys.poll200.$mode.strace")
+  [ "$mode" = smc ] && smc_check sys_pollwait "sys.poll400.$mode.client"
+}
+
 wl_syscalls() {
   declare -gA SYS=() BRK=()
   local m
   write_idle_py
+  write_poll_py
   for m in tcp smc; do sys_redis "$m"; done
   for m in tcp smc disabled fallback; do sys_connrr "$m"; done
   for m in tcp smc; do sys_idle "$m"; done
+  for m in tcp smc; do sys_pollwait "$m"; done
   get() { echo "${SYS[$1]:-n/a}"; }
   echo
   printf '%-52s %10s %10s\n' "system calls and fds (counts, not timings)" "TCP" "SMC"
@@ -640,6 +718,7 @@ wl_syscalls() {
   printf '%-52s %10s %10s\n' "redis-server fds per idle connection ($idle_conns)" "$(get idle_server.tcp)" "$(get idle_server.smc)"
   printf '%-52s %10s %10s\n' "  of them below its soft RLIMIT_NOFILE ($(get idle_server_limit.smc))" "$(get idle_server_low.tcp)" "$(get idle_server_low.smc)"
   printf '%-52s %10s %10s\n' "  idle client (python) fds per connection" "$(get idle_client.tcp)" "$(get idle_client.smc)"
+  printf '%-52s %10s %10s\n' "python poll() server syscalls per wait ($poll_conns conns)" "$(get pollwait.tcp)" "$(get pollwait.smc)"
   echo
   printf '%-52s %10s %10s  %s\n' "connrr client syscalls per connection" "measured" "vs TCP" "target"
   local mm d v
@@ -660,12 +739,12 @@ wl_syscalls() {
   echo "per operation, by system call (or fd kind):"
   local key
   for key in redis_server.tcp redis_server.smc redis_bench.tcp redis_bench.smc connrr.tcp connrr.disabled \
-    connrr.fallback connrr.smc idle_server.tcp idle_server.smc; do
+    connrr.fallback connrr.smc idle_server.tcp idle_server.smc pollwait.tcp pollwait.smc; do
     printf '  %-20s %s\n' "$key" "${BRK[$key]:-n/a}"
   done
   echo "  (redis-server threads attached: TCP $(get redis_server_threads.tcp), SMC $(get redis_server_threads.smc))"
   local w
-  for w in sys_redis sys_connrr_smc sys_connrr_fallback sys_idle; do
+  for w in sys_redis sys_connrr_smc sys_connrr_fallback sys_idle sys_pollwait; do
     [ -s "$tmp/res/$w.smccheck" ] || continue
     awk -v w="$w" '{ s += $1; f += $2 } END {
       printf "  (%s: %d shm connections, %d fallbacks in the client stats)\n", w, s, f }' "$tmp/res/$w.smccheck"
