@@ -473,24 +473,26 @@ bool consume(int fd, size_t len) {
   return len <= sizeof(buf) && recv_exact(fd, buf, len, now_ms() + 1000);
 }
 
-// Reads one whole CLC message of any type, waiting until `deadline`.
-// false on timeout, EOF or bytes that are not a CLC message.
-bool read_message(int fd, std::vector<uint8_t>& out, clc::header& h, int64_t deadline) {
+// Reads one whole CLC message of any type, waiting until `deadline`:
+// reason::none, or why there is none (clc_timeout, peer_closed,
+// clc_malformed for bytes that are not a CLC message, internal).
+reason read_message(int fd, std::vector<uint8_t>& out, clc::header& h, int64_t deadline) {
   uint8_t buf[clc::max_msg_len];
   constexpr unsigned any = (1u << 1) | (1u << 2) | (1u << 3) | (1u << 4);
   for (bool prefix = false;;) {
     switch (peek_message(fd, buf, h, any, prefix)) {
       case peeked::whole:
         out.assign(buf, buf + h.length);
-        return consume(fd, h.length);
+        return consume(fd, h.length) ? reason::none : reason::internal;
       case peeked::eof:
+        return reason::peer_closed;
       case peeked::other:
-        return false;
+        return reason::clc_malformed;
       case peeked::partial:
         break;
     }
     if (!wait_more(fd, prefix, deadline)) {
-      return false;
+      return reason::clc_timeout;
     }
   }
 }
@@ -915,9 +917,9 @@ hs_outcome server_rdma(int fd, const clc::proposal& prop, const rdma::verbs::gid
   }
   std::vector<uint8_t> reply;
   clc::header h;
-  if (!read_message(fd, reply, h, deadline + p.timeout_ms)) {
+  if (const reason r = read_message(fd, reply, h, deadline + p.timeout_ms); r != reason::none) {
     smcr::abandon(*pend);
-    return broken(reason::clc_timeout);
+    return broken(r);
   }
   if (h.type == clc::msg_type::decline) {
     clc::decline d;
@@ -1059,8 +1061,8 @@ hs_outcome server_first_contact(hs_step& s, int fd, const hs_params& p) {
   // After our Accept exactly one more CLC message comes: Confirm or Decline.
   std::vector<uint8_t> reply;
   clc::header h;
-  if (!read_message(fd, reply, h, deadline + p.timeout_ms)) {
-    return broken(reason::clc_timeout);
+  if (const reason r = read_message(fd, reply, h, deadline + p.timeout_ms); r != reason::none) {
+    return broken(r);
   }
   if (h.type == clc::msg_type::decline) {
     clc::decline d;

@@ -834,6 +834,29 @@ TEST_CASE("client declining after the server's Accept: server stays TCP, stream 
   CHECK(stream_empty(t.c));
 }
 
+TEST_CASE("a client that closes after the server's Accept: peer_closed, at once", "[handshake]") {
+  tcp_pair t;
+  hs_params sp;
+  sp.timeout_ms = 3000;
+  send_all(t.c, clc::encode(our_proposal()));
+  size_t len = 0;
+  REQUIRE(wait_for_proposal(t.s, len) == start_kind::match);
+  auto server = std::async(std::launch::async, [&] { return smc::core::server_handshake(t.s, len, sp); });
+  bytes hdr = read_exactly(t.c, clc::header_len);
+  clc::header h;
+  REQUIRE(hdr.size() == clc::header_len);
+  REQUIRE(clc::peek_header(hdr, h) == clc::error::ok);
+  REQUIRE(h.type == clc::msg_type::accept);
+  read_exactly(t.c, h.length - clc::header_len);
+  const auto t0 = std::chrono::steady_clock::now();
+  t.close_c();
+  hs_outcome so = server.get();
+  CHECK(std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+            .count() < 2000);  // not the handshake's timeout
+  CHECK_FALSE(so.path);
+  CHECK(so.why == reason::peer_closed);
+}
+
 // ---------------------------------------------------------------------------
 // 9. what a background decision uses: await_clc, server_decline
 // ---------------------------------------------------------------------------
