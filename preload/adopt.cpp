@@ -96,6 +96,7 @@ void adopt_socket(int fd, bool received, const struct stat&) {
     return;
   }
   e->family = domain;
+  e->passed.store(true);  // (another process holds it, or did)
   uint32_t mark = 0;
   l = sizeof mark;
   const bool was_smc = listening == 0 &&
@@ -165,6 +166,7 @@ void offer_passed(const msghdr* msg, std::vector<uint64_t>& offers) {
     }
     entry_ref e(fd);
     if (e) {
+      e->passed.store(true);  // (it may live on in the receiver)
       leave_untouched(e.get());  // (a look under way ends first: then it is deciding)
     }
     if (e && in_handshake(e->st.load(std::memory_order_acquire))) {

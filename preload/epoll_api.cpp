@@ -367,13 +367,15 @@ void drop_idle_bells(ep_set* s) {
   }
 }
 
-void del_item(ep_reg* r, int slot) {
+// `released`: the socket is gone (its last close), and the kernel dropped
+// its watch with it: nothing to delete (one epoll_ctl less per connection).
+void del_item(ep_reg* r, int slot, bool released = false) {
   if (r->bell[slot] != nullptr) {
     bell_detach(r, slot);
     return;
   }
   if (r->items[slot] >= 0) {
-    if (!r->set->closing) {
+    if (!r->set->closing && !(released && r->items[slot] == r->fd)) {
       real.epoll_ctl(r->set->epfd, EPOLL_CTL_DEL, r->items[slot], nullptr);
     }
     r->items[slot] = -1;
@@ -613,9 +615,9 @@ void level_drop(ep_reg* r) {
   r->hook.level = false;
 }
 
-void uninstall(ep_reg* r) {
+void uninstall(ep_reg* r, bool released = false) {
   for (int slot = 0; slot < 3; ++slot) {
-    del_item(r, slot);
+    del_item(r, slot, released);
   }
   check_drop(r);
   hot_drop(r);
@@ -1528,11 +1530,11 @@ void ep_state_changed(entry* e) {
   }
 }
 
-void ep_forget_entry(entry* e) {
+void ep_forget_entry(entry* e, bool released) {
   std::lock_guard<std::mutex> lk(g_ep_mu);
   std::vector<ep_reg*> regs = e->regs;
   for (ep_reg* r : regs) {
-    uninstall(r);
+    uninstall(r, released);
     unlink_reg(r);
   }
 }
@@ -1591,6 +1593,8 @@ void ep_note_fork_child() {
   g_forks.fetch_add(1, std::memory_order_relaxed);
 }
 void ep_note_fork_parent() { g_forks.fetch_add(1, std::memory_order_relaxed); }
+
+unsigned fork_generation() { return g_forks.load(std::memory_order_relaxed); }
 
 void ep_note_added(int fd) {
   if (!get_bit(g_is_epoll, fd)) {

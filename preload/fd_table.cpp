@@ -48,7 +48,10 @@ std::mutex& stripe(int fd) { return g_stripe[static_cast<unsigned>(fd) % stripes
 
 void last_close(entry* e) {
   if (!e->regs.empty()) {
-    ep_forget_entry(e);
+    // Without a copy of our own the socket goes with this close, and the
+    // kernel drops its watches in every epoll set: none to delete first.
+    ep_forget_entry(e, e->own_copies.load() == 0 && !e->passed.load() &&
+                           e->fork_gen == fork_generation());
   }
   if (e->timer.linked || e->st.load() == state::stepping) {
     abandon_step(e);

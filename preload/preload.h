@@ -128,10 +128,23 @@ enum class state : uint8_t {
 struct ep_set;
 struct ep_reg;
 
+/// How many forks this process made or came from (bumped in the parent
+/// and in the child).
+unsigned fork_generation();
+
 /// Per-socket state, shared by every fd that dup() made of the socket.
 struct entry {
   std::atomic<int> refs{1};  // table slots + in-flight calls
   std::atomic<int> nfds{1};  // fds referring to it
+  // Whether the application's last close releases the socket (and the
+  // kernel drops its epoll watches with it): not while the library holds
+  // a copy of its own (a background decision's fd), nor when the socket
+  // may live on elsewhere: it came from or went to another process
+  // (SCM_RIGHTS, exec, pidfd_getfd: `passed`), or a fork made since it
+  // was made holds it (and perhaps a copy of ours).
+  std::atomic<int> own_copies{0};
+  std::atomic<bool> passed{false};
+  const unsigned fork_gen = fork_generation();
   std::mutex mu;             // serialises state transitions (handshakes)
   std::atomic<state> st{state::fresh};
   int family = 0;
@@ -306,8 +319,10 @@ void settle_before_confinement(entry* e, int fd);
 // ---- epoll (epoll_api.cpp) ----
 /// The socket changed state: move its epoll registrations accordingly.
 void ep_state_changed(entry* e);
-/// The socket's last fd is gone: drop its registrations.
-void ep_forget_entry(entry* e);
+/// The socket's last fd is gone: drop its registrations. `released`: the
+/// socket went with it (no copy of ours left), and with it the kernel's
+/// watches of it.
+void ep_forget_entry(entry* e, bool released = false);
 /// An epoll instance's last fd is gone.
 void ep_destroy_set(entry* e);
 /// An epoll set whose kernel readiness another waiter reads (poll() on it):

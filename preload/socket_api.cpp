@@ -199,15 +199,18 @@ bool start_background(entry* e, int fd, Job&& job) {
   }
   const state before = e->st.load();
   e->refs.fetch_add(1);
+  e->own_copies.fetch_add(1);
   e->st.store(state::deciding, std::memory_order_release);
   const bool ok = core::background::run([e, fd, dfd, job = std::forward<Job>(job)] {
     job(e, fd, dfd);
     real.close(dfd);
+    e->own_copies.fetch_sub(1);
     fd_put(e);
   });
   if (!ok) {
     e->st.store(before, std::memory_order_release);
     real.close(dfd);
+    e->own_copies.fetch_sub(1);
     fd_put(e);
     return false;
   }
