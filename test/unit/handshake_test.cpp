@@ -156,6 +156,19 @@ bytes read_exactly(int fd, size_t n, int max_ms = 5000) {
   return out;
 }
 
+/// Plays the client after its Proposal: reads the server's Accept whole
+/// (fails the test if the next message is anything else).
+bytes read_accept(int fd) {
+  bytes msg = read_exactly(fd, clc::header_len);
+  clc::header h;
+  REQUIRE(msg.size() == clc::header_len);
+  REQUIRE(clc::peek_header(msg, h) == clc::error::ok);
+  REQUIRE(h.type == clc::msg_type::accept);
+  bytes rest = read_exactly(fd, h.length - clc::header_len);
+  msg.insert(msg.end(), rest.begin(), rest.end());
+  return msg;
+}
+
 /// The server's loop: poll + peek_clc until a whole Proposal is at the start
 /// of the stream, or something else is known, or max_ms passes (need_more).
 start_kind wait_for_proposal(int fd, size_t& len, int max_ms = 5000) {
@@ -803,13 +816,7 @@ TEST_CASE("client declining after the server's Accept: server stays TCP, stream 
   REQUIRE(wait_for_proposal(t.s, len) == start_kind::match);
   auto server = std::async(std::launch::async, [&] { return smc::core::server_handshake(t.s, len, sp); });
   // Play the client: read the Accept, then decline instead of confirming.
-  bytes hdr = read_exactly(t.c, clc::header_len);
-  clc::header h;
-  REQUIRE(hdr.size() == clc::header_len);
-  REQUIRE(clc::peek_header(hdr, h) == clc::error::ok);
-  REQUIRE(h.type == clc::msg_type::accept);
-  bytes rest = read_exactly(t.c, h.length - clc::header_len);
-  hdr.insert(hdr.end(), rest.begin(), rest.end());
+  const bytes hdr = read_accept(t.c);
   clc::accept_confirm_d acc;
   REQUIRE(clc::decode(hdr, acc) == clc::error::ok);
   CHECK(acc.gid == smc::core::host_id());
@@ -842,12 +849,7 @@ TEST_CASE("a client that closes after the server's Accept: peer_closed, at once"
   size_t len = 0;
   REQUIRE(wait_for_proposal(t.s, len) == start_kind::match);
   auto server = std::async(std::launch::async, [&] { return smc::core::server_handshake(t.s, len, sp); });
-  bytes hdr = read_exactly(t.c, clc::header_len);
-  clc::header h;
-  REQUIRE(hdr.size() == clc::header_len);
-  REQUIRE(clc::peek_header(hdr, h) == clc::error::ok);
-  REQUIRE(h.type == clc::msg_type::accept);
-  read_exactly(t.c, h.length - clc::header_len);
+  read_accept(t.c);
   const auto t0 = std::chrono::steady_clock::now();
   t.close_c();
   hs_outcome so = server.get();
