@@ -1113,7 +1113,8 @@ void conn::flooded(bool rx) {
     // data of ours unread.
     SMC_LOG(info, "fd %d: the peer let go of the connection's %s doorbell: it is gone", tcp_fd_,
             rx ? "rx" : "tx");
-    peer_gone(false);
+    path_->sync_rx();  // the peer's SMC close flags may still be on their way
+    peer_gone(false, path_->peer_conn_flags());
     return;
   }
   SMC_LOG(warn, "fd %d: the peer floods the connection's %s doorbell, or sent no ring", tcp_fd_,
@@ -1482,14 +1483,12 @@ bool conn::check_tcp() {
     }
   }
   // The TCP connection ended.
-  peer_gone(n < 0);
+  peer_gone(n < 0, pf);
   SMC_LOG(debug, "fd %d: peer TCP closed (%s)", tcp_fd_, sh_->gone_reset.load() ? "reset" : "eof");
   return true;
 }
 
-void conn::peer_gone(bool reset) {
-  path_->sync_rx();  // the peer's SMC close flags may still be on their way
-  const uint8_t pf = path_->peer_conn_flags();
+void conn::peer_gone(bool reset, uint8_t pf) {
   // Without the peer's SMC close flags its process died: a reset if it left
   // data of ours unread (as TCP would send RST), else EOF.
   const bool orderly = (pf & peer_eof_flags) != 0;

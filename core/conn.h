@@ -306,9 +306,6 @@ class conn {
   /// readable. A level-triggered watch of that doorbell for the other
   /// direction's sake would wake at once, every time.
   bool ended(bool rx) const;
-  /// The peer is gone without (all of) its SMC close: EOF, or a reset when
-  /// `reset`, its close was abnormal, or it left data of ours unread.
-  void peer_gone(bool reset);
 
  private:
   // Validated view of the peer's cursors; on a violation the connection
@@ -370,6 +367,10 @@ class conn {
   void init_shared(bool fresh, bool join);
   // What names this connection's doorbells in a wait_set.
   uint64_t bells_name() const;
+  // The peer is gone without (all of) its SMC close: EOF, or a reset when
+  // `reset`, its close was abnormal (`pf`: its flags, read after
+  // data_path::sync_rx), or it left data of ours unread.
+  void peer_gone(bool reset, uint8_t pf);
   template <class Ready>
   int wait_poll(bool rx, int timeout_ms, Ready& ready, waiter* self);
   template <class Ready>
