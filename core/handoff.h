@@ -8,8 +8,8 @@
 // socket leaves: it keeps the connection (as one of its holders, see
 // core::conn_shared::holders) for up to offer_ms, serves its offers from an
 // abstract unix listener on its engine thread, and marks the TCP socket
-// with that listener's id (in TCP_NOTSENT_LOWAT, where every SMC
-// connection's socket carries our mark). The receiver, finding the mark on a
+// with that listener's id (in TCP_NOTSENT_LOWAT, where an SMC connection's
+// socket carries our mark: preload.h, mark_smc). The receiver, finding the mark on a
 // socket it just received, asks that listener for the connection and proves
 // it holds the socket by passing it along; the sender proves the same by
 // answering with its own copy of the socket, together with the fds that map

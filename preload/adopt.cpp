@@ -97,6 +97,7 @@ void adopt_socket(int fd, bool received, const struct stat&) {
   }
   e->family = domain;
   e->passed.store(true);  // (another process holds it, or did)
+  e->marked = true;       // (if it is SMC: by the process it came from)
   uint32_t mark = 0;
   l = sizeof mark;
   const bool was_smc = listening == 0 &&
@@ -176,10 +177,51 @@ void offer_passed(const msghdr* msg, std::vector<uint64_t>& offers) {
     if (!e || e->st.load(std::memory_order_acquire) != state::smc || !e->conn) {
       return;
     }
-    if (uint64_t id = core::handoff::offer(e->conn, fd); id != 0) {
-      offers.push_back(id);
+    marked_by(e.get(), [&] {
+      if (uint64_t id = core::handoff::offer(e->conn, fd); id != 0) {
+        offers.push_back(id);
+      }
+    });
+  });
+}
+
+namespace {
+
+// Marks are rare (a pass, a program started): one lock for all of them,
+// so that a mark of ours never lands over an offer's.
+std::mutex g_mark_mu;
+std::atomic<bool> g_mark_all{false};
+
+}  // namespace
+
+void mark_smc(entry* e, int fd) {
+  std::lock_guard<std::mutex> lk(g_mark_mu);
+  if (!e->marked) {
+    const uint32_t mark = core::handoff::mark_base;
+    real.setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &mark, sizeof mark);
+    e->marked = true;
+  }
+}
+
+bool marking_all() { return g_mark_all.load(std::memory_order_seq_cst); }
+
+void mark_for_exec() {
+  if (!g_enabled || g_mark_all.exchange(true, std::memory_order_seq_cst)) {
+    return;  // (from the first one on, every connection marks itself)
+  }
+  const int saved = errno;
+  fd_for_each([](int fd, entry* e) {
+    if (e->st.load(std::memory_order_seq_cst) == state::smc) {
+      mark_smc(e, fd);
     }
   });
+  errno = saved;
+}
+
+void marked_by(entry* e, const std::function<void()>& f) {
+  std::lock_guard<std::mutex> lk(g_mark_mu);
+  f();
+  e->marked = true;
 }
 
 void withdraw_offers(const std::vector<uint64_t>& offers) {

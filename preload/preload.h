@@ -4,6 +4,7 @@
 #pragma once
 
 #include <poll.h>
+#include <spawn.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
@@ -67,6 +68,16 @@ struct real_fns {
   int (*getsockopt)(int, int, int, void*, socklen_t*);
   int (*setsockopt)(int, int, int, const void*, socklen_t);
   pid_t (*fork)();
+  int (*execve)(const char*, char* const[], char* const[]);
+  int (*execv)(const char*, char* const[]);
+  int (*execvp)(const char*, char* const[]);
+  int (*execvpe)(const char*, char* const[], char* const[]);
+  int (*fexecve)(int, char* const[], char* const[]);
+  int (*execveat)(int, const char*, char* const[], char* const[], int);
+  int (*posix_spawn)(pid_t*, const char*, const posix_spawn_file_actions_t*,
+                     const posix_spawnattr_t*, char* const[], char* const[]);
+  int (*posix_spawnp)(pid_t*, const char*, const posix_spawn_file_actions_t*,
+                      const posix_spawnattr_t*, char* const[], char* const[]);
   ssize_t (*read_chk)(int, void*, size_t, size_t);
   ssize_t (*recv_chk)(int, void*, size_t, size_t, int);
   ssize_t (*recvfrom_chk)(int, void*, size_t, size_t, int, sockaddr*, socklen_t*);
@@ -156,6 +167,7 @@ struct entry {
   uint32_t rcvlowat = 0;          // SO_RCVLOWAT as the application set it
   std::atomic<bool> lowat_default{false};  // made by our socket() (or accepted from such a
                                            // listener), TCP_NOTSENT_LOWAT never set
+  bool marked = false;  // (under the marks' lock) its TCP socket carries our mark (mark_smc)
   std::shared_ptr<core::conn> conn;  // state::smc (shared with an SCM_RIGHTS offer)
   ep_set* eps = nullptr;          // state::epoll
   std::vector<ep_reg*> regs;      // epoll registrations (under the epoll mutex)
@@ -201,6 +213,23 @@ void adopt_received(const msghdr* msg);
 /// Before a message with SCM_RIGHTS control data leaves: offers the SMC
 /// connections among its fds to the receiver (ids appended to `offers`).
 void offer_passed(const msghdr* msg, std::vector<uint64_t>& offers);
+/// An SMC connection's TCP socket carries our mark (core::handoff::mark_base
+/// in TCP_NOTSENT_LOWAT) only where a process that does not share our
+/// memory may find it: one passed in an SCM_RIGHTS message (its offer marks
+/// it) and, from the first time this process starts a program on,
+/// every one (mark_for_exec): the new program image then tells an
+/// inherited SMC connection from a TCP one. Not at the switch otherwise: a
+/// system call per connection saved. Marks `e`'s socket unless it is
+/// marked already.
+void mark_smc(entry* e, int fd);
+/// Whether connections mark their sockets when they become SMC.
+bool marking_all();
+/// Before this process starts a program (exec, posix_spawn): every SMC
+/// connection's socket is marked from now on, and those there already now.
+void mark_for_exec();
+/// Runs `f` (an offer that marks the socket itself) under the marks' lock,
+/// the socket counted as marked.
+void marked_by(entry* e, const std::function<void()>& f);
 /// The message did not leave: withdraws those offers.
 void withdraw_offers(const std::vector<uint64_t>& offers);
 

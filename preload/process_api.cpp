@@ -1,10 +1,15 @@
-// Process-level hooks: fork(), pidfd_getfd(), and what happens at exit.
+// Process-level hooks: fork(), pidfd_getfd(), starting a program (exec,
+// posix_spawn), and what happens at exit.
 // glibc 2.36's header declares it without C linkage.
 extern "C" {
 #include <sys/pidfd.h>
 }
+#include <spawn.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include <alloca.h>
+#include <cstdarg>
 
 #include "core/handoff.h"
 #include "core/log.h"
@@ -61,6 +66,140 @@ __attribute__((visibility("default"))) int pidfd_getfd(int pidfd, int targetfd,
     errno = saved;
   }
   return fd;
+}
+
+// Starting a program: the connections this process holds may live on in
+// it (an fd without FD_CLOEXEC, one a spawn's file actions dup): their
+// sockets must carry our mark there (preload.h, mark_smc). The execl
+// family takes its arguments as execv does (glibc's own call execve from
+// inside, where no interposer sees it).
+__attribute__((visibility("default"))) int execve(const char* path, char* const argv[],
+                                                  char* const envp[]) {
+  smc::preload::ensure_init();
+  smc::preload::mark_for_exec();
+  return smc::preload::real.execve(path, argv, envp);
+}
+
+__attribute__((visibility("default"))) int execv(const char* path, char* const argv[]) {
+  smc::preload::ensure_init();
+  smc::preload::mark_for_exec();
+  return smc::preload::real.execv(path, argv);
+}
+
+__attribute__((visibility("default"))) int execvp(const char* file, char* const argv[]) {
+  smc::preload::ensure_init();
+  smc::preload::mark_for_exec();
+  return smc::preload::real.execvp(file, argv);
+}
+
+__attribute__((visibility("default"))) int execvpe(const char* file, char* const argv[],
+                                                   char* const envp[]) {
+  smc::preload::ensure_init();
+  smc::preload::mark_for_exec();
+  return smc::preload::real.execvpe(file, argv, envp);
+}
+
+__attribute__((visibility("default"))) int fexecve(int fd, char* const argv[], char* const envp[]) {
+  smc::preload::ensure_init();
+  smc::preload::mark_for_exec();
+  return smc::preload::real.fexecve(fd, argv, envp);
+}
+
+__attribute__((visibility("default"))) int execveat(int dirfd, const char* path, char* const argv[],
+                                                    char* const envp[], int flags) {
+  smc::preload::ensure_init();
+  smc::preload::mark_for_exec();
+  if (smc::preload::real.execveat == nullptr) {
+    return static_cast<int>(::syscall(SYS_execveat, dirfd, path, argv, envp, flags));
+  }
+  return smc::preload::real.execveat(dirfd, path, argv, envp, flags);
+}
+
+__attribute__((visibility("default"))) int posix_spawn(pid_t* pid, const char* path,
+                                                       const posix_spawn_file_actions_t* fa,
+                                                       const posix_spawnattr_t* attr,
+                                                       char* const argv[], char* const envp[]) {
+  smc::preload::ensure_init();
+  smc::preload::mark_for_exec();
+  return smc::preload::real.posix_spawn(pid, path, fa, attr, argv, envp);
+}
+
+__attribute__((visibility("default"))) int posix_spawnp(pid_t* pid, const char* file,
+                                                        const posix_spawn_file_actions_t* fa,
+                                                        const posix_spawnattr_t* attr,
+                                                        char* const argv[], char* const envp[]) {
+  smc::preload::ensure_init();
+  smc::preload::mark_for_exec();
+  return smc::preload::real.posix_spawnp(pid, file, fa, attr, argv, envp);
+}
+
+}  // extern "C"
+
+namespace {
+
+// The arguments of an execl-family call after `arg0`, up to its NULL, in
+// `out` (room for `n` + 1 pointers); `envp` gets the pointer after the NULL
+// when asked for (execle).
+void collect_args(const char* arg0, va_list ap, char** out, char*** envp) {
+  size_t i = 0;
+  out[i++] = const_cast<char*>(arg0);
+  while (arg0 != nullptr && (out[i++] = va_arg(ap, char*)) != nullptr) {
+  }
+  if (envp != nullptr) {
+    *envp = va_arg(ap, char**);
+  }
+}
+
+size_t count_args(const char* arg0, va_list ap) {
+  size_t n = 0;
+  if (arg0 != nullptr) {
+    while (va_arg(ap, char*) != nullptr) {
+      ++n;
+    }
+    ++n;
+  }
+  return n;
+}
+
+}  // namespace
+
+extern "C" {
+
+__attribute__((visibility("default"))) int execl(const char* path, const char* arg, ...) {
+  va_list ap;
+  va_start(ap, arg);
+  const size_t n = count_args(arg, ap);
+  va_end(ap);
+  auto** argv = static_cast<char**>(alloca((n + 2) * sizeof(char*)));
+  va_start(ap, arg);
+  collect_args(arg, ap, argv, nullptr);
+  va_end(ap);
+  return execv(path, argv);
+}
+
+__attribute__((visibility("default"))) int execlp(const char* file, const char* arg, ...) {
+  va_list ap;
+  va_start(ap, arg);
+  const size_t n = count_args(arg, ap);
+  va_end(ap);
+  auto** argv = static_cast<char**>(alloca((n + 2) * sizeof(char*)));
+  va_start(ap, arg);
+  collect_args(arg, ap, argv, nullptr);
+  va_end(ap);
+  return execvp(file, argv);
+}
+
+__attribute__((visibility("default"))) int execle(const char* path, const char* arg, ...) {
+  va_list ap;
+  va_start(ap, arg);
+  const size_t n = count_args(arg, ap);
+  va_end(ap);
+  auto** argv = static_cast<char**>(alloca((n + 2) * sizeof(char*)));
+  char** envp = nullptr;
+  va_start(ap, arg);
+  collect_args(arg, ap, argv, &envp);
+  va_end(ap);
+  return execve(path, argv, envp);
 }
 
 }  // extern "C"

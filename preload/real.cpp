@@ -123,6 +123,14 @@ void resolve_all() {
   SMC_RESOLVE(getsockopt, getsockopt);
   SMC_RESOLVE(setsockopt, setsockopt);
   SMC_RESOLVE(fork, fork);
+  SMC_RESOLVE(execve, execve);
+  SMC_RESOLVE(execv, execv);
+  SMC_RESOLVE(execvp, execvp);
+  SMC_RESOLVE(execvpe, execvpe);
+  SMC_RESOLVE(fexecve, fexecve);
+  resolve(real.execveat, "execveat", nullptr, true);  // glibc >= 2.34
+  SMC_RESOLVE(posix_spawn, posix_spawn);
+  SMC_RESOLVE(posix_spawnp, posix_spawnp);
   resolve(real.epoll_pwait2, "epoll_pwait2", nullptr, true);
   if (real.epoll_pwait2 == nullptr) {
     real.epoll_pwait2 = enosys_epoll_pwait2;

@@ -54,19 +54,18 @@ void become_tcp(entry* e, int fd, reason why) {
   e->st.store(state::tcp, std::memory_order_release);
 }
 
-void mark_smc_socket(entry* e, int fd) {
+// The application's TCP_NOTSENT_LOWAT, kept with the connection from its
+// switch on: nothing is sent on TCP, and the socket may carry our mark.
+void keep_app_lowat(entry* e, int fd) {
   // A socket our socket() made whose application never set the option has
-  // the system default: nothing to read (and keep) before the mark.
+  // the system default: nothing to read (and keep).
   if (!e->lowat_default.load()) {
     unsigned v = 0;
     socklen_t l = sizeof v;
-    if (real.getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, &l) != 0) {
-      return;
+    if (real.getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, &l) == 0) {
+      e->conn->set_app_notsent_lowat(v);
     }
-    e->conn->set_app_notsent_lowat(v);
   }
-  const uint32_t mark = core::handoff::mark_base;
-  real.setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &mark, sizeof mark);
 }
 
 // The system's TCP_NOTSENT_LOWAT default, as a new TCP socket reports it
@@ -93,8 +92,11 @@ void apply(entry* e, int fd, core::hs_outcome&& o) {
     if (e->rcvlowat > 1) {
       e->conn->set_rcvlowat(e->rcvlowat);  // set before the switch
     }
-    mark_smc_socket(e, fd);
-    e->st.store(state::smc, std::memory_order_release);
+    keep_app_lowat(e, fd);
+    e->st.store(state::smc, std::memory_order_seq_cst);
+    if (marking_all()) {
+      mark_smc(e, fd);  // (after the state: mark_for_exec's sweep sees one or the other)
+    }
     if (rdma) {
       core::stats::count_rdma();
     } else {

@@ -674,6 +674,16 @@ scenario_exec_inherited() {
   finish
 }
 
+# l2. the same for a program posix_spawn() starts (glibc clones and execs
+# inside it, where no exec() of the application's is seen), the connection
+# passed in its file actions.
+scenario_spawn_inherited() {
+  begin spawn_inherited || return 0
+  fork_exec_pair spawn-reset
+  expect_stat server connections.smc_shm -eq 3
+  finish
+}
+
 # stats_sum ROLE KEY: the sum of KEY over all of ROLE's stats files (a
 # process and its forked or exec'd children each write one); empty if none.
 stats_sum() {
@@ -1120,6 +1130,7 @@ scenario_fork_closefrom
 scenario_exec_listener
 scenario_exec_conn
 scenario_exec_inherited
+scenario_spawn_inherited
 scenario_handoff
 scenario_epoll_reg
 scenario_sandbox

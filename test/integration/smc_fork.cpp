@@ -12,7 +12,8 @@
 //                                  without reading, forks, and the child
 //                                  exec()s `smc_fork server --serve-fd N`,
 //                                  which echoes over the inherited socket
-//   smc_fork client --addr A --port P [--child-expect reset|untouched|exec-reset|closefrom]
+//   smc_fork client --addr A --port P
+//                   [--child-expect reset|untouched|exec-reset|spawn-reset|closefrom]
 //
 // The client opens connection 1 and echoes 1 MiB over it (verified), then
 // forks. The child, with its inherited copy of connection 1:
@@ -21,6 +22,8 @@
 //   untouched: leaves it alone (shm: it would work, for one process at a time),
 //   exec-reset: exec()s smc_fork again, and that new image must find the
 //          connection reset (its buffers stayed in the image before exec),
+//   spawn-reset: (no fork) the client posix_spawn()s smc_fork with connection
+//          1 dup()ed onto fd 100, where the new program must find it reset,
 //   closefrom: closes every fd from connection 1's up with closefrom(), as a
 //          child does before exec; a pipe made next gets that number and must
 //          work as a pipe, and the child exits there,
@@ -30,6 +33,7 @@
 // connection 3. Exit 0 with one "ok" line, or 1 with the reason on stderr.
 #include <fcntl.h>
 #include <poll.h>
+#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -56,7 +60,7 @@ namespace {
                "smc_fork: %s\n"
                "usage: smc_fork server [--addr A] [--portfile F] [--count N] [--exec-listener|--exec-conn]\n"
                "       smc_fork client --addr A --port P "
-               "[--child-expect reset|untouched|exec-reset|closefrom]\n",
+               "[--child-expect reset|untouched|exec-reset|spawn-reset|closefrom]\n",
                why.c_str());
   std::exit(2);
 }
@@ -222,7 +226,29 @@ int client(const smc_test::endpoint_options& o, const std::string& expect) {
   int c1 = dial(o);
   echo_check(c1, 1 << 20, 1, "connection 1");
   std::fflush(nullptr);
-  pid_t pid = ::fork();
+  pid_t pid = -1;
+  if (expect == "spawn-reset") {
+    // A program started by posix_spawn (no fork() of ours: glibc clones
+    // and execs inside), the connection passed by its file actions.
+    constexpr int child_fd = 100;
+    std::string port = std::to_string(o.port);
+    std::string fd = std::to_string(child_fd);
+    const char* argv[] = {"smc_fork", "client", "--addr", o.addr.c_str(), "--port", port.c_str(),
+                          "--inherited-fd", fd.c_str(), nullptr};
+    posix_spawn_file_actions_t fa;
+    if (::posix_spawn_file_actions_init(&fa) != 0 ||
+        ::posix_spawn_file_actions_adddup2(&fa, c1, child_fd) != 0) {
+      die("posix_spawn_file_actions");
+    }
+    const int rc = ::posix_spawn(&pid, "/proc/self/exe", &fa, nullptr,
+                                 const_cast<char* const*>(argv), environ);
+    ::posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) {
+      die(std::string("posix_spawn: ") + std::strerror(rc));
+    }
+  } else {
+    pid = ::fork();
+  }
   if (pid < 0) {
     die(std::string("fork: ") + std::strerror(errno));
   }
@@ -306,8 +332,8 @@ int main(int argc, char** argv) {
     } else if (args.name() == "--child-expect") {
       expect = args.value();
       if (expect != "reset" && expect != "untouched" && expect != "exec-reset" &&
-          expect != "closefrom") {
-        usage("--child-expect must be reset, untouched, exec-reset or closefrom");
+          expect != "spawn-reset" && expect != "closefrom") {
+        usage("--child-expect must be reset, untouched, exec-reset, spawn-reset or closefrom");
       }
     } else {
       usage("unknown option " + args.name());
