@@ -96,30 +96,43 @@ static_assert(sizeof(rlimit) == 16, "prlimit64 takes two 64-bit limits");
 // How far above the soft limit the library's fds may go.
 constexpr rlim_t own_span = 1 << 16;
 
-// A copy of fd numbered as place_fd() says, or -1 (fd untouched).
-int move_high(int fd) {
-  int high = -1;
+// Copies of the n fds numbered as place_fd() says: high[i] a copy of
+// fds[i] (fds[i] < 0: -1), or -1 (fds[i] untouched). One raise of the soft
+// limit serves them all.
+void move_high(const int* fds, int* high, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    high[i] = -1;
+  }
   {
     std::lock_guard<std::mutex> lk(g_nofile_mu);
     rlimit rl{};
     if (nofile_limit(nullptr, &rl) && rl.rlim_cur != RLIM_INFINITY &&
-        static_cast<rlim_t>(fd) < rl.rlim_cur && rl.rlim_cur <= static_cast<rlim_t>(INT32_MAX)) {
+        rl.rlim_cur <= static_cast<rlim_t>(INT32_MAX)) {
+      bool any = false;
+      for (size_t i = 0; i < n; ++i) {
+        any = any || (fds[i] >= 0 && static_cast<rlim_t>(fds[i]) < rl.rlim_cur);
+      }
       // Up to the hard limit; past it where the process may raise that too
       // (CAP_SYS_RESOURCE: a server started as root; restored as well).
       rlimit up = rl;
       up.rlim_cur = rl.rlim_max > rl.rlim_cur ? std::min<rlim_t>(rl.rlim_max, rl.rlim_cur + own_span)
                                               : rl.rlim_cur + own_span;
       up.rlim_max = std::max(rl.rlim_max, up.rlim_cur);
-      if (nofile_limit(&up, nullptr)) {
-        high = sys().fcntl(fd, F_DUPFD_CLOEXEC, static_cast<int>(rl.rlim_cur));
+      if (any && nofile_limit(&up, nullptr)) {
+        for (size_t i = 0; i < n; ++i) {
+          if (fds[i] >= 0 && static_cast<rlim_t>(fds[i]) < rl.rlim_cur) {
+            high[i] = sys().fcntl(fds[i], F_DUPFD_CLOEXEC, static_cast<int>(rl.rlim_cur));
+          }
+        }
         nofile_limit(&rl, nullptr);
       }
     }
   }
-  if (high < 0) {
-    high = sys().fcntl(fd, F_DUPFD_CLOEXEC, high_fd_base());
+  for (size_t i = 0; i < n; ++i) {
+    if (fds[i] >= 0 && high[i] < 0) {
+      high[i] = sys().fcntl(fds[i], F_DUPFD_CLOEXEC, high_fd_base());
+    }
   }
-  return high;
 }
 
 }  // namespace
@@ -137,22 +150,29 @@ void nofile_lock() { g_nofile_mu.lock(); }
 void nofile_unlock() { g_nofile_mu.unlock(); }
 
 int place_fd(int fd) {
-  if (fd < 0) {
-    return fd;
+  return place_fds(&fd, 1) ? fd : -1;
+}
+
+bool place_fds(int* fds, size_t n) {
+  constexpr size_t batch = 16;
+  bool ok = true;
+  for (size_t first = 0; first < n; first += batch) {
+    const size_t k = std::min(batch, n - first);
+    int* f = fds + first;
+    int high[batch];
+    const int saved = errno;
+    move_high(f, high, k);
+    for (size_t i = 0; i < k; ++i) {
+      if (f[i] < 0 || (high[i] < 0 && f[i] >= high_fd_base())) {
+        continue;  // (nothing to place, or in our half already, nothing higher free)
+      }
+      sys().close(f[i]);
+      f[i] = high[i];
+      ok = ok && high[i] >= 0;
+    }
+    errno = ok ? saved : EMFILE;
   }
-  const int saved = errno;
-  const int high = move_high(fd);
-  if (high < 0 && fd >= high_fd_base()) {
-    errno = saved;
-    return fd;  // (in our half already, and nothing higher free)
-  }
-  sys().close(fd);
-  if (high < 0) {
-    errno = EMFILE;
-    return -1;
-  }
-  errno = saved;
-  return high;
+  return ok;
 }
 
 namespace {
@@ -271,16 +291,24 @@ ssize_t recv_with_fds(int sock, void* data, size_t len, std::vector<int>& fds, b
     return n;
   }
   truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
+  int got[scm_max_fd] = {};
+  size_t k = 0;
   for_each_passed_fd(&msg, [&](int fd) {
-    // Where no number out of the application's way is free, the fd stays
-    // where it came: a message refused here would end a connection that
-    // is already SMC at the peer (its slot announced, its Confirm sent).
-    const int high = move_high(fd);
-    if (high >= 0) {
-      sys().close(fd);  // (its copy keeps the file)
+    if (k < scm_max_fd) {
+      got[k++] = fd;
     }
-    fds.push_back(high >= 0 ? high : fd);
   });
+  // Where no number out of the application's way is free, an fd stays
+  // where it came: a message refused here would end a connection that is
+  // already SMC at the peer (its slot announced, its Confirm sent).
+  int high[scm_max_fd] = {};
+  move_high(got, high, k);
+  for (size_t i = 0; i < k; ++i) {
+    if (high[i] >= 0) {
+      sys().close(got[i]);  // (its copy keeps the file)
+    }
+    fds.push_back(high[i] >= 0 ? high[i] : got[i]);
+  }
   return n;
 }
 

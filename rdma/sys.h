@@ -84,8 +84,9 @@ class library_calls {
 ///   connection the peer already made SMC cannot fall back.
 ///
 /// Event loops size their tables by the fd numbers they expect too (wrk:
-/// 10 + 3 per connection). Five system calls per fd, paid when a link or
-/// a slot is made, not per connection. The application's own changes of
+/// 10 + 3 per connection). Paid when a link or a slot is made, not per
+/// connection: for n fds placed at once (place_fds) three prlimit64 (read,
+/// raise, restore), then a dup and a close each. The application's own changes of
 /// the limit (setrlimit, prlimit), and its reads of it (getrlimit too),
 /// wait for a placement under way (nofile_lock()): none sees the raised
 /// value.
@@ -98,6 +99,10 @@ long nofile_soft_limit();
 /// fd renumbered as above (close-on-exec), or -1 with errno EMFILE (fd
 /// closed); fd < 0 is passed through.
 int place_fd(int fd);
+/// place_fd() for each of n fds at once (one raise of the limit for all):
+/// each fds[i] >= 0 becomes its placed copy, or -1 (closed; errno EMFILE).
+/// False if any became -1.
+bool place_fds(int* fds, size_t n);
 /// Held while the soft RLIMIT_NOFILE is raised for a placement: the
 /// preload's getrlimit/setrlimit/prlimit of RLIMIT_NOFILE take it too, so
 /// the restore never undoes the application's own change, and no read sees

@@ -135,24 +135,18 @@ void take_peer(const int fds[3], const hello& h, peer_side& out) {
 // kernel release them on our thread.
 std::atomic<bool> g_bells_take_fds{false};
 
-bool bell_pair(int& bell, int& ring) {
-  int sv[2];
-  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0) {
-    return false;
-  }
-  bell = place_fd(sv[0]);
-  ring = place_fd(sv[1]);
-  if (bell < 0 || ring < 0) {  // (no fd number left that is not the application's)
-    close_fd(bell);
-    close_fd(ring);
-    errno = EMFILE;
-    return false;
-  }
-  // The peer rings through `ring`: it must never park an fd on `bell`.
+// A doorbell's two ends, not placed yet (local_side::init places a slot's
+// fds at once).
+bool bell_pair(int (&sv)[2]) {
+  return ::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) == 0;
+}
+
+// The peer rings a doorbell through its other end: it must never park an
+// fd on ours.
+void refuse_fds_on_bell(int bell) {
   if (!refuse_passed_fds(bell)) {
     g_bells_take_fds.store(true, std::memory_order_relaxed);
   }
-  return true;
 }
 
 // Closes one of our doorbells' waiting ends (see g_bells_take_fds).
@@ -476,11 +470,11 @@ uint64_t random64() {
 
 namespace {
 
-// A new memfd of `bytes`, sealed against shrinking and growing, mapped
-// shared into `map`. False + errno on failure (what was made is left in
-// fd and map for the owner to release).
-bool create_sealed(const char* name, size_t bytes, int& fd, void*& map) {
-  fd = place_fd(memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
+// A new memfd (`fd`, made and placed by the caller) of `bytes`, sealed
+// against shrinking and growing, mapped shared into `map`. False + errno
+// on failure (what was made is left in fd and map for the owner to
+// release).
+bool create_sealed(size_t bytes, int fd, void*& map) {
   if (fd < 0 || ftruncate(fd, static_cast<off_t>(bytes)) != 0 ||
       sys().fcntl(fd, F_ADD_SEALS, required_seals) != 0) {
     return false;
@@ -541,14 +535,16 @@ segment::~segment() {
   close_fd(fd_);
 }
 
-std::unique_ptr<segment> segment::create(uint32_t size) {
+std::unique_ptr<segment> segment::create(uint32_t size, int fd) {
   std::unique_ptr<segment> s(new (std::nothrow) segment());
   if (!s) {
+    close_fd(fd);
     errno = ENOMEM;
     return nullptr;
   }
+  s->fd_ = fd;
   s->map_len_ = control_bytes + size;
-  if (!create_sealed("smc-rmb", s->map_len_, s->fd_, s->map_)) {
+  if (!create_sealed(s->map_len_, s->fd_, s->map_)) {
     return nullptr;
   }
   s->ctl_ = new (s->map_) control{};
@@ -585,13 +581,15 @@ state_page::~state_page() {
   close_fd(fd_);
 }
 
-std::unique_ptr<state_page> state_page::create() {
+std::unique_ptr<state_page> state_page::create(int fd) {
   std::unique_ptr<state_page> s(new (std::nothrow) state_page());
   if (!s) {
+    close_fd(fd);
     errno = ENOMEM;
     return nullptr;
   }
-  if (!create_sealed("smc-conn", bytes, s->fd_, s->map_)) {
+  s->fd_ = fd;
+  if (!create_sealed(bytes, s->fd_, s->map_)) {
     return nullptr;
   }
   return s;
@@ -619,15 +617,43 @@ local_side::~local_side() {
 }
 
 bool local_side::init(uint32_t rmb_size) {
-  state = state_page::create();
-  rmb = segment::create(rmb_size);
+  // Every fd of the slot first, then all placed at once (one raise of the
+  // soft limit for the six: rdma/sys.h).
+  int fds[6] = {memfd_create("smc-conn", MFD_CLOEXEC | MFD_ALLOW_SEALING),
+                memfd_create("smc-rmb", MFD_CLOEXEC | MFD_ALLOW_SEALING), -1, -1, -1, -1};
+  int rx[2] = {-1, -1};
+  int tx[2] = {-1, -1};
+  bool made = fds[0] >= 0 && fds[1] >= 0 && bell_pair(rx) && bell_pair(tx);
+  fds[2] = rx[0];
+  fds[3] = rx[1];
+  fds[4] = tx[0];
+  fds[5] = tx[1];
+  if (made && !place_fds(fds, 6)) {
+    made = false;  // (no fd number left that is not the application's: EMFILE)
+  }
+  if (!made) {
+    const int why = errno;
+    for (int& fd : fds) {
+      close_fd(fd);
+    }
+    errno = why;
+    return false;
+  }
+  rx_bell = fds[2];
+  rx_bell_ring = fds[3];
+  tx_bell = fds[4];
+  tx_bell_ring = fds[5];
+  refuse_fds_on_bell(rx_bell);
+  refuse_fds_on_bell(tx_bell);
+  state = state_page::create(fds[0]);
+  rmb = segment::create(rmb_size, fds[1]);
   if (!state || !rmb) {
     return false;
   }
   token = random64();
   static std::atomic<uint64_t> next_bell_id{0};
   bell_id = next_bell_id.fetch_add(1, std::memory_order_relaxed) + 1;
-  return bell_pair(rx_bell, rx_bell_ring) && bell_pair(tx_bell, tx_bell_ring);
+  return true;
 }
 
 local_side::local_side(local_side&& o) noexcept

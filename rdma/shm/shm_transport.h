@@ -64,8 +64,10 @@ class segment {
   segment(const segment&) = delete;
   segment& operator=(const segment&) = delete;
 
-  /// New sealed memfd of control_bytes + size; returns nullptr and sets errno on failure.
-  static std::unique_ptr<segment> create(uint32_t size);
+  /// A new sealed RMB of control_bytes + size over `fd`, a new memfd (made
+  /// with MFD_ALLOW_SEALING, placed: rdma/sys.h) it owns from here on;
+  /// nullptr and errno on failure.
+  static std::unique_ptr<segment> create(uint32_t size, int fd);
   /// Maps a peer's memfd after checking seals and size; takes ownership of fd
   /// only on success. nullptr + errno (EPROTO for a bad segment) on failure.
   static std::unique_ptr<segment> attach(int fd, uint32_t size);
@@ -93,8 +95,9 @@ class state_page {
   state_page(const state_page&) = delete;
   state_page& operator=(const state_page&) = delete;
   static constexpr size_t bytes = 4096;
-  /// A new zeroed page; nullptr + errno on failure.
-  static std::unique_ptr<state_page> create();
+  /// A new zeroed page over `fd`, as segment::create's; nullptr + errno
+  /// on failure.
+  static std::unique_ptr<state_page> create(int fd);
   /// Maps a received page after checking its seals and size; owns fd on
   /// success only. nullptr + errno (EPROTO for a bad page) on failure.
   static std::unique_ptr<state_page> attach(int fd);

@@ -109,3 +109,51 @@ TEST_CASE("recv_with_fds: fds that came with a message go above the soft limit",
   });
   CHECK(rc == 0);
 }
+
+TEST_CASE("place_fds: many fds placed at once, above the soft limit, each its own", "[fds]") {
+  rlimit rl{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &rl) == 0);
+  REQUIRE(rl.rlim_max >= 4 * soft);
+  const int rc = in_child([] {
+    // More than one batch (16), with a hole (-1) passed through.
+    constexpr int n = 21;
+    int fds[n];
+    int low[n];
+    for (int i = 0; i < n; ++i) {
+      fds[i] = i == 5 ? -1 : ::eventfd(static_cast<unsigned>(i), EFD_CLOEXEC | EFD_NONBLOCK);
+      low[i] = fds[i];
+      if (i != 5 && (fds[i] < 0 || static_cast<rlim_t>(fds[i]) >= soft)) {
+        return 1;
+      }
+    }
+    if (!smc::rdma::place_fds(fds, n)) {
+      return 2;
+    }
+    if (soft_now() != soft) {
+      return 3;  // the limit was not restored
+    }
+    for (int i = 0; i < n; ++i) {
+      if (i == 5) {
+        if (fds[i] != -1) {
+          return 4;
+        }
+        continue;
+      }
+      if (static_cast<rlim_t>(fds[i]) < soft || ::fcntl(fds[i], F_GETFD) != FD_CLOEXEC) {
+        return 5;
+      }
+      // The copy is the same eventfd (its counter says which), and the
+      // number it had is closed (the application's again).
+      uint64_t v = 0;
+      if (::read(fds[i], &v, sizeof v) != (i == 0 ? -1 : static_cast<ssize_t>(sizeof v)) ||
+          (i != 0 && v != static_cast<uint64_t>(i))) {
+        return 6;
+      }
+      if (::fcntl(low[i], F_GETFD) != -1 || errno != EBADF) {
+        return 7;
+      }
+    }
+    return 0;
+  });
+  CHECK(rc == 0);
+}
