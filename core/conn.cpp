@@ -20,6 +20,7 @@
 #include <unordered_set>
 
 #include "core/busy_wait.h"
+#include "core/wait_policy.h"
 #include "core/cdc.h"
 #include "core/log.h"
 #include "core/stats.h"
@@ -385,9 +386,7 @@ bool spin_until(rdma::data_path& path, uint32_t spin_us, Done done) {
 }  // namespace
 
 uint32_t conn::spin_budget_us() const {
-  // A confined connection does not spin: a longer spin yields the CPU
-  // (sched_yield), which a sandbox's filter may forbid (sshd's does).
-  return confined_.load(std::memory_order_relaxed) ? 0 : spin_us_;
+  return core::spin_budget_us(spin_us_, confined_.load(std::memory_order_relaxed), -1);
 }
 
 bool conn::spin_rx(uint8_t pf) {
@@ -413,16 +412,12 @@ int conn::wait_poll(bool rx, int timeout_ms, Ready& ready, waiter* self) {
   // After the peer's FIN the TCP socket stays readable: stop watching it,
   // and while its meaning is open (check_tcp()) look again every few ms.
   const bool fin = sh_->fin_ms.load() != 0;
-  if (fin && !finished() && (timeout_ms < 0 || timeout_ms > 10)) {
-    timeout_ms = 10;
-  }
+  timeout_ms = static_cast<int>(sleep_slice(timeout_ms, 10, fin && !finished()));
   // Without a wake fd (none could be made) nothing reaches a same-host
   // wait but the peer's rings: what the connection changes by itself is
   // looked at every 100 ms.
-  if (self == nullptr && path_->transport() == rdma::kind::shm &&
-      (timeout_ms < 0 || timeout_ms > look_every_ms)) {
-    timeout_ms = look_every_ms;
-  }
+  timeout_ms = static_cast<int>(sleep_slice(
+      timeout_ms, look_every_ms, self == nullptr && path_->transport() == rdma::kind::shm));
   nfds_t nfds = fin ? 1 : 2;
   // Our own state changes and others' drains wake us through the thread's
   // wake_fd (core/wake.h).
@@ -549,9 +544,7 @@ int conn::wait_confined(bool rx, int timeout_ms, Ready& ready, waiter& self) {
     }
   }
   pollfd p{whole ? waiter_ : (rx ? path_->rx_fd() : path_->tx_fd()), POLLIN, 0};
-  if (!whole && !finished() && (timeout_ms < 0 || timeout_ms > look_every_ms)) {
-    timeout_ms = look_every_ms;
-  }
+  timeout_ms = static_cast<int>(sleep_slice(timeout_ms, look_every_ms, !whole && !finished()));
   int n = sys().poll(&p, 1, timeout_ms);
   const int err = errno;
   if (n < 0) {

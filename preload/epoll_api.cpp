@@ -72,6 +72,7 @@
 #include "core/busy_wait.h"
 #include "core/log.h"
 #include "core/stats.h"
+#include "core/wait_policy.h"
 #include "preload/preload.h"
 #include "rdma/sys.h"
 #include "rdma/transport.h"
@@ -106,7 +107,7 @@ struct ep_set {
   unsigned fork_gen = 0;    // the process generation that made it
   bool closing = false;     // the application's set is being closed: no DELs
   int sleepers = 0;         // threads in a kernel wait that may block
-  unsigned streak = 0;      // waits answered from memory alone in a row
+  core::memory_turns turns; // waits answered from memory alone in a row (the kernel's turn)
   uint64_t gen = 0;         // numbers each wait (one report per registration)
   std::vector<ep_reg*> regs;
   std::unordered_set<ep_reg*> live;  // pointers from the kernel are checked against this
@@ -184,11 +185,7 @@ constexpr uint32_t tag_level = 3;
 constexpr uintptr_t tag_mask = 3;
 constexpr uint32_t in_bits = EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLPRI;
 constexpr uint32_t out_bits = EPOLLOUT | EPOLLWRNORM;
-// Waits answered from the check list alone before the kernel gets a turn
-// (only when the list fills the caller's whole buffer).
-constexpr unsigned max_streak = 8;
-// Looks that find a hot registration not ready before it cools down.
-constexpr uint16_t max_cold_looks = 64;
+using core::max_cold_looks;  // (how the waits spend their time: core/wait_policy.h)
 
 // Which fds are epoll instances, and which of those were put into another
 // epoll set (a set made before it held SMC sockets is nested before we know
@@ -1333,11 +1330,7 @@ int translate(ep_set* s, epoll_event* ev, int m, uint64_t gen) {
   return n;
 }
 
-int64_t mono_ms() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
+int64_t mono_ms() { return core::mono_ns() / 1000000; }
 
 using chan_list = std::array<std::shared_ptr<rdma::direct_channel>, max_direct>;
 
@@ -1386,7 +1379,7 @@ int kernel_wait(ep_set* s, epoll_event* out, int cap, int64_t left, uint32_t spi
   int n = wait(out, cap, 0);
   if (n == 0 && spin > 0) {
     const int64_t t0 = mono_ms();
-    const uint32_t us = left < 0 ? spin : static_cast<uint32_t>(std::min<int64_t>(spin, left * 1000));
+    const uint32_t us = core::spin_budget_us(spin, false, left < 0 ? -1 : left * 1000000);
     spin_channels(chans.begin(), chans.begin() + k, us, [&] {
       n = wait(out, cap, 0);
       return n != 0;
@@ -1415,11 +1408,12 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
     return wait(events, maxevents, timeout_ms);
   }
   int saved = errno;
-  const int64_t deadline = timeout_ms < 0 ? 0 : mono_ms() + timeout_ms;
-  const uint32_t spin_us = g_confined.load(std::memory_order_relaxed) ? 0 : cfg().spin_us;
+  const core::wait_deadline deadline(timeout_ms < 0 ? -1 : timeout_ms * 1000000);
+  const bool confined = g_confined.load(std::memory_order_relaxed);
+  const uint32_t spin_us = core::spin_budget_us(cfg().spin_us, confined, -1);
   bool spun = false;
   for (;;) {
-    int64_t left = timeout_ms < 0 ? -1 : std::max<int64_t>(0, deadline - mono_ms());
+    int64_t left = deadline.left_ms();
     int n = 0;
     uint64_t gen = 0;
     bool sleeper = false;
@@ -1431,18 +1425,18 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
       take_kicked(s);
       gen = ++s->gen;
       if (!s->check.empty() || !s->hot.empty()) {
-        // What memory has is reported without the kernel, max_streak
-        // times in a row at most: then the kernel gets its turn (room is
-        // kept for it), so that its fds in the set are never starved.
-        const bool kernel_turn = s->streak >= max_streak;
+        // What memory has is reported without the kernel, but not for
+        // ever: on the kernel's turn room is kept for its events, so that
+        // its fds in the set are never starved (core::memory_turns).
+        const bool kernel_turn = s->turns.kernel_turn();
         const int cap = kernel_turn ? maxevents - 1 : maxevents;
         n = cap > 0 ? look_memory(s, events, cap, gen) : 0;
         if (n > 0 && !kernel_turn) {
-          ++s->streak;
+          s->turns.from_memory();
           errno = saved;
           return n;
         }
-        s->streak = 0;
+        s->turns.from_kernel();
         if (n > 0 || cap == 0 || !s->check.empty()) {
           left = 0;  // something is ready (or may be, or was kept for want of room)
         }
@@ -1458,13 +1452,12 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
           left = 0;  // one of them is ready: the next look reports it
         }
       }
-      if (left != 0 && s->unlisted > 0 && (left < 0 || left > core::look_every_ms)) {
-        // Unlisted registrations (hot ones too, armed just above): what
-        // their connections change by themselves (an end, a level made
-        // true) reaches them at the next look, not through a ring.
-        left = core::look_every_ms;
-        sliced = true;
-      }
+      // Unlisted registrations (hot ones too, armed just above): what
+      // their connections change by themselves (an end, a level made
+      // true) reaches them at the next look, not through a ring.
+      const int64_t cut = core::sleep_slice(left, core::look_every_ms, left != 0 && s->unlisted > 0);
+      sliced = cut != left;
+      left = cut;
     } catch (...) {
     }
     if (spin) {
@@ -1472,8 +1465,8 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
       // look at the hot registrations in memory for up to SMC_SPIN_US. A
       // reply that comes meanwhile costs neither side a system call.
       spun = true;
-      const int64_t us = left < 0 ? spin_us : std::min<int64_t>(spin_us, left * 1000);
-      core::busy_wait(static_cast<uint32_t>(us), [] { return false; }, [&] {
+      const uint32_t us = core::spin_budget_us(spin_us, confined, left < 0 ? -1 : left * 1000000);
+      core::busy_wait(us, [] { return false; }, [&] {
         // (Not in the way of other threads' epoll calls: a round that
         // finds the lock taken only looks again.)
         std::unique_lock<std::mutex> lk(g_ep_mu, std::try_to_lock);
@@ -1513,7 +1506,7 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
       errno = saved;
       return n;
     }
-    if (timeout_ms >= 0 && mono_ms() >= deadline) {
+    if (deadline.passed()) {
       errno = saved;
       return 0;
     }

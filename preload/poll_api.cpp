@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/busy_wait.h"
+#include "core/wait_policy.h"
 #include "core/log.h"
 #include "core/stats.h"
 #include "preload/preload.h"
@@ -29,11 +30,7 @@ namespace {
 // filter that does not know it): not tried again.
 std::atomic<bool> g_no_pwait2{false};
 
-int64_t mono_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
+using smc::core::mono_ns;
 
 struct slot_map {
   entry* e = nullptr;
@@ -143,9 +140,9 @@ int from_memory(pollfd* fds, nfds_t n, const std::vector<slot_map>& map, int64_t
     return ready;
   };
   int ready = look();
-  const uint32_t spin = g_confined.load(std::memory_order_relaxed) ? 0 : cfg().spin_us;
-  if (ready == 0 && timeout_ns != 0 && spin > 0) {
-    const uint32_t us = timeout_ns < 0 ? spin : static_cast<uint32_t>(std::min<int64_t>(spin, timeout_ns / 1000));
+  const uint32_t us = smc::core::spin_budget_us(
+      cfg().spin_us, g_confined.load(std::memory_order_relaxed), timeout_ns);
+  if (ready == 0 && us > 0) {
     smc::core::busy_wait(us, [] { return false; }, [&] { return (ready = look()) > 0; });
   }
   return ready;
@@ -185,7 +182,7 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
     }
     return ready;
   }
-  const int64_t deadline = timeout_ns < 0 ? 0 : mono_ns() + timeout_ns;
+  const smc::core::wait_deadline deadline(timeout_ns);
   int result = 0;
   // The thread's wake_fd, for the state changes connections make themselves
   // (core/wake.h): made when a wait first needs it, never in a confined
@@ -363,20 +360,13 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
         ++ready;
       }
     }
-    int64_t left_ns = -1;
-    if (ready > 0 || again) {
-      left_ns = 0;
-    } else if (timeout_ns >= 0) {
-      left_ns = std::max<int64_t>(0, deadline - mono_ns());
-    }
+    // Another thread may settle a deciding socket (and consume the bytes
+    // that made it readable), a confined connection without a waiter has
+    // its TCP socket looked at, an unlisted one its state: again at least
+    // every 100 ms.
     constexpr int64_t look_ns = int64_t{smc::core::look_every_ms} * 1000000;
-    if ((deciding || sliced) && (left_ns < 0 || left_ns > look_ns)) {
-      // Another thread may settle a deciding socket (and consume the bytes
-      // that made it readable), a confined connection without a waiter has
-      // its TCP socket looked at, an unlisted one its state: again at least
-      // every 100 ms.
-      left_ns = look_ns;
-    }
+    int64_t left_ns = smc::core::sleep_slice(ready > 0 || again ? 0 : deadline.left_ns(),
+                                                   look_ns, deciding || sliced);
     int kn = 0;
     // (What does not fit stays with the wait set for the next look.)
     constexpr int max_hev = 3 * 64 + 1;
@@ -391,13 +381,11 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       k.push_back({wf->fd(), POLLIN, 0});
     }
     const size_t base = k.size();
-    // (A confined process does not spin: a spin yields the CPU, which its
-    // filter may forbid.)
-    const uint32_t spin = g_confined.load(std::memory_order_relaxed) ? 0 : cfg().spin_us;
-    if (left_ns != 0 && spin > 0 && !chans.v.empty()) {
+    const uint32_t us = smc::core::spin_budget_us(
+        cfg().spin_us, g_confined.load(std::memory_order_relaxed), left_ns);
+    if (us > 0 && !chans.v.empty()) {
       // Busy-poll the receive channels first; the doorbells they ring are in
       // the kernel set.
-      const uint32_t us = left_ns < 0 ? spin : static_cast<uint32_t>(std::min<int64_t>(spin, left_ns / 1000));
       timespec zero{0, 0};
       spin_channels(chans.v.begin(), chans.v.end(), us, [&] {
         kn = real.ppoll(k.data(), base, &zero, sigmask);
@@ -405,7 +393,7 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       });
       if (kn == 0 && left_ns > 0 && timeout_ns >= 0) {
         // What the spin left of the caller's timeout.
-        left_ns = std::min(left_ns, std::max<int64_t>(0, deadline - mono_ns()));
+        left_ns = std::min(left_ns, deadline.left_ns());
       }
     }
     if (kn == 0) {
@@ -593,7 +581,7 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
       // state's), within the caller's timeout.
       continue;
     }
-    if (timeout_ns >= 0 && mono_ns() >= deadline) {
+    if (deadline.passed()) {
       result = 0;
       break;
     }
