@@ -161,6 +161,21 @@ size_t count_args(const char* arg0, va_list ap) {
   return n;
 }
 
+// An execl-family call: its argument vector (and, `with_envp`, the
+// environment after it) from `ap`, then run(argv, envp). The vector lives
+// on this frame's stack (no allocation: the caller may be a vfork child).
+template <class Run>
+int exec_with_args(const char* arg0, va_list ap, bool with_envp, Run run) {
+  va_list count;
+  va_copy(count, ap);
+  const size_t n = count_args(arg0, count);
+  va_end(count);
+  auto** argv = static_cast<char**>(alloca((n + 2) * sizeof(char*)));
+  char** envp = nullptr;
+  collect_args(arg0, ap, argv, with_envp ? &envp : nullptr);
+  return run(argv, envp);
+}
+
 }  // namespace
 
 extern "C" {
@@ -168,38 +183,26 @@ extern "C" {
 __attribute__((visibility("default"))) int execl(const char* path, const char* arg, ...) {
   va_list ap;
   va_start(ap, arg);
-  const size_t n = count_args(arg, ap);
+  const int rc = exec_with_args(arg, ap, false, [&](char** argv, char**) { return execv(path, argv); });
   va_end(ap);
-  auto** argv = static_cast<char**>(alloca((n + 2) * sizeof(char*)));
-  va_start(ap, arg);
-  collect_args(arg, ap, argv, nullptr);
-  va_end(ap);
-  return execv(path, argv);
+  return rc;
 }
 
 __attribute__((visibility("default"))) int execlp(const char* file, const char* arg, ...) {
   va_list ap;
   va_start(ap, arg);
-  const size_t n = count_args(arg, ap);
+  const int rc = exec_with_args(arg, ap, false, [&](char** argv, char**) { return execvp(file, argv); });
   va_end(ap);
-  auto** argv = static_cast<char**>(alloca((n + 2) * sizeof(char*)));
-  va_start(ap, arg);
-  collect_args(arg, ap, argv, nullptr);
-  va_end(ap);
-  return execvp(file, argv);
+  return rc;
 }
 
 __attribute__((visibility("default"))) int execle(const char* path, const char* arg, ...) {
   va_list ap;
   va_start(ap, arg);
-  const size_t n = count_args(arg, ap);
+  const int rc = exec_with_args(arg, ap, true,
+                                [&](char** argv, char** envp) { return execve(path, argv, envp); });
   va_end(ap);
-  auto** argv = static_cast<char**>(alloca((n + 2) * sizeof(char*)));
-  char** envp = nullptr;
-  va_start(ap, arg);
-  collect_args(arg, ap, argv, &envp);
-  va_end(ap);
-  return execve(path, argv, envp);
+  return rc;
 }
 
 }  // extern "C"
