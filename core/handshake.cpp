@@ -431,6 +431,9 @@ hs_outcome client_shm_link(int fd, const clc::accept_confirm_d& acc, const hs_pa
   return smc(std::move(path));
 }
 
+// The socket's error a look below took (take_tcp_error).
+thread_local int t_tcp_err = 0;
+
 // What the start of the stream holds, looked at as a CLC message of a type
 // in `type_mask` (never consumes anything).
 enum class peeked {
@@ -445,6 +448,9 @@ peeked peek_message(int fd, uint8_t (&buf)[clc::max_msg_len], clc::header& h,
   // One look takes what a whole message can be (the bytes after it stay
   // where they are, unread).
   ssize_t n = sys().recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0 && errno != EAGAIN && errno != EINTR) {
+    t_tcp_err = errno;  // taken from the socket: owed to the application
+  }
   if (n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE))) {
     return peeked::eof;  // closed, or reset
   }
@@ -678,6 +684,8 @@ hs_step_ptr client_propose(int fd, const hs_params& p, hs_outcome& out) {
   }
   return s;
 }
+
+int take_tcp_error() { return std::exchange(t_tcp_err, 0); }
 
 hs_outcome client_handshake(int fd, const hs_params& p) {
   hs_outcome out;

@@ -30,7 +30,7 @@ int settle_io(entry* e, int fd, bool write, int flags, state& st) {
   if (s == state::tcp) {
     fd_forget_if(fd, e);
     st = s;
-    return 0;
+    return e->tcp_err.exchange(0, std::memory_order_relaxed);  // (owed: reported once)
   }
   if (write) {
     if (s == state::undecided) {

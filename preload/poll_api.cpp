@@ -564,6 +564,9 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
         } else {
           fds[i].revents = kr;
         }
+        if (fds[i].revents != 0 && m.e != nullptr && s == state::tcp && m.e->tcp_err.load() != 0) {
+          fds[i].revents |= POLLERR;  // the error owed to the application (entry::tcp_err)
+        }
       }
       if (fds[i].revents != 0) {
         ++ready;

@@ -168,6 +168,10 @@ struct entry {
   std::atomic<bool> lowat_default{false};  // made by our socket() (or accepted from such a
                                            // listener), TCP_NOTSENT_LOWAT never set
   bool marked = false;  // (under the marks' lock) its TCP socket carries our mark (mark_smc)
+  // TCP for good: the socket's error (ECONNRESET) a look of the handshake
+  // took from the kernel, owed to the application's next read or write
+  // (settle_io; poll adds POLLERR until then).
+  std::atomic<int> tcp_err{0};
   std::shared_ptr<core::conn> conn;  // state::smc (shared with an SCM_RIGHTS offer)
   ep_set* eps = nullptr;          // state::epoll
   std::vector<ep_reg*> regs;      // epoll registrations (under the epoll mutex)

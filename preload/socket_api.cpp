@@ -51,6 +51,11 @@ void become_tcp(entry* e, int fd, reason why) {
     core::stats::count_fallback(why);
     SMC_LOG(debug, "fd %d: TCP (%s)", fd, core::to_name(why));
   }
+  // A reset the handshake's look took from the socket: the application's
+  // next call sees it, as its first one would have on TCP.
+  if (const int err = core::take_tcp_error(); err != 0) {
+    e->tcp_err.store(err, std::memory_order_relaxed);
+  }
   e->st.store(state::tcp, std::memory_order_release);
 }
 
@@ -87,6 +92,7 @@ unsigned default_notsent_lowat(int family) {
 // Applies a handshake outcome (under e->mu).
 void apply(entry* e, int fd, core::hs_outcome&& o) {
   if (o.path) {
+    core::take_tcp_error();  // (a look's before the connection was decided: none is owed)
     const bool rdma = o.path->transport() == rdma::kind::rdma;
     e->conn = std::make_shared<core::conn>(std::move(o.path), fd, cfg().spin_us);
     if (e->rcvlowat > 1) {
@@ -1144,6 +1150,10 @@ __attribute__((visibility("default"))) int getsockopt(int fd, int level, int nam
   }
   if (level == SOL_SOCKET && name == SO_ERROR && g_enabled && fd_maybe(fd)) {
     entry_ref e(fd);
+    // (An error a handshake took from the kernel, entry::tcp_err, is owed
+    // to the next read or write, not to SO_ERROR: a non-blocking connect's
+    // SO_ERROR is what moves its handshake on, and on TCP a reset that
+    // came after the connection was made reaches that read.)
     if (e && drive(e.get(), fd) == state::smc && val != nullptr && len != nullptr &&
         *len >= sizeof(int)) {
       int err = e->conn->take_error();

@@ -1234,6 +1234,26 @@ def cli_linger0(C):
     C.ctl.send("closed")
 
 
+# 38b. the server resets the connection before it reads anything (SO_LINGER
+# 0, then close): the client's calls see the reset as on TCP.
+def srv_reset_first(S):
+    c = S.accept()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    S.ctl.send("reset")
+
+
+def cli_reset_first(C):
+    s = C.connect()
+    C.ctl.wait("reset")
+    C.out("readable", yn(readable(s)))
+    C.out("poll", poll1(s, select.POLLIN | select.POLLOUT, 0))
+    C.out("recv", attempt(s.recv, 10))
+    C.out("recv", attempt(s.recv, 10))
+    C.out("SO_ERROR", ename(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+    C.out("send", attempt(s.send, b"x"))
+
+
 # 39. calls on a socket that is not connected.
 def cli_not_connected(C):
     s = C.socket()
@@ -1400,6 +1420,7 @@ CASES = [
     ("sendfile", srv_sha_to_eof, cli_sendfile),
     ("msgs", srv_msgs, cli_msgs),
     ("linger0", srv_linger0, cli_linger0),
+    ("reset_first", srv_reset_first, cli_reset_first),
     ("not_connected", None, cli_not_connected),
     ("zero_len", srv_hi_then_eof, cli_zero_len),
     ("connect_again", srv_hi_then_eof, cli_connect_again),
