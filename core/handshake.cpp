@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
@@ -431,8 +432,15 @@ hs_outcome client_shm_link(int fd, const clc::accept_confirm_d& acc, const hs_pa
   return smc(std::move(path));
 }
 
-// The socket's error a look below took (take_tcp_error).
+// The socket's error a look below took (take_tcp_error), and which socket
+// it was (its inode: a background job looks through a copy of the fd).
 thread_local int t_tcp_err = 0;
+thread_local ino_t t_tcp_ino = 0;
+
+ino_t socket_ino(int fd) {
+  struct stat st {};
+  return fstat(fd, &st) == 0 ? st.st_ino : 0;
+}
 
 // What the start of the stream holds, looked at as a CLC message of a type
 // in `type_mask` (never consumes anything).
@@ -449,7 +457,11 @@ peeked peek_message(int fd, uint8_t (&buf)[clc::max_msg_len], clc::header& h,
   // where they are, unread).
   ssize_t n = sys().recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
   if (n < 0 && errno != EAGAIN && errno != EINTR) {
-    t_tcp_err = errno;  // taken from the socket: owed to the application
+    // Taken from the socket: owed to the application.
+    const int err = errno;
+    t_tcp_err = err;
+    t_tcp_ino = socket_ino(fd);
+    errno = err;
   }
   if (n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE))) {
     return peeked::eof;  // closed, or reset
@@ -685,7 +697,16 @@ hs_step_ptr client_propose(int fd, const hs_params& p, hs_outcome& out) {
   return s;
 }
 
-int take_tcp_error() { return std::exchange(t_tcp_err, 0); }
+int take_tcp_error(int fd) {
+  const int err = std::exchange(t_tcp_err, 0);
+  if (err == 0) {
+    return 0;
+  }
+  const int saved = errno;
+  const bool same = t_tcp_ino != 0 && socket_ino(fd) == t_tcp_ino;
+  errno = saved;
+  return same ? err : 0;  // (another socket's, whose outcome went nowhere: dropped)
+}
 
 hs_outcome client_handshake(int fd, const hs_params& p) {
   hs_outcome out;

@@ -51,12 +51,13 @@ struct hs_outcome {
 };
 
 /// The error the handshake's last look at a TCP socket on this thread took
-/// from it, and takes it (0 if none): the caller that applies the
-/// outcome owes it to the application. The kernel reports a socket's
-/// pending error once, to whichever call reads first, a MSG_PEEK too: a
-/// reset that ends a handshake would otherwise never reach the
-/// application, whose first read sees it on TCP (it would read EOF).
-int take_tcp_error();
+/// from it, if that socket is `fd`'s (0 if none), and forgets it either
+/// way: the caller that applies `fd`'s outcome owes it to the application.
+/// The kernel reports a socket's pending error once, to whichever call
+/// reads first, a MSG_PEEK too: a reset that ends a handshake would
+/// otherwise never reach the application, whose first read sees it on TCP
+/// (it would read EOF).
+int take_tcp_error(int fd);
 
 /// Active side, before the TCP connect: gathers what the Proposal needs
 /// (the RDMA devices' GIDs) so it can follow the TCP handshake at once.

@@ -224,6 +224,9 @@ void marked_by(entry* e, const std::function<void()>& f) {
   e->marked = true;
 }
 
+void marks_lock() { g_mark_mu.lock(); }
+void marks_unlock() { g_mark_mu.unlock(); }
+
 void withdraw_offers(const std::vector<uint64_t>& offers) {
   for (uint64_t id : offers) {
     core::handoff::withdraw(id);

@@ -234,6 +234,10 @@ void mark_for_exec();
 /// Runs `f` (an offer that marks the socket itself) under the marks' lock,
 /// the socket counted as marked.
 void marked_by(entry* e, const std::function<void()>& f);
+/// Around fork(): the marks' lock, taken first in the prepare handler and
+/// released in parent and child.
+void marks_lock();
+void marks_unlock();
 /// The message did not leave: withdraws those offers.
 void withdraw_offers(const std::vector<uint64_t>& offers);
 

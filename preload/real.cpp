@@ -200,6 +200,7 @@ core::log::level to_log_level(config::log_level l) {
 }
 
 void atfork_prepare() {
+  marks_lock();  // (first: an offer under it may take the locks below)
   core::background::lock_for_fork();
   ep_lock();
   fd_table_lock_all();
@@ -218,6 +219,7 @@ void atfork_parent() {
   fd_table_unlock_all();
   ep_unlock();
   core::background::unlock_after_fork();
+  marks_unlock();
 }
 void atfork_child();
 
@@ -308,6 +310,7 @@ void init_slow() {
 namespace {
 
 void atfork_child() {
+  marks_unlock();
   rdma::nofile_unlock();
   core::deadlines::forget_after_fork();
   rdma::shm::after_fork(true);

@@ -53,7 +53,7 @@ void become_tcp(entry* e, int fd, reason why) {
   }
   // A reset the handshake's look took from the socket: the application's
   // next call sees it, as its first one would have on TCP.
-  if (const int err = core::take_tcp_error(); err != 0) {
+  if (const int err = core::take_tcp_error(fd); err != 0) {
     e->tcp_err.store(err, std::memory_order_relaxed);
   }
   e->st.store(state::tcp, std::memory_order_release);
@@ -92,7 +92,7 @@ unsigned default_notsent_lowat(int family) {
 // Applies a handshake outcome (under e->mu).
 void apply(entry* e, int fd, core::hs_outcome&& o) {
   if (o.path) {
-    core::take_tcp_error();  // (a look's before the connection was decided: none is owed)
+    core::take_tcp_error(fd);  // (a look's before the connection was decided: none is owed)
     const bool rdma = o.path->transport() == rdma::kind::rdma;
     e->conn = std::make_shared<core::conn>(std::move(o.path), fd, cfg().spin_us);
     if (e->rcvlowat > 1) {
