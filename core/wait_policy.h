@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #include "core/wake.h"
 
@@ -28,15 +29,26 @@ inline int64_t mono_ns() {
 /// A caller's timeout, counted from when its wait began.
 class wait_deadline {
  public:
-  /// `timeout_ns` < 0: no end.
-  explicit wait_deadline(int64_t timeout_ns)
-      : end_(timeout_ns < 0 ? -1 : mono_ns() + timeout_ns) {}
+  /// `timeout_ns` < 0: no end. One too far to count ends at the end of
+  /// the clock (saturated, never wrapped round).
+  explicit wait_deadline(int64_t timeout_ns) : end_(-1) {
+    if (timeout_ns >= 0) {
+      const int64_t now = mono_ns();
+      end_ = timeout_ns > std::numeric_limits<int64_t>::max() - now ? std::numeric_limits<int64_t>::max()
+                                                                     : now + timeout_ns;
+    }
+  }
+  /// The same from milliseconds (< 0: no end).
+  static wait_deadline from_ms(int64_t ms) {
+    constexpr int64_t max_ms = std::numeric_limits<int64_t>::max() / 1000000;
+    return wait_deadline(ms < 0 ? -1 : std::min(ms, max_ms) * 1000000);
+  }
   /// What is left of it: -1 for no end, else >= 0.
   int64_t left_ns() const { return end_ < 0 ? -1 : std::max<int64_t>(0, end_ - mono_ns()); }
   /// The same in milliseconds, rounded up (a sleep of it never ends early).
   int64_t left_ms() const {
     const int64_t ns = left_ns();
-    return ns < 0 ? -1 : (ns + 999999) / 1000000;
+    return ns < 0 ? -1 : ns / 1000000 + (ns % 1000000 != 0 ? 1 : 0);
   }
   /// Whether it ended (never, without one).
   bool passed() const { return end_ >= 0 && mono_ns() >= end_; }

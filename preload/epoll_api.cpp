@@ -58,6 +58,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <limits>
 #include <array>
 #include <atomic>
 #include <cstring>
@@ -1408,7 +1409,7 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
     return wait(events, maxevents, timeout_ms);
   }
   int saved = errno;
-  const core::wait_deadline deadline(timeout_ms < 0 ? -1 : timeout_ms * 1000000);
+  const core::wait_deadline deadline = core::wait_deadline::from_ms(timeout_ms);
   const bool confined = g_confined.load(std::memory_order_relaxed);
   const uint32_t spin_us = core::spin_budget_us(cfg().spin_us, confined, -1);
   bool spun = false;
@@ -1795,7 +1796,12 @@ __attribute__((visibility("default"))) int epoll_pwait2(int epfd, epoll_event* e
   if (!g_enabled || !fd_maybe(epfd)) {
     return real.epoll_pwait2(epfd, events, maxevents, ts, sigmask);
   }
-  int64_t ms = ts == nullptr ? -1 : ts->tv_sec * 1000 + (ts->tv_nsec + 999999) / 1000000;
+  // (A timeout of centuries, such as {LONG_MAX, 0}, saturates.)
+  constexpr int64_t max_s = std::numeric_limits<int64_t>::max() / 1000 - 1;
+  int64_t ms = ts == nullptr ? -1
+               : ts->tv_sec > max_s
+                   ? std::numeric_limits<int64_t>::max()
+                   : static_cast<int64_t>(ts->tv_sec) * 1000 + (ts->tv_nsec + 999999) / 1000000;
   return wait_common(epfd, events, maxevents, ms, sigmask,
                      [&](epoll_event* out, int cap, int64_t t) {
                        timespec left{static_cast<time_t>(t / 1000),

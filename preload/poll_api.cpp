@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <limits>
 #include <climits>
 #include <cstring>
 #include <vector>
@@ -620,7 +621,13 @@ bool any_recorded(const pollfd* fds, nfds_t n) {
 int64_t ms_to_ns(int timeout) { return timeout < 0 ? -1 : static_cast<int64_t>(timeout) * 1000000; }
 
 int64_t ts_to_ns(const timespec* ts) {
-  return ts == nullptr ? -1 : static_cast<int64_t>(ts->tv_sec) * 1000000000 + ts->tv_nsec;
+  if (ts == nullptr) {
+    return -1;
+  }
+  // (A timeout of centuries, such as {LONG_MAX, 0}, saturates.)
+  constexpr int64_t max_s = std::numeric_limits<int64_t>::max() / 1000000000 - 1;
+  return ts->tv_sec > max_s ? std::numeric_limits<int64_t>::max()
+                            : static_cast<int64_t>(ts->tv_sec) * 1000000000 + ts->tv_nsec;
 }
 
 int poll_entry(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask) {

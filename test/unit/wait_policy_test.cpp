@@ -3,6 +3,8 @@
 // turn among answers from memory, and the caller's deadline.
 #include <catch2/catch.hpp>
 
+#include <limits>
+
 #include "core/wait_policy.h"
 
 using namespace smc::core;
@@ -61,4 +63,14 @@ TEST_CASE("wait deadline: none, zero, and one still ahead", "[wait]") {
   // Rounded up: a sleep of what is left never ends before the deadline.
   const wait_deadline sub_ms(1500);  // 1.5 us
   CHECK(sub_ms.left_ms() <= 1);
+  // A timeout of centuries saturates: no end in sight, never wrapped round.
+  const wait_deadline far(std::numeric_limits<int64_t>::max());
+  CHECK(far.left_ns() > int64_t{1} << 62);
+  CHECK(far.left_ms() > int64_t{1} << 42);
+  CHECK_FALSE(far.passed());
+  const wait_deadline far_ms = wait_deadline::from_ms(std::numeric_limits<int64_t>::max());
+  CHECK(far_ms.left_ms() > int64_t{1} << 42);
+  CHECK_FALSE(far_ms.passed());
+  CHECK(wait_deadline::from_ms(-1).left_ms() == -1);
+  CHECK(wait_deadline::from_ms(0).passed());
 }
