@@ -26,6 +26,30 @@ inline int64_t mono_ns() {
   return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
+/// A caller's timeout in milliseconds as nanoseconds (< 0: none, -1); one
+/// too long to count saturates rather than wrap round.
+inline int64_t ms_to_ns(int64_t ms) {
+  constexpr int64_t max_ms = std::numeric_limits<int64_t>::max() / 1000000;
+  return ms < 0 ? -1 : std::min(ms, max_ms) * 1000000;
+}
+
+/// The same for a timespec (nullptr: none, -1), such as {LONG_MAX, 0},
+/// which some programs pass for "no end".
+inline int64_t timespec_ns(const timespec* ts) {
+  if (ts == nullptr) {
+    return -1;
+  }
+  constexpr int64_t max_s = std::numeric_limits<int64_t>::max() / 1000000000 - 1;
+  return ts->tv_sec > max_s ? std::numeric_limits<int64_t>::max()
+                            : static_cast<int64_t>(ts->tv_sec) * 1000000000 + ts->tv_nsec;
+}
+
+/// Nanoseconds (< 0: none, -1) in milliseconds, rounded up: a sleep of it
+/// never ends early.
+inline int64_t ns_to_ms_up(int64_t ns) {
+  return ns < 0 ? -1 : ns / 1000000 + (ns % 1000000 != 0 ? 1 : 0);
+}
+
 /// A caller's timeout, counted from when its wait began.
 class wait_deadline {
  public:
@@ -39,17 +63,11 @@ class wait_deadline {
     }
   }
   /// The same from milliseconds (< 0: no end).
-  static wait_deadline from_ms(int64_t ms) {
-    constexpr int64_t max_ms = std::numeric_limits<int64_t>::max() / 1000000;
-    return wait_deadline(ms < 0 ? -1 : std::min(ms, max_ms) * 1000000);
-  }
+  static wait_deadline from_ms(int64_t ms) { return wait_deadline(ms_to_ns(ms)); }
   /// What is left of it: -1 for no end, else >= 0.
   int64_t left_ns() const { return end_ < 0 ? -1 : std::max<int64_t>(0, end_ - mono_ns()); }
   /// The same in milliseconds, rounded up (a sleep of it never ends early).
-  int64_t left_ms() const {
-    const int64_t ns = left_ns();
-    return ns < 0 ? -1 : ns / 1000000 + (ns % 1000000 != 0 ? 1 : 0);
-  }
+  int64_t left_ms() const { return ns_to_ms_up(left_ns()); }
   /// Whether it ended (never, without one).
   bool passed() const { return end_ >= 0 && mono_ns() >= end_; }
 

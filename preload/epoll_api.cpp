@@ -58,7 +58,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <limits>
 #include <array>
 #include <atomic>
 #include <cstring>
@@ -1380,7 +1379,7 @@ int kernel_wait(ep_set* s, epoll_event* out, int cap, int64_t left, uint32_t spi
   int n = wait(out, cap, 0);
   if (n == 0 && spin > 0) {
     const int64_t t0 = mono_ms();
-    const uint32_t us = core::spin_budget_us(spin, false, left < 0 ? -1 : left * 1000000);
+    const uint32_t us = core::spin_budget_us(spin, false, core::ms_to_ns(left));
     spin_channels(chans.begin(), chans.begin() + k, us, [&] {
       n = wait(out, cap, 0);
       return n != 0;
@@ -1466,7 +1465,7 @@ int wait_common(int epfd, epoll_event* events, int maxevents, int64_t timeout_ms
       // look at the hot registrations in memory for up to SMC_SPIN_US. A
       // reply that comes meanwhile costs neither side a system call.
       spun = true;
-      const uint32_t us = core::spin_budget_us(spin_us, confined, left < 0 ? -1 : left * 1000000);
+      const uint32_t us = core::spin_budget_us(spin_us, confined, core::ms_to_ns(left));
       core::busy_wait(us, [] { return false; }, [&] {
         // (Not in the way of other threads' epoll calls: a round that
         // finds the lock taken only looks again.)
@@ -1796,12 +1795,7 @@ __attribute__((visibility("default"))) int epoll_pwait2(int epfd, epoll_event* e
   if (!g_enabled || !fd_maybe(epfd)) {
     return real.epoll_pwait2(epfd, events, maxevents, ts, sigmask);
   }
-  // (A timeout of centuries, such as {LONG_MAX, 0}, saturates.)
-  constexpr int64_t max_s = std::numeric_limits<int64_t>::max() / 1000 - 1;
-  int64_t ms = ts == nullptr ? -1
-               : ts->tv_sec > max_s
-                   ? std::numeric_limits<int64_t>::max()
-                   : static_cast<int64_t>(ts->tv_sec) * 1000 + (ts->tv_nsec + 999999) / 1000000;
+  const int64_t ms = smc::core::ns_to_ms_up(smc::core::timespec_ns(ts));
   return wait_common(epfd, events, maxevents, ms, sigmask,
                      [&](epoll_event* out, int cap, int64_t t) {
                        timespec left{static_cast<time_t>(t / 1000),

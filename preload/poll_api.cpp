@@ -9,7 +9,6 @@
 #include <time.h>
 
 #include <algorithm>
-#include <limits>
 #include <climits>
 #include <cstring>
 #include <vector>
@@ -31,7 +30,6 @@ namespace {
 // filter that does not know it): not tried again.
 std::atomic<bool> g_no_pwait2{false};
 
-using smc::core::mono_ns;
 
 struct slot_map {
   entry* e = nullptr;
@@ -366,8 +364,8 @@ int poll_slow(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask
     // its TCP socket looked at, an unlisted one its state: again at least
     // every 100 ms.
     constexpr int64_t look_ns = int64_t{smc::core::look_every_ms} * 1000000;
-    int64_t left_ns = smc::core::sleep_slice(ready > 0 || again ? 0 : deadline.left_ns(),
-                                                   look_ns, deciding || sliced);
+    int64_t left_ns = smc::core::sleep_slice(ready > 0 || again ? 0 : deadline.left_ns(), look_ns,
+                                             deciding || sliced);
     int kn = 0;
     // (What does not fit stays with the wait set for the next look.)
     constexpr int max_hev = 3 * 64 + 1;
@@ -618,17 +616,8 @@ bool any_recorded(const pollfd* fds, nfds_t n) {
   return false;
 }
 
-int64_t ms_to_ns(int timeout) { return timeout < 0 ? -1 : static_cast<int64_t>(timeout) * 1000000; }
-
-int64_t ts_to_ns(const timespec* ts) {
-  if (ts == nullptr) {
-    return -1;
-  }
-  // (A timeout of centuries, such as {LONG_MAX, 0}, saturates.)
-  constexpr int64_t max_s = std::numeric_limits<int64_t>::max() / 1000000000 - 1;
-  return ts->tv_sec > max_s ? std::numeric_limits<int64_t>::max()
-                            : static_cast<int64_t>(ts->tv_sec) * 1000000000 + ts->tv_nsec;
-}
+using smc::core::ms_to_ns;
+using smc::core::timespec_ns;
 
 int poll_entry(pollfd* fds, nfds_t n, int64_t timeout_ns, const sigset_t* sigmask) {
   int saved = errno;
@@ -735,7 +724,7 @@ __attribute__((visibility("default"))) int ppoll(pollfd* fds, nfds_t n, const ti
   if (!g_enabled || !any_recorded(fds, n)) {
     return real.ppoll(fds, n, ts, sigmask);
   }
-  return poll_entry(fds, n, ts_to_ns(ts), sigmask);
+  return poll_entry(fds, n, timespec_ns(ts), sigmask);
 }
 
 __attribute__((visibility("default"))) int select(int nfds, fd_set* r, fd_set* w, fd_set* x,
@@ -743,12 +732,16 @@ __attribute__((visibility("default"))) int select(int nfds, fd_set* r, fd_set* w
   ensure_init();
   if (g_enabled) {
     bool handled = false;
-    int64_t ns = tv == nullptr ? -1 : static_cast<int64_t>(tv->tv_sec) * 1000000000 + tv->tv_usec * 1000;
-    int64_t start = mono_ns();
+    timespec ts{};
+    if (tv != nullptr) {
+      ts = {tv->tv_sec, static_cast<long>(tv->tv_usec) * 1000};
+    }
+    const int64_t ns = timespec_ns(tv == nullptr ? nullptr : &ts);
+    const smc::core::wait_deadline deadline(ns);
     int rc = select_common(nfds, r, w, x, ns, nullptr, &handled);
     if (handled) {
       if (tv != nullptr && rc >= 0) {  // Linux select reports the time left
-        int64_t left = std::max<int64_t>(0, ns - (mono_ns() - start));
+        const int64_t left = deadline.left_ns();
         tv->tv_sec = static_cast<time_t>(left / 1000000000);
         tv->tv_usec = static_cast<suseconds_t>((left % 1000000000) / 1000);
       }
@@ -763,7 +756,7 @@ __attribute__((visibility("default"))) int pselect(int nfds, fd_set* r, fd_set* 
   ensure_init();
   if (g_enabled) {
     bool handled = false;
-    int rc = select_common(nfds, r, w, x, ts_to_ns(ts), sigmask, &handled);
+    int rc = select_common(nfds, r, w, x, timespec_ns(ts), sigmask, &handled);
     if (handled) {
       return rc;
     }

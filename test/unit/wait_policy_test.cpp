@@ -74,3 +74,21 @@ TEST_CASE("wait deadline: none, zero, and one still ahead", "[wait]") {
   CHECK(wait_deadline::from_ms(-1).left_ms() == -1);
   CHECK(wait_deadline::from_ms(0).passed());
 }
+
+TEST_CASE("timeouts converted: none stays none, centuries saturate, milliseconds round up",
+          "[wait]") {
+  CHECK(ms_to_ns(-1) == -1);
+  CHECK(ms_to_ns(0) == 0);
+  CHECK(ms_to_ns(1500) == 1500000000);
+  CHECK(ms_to_ns(std::numeric_limits<int64_t>::max()) > int64_t{1} << 62);  // not wrapped round
+  CHECK(timespec_ns(nullptr) == -1);
+  const timespec t{2, 5};
+  CHECK(timespec_ns(&t) == 2000000005);
+  const timespec forever{std::numeric_limits<time_t>::max(), 0};
+  CHECK(timespec_ns(&forever) == std::numeric_limits<int64_t>::max());
+  CHECK(ns_to_ms_up(-1) == -1);
+  CHECK(ns_to_ms_up(0) == 0);
+  CHECK(ns_to_ms_up(1) == 1);
+  CHECK(ns_to_ms_up(2000000) == 2);
+  CHECK(ns_to_ms_up(std::numeric_limits<int64_t>::max()) > int64_t{1} << 42);
+}
